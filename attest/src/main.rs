@@ -1,0 +1,6 @@
+//! `cinfer-attest`: command-line entry point (not implemented yet).
+
+fn main() -> std::process::ExitCode {
+    eprintln!("cinfer-attest: not implemented yet");
+    std::process::ExitCode::from(2)
+}

@@ -1,0 +1,6 @@
+//! `cinfer-deploy`: command-line entry point (not implemented yet).
+
+fn main() -> std::process::ExitCode {
+    eprintln!("cinfer-deploy: not implemented yet");
+    std::process::ExitCode::from(2)
+}

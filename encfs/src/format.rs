@@ -1,0 +1,1 @@
+//! The cinfer image format v1 (normative spec: `docs/FORMAT.md`).

@@ -1,0 +1,1 @@
+//! mkimage: builds, inspects and verifies encrypted cinfer model images.

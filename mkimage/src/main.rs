@@ -1,0 +1,2 @@
+//! `cinfer-mkimage`: not implemented yet.
+fn main() {}
