@@ -1,0 +1,155 @@
+//! Key handling: the model key and the per-image keys derived from it with HKDF-SHA256.
+
+use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Key, Nonce, Tag};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::header::KEY_CHECK_LEN;
+use super::{FormatError, HEADER_LEN, Header, IMAGE_ID_LEN, TAG_LEN};
+
+/// Length of the model key.
+pub const KEY_LEN: usize = 32;
+
+const LABEL_CHUNK: &[u8] = b"cinfer-image-v1 chunk key";
+const LABEL_INDEX: &[u8] = b"cinfer-image-v1 index key";
+const LABEL_CHECK: &[u8] = b"cinfer-image-v1 key check";
+const INDEX_AAD_LABEL: &[u8] = b"cinfer-image-v1 index\0";
+
+/// The 32-byte model key: released after attestation, or read from a key file. Zeroized on drop; its `Debug`
+/// never prints the bytes.
+#[derive(Clone)]
+pub struct ModelKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl ModelKey {
+    /// Wraps 32 key bytes.
+    pub fn new(bytes: [u8; KEY_LEN]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// Takes a key from a slice, refusing any length other than 32.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, FormatError> {
+        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| FormatError::KeyLength {
+            expected: KEY_LEN,
+            actual: bytes.len(),
+        })?;
+        Ok(Self::new(arr))
+    }
+
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Self {
+        let mut k = [0u8; KEY_LEN];
+        rand::fill(&mut k);
+        let key = Self::new(k);
+        k.zeroize();
+        key
+    }
+
+    /// The key bytes (for writing a new key file; never log them).
+    pub fn expose(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ModelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelKey(<redacted>)")
+    }
+}
+
+/// The keys of one image, derived from the model key and the image id.
+pub struct ImageKeys {
+    chunk: Aes256GcmSiv,
+    index: Aes256GcmSiv,
+    check: [u8; KEY_CHECK_LEN],
+    image_id: [u8; IMAGE_ID_LEN],
+}
+
+impl std::fmt::Debug for ImageKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ImageKeys(<redacted>)")
+    }
+}
+
+impl ImageKeys {
+    /// Derives the chunk key, index key and key check value: HKDF-SHA256 with the image id as salt and one label
+    /// per purpose.
+    pub fn derive(key: &ModelKey, image_id: &[u8; IMAGE_ID_LEN]) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(image_id), key.expose());
+        let mut chunk = Zeroizing::new([0u8; 32]);
+        let mut index = Zeroizing::new([0u8; 32]);
+        let mut check = [0u8; KEY_CHECK_LEN];
+        // INVARIANT: HKDF-SHA256 can expand up to 8160 bytes; 32 always fits.
+        hk.expand(LABEL_CHUNK, &mut chunk[..]).expect("32-byte HKDF output");
+        hk.expand(LABEL_INDEX, &mut index[..]).expect("32-byte HKDF output");
+        hk.expand(LABEL_CHECK, &mut check).expect("32-byte HKDF output");
+        Self {
+            chunk: Aes256GcmSiv::new(&Key::<Aes256GcmSiv>::from(*chunk)),
+            index: Aes256GcmSiv::new(&Key::<Aes256GcmSiv>::from(*index)),
+            check,
+            image_id: *image_id,
+        }
+    }
+
+    /// The key check value to store in a new image's header.
+    pub fn key_check(&self) -> [u8; KEY_CHECK_LEN] {
+        self.check
+    }
+
+    /// The image id these keys were derived for.
+    pub fn image_id(&self) -> &[u8; IMAGE_ID_LEN] {
+        &self.image_id
+    }
+
+    /// Compares the header's key check value with ours (constant time).
+    pub fn check(&self, header: &Header) -> Result<(), FormatError> {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&header.key_check[..], &self.check[..])) {
+            Ok(())
+        } else {
+            Err(FormatError::WrongKey)
+        }
+    }
+
+    pub(crate) fn chunk_cipher(&self) -> &Aes256GcmSiv {
+        &self.chunk
+    }
+
+    /// Seals an encoded index; the associated data is a label and the whole header region.
+    pub(crate) fn seal_index(&self, header: &[u8; HEADER_LEN], plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plain.len() + TAG_LEN);
+        out.extend_from_slice(plain);
+        let aad = index_aad(header);
+        // INVARIANT: encryption only fails for inputs over 2^36 bytes; an index is far smaller.
+        let tag = self
+            .index
+            .encrypt_inout_detached(&Nonce::default(), &aad, out.as_mut_slice().into())
+            .expect("index shorter than 2^36 bytes");
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Opens the sealed index.
+    pub(crate) fn open_index(
+        &self,
+        header: &[u8; HEADER_LEN],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, FormatError> {
+        let split = sealed.len().checked_sub(TAG_LEN).ok_or(FormatError::IndexAuthFailed)?;
+        let (ct, tag) = sealed.split_at(split);
+        let mut buf = Zeroizing::new(ct.to_vec());
+        let aad = index_aad(header);
+        let tag = Tag::try_from(tag).map_err(|_| FormatError::IndexAuthFailed)?;
+        self.index
+            .decrypt_inout_detached(&Nonce::default(), &aad, buf.as_mut_slice().into(), &tag)
+            .map_err(|_| FormatError::IndexAuthFailed)?;
+        Ok(buf)
+    }
+}
+
+fn index_aad(header: &[u8; HEADER_LEN]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(INDEX_AAD_LABEL.len() + HEADER_LEN);
+    aad.extend_from_slice(INDEX_AAD_LABEL);
+    aad.extend_from_slice(header);
+    aad
+}
