@@ -107,13 +107,13 @@ impl OpenedImage {
             });
         }
         let root = root_digest(header_bytes, sealed_index);
-        if let Some(expected) = expect_root {
-            if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &root[..])) {
-                return Err(FormatError::RootMismatch {
-                    expected: hex::encode(expected),
-                    actual: hex::encode(root),
-                });
-            }
+        if let Some(expected) = expect_root
+            && !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &root[..]))
+        {
+            return Err(FormatError::RootMismatch {
+                expected: hex::encode(expected),
+                actual: hex::encode(root),
+            });
         }
         let keys = ImageKeys::derive(key, &header.image_id);
         keys.check(&header)?;

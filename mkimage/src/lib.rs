@@ -1,1 +1,13 @@
-//! mkimage: builds, inspects and verifies encrypted cinfer model images.
+//! mkimage: the model owner's side of cinfer. It turns a model directory (a Triton model repository) into one
+//! encrypted, authenticated image file ([`build`]), shows what an image holds ([`inspect`]) and checks every
+//! chunk of one ([`verify`]).
+//!
+//! It uses the image format from the `encfs` crate with its FUSE feature off, so a model owner's machine needs no
+//! FUSE. Keys are 32 random bytes in a key file ([`keyfile`]); later the key is imported into a key broker with a
+//! release policy, and only an attested container gets it back.
+
+pub mod build;
+pub mod image_file;
+pub mod inspect;
+pub mod keyfile;
+pub mod verify;

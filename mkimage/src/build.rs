@@ -1,0 +1,108 @@
+//! `build`: model directory → encrypted image.
+//!
+//! The pipeline is walk → read + hash (one thread, in file order) → seal (one worker per core) → write. Every
+//! chunk's position in the image follows from the file sizes, which the walk already knows, so workers write
+//! sealed chunks straight to their final offsets in any order, and memory stays bounded by the channel depth
+//! whatever the model size. The index and header are written last; the image is built under a temporary name
+//! and renamed into place only when complete, so a failed build leaves nothing behind.
+
+mod pipeline;
+mod walk;
+
+use std::path::PathBuf;
+
+use encfs::format::{DEFAULT_CHUNK_SIZE, FormatError};
+
+pub use pipeline::{BuildSummary, build};
+pub use walk::{Walked, walk};
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// The model directory.
+    pub src: PathBuf,
+    /// The image to write.
+    pub output: PathBuf,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u32,
+    /// Overwrite an existing image.
+    pub force: bool,
+    /// The key id recorded in the header (names the key; never key material).
+    pub key_id: String,
+    /// Sealing threads (0 = one per core).
+    pub threads: usize,
+}
+
+impl BuildOptions {
+    /// Options with the defaults: 64 KiB chunks, no overwrite, one thread per core.
+    pub fn new(src: impl Into<PathBuf>, output: impl Into<PathBuf>, key_id: impl Into<String>) -> Self {
+        Self {
+            src: src.into(),
+            output: output.into(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            force: false,
+            key_id: key_id.into(),
+            threads: 0,
+        }
+    }
+}
+
+/// Why a build failed. Every variant names the path concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The output exists and `--force` was not given.
+    #[error("{0} exists; pass --force to overwrite it")]
+    OutputExists(PathBuf),
+    /// The source is not a directory.
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// Reading a path of the source tree failed.
+    #[error("reading {path}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the image failed (e.g. no space left on the device).
+    #[error("writing {path}")]
+    Write {
+        /// The image (temporary) path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tree holds a socket, device or FIFO, which an image cannot carry.
+    #[error("{path} is a {kind}; only regular files, directories and symlinks can go into an image")]
+    SpecialFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A symlink points outside the tree (absolute, or escaping with `..`).
+    #[error("symlink {path} -> {target} points outside the model directory")]
+    SymlinkOutside {
+        /// The symlink.
+        path: PathBuf,
+        /// Its target.
+        target: String,
+    },
+    /// A name or symlink target is too long for the format.
+    #[error("{path}: {what} is too long")]
+    TooLong {
+        /// The path.
+        path: PathBuf,
+        /// "name" or "symlink target".
+        what: &'static str,
+    },
+    /// A file changed size while it was being read.
+    #[error("{0} changed while the image was being built")]
+    Changed(PathBuf),
+    /// The format refused a value (e.g. an invalid chunk size).
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}

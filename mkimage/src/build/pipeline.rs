@@ -1,0 +1,337 @@
+//! The build pipeline: read + hash in file order, seal on every core, write at computed offsets.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use encfs::format::{
+    EntryKind, HEADER_LEN, Header, IMAGE_ID_LEN, ImageKeys, Index, Layout, ModelKey, TAG_LEN, root_digest, seal_chunk,
+    seal_index,
+};
+use sha2::{Digest, Sha256};
+
+use super::{BuildError, BuildOptions, Walked, walk};
+
+/// Plaintext bytes handed to a sealing worker at once (rounded to whole chunks).
+const BATCH_BYTES: usize = 1 << 20;
+
+/// What a finished build produced.
+#[derive(Clone, Debug)]
+pub struct BuildSummary {
+    /// Root digest of the image (pin it with `mount --expect-root`).
+    pub root: [u8; 32],
+    /// Image length in bytes.
+    pub image_len: u64,
+    /// Regular files.
+    pub files: u64,
+    /// Directories, including the root.
+    pub dirs: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// Plaintext bytes of all files.
+    pub bytes: u64,
+}
+
+/// A run of consecutive chunks of one file, handed from the reader to a sealing worker.
+struct Batch {
+    first_chunk: u64,
+    image_offset: u64,
+    plain: Vec<u8>,
+}
+
+/// Builds the image described by `opts` with `key`. `progress` is called with the number of plaintext bytes read
+/// so far.
+pub fn build(opts: &BuildOptions, key: &ModelKey, progress: &(dyn Fn(u64) + Sync)) -> Result<BuildSummary, BuildError> {
+    if !opts.force && std::fs::symlink_metadata(&opts.output).is_ok() {
+        return Err(BuildError::OutputExists(opts.output.clone()));
+    }
+    let mut walked = walk(&opts.src)?;
+    let mut image_id = [0u8; IMAGE_ID_LEN];
+    rand::fill(&mut image_id);
+    let keys = ImageKeys::derive(key, &image_id);
+
+    // The layout follows from the sizes alone: compute it now, so workers can write chunks anywhere.
+    let cs = u64::from(opts.chunk_size);
+    let (mut chunk_count, mut data_end, mut bytes) = (0u64, HEADER_LEN as u64, 0u64);
+    for w in &walked {
+        if let EntryKind::File { size, .. } = w.entry.kind {
+            let n = size.div_ceil(cs);
+            chunk_count += n;
+            data_end += size + n * TAG_LEN as u64;
+            bytes += size;
+        }
+    }
+    let mut header = Header {
+        image_id,
+        chunk_size: opts.chunk_size,
+        key_check: keys.key_check(),
+        chunk_count,
+        index_offset: data_end,
+        index_len: 0,
+        key_id: opts.key_id.clone(),
+    };
+    header.encode()?; // validates chunk size and key id before any work
+    let mut index = Index {
+        entries: walked.iter().map(|w| w.entry.clone()).collect(),
+        extensions: Vec::new(),
+    };
+    let layout = Layout::compute(&header, &index)?;
+
+    let tmp = TempImage::create(&opts.output)?;
+    let digests = seal_all(opts, &keys, &walked, &layout, &tmp, progress)?;
+    for (i, digest) in digests {
+        if let EntryKind::File { sha256, .. } = &mut walked[i].entry.kind {
+            *sha256 = digest;
+        }
+        index.entries[i] = walked[i].entry.clone();
+    }
+
+    // The index length is known before sealing (encoding + tag), so the header can be final first.
+    let encoded_len = index.encode().len() as u64;
+    header.index_len = encoded_len + TAG_LEN as u64;
+    let header_bytes = header.encode()?;
+    let sealed_index = seal_index(&keys, &header_bytes, &index);
+    debug_assert_eq!(sealed_index.len() as u64, header.index_len);
+    tmp.write_at(&sealed_index, header.index_offset)?;
+    tmp.write_at(&header_bytes, 0)?;
+    let image_len = header.image_len();
+    tmp.commit(&opts.output)?;
+
+    let count = |f: fn(&EntryKind) -> bool| walked.iter().filter(|w| f(&w.entry.kind)).count() as u64;
+    Ok(BuildSummary {
+        root: root_digest(&header_bytes, &sealed_index),
+        image_len,
+        files: count(|k| matches!(k, EntryKind::File { .. })),
+        dirs: count(|k| matches!(k, EntryKind::Dir)),
+        symlinks: count(|k| matches!(k, EntryKind::Symlink { .. })),
+        bytes,
+    })
+}
+
+/// Reads every file in order (hashing it), while workers seal and write the chunks. Returns each file's digest.
+fn seal_all(
+    opts: &BuildOptions,
+    keys: &ImageKeys,
+    walked: &[Walked],
+    layout: &Layout,
+    tmp: &TempImage,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<(usize, [u8; 32])>, BuildError> {
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let cs = opts.chunk_size as usize;
+    let batch_chunks = (BATCH_BYTES / cs).max(1);
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(threads * 2);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<BuildError>> = Mutex::new(None);
+    let fail = |e: BuildError| {
+        failed.store(true, Ordering::SeqCst);
+        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+    };
+
+    let mut digests = Vec::new();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let fail = &fail;
+            let failed = &failed;
+            s.spawn(move || {
+                let mut out = Vec::with_capacity(batch_chunks * (cs + TAG_LEN));
+                let mut chunk = Vec::with_capacity(cs + TAG_LEN);
+                for b in rx.iter() {
+                    if failed.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    out.clear();
+                    for (n, plain) in b.plain.chunks(cs).enumerate() {
+                        chunk.clear();
+                        chunk.extend_from_slice(plain);
+                        seal_chunk(keys, b.first_chunk + n as u64, &mut chunk);
+                        out.extend_from_slice(&chunk);
+                    }
+                    if let Err(e) = tmp.write_at(&out, b.image_offset) {
+                        fail(e);
+                    }
+                }
+            });
+        }
+        drop(rx);
+        let mut done = 0u64;
+        for (i, w) in walked.iter().enumerate() {
+            let (Some(path), Some(fl)) = (&w.path, layout.file(i)) else {
+                continue;
+            };
+            match read_file(
+                path,
+                fl.size,
+                fl.first_chunk,
+                fl.data_offset,
+                cs,
+                batch_chunks,
+                &tx,
+                &failed,
+                |n| {
+                    done += n;
+                    progress(done);
+                },
+            ) {
+                Ok(d) => digests.push((i, d)),
+                Err(e) => {
+                    fail(e);
+                    break;
+                }
+            }
+            if failed.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        drop(tx);
+    });
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(digests),
+    }
+}
+
+/// Reads one file in batches of whole chunks, hashing it and sending the batches to the workers.
+#[allow(clippy::too_many_arguments)]
+fn read_file(
+    path: &Path,
+    size: u64,
+    first_chunk: u64,
+    data_offset: u64,
+    cs: usize,
+    batch_chunks: usize,
+    tx: &crossbeam_channel::Sender<Batch>,
+    failed: &AtomicBool,
+    mut progress: impl FnMut(u64),
+) -> Result<[u8; 32], BuildError> {
+    let rerr = |source| BuildError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    // O_NOFOLLOW: the walk saw a regular file; refuse a symlink swapped in since.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(rerr)?;
+    if f.metadata().map_err(rerr)?.len() != size {
+        return Err(BuildError::Changed(path.to_owned()));
+    }
+    let mut hasher = Sha256::new();
+    let mut remaining = size;
+    let mut chunk = first_chunk;
+    let mut offset = data_offset;
+    while remaining > 0 {
+        if failed.load(Ordering::Relaxed) {
+            break;
+        }
+        let want = remaining.min((batch_chunks * cs) as u64) as usize;
+        let mut plain = vec![0u8; want];
+        read_full(&mut f, &mut plain).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => BuildError::Changed(path.to_owned()),
+            _ => rerr(e),
+        })?;
+        hasher.update(&plain);
+        let n_chunks = want.div_ceil(cs) as u64;
+        let sealed_len = want as u64 + n_chunks * TAG_LEN as u64;
+        progress(want as u64);
+        if tx
+            .send(Batch {
+                first_chunk: chunk,
+                image_offset: offset,
+                plain,
+            })
+            .is_err()
+        {
+            break;
+        }
+        chunk += n_chunks;
+        offset += sealed_len;
+        remaining -= want as u64;
+    }
+    // A file that grew since the walk would be silently cut: refuse it.
+    let mut probe = [0u8; 1];
+    if f.read(&mut probe).map_err(rerr)? != 0 {
+        return Err(BuildError::Changed(path.to_owned()));
+    }
+    Ok(hasher.finalize().into())
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<()> {
+    f.read_exact(buf)
+}
+
+/// The image under construction: a temporary file next to the output, removed on drop unless committed.
+struct TempImage {
+    file: File,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl TempImage {
+    fn create(output: &Path) -> Result<Self, BuildError> {
+        let name = output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let mut suffix = [0u8; 6];
+        rand::fill(&mut suffix);
+        let path = output.with_file_name(format!(".{name}.tmp-{}", hex::encode(suffix)));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|source| BuildError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            file,
+            path,
+            committed: false,
+        })
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BuildError> {
+        self.file.write_all_at(buf, offset).map_err(|source| BuildError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Flushes to disk and renames into place (then syncs the directory, so the rename is durable).
+    fn commit(mut self, output: &Path) -> Result<(), BuildError> {
+        let werr = |path: &Path| {
+            let path = path.to_owned();
+            move |source| BuildError::Write { path, source }
+        };
+        self.file.sync_all().map_err(werr(&self.path))?;
+        std::fs::rename(&self.path, output).map_err(werr(output))?;
+        self.committed = true;
+        let dir = output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        File::open(dir).and_then(|d| d.sync_all()).map_err(werr(dir))?;
+        Ok(())
+    }
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
