@@ -33,6 +33,7 @@ mod header;
 mod index;
 mod keys;
 mod layout;
+mod memory;
 
 pub use chunk::{OpenedChunk, chunk_aad, chunk_nonce, open_chunk_into, seal_chunk};
 pub use error::FormatError;
@@ -43,6 +44,7 @@ pub use header::{
 pub use index::{Entry, EntryKind, Extension, Index, MAX_NAME_LEN, MAX_SYMLINK_LEN};
 pub use keys::{ImageKeys, KEY_LEN, ModelKey};
 pub use layout::{ChunkLoc, FileLayout, Layout};
+pub use memory::{MemNode, build_image};
 
 use sha2::{Digest, Sha256};
 
