@@ -25,7 +25,7 @@ pub enum MemNode {
 struct Node {
     mode: u32,
     kind: Option<MemNode>,
-    children: BTreeMap<Vec<u8>, Node>,
+    children: BTreeMap<Vec<u8>, Self>,
 }
 
 /// Builds an image from `(path, mode, node)` triples (paths relative, `/`-separated; missing parents are created
