@@ -1,5 +1,7 @@
 //! Property tests and frozen vectors for the image format (no FUSE, no I/O beyond reading the vector files).
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use encfs::format::{
     EntryKind, FormatError, HEADER_LEN, Header, ImageKeys, MemNode, ModelKey, OpenedImage, build_image, open_chunk_into,
 };
@@ -159,7 +161,7 @@ fn chunks_swapped_or_spliced_from_another_image_fail() {
     let mut swapped = a.clone();
     let (x, y) = (a[r0.clone()].to_vec(), a[r1.clone()].to_vec());
     swapped[r0.clone()].copy_from_slice(&y);
-    swapped[r1.clone()].copy_from_slice(&x);
+    swapped[r1].copy_from_slice(&x);
     assert!(matches!(
         read(&swapped, &o, &keys, 1, 0, 10),
         Err(FormatError::ChunkAuthFailed { index: 0 })
@@ -170,7 +172,7 @@ fn chunks_swapped_or_spliced_from_another_image_fail() {
     ));
     assert!(read(&swapped, &o, &keys, 1, 8192, 10).is_ok());
     // Splice chunk 0 of image b (same key, same content, same position) into image a.
-    let mut spliced = a.clone();
+    let mut spliced = a;
     spliced[r0.clone()].copy_from_slice(&b[r0]);
     assert!(matches!(
         read(&spliced, &o, &keys, 1, 0, 10),
