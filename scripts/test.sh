@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Python peers (model_signing, tritonclient, ...) live in a cached venv; tests find it through CINFER_PYTHON.
+CINFER_PYTHON="$(bash scripts/pyenv.sh)"
+export CINFER_PYTHON
 echo "== cargo fmt --check" >&2
 cargo fmt --all --check
 echo "== cargo clippy" >&2
