@@ -1,5 +1,69 @@
-//! Attestation for cinfer.
+//! Attestation for cinfer: SEV-SNP evidence and verification, an MAA-compatible attestation service, an
+//! AKV-compatible key broker, and the clients encfs and proxy call.
 //!
-//! Will hold: SEV-SNP evidence (from `/dev/sev-guest`, or a mock attester only when asked), report verification
-//! up to the AMD roots, an MAA-compatible attestation service issuing JWTs, auditor-signed policies, and secure
-//! key release (an Azure Key Vault/mHSM client plus a local key broker speaking the same API).
+//! # Design
+//!
+//! The model key must reach only a correctly configured container in a genuine SEV-SNP VM. The protocol
+//! is Azure's (MAA attestation + AKV secure key release), so production can use MAA/AKV, while
+//! `cinfer-attest serve` provides both services locally and the mock attester makes the pipeline run on
+//! one machine. Mock evidence chains to a generated root that verifies only where it is explicitly
+//! trusted ([`verify::TrustStore::add_mock_root`]); there is no fallback from the SNP device to the mock.
+//!
+//! # Public API (what other crates use)
+//!
+//! * **Evidence** — [`evidence::Attester`] (`fn evidence(&self, report_data: &[u8; 64])`), implemented by
+//!   [`evidence::SnpDeviceAttester::open`] (`/dev/sev-guest`, `/dev/sev`; certificates from the ACI host)
+//!   and [`evidence::MockAttester::new`]`(&`[`evidence::MockRoot`]`, `[`evidence::MockConfig`]`)`.
+//! * **Verification** — [`verify::verify_report`]`(report, &`[`verify::CertChain`]`, &TrustStore,
+//!   &`[`verify::VerifyOptions`]`)` → [`verify::VerifiedReport`]; errors name the failed check.
+//!   [`verify::maa_report_data`] is the MAA binding (`SHA-256(runtime data) ‖ 0³²`).
+//! * **Tokens** — [`token::verify_token`]`(jwt, &`[`token::Jwks`]`, &`[`token::TokenCheck`]`)` → claims
+//!   (RS256 only, pinned keys, issuer, `exp`/`nbf`). The proxy calls this, then compares
+//!   `claims["x-ms-runtime"]` and its policy claims by exact equality ([`policy::claim_equals`]).
+//! * **Service** — [`service::run`]`(listener, `[`service::ServiceConfig`]`, shutdown)`, or
+//!   [`service::RunningService::start`]`(config)` for an in-process server on `127.0.0.1:0`.
+//! * **Clients** — [`client::AttestationClient`] (`attest`, `attest_with`, `jwks`),
+//!   [`client::KeyReleaseClient`] (`import`, `import_oct`, `release`), and the one-call flow
+//!   [`client::secure_key_release`] → [`secret::ModelKey`] (32 bytes, zeroized, redacted `Debug`).
+//! * **Key transport** — [`keywrap::RuntimeKey`] (RSA-2048, runtime data JSON, unwrap),
+//!   CKM_RSA_AES_KEY_WRAP ([`keywrap::rsa_aes_wrap`]), HKDF derivation ([`keywrap::KeyDerivation`]).
+//! * **Policies** — [`policy::AttestationPolicy`] (MAA text, optionally auditor-signed JWS) and
+//!   [`policy::ReleasePolicy`] (AKV JSON).
+//!
+//! # Example: local pipeline
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use attest::{client::*, evidence::*, keywrap::*, policy::*, service::*, verify::TrustStore};
+//! let root = MockRoot::generate(attest::report::Generation::Milan)?;
+//! let mut trust = TrustStore::amd();
+//! trust.add_mock_root(root.ark_pem().as_bytes())?;
+//! let admin = attest::secret::SecretBytes::from_slice(b"admin-token");
+//! let svc = RunningService::start(ServiceConfig { trust, admin_token: Some(admin.clone()), ..Default::default() }).await?;
+//! let maa = AttestationClient::new(&svc.url)?;
+//! let policy = ReleasePolicy::from_json(format!(
+//!     r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}}]}}]}}"#,
+//!     svc.url).as_bytes())?;
+//! KeyReleaseClient::new(&svc.url, VaultAuth::Bearer(admin), ResponseVerification::Pinned(maa.jwks().await?))?
+//!     .import_oct("model", &[7u8; 32], &policy).await?;
+//! let vault = KeyReleaseClient::new(&svc.url, VaultAuth::None, ResponseVerification::Pinned(maa.jwks().await?))?;
+//! let attester = MockAttester::new(&root, MockConfig::default())?;
+//! let key = secure_key_release(&attester, &maa, &vault, &KeyRef::parse("model"), &KeyDerivation::default(), None).await?;
+//! assert_eq!(key.expose(), &[7u8; 32]);
+//! # Ok(()) }
+//! ```
+
+pub mod claims;
+pub mod client;
+pub mod error;
+pub mod evidence;
+pub mod keystore;
+pub mod keywrap;
+mod pki;
+pub mod policy;
+pub mod report;
+pub mod secret;
+pub mod service;
+pub mod store;
+pub mod token;
+pub mod verify;

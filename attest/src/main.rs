@@ -1,6 +1,287 @@
-//! `cinfer-attest`: command-line entry point (not implemented yet).
+//! `cinfer-attest`: command-line entry point.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("cinfer-attest: not implemented yet");
-    std::process::ExitCode::from(2)
+mod cli;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
+use attest::evidence::{Attester, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
+use attest::keywrap::KeyDerivation;
+use attest::report::Generation;
+use attest::secret::SecretBytes;
+use attest::service::ServiceConfig;
+use attest::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data, verify_report};
+use clap::Parser;
+use cli::{AttesterArgs, AttesterKind, Cli, Command, GenerationArg, LogFormat, MockArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cinfer-attest: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CINFER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")
+}
+
+fn hex_array<const N: usize>(s: &str, what: &str) -> anyhow::Result<[u8; N]> {
+    let v = hex::decode(s.trim()).with_context(|| format!("{what}: not hex"))?;
+    v.try_into()
+        .map_err(|v: Vec<u8>| anyhow::anyhow!("{what}: {} bytes, expected {N}", v.len()))
+}
+
+fn read_token_file(path: &Path) -> anyhow::Result<SecretBytes> {
+    let t = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(SecretBytes::from_slice(t.trim().as_bytes()))
+}
+
+fn mock_attester(m: &MockArgs) -> anyhow::Result<MockAttester> {
+    let dir = m
+        .mock_root
+        .as_ref()
+        .context("--attester mock needs --mock-root DIR (from `cinfer-attest mock-init`)")?;
+    let root = MockRoot::load(dir)?;
+    let mut cfg = MockConfig {
+        debuggable: m.debug,
+        vmpl: m.vmpl,
+        ..MockConfig::default()
+    };
+    if let Some(h) = &m.measurement {
+        cfg.measurement = hex_array(h, "--measurement")?;
+    }
+    if let Some(h) = &m.host_data {
+        cfg.host_data = hex_array(h, "--host-data")?;
+    }
+    Ok(MockAttester::new(&root, cfg)?)
+}
+
+fn attester(a: &AttesterArgs) -> anyhow::Result<Box<dyn Attester>> {
+    Ok(match a.attester {
+        AttesterKind::Snp => Box::new(SnpDeviceAttester::open()?),
+        AttesterKind::Mock => {
+            tracing::warn!("using the MOCK attester: evidence verifies only where its root is explicitly trusted");
+            Box::new(mock_attester(&a.mock)?)
+        }
+    })
+}
+
+fn trust_store(amd: bool, mock_roots: &[std::path::PathBuf]) -> anyhow::Result<TrustStore> {
+    let mut t = if amd { TrustStore::amd() } else { TrustStore::empty() };
+    for p in mock_roots {
+        let pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let fp = t.add_mock_root(&pem)?;
+        tracing::warn!(root = %fp, "trusting a MOCK root");
+    }
+    Ok(t)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => {
+            let mut policy_signers = Vec::new();
+            for p in &a.policy_signer {
+                let pem = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                let der = pem_to_der(&pem).with_context(|| format!("{}: not a PEM certificate", p.display()))?;
+                policy_signers.push(der);
+            }
+            let config = ServiceConfig {
+                issuer: a.issuer,
+                state_dir: a.state_dir,
+                trust: trust_store(!a.no_amd_roots, &a.trust_mock_root)?,
+                allow_debug: a.danger_allow_debug,
+                policy_file: a.policy,
+                policy: None,
+                policy_signers,
+                admin_token: a.admin_token_file.as_deref().map(read_token_file).transpose()?,
+                token_lifetime: std::time::Duration::from_secs(a.token_lifetime_secs),
+                compliant_measurements: a.compliant_measurement,
+                trusted_authorities: Vec::new(),
+            };
+            runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&a.listen)
+                    .await
+                    .with_context(|| format!("binding {}", a.listen))?;
+                let shutdown = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                attest::service::run(listener, config, shutdown).await?;
+                Ok(())
+            })
+        }
+        Command::MockInit(a) => {
+            let generation = match a.generation {
+                GenerationArg::Milan => Generation::Milan,
+                GenerationArg::Genoa => Generation::Genoa,
+                GenerationArg::Turin => Generation::Turin,
+            };
+            let root = MockRoot::generate(generation)?;
+            root.save(&a.out)?;
+            println!("{}", a.out.join("ark.pem").display());
+            Ok(())
+        }
+        Command::MockEvidence(a) => {
+            let att = mock_attester(&a.mock)?;
+            let rt = std::fs::read(&a.runtime_data).with_context(|| format!("reading {}", a.runtime_data.display()))?;
+            let ev = att.evidence(&maa_report_data(&rt))?;
+            std::fs::write(&a.out_report, &ev.report).with_context(|| format!("writing {}", a.out_report.display()))?;
+            std::fs::write(&a.out_certs, &ev.cert_chain_pem)
+                .with_context(|| format!("writing {}", a.out_certs.display()))?;
+            Ok(())
+        }
+        Command::VerifyReport(a) => {
+            let report = std::fs::read(&a.report).with_context(|| format!("reading {}", a.report.display()))?;
+            let pem = std::fs::read(&a.certs).with_context(|| format!("reading {}", a.certs.display()))?;
+            let at = match &a.at {
+                Some(s) => {
+                    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                        .with_context(|| format!("--at {s:?}: not RFC 3339"))?;
+                    SystemTime::UNIX_EPOCH
+                        + std::time::Duration::from_secs(u64::try_from(t.unix_timestamp()).context("--at before 1970")?)
+                }
+                None => SystemTime::now(),
+            };
+            let expected_report_data = match (&a.report_data, &a.runtime_data) {
+                (Some(h), _) => Some(hex_array::<64>(h, "--report-data")?),
+                (None, Some(p)) => Some(maa_report_data(
+                    &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                )),
+                (None, None) => None,
+            };
+            let opts = VerifyOptions {
+                at,
+                allow_debug: a.danger_allow_debug,
+                expected_report_data,
+                expected_host_data: a
+                    .host_data
+                    .as_deref()
+                    .map(|h| hex_array::<32>(h, "--host-data"))
+                    .transpose()?,
+                expected_measurement: None,
+            };
+            let chain = CertChain::from_pem(&pem)?;
+            let trust = trust_store(true, &a.trust_mock_root)?;
+            let verified = verify_report(&report, &chain, &trust, &opts)?;
+            let claims = attest::claims::snp_claims(&verified);
+            println!("{}", serde_json::to_string_pretty(&claims)?);
+            Ok(())
+        }
+        Command::Attest(a) => {
+            let att = attester(&a.attester)?;
+            let rt = std::fs::read(&a.runtime_data).with_context(|| format!("reading {}", a.runtime_data.display()))?;
+            let client = AttestationClient::new(&a.maa)?;
+            let token = runtime()?.block_on(client.attest_with(att.as_ref(), &rt))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::ImportKey(a) => {
+            let key = SecretBytes::new(
+                std::fs::read(&a.key_file).with_context(|| format!("reading {}", a.key_file.display()))?,
+            );
+            let policy_bytes =
+                std::fs::read(&a.release_policy).with_context(|| format!("reading {}", a.release_policy.display()))?;
+            let policy = attest::policy::ReleasePolicy::from_json(&policy_bytes)?;
+            let auth = vault_auth(a.token_file.as_deref(), a.imds)?;
+            let client = KeyReleaseClient::new(&a.vault, auth, ResponseVerification::DangerX5cLeafOnly)?;
+            let bundle = runtime()?.block_on(client.import_oct(&a.name, key.expose(), &policy))?;
+            println!(
+                "{}",
+                bundle.pointer("/key/kid").and_then(|v| v.as_str()).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::ReleaseKey(a) => {
+            let att = attester(&a.attester)?;
+            let rt = runtime()?;
+            let maa = AttestationClient::new(&a.maa)?;
+            let auth = vault_auth(a.token_file.as_deref(), a.imds)?;
+            let key = rt.block_on(async {
+                // The local broker signs release responses with the attestation service's key; for AKV the
+                // x5c leaf is used.
+                let verification = if a.maa == a.vault {
+                    ResponseVerification::Pinned(maa.jwks().await?)
+                } else {
+                    ResponseVerification::DangerX5cLeafOnly
+                };
+                let vault = KeyReleaseClient::new(&a.vault, auth, verification)?;
+                let derivation = KeyDerivation {
+                    salt: a.salt.clone(),
+                    label: a.label.clone(),
+                };
+                attest::client::secure_key_release(
+                    att.as_ref(),
+                    &maa,
+                    &vault,
+                    &KeyRef::parse(&a.key),
+                    &derivation,
+                    None,
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            })?;
+            attest::store::write_private_file(&a.out, key.expose())
+                .with_context(|| format!("writing {}", a.out.display()))?;
+            Ok(())
+        }
+        Command::SignPolicy(a) => {
+            let text = std::fs::read_to_string(&a.policy).with_context(|| format!("reading {}", a.policy.display()))?;
+            let key = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&a.key).with_context(|| format!("reading {}", a.key.display()))?,
+            );
+            let cert =
+                pem_to_der(&std::fs::read_to_string(&a.cert).with_context(|| format!("reading {}", a.cert.display()))?)
+                    .context("--cert: not a PEM certificate")?;
+            let jws = attest::policy::sign_policy(&text, &key, &cert)?;
+            std::fs::write(&a.out, jws).with_context(|| format!("writing {}", a.out.display()))?;
+            Ok(())
+        }
+    }
+}
+
+fn vault_auth(token_file: Option<&Path>, imds: bool) -> anyhow::Result<VaultAuth> {
+    Ok(match (token_file, imds) {
+        (Some(_), true) => bail!("--token-file and --imds are exclusive"),
+        (Some(p), false) => VaultAuth::Bearer(read_token_file(p)?),
+        (None, true) => VaultAuth::Imds {
+            client_id: std::env::var("AZURE_CLIENT_ID").ok(),
+        },
+        (None, false) => VaultAuth::None,
+    })
+}
+
+fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        bail!("no certificate");
+    }
+    Ok(base64::engine::general_purpose::STANDARD.decode(body.trim())?)
 }

@@ -1,0 +1,66 @@
+//! MAA claim names and the claims a verified SNP report yields.
+
+use serde_json::{Value, json};
+
+use crate::token::Claims;
+use crate::verify::VerifiedReport;
+
+/// `x-ms-attestation-type` (`"sevsnpvm"`).
+pub const ATTESTATION_TYPE: &str = "x-ms-attestation-type";
+/// `x-ms-compliance-status` (`"azure-compliant-uvm"` when the measurement is a configured compliant one).
+pub const COMPLIANCE_STATUS: &str = "x-ms-compliance-status";
+/// `x-ms-runtime`: the runtime data JSON (holds `keys`, the runtime RSA JWKS).
+pub const RUNTIME: &str = "x-ms-runtime";
+/// `x-ms-policy-signer`: JWK of the attestation-policy signer.
+pub const POLICY_SIGNER: &str = "x-ms-policy-signer";
+/// `x-ms-policy-hash`.
+pub const POLICY_HASH: &str = "x-ms-policy-hash";
+/// host_data, lowercase hex.
+pub const HOSTDATA: &str = "x-ms-sevsnpvm-hostdata";
+/// Launch measurement, lowercase hex.
+pub const LAUNCH_MEASUREMENT: &str = "x-ms-sevsnpvm-launchmeasurement";
+/// Debug bit of the guest policy (boolean).
+pub const IS_DEBUGGABLE: &str = "x-ms-sevsnpvm-is-debuggable";
+/// VMPL (number).
+pub const VMPL: &str = "x-ms-sevsnpvm-vmpl";
+/// report_data, hex.
+pub const REPORTDATA: &str = "x-ms-sevsnpvm-reportdata";
+/// Which root the chain ended in (`amd-milan`, `mock:<fp>`); not an MAA claim.
+pub const CINFER_ROOT: &str = "x-cinfer-root";
+/// Value of `x-ms-attestation-type` for SNP.
+pub const SEVSNPVM: &str = "sevsnpvm";
+/// Value of `x-ms-compliance-status` for a compliant UVM.
+pub const AZURE_COMPLIANT_UVM: &str = "azure-compliant-uvm";
+
+/// The `x-ms-sevsnpvm-*` claims and `x-ms-attestation-type` of a verified report, with MAA's names and
+/// JSON types (hex strings for digests, numbers for SVNs and VMPL, booleans for policy bits).
+pub fn snp_claims(v: &VerifiedReport) -> Claims {
+    let r = &v.report;
+    let obj = json!({
+        ATTESTATION_TYPE: SEVSNPVM,
+        "x-ms-ver": "1.0",
+        "x-ms-sevsnpvm-authorkeydigest": hex::encode(r.author_key_digest()),
+        "x-ms-sevsnpvm-bootloader-svn": v.tcb.bootloader,
+        "x-ms-sevsnpvm-familyId": hex::encode_upper(r.family_id()),
+        "x-ms-sevsnpvm-guestsvn": r.guest_svn(),
+        HOSTDATA: hex::encode(r.host_data()),
+        "x-ms-sevsnpvm-idkeydigest": hex::encode(r.id_key_digest()),
+        "x-ms-sevsnpvm-imageId": hex::encode_upper(r.image_id()),
+        IS_DEBUGGABLE: r.is_debuggable(),
+        LAUNCH_MEASUREMENT: hex::encode(r.measurement()),
+        "x-ms-sevsnpvm-microcode-svn": v.tcb.microcode,
+        "x-ms-sevsnpvm-migration-allowed": r.migration_allowed(),
+        REPORTDATA: hex::encode(r.report_data()),
+        "x-ms-sevsnpvm-reportid": hex::encode(r.report_id()),
+        "x-ms-sevsnpvm-smt-allowed": r.smt_allowed(),
+        "x-ms-sevsnpvm-snpfw-svn": v.tcb.snp,
+        "x-ms-sevsnpvm-tee-svn": v.tcb.tee,
+        VMPL: r.vmpl(),
+        "x-ms-sevsnpvm-guest-policy": r.policy(),
+        CINFER_ROOT: v.root.label(),
+    });
+    match obj {
+        Value::Object(m) => m,
+        _ => Claims::new(),
+    }
+}

@@ -1,0 +1,282 @@
+//! Command-line arguments of `cinfer-attest`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// cinfer attestation: SEV-SNP evidence, verification, MAA-compatible attestation service, AKV-compatible
+/// key broker.
+///
+/// Exit codes: 0 success; 1 a check or request failed (one line on stderr names it); 2 usage error.
+#[derive(Debug, Parser)]
+#[command(name = "cinfer-attest", version)]
+pub(crate) struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the attestation service and key broker.
+    Serve(ServeArgs),
+    /// Generate a mock ARK/ASK root into a directory (for `--attester mock` and `--trust-mock-root`).
+    MockInit(MockInitArgs),
+    /// Produce mock evidence (report + chain) for runtime data.
+    MockEvidence(MockEvidenceArgs),
+    /// Verify a report and chain; print MAA claims as JSON.
+    VerifyReport(VerifyReportArgs),
+    /// Attest: get an attestation token for runtime data (prints the JWT).
+    Attest(AttestArgs),
+    /// Import a symmetric key with a release policy (AKV JSON) into a vault or the local broker.
+    ImportKey(ImportKeyArgs),
+    /// Attest and release a key; write the 32-byte model key to a file (mode 0600).
+    ReleaseKey(ReleaseKeyArgs),
+    /// Sign an attestation policy as an auditor (RS256 JWS with x5c).
+    SignPolicy(SignPolicyArgs),
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443", env = "CINFER_ATTEST_LISTEN")]
+    pub(crate) listen: String,
+    /// Token issuer (default `http://<listen address>`).
+    #[arg(long, env = "CINFER_ATTEST_ISSUER")]
+    pub(crate) issuer: Option<String>,
+    /// State directory: signing key and keys (mode 0700/0600). Without it, state is in memory.
+    #[arg(long, env = "CINFER_ATTEST_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Trust a mock ARK (PEM file written by `mock-init`). Never in production.
+    #[arg(long)]
+    pub(crate) trust_mock_root: Vec<PathBuf>,
+    /// Do not trust the pinned AMD roots (only the mock roots given).
+    #[arg(long)]
+    pub(crate) no_amd_roots: bool,
+    /// Accept debuggable guests. Never in production.
+    #[arg(long)]
+    pub(crate) danger_allow_debug: bool,
+    /// Attestation policy file (MAA text or signed JWS); reloaded when it changes.
+    #[arg(long)]
+    pub(crate) policy: Option<PathBuf>,
+    /// Trusted policy signer certificate (PEM). When given, only signed policies are accepted.
+    #[arg(long)]
+    pub(crate) policy_signer: Vec<PathBuf>,
+    /// File holding the admin bearer token for key import and policy update (disabled without it).
+    #[arg(long, env = "CINFER_ATTEST_ADMIN_TOKEN_FILE")]
+    pub(crate) admin_token_file: Option<PathBuf>,
+    /// Token lifetime in seconds.
+    #[arg(long, default_value_t = 8 * 3600)]
+    pub(crate) token_lifetime_secs: u64,
+    /// Launch measurement (hex) that earns `x-ms-compliance-status: azure-compliant-uvm`.
+    #[arg(long)]
+    pub(crate) compliant_measurement: Vec<String>,
+}
+
+/// `mock-init`.
+#[derive(Debug, Args)]
+pub(crate) struct MockInitArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Processor generation the mock claims.
+    #[arg(long, value_enum, default_value_t = GenerationArg::Milan)]
+    pub(crate) generation: GenerationArg,
+}
+
+/// Processor generation.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum GenerationArg {
+    /// Milan.
+    Milan,
+    /// Genoa.
+    Genoa,
+    /// Turin.
+    Turin,
+}
+
+/// Which attester produces evidence.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub(crate) enum AttesterKind {
+    /// The SNP guest device (`/dev/sev-guest` or `/dev/sev`); fails when absent.
+    Snp,
+    /// The mock attester (needs `--mock-root`). Only for local testing.
+    Mock,
+}
+
+/// Mock report fields.
+#[derive(Debug, Args)]
+pub(crate) struct MockArgs {
+    /// Mock root directory (from `mock-init`).
+    #[arg(long)]
+    pub(crate) mock_root: Option<PathBuf>,
+    /// Launch measurement (96 hex digits).
+    #[arg(long)]
+    pub(crate) measurement: Option<String>,
+    /// host_data (64 hex digits).
+    #[arg(long)]
+    pub(crate) host_data: Option<String>,
+    /// Set the debug bit.
+    #[arg(long)]
+    pub(crate) debug: bool,
+    /// VMPL.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) vmpl: u32,
+}
+
+/// `mock-evidence`.
+#[derive(Debug, Args)]
+pub(crate) struct MockEvidenceArgs {
+    /// Mock fields.
+    #[command(flatten)]
+    pub(crate) mock: MockArgs,
+    /// Runtime data file (report_data = SHA-256 of it ‖ 0³²).
+    #[arg(long)]
+    pub(crate) runtime_data: PathBuf,
+    /// Where to write the 1184-byte report.
+    #[arg(long)]
+    pub(crate) out_report: PathBuf,
+    /// Where to write the PEM chain (VCEK, ASK, ARK).
+    #[arg(long)]
+    pub(crate) out_certs: PathBuf,
+}
+
+/// `verify-report`.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyReportArgs {
+    /// Report file (1184 bytes).
+    #[arg(long)]
+    pub(crate) report: PathBuf,
+    /// PEM chain: VCEK, ASK, ARK.
+    #[arg(long)]
+    pub(crate) certs: PathBuf,
+    /// Check certificate validity at this time (RFC 3339) instead of now.
+    #[arg(long)]
+    pub(crate) at: Option<String>,
+    /// Expected report_data (128 hex digits), compared exactly.
+    #[arg(long)]
+    pub(crate) report_data: Option<String>,
+    /// Expected runtime data file; report_data must be SHA-256 of it ‖ 0³².
+    #[arg(long, conflicts_with = "report_data")]
+    pub(crate) runtime_data: Option<PathBuf>,
+    /// Expected host_data (64 hex digits).
+    #[arg(long)]
+    pub(crate) host_data: Option<String>,
+    /// Trust a mock ARK (PEM).
+    #[arg(long)]
+    pub(crate) trust_mock_root: Vec<PathBuf>,
+    /// Accept debuggable guests.
+    #[arg(long)]
+    pub(crate) danger_allow_debug: bool,
+}
+
+/// Attester selection shared by `attest` and `release-key`.
+#[derive(Debug, Args)]
+pub(crate) struct AttesterArgs {
+    /// Evidence source. There is no default fallback: `snp` fails without the device.
+    #[arg(long, value_enum, default_value_t = AttesterKind::Snp)]
+    pub(crate) attester: AttesterKind,
+    /// Mock fields.
+    #[command(flatten)]
+    pub(crate) mock: MockArgs,
+}
+
+/// `attest`.
+#[derive(Debug, Args)]
+pub(crate) struct AttestArgs {
+    /// Attestation service (MAA endpoint or `cinfer-attest serve` URL).
+    #[arg(long, env = "CINFER_ATTEST_MAA")]
+    pub(crate) maa: String,
+    /// Runtime data file (JSON).
+    #[arg(long)]
+    pub(crate) runtime_data: PathBuf,
+    /// Attester.
+    #[command(flatten)]
+    pub(crate) attester: AttesterArgs,
+}
+
+/// `import-key`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportKeyArgs {
+    /// Vault (AKV/mHSM endpoint or `cinfer-attest serve` URL).
+    #[arg(long)]
+    pub(crate) vault: String,
+    /// Key name.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// File with the raw key bytes (32 bytes for a model key).
+    #[arg(long)]
+    pub(crate) key_file: PathBuf,
+    /// Release policy JSON file (AKV format).
+    #[arg(long)]
+    pub(crate) release_policy: PathBuf,
+    /// File with the bearer token (admin token for the local broker, AAD token for AKV).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Use an IMDS managed identity token instead.
+    #[arg(long)]
+    pub(crate) imds: bool,
+}
+
+/// `release-key`.
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseKeyArgs {
+    /// Attestation service.
+    #[arg(long)]
+    pub(crate) maa: String,
+    /// Vault.
+    #[arg(long)]
+    pub(crate) vault: String,
+    /// Key `name` or `name/version`.
+    #[arg(long)]
+    pub(crate) key: String,
+    /// Output file for the 32-byte key (mode 0600).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// HKDF salt (hex) for RSA keys.
+    #[arg(long, default_value = "")]
+    pub(crate) salt: String,
+    /// HKDF label for RSA keys.
+    #[arg(long, default_value = "")]
+    pub(crate) label: String,
+    /// Bearer token file for the vault (AKV).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Use an IMDS managed identity token for the vault.
+    #[arg(long)]
+    pub(crate) imds: bool,
+    /// Attester.
+    #[command(flatten)]
+    pub(crate) attester: AttesterArgs,
+}
+
+/// `sign-policy`.
+#[derive(Debug, Args)]
+pub(crate) struct SignPolicyArgs {
+    /// Policy text file.
+    #[arg(long)]
+    pub(crate) policy: PathBuf,
+    /// Auditor private key (PKCS#8 PEM, RSA).
+    #[arg(long)]
+    pub(crate) key: PathBuf,
+    /// Auditor certificate (PEM).
+    #[arg(long)]
+    pub(crate) cert: PathBuf,
+    /// Output file for the JWS.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}

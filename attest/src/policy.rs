@@ -1,0 +1,649 @@
+//! Policies: the attestation policy the service enforces before issuing a token (MAA policy text, optionally
+//! signed by an auditor as a JWS), and the AKV release policy a key carries.
+//!
+//! **Attestation policy** (a subset of the MAA policy language):
+//!
+//! ```text
+//! version= 1.0;
+//! authorizationrules
+//! {
+//!     [type=="x-ms-sevsnpvm-hostdata", value=="cadd74f7..."]
+//!     && [type=="x-ms-sevsnpvm-is-debuggable", value==false] => permit();
+//! };
+//! ```
+//!
+//! Rules are tried in order; the first whose conditions all hold decides (`permit()` or `deny()`); when
+//! none holds, the policy denies. A condition is `[type=="<claim>", value==<string|true|false|number>]`
+//! (an optional `c:` prefix and `issuer==".."` attribute are accepted and ignored). `=> permit();` alone
+//! permits everything (MAA's default policy).
+//!
+//! **Signed policy**: a compact JWS (RS256) with `x5c = [b64(DER cert)]` and payload
+//! `{"AttestationPolicy": "<base64url(policy text)>"}`, as the seed's `generate_and_sign_policy.sh` and
+//! MAA produce. The service accepts it only if the certificate's key is one of its trusted policy signers,
+//! and reports the signer in `x-ms-policy-signer`.
+//!
+//! **Release policy** (AKV JSON): `{"version":"1.0.0","anyOf":[{"authority":"https://..","allOf":
+//! [{"claim":"x-ms-sevsnpvm-hostdata","equals":"<hex>"}]}]}`. A token satisfies it when its issuer is a
+//! clause's authority and every `allOf` claim equals (strings compare exactly; a boolean or number claim
+//! equals its JSON text, so `"false"` matches `false` as in AKV).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64STD, URL_SAFE_NO_PAD as B64URL};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{PolicyError, ReleaseError};
+use crate::token::{Claims, cert_fingerprint, normalize_issuer, peek_header, rsa_key_from_cert_der, verify_jws_rs256};
+
+/// Does a claim value equal an expected value? Exact JSON equality, or a string equal to the JSON text of a
+/// boolean or number claim (AKV semantics).
+pub fn claim_equals(actual: &Value, expected: &Value) -> bool {
+    if actual == expected {
+        return true;
+    }
+    match (actual, expected) {
+        (Value::Bool(b), Value::String(s)) => s == if *b { "true" } else { "false" },
+        (Value::Number(n), Value::String(s)) => *s == n.to_string(),
+        (Value::String(s), Value::Bool(b)) => s == if *b { "true" } else { "false" },
+        (Value::String(s), Value::Number(n)) => *s == n.to_string(),
+        _ => false,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Condition {
+    claim: String,
+    value: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Rule {
+    conditions: Vec<Condition>,
+    permit: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Num(String),
+    Punct(&'static str),
+}
+
+fn lex(text: &str) -> Result<Vec<(Tok, usize)>, PolicyError> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    let err = |detail: &str, offset: usize| PolicyError::Parse {
+        detail: detail.to_string(),
+        offset,
+    };
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'/' && b.get(i + 1) == Some(&b'/') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'"' {
+            let start = i;
+            i += 1;
+            let mut s = String::new();
+            loop {
+                match b.get(i) {
+                    None => return Err(err("unterminated string", start)),
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') => {
+                        let Some(&n) = b.get(i + 1) else {
+                            return Err(err("unterminated string", start));
+                        };
+                        s.push(n as char);
+                        i += 2;
+                    }
+                    Some(_) => {
+                        // Copy one UTF-8 character.
+                        let rest = &text[i..];
+                        let ch = rest.chars().next().ok_or_else(|| err("invalid UTF-8", i))?;
+                        s.push(ch);
+                        i += ch.len_utf8();
+                    }
+                }
+            }
+            out.push((Tok::Str(s), start));
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'-') {
+                i += 1;
+            }
+            out.push((Tok::Ident(text[start..i].to_ascii_lowercase()), start));
+        } else if c.is_ascii_digit() || c == b'-' {
+            let start = i;
+            i += 1;
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                i += 1;
+            }
+            out.push((Tok::Num(text[start..i].to_string()), start));
+        } else {
+            let two = if i + 1 < b.len() { &text[i..i + 2] } else { "" };
+            let p: &'static str = match two {
+                "==" => "==",
+                "&&" => "&&",
+                "=>" => "=>",
+                _ => match c {
+                    b'=' => "=",
+                    b';' => ";",
+                    b'{' => "{",
+                    b'}' => "}",
+                    b'[' => "[",
+                    b']' => "]",
+                    b',' => ",",
+                    b'(' => "(",
+                    b')' => ")",
+                    b':' => ":",
+                    _ => return Err(err(&format!("unexpected character {:?}", c as char), i)),
+                },
+            };
+            out.push((Tok::Punct(p), i));
+            i += p.len();
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<(Tok, usize)>,
+    pos: usize,
+    end: usize,
+}
+
+impl Parser {
+    fn offset(&self) -> usize {
+        self.toks.get(self.pos).map(|t| t.1).unwrap_or(self.end)
+    }
+    fn err(&self, detail: impl Into<String>) -> PolicyError {
+        PolicyError::Parse {
+            detail: detail.into(),
+            offset: self.offset(),
+        }
+    }
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos).map(|t| &t.0)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).map(|t| t.0.clone());
+        self.pos += 1;
+        t
+    }
+    fn punct(&mut self, p: &str) -> Result<(), PolicyError> {
+        match self.peek() {
+            Some(Tok::Punct(q)) if *q == p => {
+                self.pos += 1;
+                Ok(())
+            }
+            _ => Err(self.err(format!("expected `{p}`"))),
+        }
+    }
+    fn ident(&mut self, name: &str) -> Result<(), PolicyError> {
+        match self.peek() {
+            Some(Tok::Ident(q)) if q == name => {
+                self.pos += 1;
+                Ok(())
+            }
+            _ => Err(self.err(format!("expected `{name}`"))),
+        }
+    }
+    fn is_punct(&self, p: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Punct(q)) if *q == p)
+    }
+
+    fn literal(&mut self) -> Result<Value, PolicyError> {
+        match self.next() {
+            Some(Tok::Str(s)) => Ok(Value::String(s)),
+            Some(Tok::Ident(i)) if i == "true" => Ok(Value::Bool(true)),
+            Some(Tok::Ident(i)) if i == "false" => Ok(Value::Bool(false)),
+            Some(Tok::Num(n)) => {
+                self.pos -= 1;
+                let v = serde_json::from_str::<serde_json::Number>(&n).map_err(|_| self.err("invalid number"))?;
+                self.pos += 1;
+                Ok(Value::Number(v))
+            }
+            _ => {
+                self.pos = self.pos.saturating_sub(1);
+                Err(self.err("expected a string, true, false or a number"))
+            }
+        }
+    }
+
+    fn condition(&mut self) -> Result<Condition, PolicyError> {
+        if matches!(self.peek(), Some(Tok::Ident(i)) if i == "c") {
+            self.pos += 1;
+            self.punct(":")?;
+        }
+        self.punct("[")?;
+        let (mut claim, mut value) = (None, None);
+        loop {
+            let Some(Tok::Ident(attr)) = self.next() else {
+                self.pos -= 1;
+                return Err(self.err("expected `type`, `value` or `issuer`"));
+            };
+            self.punct("==")?;
+            let lit = self.literal()?;
+            match attr.as_str() {
+                "type" => match lit {
+                    Value::String(s) => claim = Some(s),
+                    _ => return Err(self.err("type must be a string")),
+                },
+                "value" => value = Some(lit),
+                "issuer" => {}
+                other => return Err(self.err(format!("unknown attribute `{other}`"))),
+            }
+            if self.is_punct(",") {
+                self.pos += 1;
+                continue;
+            }
+            self.punct("]")?;
+            break;
+        }
+        match (claim, value) {
+            (Some(claim), Some(value)) => Ok(Condition { claim, value }),
+            _ => Err(self.err("a condition needs both type== and value==")),
+        }
+    }
+
+    fn rule(&mut self) -> Result<Rule, PolicyError> {
+        let mut conditions = Vec::new();
+        if !self.is_punct("=>") {
+            conditions.push(self.condition()?);
+            while self.is_punct("&&") {
+                self.pos += 1;
+                conditions.push(self.condition()?);
+            }
+        }
+        self.punct("=>")?;
+        let permit = match self.next() {
+            Some(Tok::Ident(a)) if a == "permit" => true,
+            Some(Tok::Ident(a)) if a == "deny" => false,
+            _ => {
+                self.pos -= 1;
+                return Err(self.err("expected permit() or deny()"));
+            }
+        };
+        self.punct("(")?;
+        self.punct(")")?;
+        self.punct(";")?;
+        Ok(Rule { conditions, permit })
+    }
+
+    fn policy(&mut self) -> Result<Vec<Rule>, PolicyError> {
+        self.ident("version")?;
+        self.punct("=")?;
+        match self.next() {
+            Some(Tok::Num(v)) if v == "1.0" || v == "1" => {}
+            _ => {
+                self.pos -= 1;
+                return Err(self.err("expected version 1.0"));
+            }
+        }
+        self.punct(";")?;
+        self.ident("authorizationrules")?;
+        self.punct("{")?;
+        let mut rules = Vec::new();
+        while !self.is_punct("}") {
+            if self.peek().is_none() {
+                return Err(self.err("unterminated authorizationrules"));
+            }
+            rules.push(self.rule()?);
+        }
+        self.punct("}")?;
+        self.punct(";")?;
+        if self.peek().is_some() {
+            return Err(self.err("unexpected input after authorizationrules (only authorizationrules is supported)"));
+        }
+        Ok(rules)
+    }
+}
+
+/// Who signed a policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySigner {
+    /// DER of the signing certificate (`x5c[0]`).
+    pub cert_der: Vec<u8>,
+}
+
+impl PolicySigner {
+    /// The `x-ms-policy-signer` claim: `{"kty":"RSA","n","e","x5c":[b64(DER)]}`.
+    pub fn claim(&self) -> Value {
+        let mut v = serde_json::json!({"kty": "RSA", "x5c": [B64STD.encode(&self.cert_der)]});
+        if let Some(key) = rsa_key_from_cert_der(&self.cert_der) {
+            use rsa::traits::PublicKeyParts;
+            v["n"] = Value::String(B64URL.encode(key.n_bytes()));
+            v["e"] = Value::String(B64URL.encode(key.e_bytes()));
+        }
+        v
+    }
+}
+
+/// A parsed attestation policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttestationPolicy {
+    rules: Vec<Rule>,
+    text: String,
+    signer: Option<PolicySigner>,
+}
+
+impl AttestationPolicy {
+    /// MAA's default: permit any verified evidence.
+    pub fn permit_all() -> Self {
+        Self {
+            rules: vec![Rule {
+                conditions: vec![],
+                permit: true,
+            }],
+            text: "version=1.0; authorizationrules { => permit(); };".into(),
+            signer: None,
+        }
+    }
+
+    /// Parse unsigned policy text.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let toks = lex(text)?;
+        let mut p = Parser {
+            toks,
+            pos: 0,
+            end: text.len(),
+        };
+        let rules = p.policy()?;
+        Ok(Self {
+            rules,
+            text: text.to_string(),
+            signer: None,
+        })
+    }
+
+    /// Load a policy document: a signed JWS (three dot-separated base64url parts) or plain text. When
+    /// `trusted_signers` (DER certificates) is non-empty, the document must be a JWS signed by one of their
+    /// keys.
+    pub fn from_document(doc: &str, trusted_signers: &[Vec<u8>]) -> Result<Self, PolicyError> {
+        let doc = doc.trim();
+        let looks_jws = doc.split('.').count() == 3 && !doc.contains(char::is_whitespace);
+        if !looks_jws {
+            if !trusted_signers.is_empty() {
+                return Err(PolicyError::Unsigned);
+            }
+            return Self::parse(doc);
+        }
+        let sig_err = |detail: String| PolicyError::Signature { detail };
+        let header = peek_header(doc).map_err(|e| sig_err(e.to_string()))?;
+        let x5c0 = header
+            .get("x5c")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .ok_or_else(|| sig_err("JWS header has no x5c certificate".into()))?;
+        let cert_der = B64STD.decode(x5c0).map_err(|e| sig_err(format!("x5c: {e}")))?;
+        let key = rsa_key_from_cert_der(&cert_der).ok_or_else(|| sig_err("x5c[0] is not an RSA certificate".into()))?;
+        let payload = verify_jws_rs256(doc, &key).map_err(|e| sig_err(e.to_string()))?;
+        if !trusted_signers.is_empty()
+            && !trusted_signers
+                .iter()
+                .any(|t| rsa_key_from_cert_der(t).is_some_and(|k| k == key))
+        {
+            return Err(PolicyError::UntrustedSigner {
+                fingerprint: cert_fingerprint(&cert_der),
+            });
+        }
+        let b64 = payload
+            .get("AttestationPolicy")
+            .and_then(Value::as_str)
+            .ok_or_else(|| sig_err("payload has no AttestationPolicy".into()))?;
+        let text = B64URL
+            .decode(b64.trim_end_matches('='))
+            .map_err(|e| sig_err(format!("AttestationPolicy: {e}")))?;
+        let text = String::from_utf8(text).map_err(|_| sig_err("AttestationPolicy is not UTF-8".into()))?;
+        let mut policy = Self::parse(&text)?;
+        policy.signer = Some(PolicySigner { cert_der });
+        Ok(policy)
+    }
+
+    /// The signer, when the policy was signed.
+    pub fn signer(&self) -> Option<&PolicySigner> {
+        self.signer.as_ref()
+    }
+
+    /// The policy text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// `x-ms-policy-hash`: base64url SHA-256 of the policy text.
+    pub fn hash(&self) -> String {
+        B64URL.encode(Sha256::digest(self.text.as_bytes()))
+    }
+
+    /// Evaluate: the first rule whose conditions all hold decides; none → deny.
+    pub fn evaluate(&self, claims: &Claims) -> Result<(), PolicyError> {
+        let mut reasons = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let failed = rule
+                .conditions
+                .iter()
+                .find(|c| !claims.get(&c.claim).is_some_and(|v| claim_equals(v, &c.value)));
+            match failed {
+                None if rule.permit => return Ok(()),
+                None => {
+                    return Err(PolicyError::Denied {
+                        reason: format!("rule {} denies", i + 1),
+                    });
+                }
+                Some(c) => reasons.push(format!(
+                    "rule {}: {} is {} not {}",
+                    i + 1,
+                    c.claim,
+                    claims
+                        .get(&c.claim)
+                        .map(Value::to_string)
+                        .unwrap_or_else(|| "absent".into()),
+                    c.value
+                )),
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push("no rules".into());
+        }
+        Err(PolicyError::Denied {
+            reason: reasons.join("; "),
+        })
+    }
+}
+
+/// Sign policy text as an auditor: RS256 JWS with `x5c = [cert]` and `{"AttestationPolicy": b64url(text)}`.
+pub fn sign_policy(text: &str, key_pkcs8_pem: &str, cert_der: &[u8]) -> Result<String, PolicyError> {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    let err = |e: String| PolicyError::Signature { detail: e };
+    let key = rsa::PrivateKey::from_pkcs8_pem(key_pkcs8_pem).map_err(|e| err(e.to_string()))?;
+    let der = key.to_pkcs1_der().map_err(|e| err(e.to_string()))?;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.x5c = Some(vec![B64STD.encode(cert_der)]);
+    let payload = serde_json::json!({"AttestationPolicy": B64URL.encode(text.as_bytes())});
+    jsonwebtoken::encode(
+        &header,
+        &payload,
+        &jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes()),
+    )
+    .map_err(|e| err(e.to_string()))
+}
+
+/// One `allOf` condition of a release policy.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimCondition {
+    /// Claim name.
+    pub claim: String,
+    /// Expected value (AKV writes strings, also for booleans and numbers).
+    pub equals: Value,
+}
+
+/// One `anyOf` clause: an authority and the claims its token must carry.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseClause {
+    /// Attestation service URL (the token's `iss`).
+    pub authority: String,
+    /// Conditions, all of which must hold.
+    #[serde(rename = "allOf")]
+    pub all_of: Vec<ClaimCondition>,
+}
+
+/// An AKV release policy.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasePolicy {
+    /// `1.0.0` (or `0.2`).
+    pub version: String,
+    /// Clauses, any of which suffices.
+    #[serde(rename = "anyOf")]
+    pub any_of: Vec<ReleaseClause>,
+}
+
+impl ReleasePolicy {
+    /// Parse and validate: at least one clause, each with an authority and at least one condition.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ReleaseError> {
+        let p: Self =
+            serde_json::from_slice(bytes).map_err(|e| ReleaseError::InvalidPolicy { detail: e.to_string() })?;
+        if p.version != "1.0.0" && p.version != "0.2" {
+            return Err(ReleaseError::InvalidPolicy {
+                detail: format!("unsupported version {:?}", p.version),
+            });
+        }
+        if p.any_of.is_empty() {
+            return Err(ReleaseError::InvalidPolicy {
+                detail: "anyOf is empty".into(),
+            });
+        }
+        for c in &p.any_of {
+            if c.authority.trim().is_empty() || c.all_of.is_empty() {
+                return Err(ReleaseError::InvalidPolicy {
+                    detail: "every anyOf clause needs an authority and at least one allOf condition".into(),
+                });
+            }
+        }
+        Ok(p)
+    }
+
+    /// Check a verified token's claims issued by `issuer`.
+    pub fn evaluate(&self, issuer: &str, claims: &Claims) -> Result<(), ReleaseError> {
+        let clauses: Vec<&ReleaseClause> = self
+            .any_of
+            .iter()
+            .filter(|c| normalize_issuer(&c.authority) == normalize_issuer(issuer))
+            .collect();
+        if clauses.is_empty() {
+            return Err(ReleaseError::WrongAuthority {
+                issuer: issuer.to_string(),
+            });
+        }
+        let mut reasons = Vec::new();
+        for clause in clauses {
+            match clause
+                .all_of
+                .iter()
+                .find(|c| !claims.get(&c.claim).is_some_and(|v| claim_equals(v, &c.equals)))
+            {
+                None => return Ok(()),
+                Some(c) => reasons.push(format!(
+                    "{} is {} not {}",
+                    c.claim,
+                    claims
+                        .get(&c.claim)
+                        .map(Value::to_string)
+                        .unwrap_or_else(|| "absent".into()),
+                    c.equals
+                )),
+            }
+        }
+        Err(ReleaseError::PolicyNotSatisfied {
+            reason: reasons.join("; "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const SEED: &str = r#"version= 1.0;
+authorizationrules
+{
+[type=="x-ms-sevsnpvm-hostdata", value=="abcd"]
+&& [type=="x-ms-compliance-status", value=="azure-compliant-uvm"]
+=> permit();
+};
+"#;
+
+    fn claims(v: Value) -> Claims {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn seed_policy_parses_and_evaluates() {
+        let p = AttestationPolicy::parse(SEED).unwrap();
+        let ok = claims(json!({"x-ms-sevsnpvm-hostdata": "abcd", "x-ms-compliance-status": "azure-compliant-uvm"}));
+        p.evaluate(&ok).unwrap();
+        let bad = claims(json!({"x-ms-sevsnpvm-hostdata": "abce", "x-ms-compliance-status": "azure-compliant-uvm"}));
+        let e = p.evaluate(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("attestation policy") && e.contains("x-ms-sevsnpvm-hostdata"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn booleans_numbers_and_deny_rules() {
+        let p = AttestationPolicy::parse(
+            "version=1.0; authorizationrules { c:[type==\"dbg\", issuer==\"AttestationService\", value==true] => deny(); [type==\"vmpl\", value==0] => permit(); };",
+        )
+        .unwrap();
+        assert!(p.evaluate(&claims(json!({"dbg": true, "vmpl": 0}))).is_err());
+        p.evaluate(&claims(json!({"dbg": false, "vmpl": 0}))).unwrap();
+        assert!(p.evaluate(&claims(json!({"dbg": false, "vmpl": 1}))).is_err());
+    }
+
+    #[test]
+    fn parse_errors_have_offsets() {
+        for bad in [
+            "",
+            "version=2.0;",
+            "version=1.0; authorizationrules { [type==\"a\"] => permit(); };",
+            "version=1.0; authorizationrules { => allow(); };",
+            "version=1.0; authorizationrules { => permit(); }; issuancerules { };",
+            "\"unterminated",
+        ] {
+            let e = AttestationPolicy::parse(bad).unwrap_err();
+            assert!(e.to_string().starts_with("policy parse:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn release_policy_akv_semantics() {
+        let p = ReleasePolicy::from_json(
+            br#"{"version":"1.0.0","anyOf":[{"authority":"https://maa.example/","allOf":[{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"},{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}]}]}"#,
+        )
+        .unwrap();
+        let c = claims(json!({"x-ms-sevsnpvm-is-debuggable": false, "x-ms-sevsnpvm-vmpl": 0}));
+        p.evaluate("https://maa.example", &c).unwrap();
+        let e = p.evaluate("https://other.example", &c).unwrap_err();
+        assert!(matches!(e, ReleaseError::WrongAuthority { .. }), "{e}");
+        let c2 = claims(json!({"x-ms-sevsnpvm-is-debuggable": true, "x-ms-sevsnpvm-vmpl": 0}));
+        let e = p.evaluate("https://maa.example", &c2).unwrap_err();
+        assert!(e.to_string().starts_with("release policy: not satisfied"), "{e}");
+        assert!(ReleasePolicy::from_json(br#"{"version":"1.0.0","anyOf":[]}"#).is_err());
+        assert!(ReleasePolicy::from_json(br#"{"version":"1.0.0","anyOf":[{"authority":"x","allOf":[]}]}"#).is_err());
+    }
+}

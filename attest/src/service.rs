@@ -1,0 +1,836 @@
+//! `cinfer-attest serve`: an MAA-compatible attestation service and an AKV-compatible key broker in one
+//! HTTP server.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /attest/SevSnpVm?api-version=..` | MAA SEV-SNP attestation → `{"token": JWT}` |
+//! | `GET /certs` | JWKS of the token-signing key |
+//! | `GET /.well-known/openid-configuration` | OpenID metadata (`issuer`, `jwks_uri`) |
+//! | `GET`/`PUT /policies/SevSnpVm` | current attestation policy; replace it (admin bearer token) |
+//! | `PUT /keys/{name}` | import a key with an AKV release policy (admin bearer token) |
+//! | `GET /keys/{name}[/{version}]` | public key bundle |
+//! | `POST /keys/{name}[/{version}]/release` | `{"target": JWT}` → `{"value": JWS}` (CKM_RSA_AES_KEY_WRAP) |
+//!
+//! **Caller authentication.** Routes that change state (key import, policy update) require
+//! `Authorization: Bearer <admin token>`; the token is configured at start (`--admin-token-file`), kept only
+//! as a SHA-256 digest and compared in constant time. Without an admin token those routes are disabled
+//! (403), so a network peer can never replace a key or its policy. Release needs no bearer token: the
+//! attestation token *is* the credential, and the key leaves only wrapped to the token's runtime key.
+//!
+//! **Policy reload.** With a policy file, every attestation checks the file's modification time and
+//! reloads it when changed; an invalid new policy makes attestation fail (closed) until it is fixed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD as B64URL};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::claims;
+use crate::error::{PolicyError, ReleaseError, ServiceError};
+use crate::keystore::{KeyStore, KeyVersion, key_bundle, valid_key_name};
+use crate::keywrap::{CKM_RSA_AES_KEY_WRAP, rsa_aes_wrap, rsa_public_from_jwk};
+use crate::policy::{AttestationPolicy, ReleasePolicy};
+use crate::secret::{SecretBytes, random_bytes};
+use crate::token::{Claims, Jwks, SigningIdentity, TokenCheck, normalize_issuer, verify_token};
+use crate::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data, verify_report};
+
+/// Base64url decoding that accepts padded and unpadded input (Go's `URLEncoding` pads).
+pub(crate) const B64URL_ANY: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// An attestation authority whose tokens the key broker accepts besides its own.
+#[derive(Clone, Debug)]
+pub struct TrustedAuthority {
+    /// The authority's issuer (`iss`).
+    pub issuer: String,
+    /// Its token-signing keys.
+    pub jwks: Jwks,
+}
+
+/// Service configuration (plain data; the CLI builds it).
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Token issuer; default `http://<bound address>`.
+    pub issuer: Option<String>,
+    /// Where the signing key and keys persist; `None` keeps everything in memory.
+    pub state_dir: Option<PathBuf>,
+    /// Accepted roots (AMD by default; add the mock root explicitly for local testing).
+    pub trust: TrustStore,
+    /// Accept debuggable guests (never in production).
+    pub allow_debug: bool,
+    /// Attestation policy file (text or signed JWS), reloaded when it changes.
+    pub policy_file: Option<PathBuf>,
+    /// Initial policy document when there is no file; `None` = permit any verified evidence (MAA default).
+    pub policy: Option<String>,
+    /// Trusted policy signers (DER certificates). When non-empty, only signed policies are accepted.
+    pub policy_signers: Vec<Vec<u8>>,
+    /// Admin bearer token for key import and policy update; `None` disables both.
+    pub admin_token: Option<SecretBytes>,
+    /// Lifetime of issued tokens.
+    pub token_lifetime: Duration,
+    /// Launch measurements (hex) that earn `x-ms-compliance-status: azure-compliant-uvm`.
+    pub compliant_measurements: Vec<String>,
+    /// Other attestation services whose tokens the broker accepts.
+    pub trusted_authorities: Vec<TrustedAuthority>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            state_dir: None,
+            trust: TrustStore::amd(),
+            allow_debug: false,
+            policy_file: None,
+            policy: None,
+            policy_signers: Vec::new(),
+            admin_token: None,
+            token_lifetime: Duration::from_secs(8 * 3600),
+            compliant_measurements: Vec::new(),
+            trusted_authorities: Vec::new(),
+        }
+    }
+}
+
+struct AppState {
+    issuer: String,
+    identity: SigningIdentity,
+    trust: TrustStore,
+    allow_debug: bool,
+    policy: RwLock<Result<Arc<AttestationPolicy>, String>>,
+    policy_file: Option<PathBuf>,
+    policy_mtime: Mutex<Option<SystemTime>>,
+    policy_signers: Vec<Vec<u8>>,
+    admin_token_sha256: Option<[u8; 32]>,
+    token_lifetime: Duration,
+    compliant: Vec<String>,
+    authorities: Vec<TrustedAuthority>,
+    keys: KeyStore,
+}
+
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl std::fmt::Display) -> Self {
+        Self {
+            status,
+            code,
+            message: message.to_string(),
+        }
+    }
+    fn bad(message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn load_identity(state_dir: Option<&PathBuf>) -> Result<SigningIdentity, ServiceError> {
+    let Some(dir) = state_dir else {
+        return Ok(SigningIdentity::generate("cinfer-attest")?);
+    };
+    std::fs::create_dir_all(dir).map_err(|source| ServiceError::Io {
+        context: format!("creating {}", dir.display()),
+        source,
+    })?;
+    let path = dir.join("signing-key.pem");
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => {
+            let pem = zeroize::Zeroizing::new(pem);
+            Ok(SigningIdentity::from_pkcs8_pem(&pem, "cinfer-attest")?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = SigningIdentity::generate("cinfer-attest")?;
+            crate::store::write_private_file(&path, id.to_pkcs8_pem()?.as_bytes()).map_err(|source| {
+                ServiceError::Io {
+                    context: format!("writing {}", path.display()),
+                    source,
+                }
+            })?;
+            Ok(id)
+        }
+        Err(source) => Err(ServiceError::Io {
+            context: format!("reading {}", path.display()),
+            source,
+        }),
+    }
+}
+
+fn read_policy_file(path: &PathBuf, signers: &[Vec<u8>]) -> Result<(AttestationPolicy, Option<SystemTime>), String> {
+    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("policy file {}: {e}", path.display()))?;
+    let p = AttestationPolicy::from_document(&text, signers).map_err(|e| e.to_string())?;
+    Ok((p, mtime))
+}
+
+impl AppState {
+    fn new(config: ServiceConfig, issuer: String) -> Result<Self, ServiceError> {
+        let identity = load_identity(config.state_dir.as_ref())?;
+        let keys = match &config.state_dir {
+            Some(dir) => KeyStore::open(dir.join("keys"))?,
+            None => KeyStore::in_memory(),
+        };
+        let (policy, mtime) = match (&config.policy_file, &config.policy) {
+            (Some(path), _) => {
+                let (p, m) = read_policy_file(path, &config.policy_signers).map_err(ServiceError::Config)?;
+                (p, m)
+            }
+            (None, Some(doc)) => (AttestationPolicy::from_document(doc, &config.policy_signers)?, None),
+            (None, None) if !config.policy_signers.is_empty() => return Err(PolicyError::Unsigned.into()),
+            (None, None) => (AttestationPolicy::permit_all(), None),
+        };
+        Ok(Self {
+            issuer,
+            identity,
+            trust: config.trust,
+            allow_debug: config.allow_debug,
+            policy: RwLock::new(Ok(Arc::new(policy))),
+            policy_file: config.policy_file,
+            policy_mtime: Mutex::new(mtime),
+            policy_signers: config.policy_signers,
+            admin_token_sha256: config.admin_token.map(|t| Sha256::digest(t.expose()).into()),
+            token_lifetime: config.token_lifetime,
+            compliant: config
+                .compliant_measurements
+                .iter()
+                .map(|m| m.to_ascii_lowercase())
+                .collect(),
+            authorities: config.trusted_authorities,
+            keys,
+        })
+    }
+
+    fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: vec![self.identity.jwk()],
+        }
+    }
+
+    /// The current policy, reloading the file if it changed.
+    fn current_policy(&self) -> Result<Arc<AttestationPolicy>, String> {
+        if let Some(path) = &self.policy_file {
+            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            let mut last = self.policy_mtime.lock().unwrap_or_else(|e| e.into_inner());
+            if mtime != *last {
+                *last = mtime;
+                let loaded = read_policy_file(path, &self.policy_signers).map(|(p, _)| Arc::new(p));
+                match &loaded {
+                    Ok(_) => tracing::info!(path = %path.display(), "attestation policy reloaded"),
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "attestation policy reload failed; denying until fixed")
+                    }
+                }
+                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+            }
+        }
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn check_admin(&self, headers: &HeaderMap) -> ApiResult<()> {
+        let Some(expected) = &self.admin_token_sha256 else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "administration is disabled (no admin token configured)",
+            ));
+        };
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "missing bearer token"))?;
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        if bool::from(digest.ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "invalid bearer token",
+            ))
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DataField {
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    data_type: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttestRequest {
+    report: String,
+    #[serde(default)]
+    runtime_data: Option<DataField>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    init_time_data: Option<DataField>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    nonce: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SnpReportEnvelope {
+    snp_report: String,
+    vcek_cert_chain: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    endorsements: Option<String>,
+}
+
+async fn attest(
+    State(state): State<Arc<AppState>>,
+    Path(tee): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    if !tee.eq_ignore_ascii_case("sevsnpvm") {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("unsupported TEE type {tee:?}"),
+        ));
+    }
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || attest_blocking(&st, &body))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?;
+    match &result {
+        Ok(_) => tracing::info!("attestation succeeded"),
+        Err(e) => tracing::info!(error = %e.message, "attestation refused"),
+    }
+    result.map(|t| Json(json!({"token": t})))
+}
+
+fn attest_blocking(state: &AppState, body: &[u8]) -> ApiResult<String> {
+    let req: AttestRequest = serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
+    let envelope = B64URL_ANY
+        .decode(req.report.trim())
+        .map_err(|e| ApiError::bad(format!("report: base64url: {e}")))?;
+    let envelope: SnpReportEnvelope =
+        serde_json::from_slice(&envelope).map_err(|e| ApiError::bad(format!("report: JSON: {e}")))?;
+    let report = B64URL_ANY
+        .decode(envelope.snp_report.trim())
+        .map_err(|e| ApiError::bad(format!("SnpReport: {e}")))?;
+    let chain_pem = B64URL_ANY
+        .decode(envelope.vcek_cert_chain.trim())
+        .map_err(|e| ApiError::bad(format!("VcekCertChain: {e}")))?;
+    let (runtime, runtime_type) = match &req.runtime_data {
+        Some(d) => (
+            B64URL_ANY
+                .decode(d.data.trim())
+                .map_err(|e| ApiError::bad(format!("runtimeData: {e}")))?,
+            d.data_type.clone(),
+        ),
+        None => (Vec::new(), String::new()),
+    };
+    let runtime_claim = if runtime.is_empty() {
+        None
+    } else if runtime_type.eq_ignore_ascii_case("json") {
+        Some(
+            serde_json::from_slice::<Value>(&runtime)
+                .map_err(|e| ApiError::bad(format!("runtimeData is not JSON: {e}")))?,
+        )
+    } else {
+        return Err(ApiError::bad("runtimeData dataType must be JSON"));
+    };
+
+    let chain = CertChain::from_pem(&chain_pem).map_err(ApiError::bad)?;
+    let opts = VerifyOptions {
+        at: SystemTime::now(),
+        allow_debug: state.allow_debug,
+        expected_report_data: Some(maa_report_data(&runtime)),
+        ..VerifyOptions::default()
+    };
+    let verified = verify_report(&report, &chain, &state.trust, &opts).map_err(ApiError::bad)?;
+
+    let mut claims = claims::snp_claims(&verified);
+    if let Some(rt) = runtime_claim {
+        claims.insert(claims::RUNTIME.into(), rt);
+    }
+    let measurement = hex::encode(verified.report.measurement());
+    if state.compliant.contains(&measurement) {
+        claims.insert(
+            claims::COMPLIANCE_STATUS.into(),
+            Value::String(claims::AZURE_COMPLIANT_UVM.into()),
+        );
+    }
+    let policy = state.current_policy().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "PolicyError",
+            format!("attestation policy: {e}"),
+        )
+    })?;
+    policy
+        .evaluate(&claims)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "PolicyEvaluationError", e))?;
+    claims.insert(claims::POLICY_HASH.into(), Value::String(policy.hash()));
+    if let Some(signer) = policy.signer() {
+        claims.insert(claims::POLICY_SIGNER.into(), signer.claim());
+    }
+    let now = now_secs();
+    claims.insert("iss".into(), Value::String(state.issuer.clone()));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("nbf".into(), json!(now));
+    claims.insert("exp".into(), json!(now + state.token_lifetime.as_secs() as i64));
+    claims.insert("jti".into(), Value::String(hex::encode(random_bytes::<16>())));
+    state
+        .identity
+        .sign(&claims, Some(format!("{}/certs", state.issuer)), false)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))
+}
+
+async fn certs(State(state): State<Arc<AppState>>) -> Json<Jwks> {
+    Json(state.jwks())
+}
+
+async fn openid(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "issuer": state.issuer,
+        "jwks_uri": format!("{}/certs", state.issuer),
+        "response_types_supported": ["token", "none"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "claims_supported": [claims::ATTESTATION_TYPE, claims::HOSTDATA, claims::LAUNCH_MEASUREMENT,
+                             claims::IS_DEBUGGABLE, claims::VMPL, claims::RUNTIME, claims::POLICY_SIGNER],
+    }))
+}
+
+async fn get_policy(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let p = state
+        .current_policy()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "PolicyError", e))?;
+    Ok(Json(
+        json!({"policy": p.text(), "x-ms-policy-hash": p.hash(), "signed": p.signer().is_some()}),
+    ))
+}
+
+async fn put_policy(State(state): State<Arc<AppState>>, headers: HeaderMap, body: String) -> ApiResult<Json<Value>> {
+    state.check_admin(&headers)?;
+    let policy = AttestationPolicy::from_document(&body, &state.policy_signers).map_err(ApiError::bad)?;
+    if let Some(path) = &state.policy_file {
+        crate::store::write_private_file(path, body.trim().as_bytes())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        *state.policy_mtime.lock().unwrap_or_else(|e| e.into_inner()) = mtime;
+    }
+    let hash = policy.hash();
+    *state.policy.write().unwrap_or_else(|e| e.into_inner()) = Ok(Arc::new(policy));
+    tracing::info!(hash = %hash, "attestation policy replaced");
+    Ok(Json(json!({"x-ms-policy-hash": hash})))
+}
+
+#[derive(serde::Deserialize)]
+struct ImportRequest {
+    key: Value,
+    #[serde(default)]
+    #[allow(dead_code)]
+    hsm: Option<bool>,
+    #[serde(default)]
+    attributes: Option<Value>,
+    release_policy: Option<Value>,
+}
+
+fn jwk_bytes(jwk: &Value, name: &str) -> ApiResult<Vec<u8>> {
+    let s = jwk
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad(format!("key.{name} missing")))?;
+    B64URL_ANY
+        .decode(s)
+        .map_err(|e| ApiError::bad(format!("key.{name}: {e}")))
+}
+
+async fn import_key(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    state.check_admin(&headers)?;
+    if !valid_key_name(&name) {
+        return Err(ApiError::bad("key name must be 1-127 characters of [A-Za-z0-9-]"));
+    }
+    let req: ImportRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
+    let rp = req
+        .release_policy
+        .ok_or_else(|| ApiError::bad("release_policy is required"))?;
+    let data = rp
+        .get("data")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad("release_policy.data missing"))?;
+    let policy_json = B64URL_ANY
+        .decode(data)
+        .map_err(|e| ApiError::bad(format!("release_policy.data: {e}")))?;
+    let release_policy = ReleasePolicy::from_json(&policy_json).map_err(ApiError::bad)?;
+    let exportable = req
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get("exportable"))
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let kty = req.key.get("kty").and_then(Value::as_str).unwrap_or("").to_string();
+    let key_ops: Vec<String> = req
+        .key
+        .get("key_ops")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let (material, public) = match kty.as_str() {
+        "oct" | "oct-HSM" => {
+            let k = SecretBytes::new(jwk_bytes(&req.key, "k")?);
+            if k.is_empty() {
+                return Err(ApiError::bad("key.k is empty"));
+            }
+            (k, None)
+        }
+        "RSA" | "RSA-HSM" => {
+            let part = |n: &str| jwk_bytes(&req.key, n).map(|b| rsa::BoxedUint::from_be_slice_vartime(&b));
+            let key =
+                rsa::PrivateKey::from_components(part("n")?, part("e")?, part("d")?, vec![part("p")?, part("q")?])
+                    .map_err(|e| ApiError::bad(format!("RSA key: {e}")))?;
+            let der = crate::keywrap::rsa_private_pkcs8(&key).map_err(ApiError::bad)?;
+            let n = req
+                .key
+                .get("n")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .trim_end_matches('=')
+                .to_string();
+            let e = req
+                .key
+                .get("e")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .trim_end_matches('=')
+                .to_string();
+            (der, Some((n, e)))
+        }
+        other => {
+            return Err(ApiError::bad(format!(
+                "unsupported kty {other:?} (oct, oct-HSM, RSA, RSA-HSM)"
+            )));
+        }
+    };
+    let version = KeyVersion {
+        version: hex::encode(random_bytes::<16>()),
+        kty,
+        key_ops,
+        material,
+        release_policy_json: policy_json,
+        release_policy,
+        exportable,
+        created: now_secs(),
+        public,
+    };
+    state
+        .keys
+        .insert(&name, version.clone())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?;
+    tracing::info!(key = %name, version = %version.version, "key imported");
+    Ok(Json(key_bundle(&state.issuer, &name, &version)))
+}
+
+async fn get_key(State(state): State<Arc<AppState>>, Path(params): Path<Vec<String>>) -> ApiResult<Json<Value>> {
+    let (name, version) = (params.first().cloned().unwrap_or_default(), params.get(1).cloned());
+    let v = state
+        .keys
+        .get(&name, version.as_deref())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "KeyNotFound", format!("key not found: {name}")))?;
+    Ok(Json(key_bundle(&state.issuer, &name, &v)))
+}
+
+#[derive(serde::Deserialize)]
+struct ReleaseRequest {
+    target: String,
+    #[serde(default)]
+    enc: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    nonce: Option<String>,
+}
+
+fn release_status(e: &ReleaseError) -> (StatusCode, &'static str) {
+    match e {
+        ReleaseError::NotFound { .. } => (StatusCode::NOT_FOUND, "KeyNotFound"),
+        ReleaseError::InvalidPolicy { .. } | ReleaseError::RuntimeKey { .. } => {
+            (StatusCode::BAD_REQUEST, "BadParameter")
+        }
+        ReleaseError::Wrap(_) => (StatusCode::BAD_REQUEST, "BadParameter"),
+        _ => (StatusCode::FORBIDDEN, "AccessDenied"),
+    }
+}
+
+async fn release_key(
+    State(state): State<Arc<AppState>>,
+    Path(params): Path<Vec<String>>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let (name, version) = (params.first().cloned().unwrap_or_default(), params.get(1).cloned());
+    let req: ReleaseRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || release_blocking(&st, &name, version.as_deref(), &req))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?;
+    match result {
+        Ok(v) => Ok(Json(json!({"value": v}))),
+        Err(e) => {
+            tracing::info!(error = %e, "key release refused");
+            let (status, code) = release_status(&e);
+            Err(ApiError::new(status, code, e))
+        }
+    }
+}
+
+/// The broker's release decision, usable without HTTP: verify the token, evaluate the key's release policy,
+/// wrap the key to the runtime key. Returns the wrapped bytes and the key version.
+fn release_blocking(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    req: &ReleaseRequest,
+) -> Result<String, ReleaseError> {
+    let key = state.keys.get(name, version).ok_or_else(|| ReleaseError::NotFound {
+        name: format!("{name}{}", version.map(|v| format!("/{v}")).unwrap_or_default()),
+    })?;
+    let claims = verify_release_token(state, &req.target)?;
+    let issuer = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if !key.exportable {
+        return Err(ReleaseError::PolicyNotSatisfied {
+            reason: "key is not exportable".into(),
+        });
+    }
+    key.release_policy.evaluate(&issuer, &claims)?;
+    let runtime_key = runtime_rsa_key(&claims)?;
+    let enc = req.enc.clone().unwrap_or_else(|| CKM_RSA_AES_KEY_WRAP.to_string());
+    let ciphertext = rsa_aes_wrap(&runtime_key, &enc, key.material.expose())?;
+    let kid = format!("{}/keys/{name}/{}", state.issuer, key.version);
+    let key_hsm = json!({
+        "schema_version": "1.0",
+        "header": {"kid": kid, "alg": "dir", "enc": enc},
+        "ciphertext": B64URL.encode(&ciphertext),
+    });
+    let mut bundle = key_bundle(&state.issuer, name, &key);
+    bundle["key"]["key_hsm"] = Value::String(B64URL.encode(serde_json::to_vec(&key_hsm).unwrap_or_default()));
+    let payload = json!({
+        "request": {"api-version": "7.4", "enc": enc, "kid": kid},
+        "response": {"key": bundle},
+    });
+    tracing::info!(key = %name, version = %key.version, "key released (wrapped)");
+    state
+        .identity
+        .sign(&payload, None, true)
+        .map_err(|e| ReleaseError::Wrap(crate::error::KeyWrapError::Key(e.to_string())))
+}
+
+fn verify_release_token(state: &AppState, token: &str) -> Result<Claims, ReleaseError> {
+    // Find the issuer's keys from the (unverified) iss, then verify everything against them.
+    let unverified_iss = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| B64URL_ANY.decode(p).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("iss").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    let jwks = if normalize_issuer(&unverified_iss) == normalize_issuer(&state.issuer) {
+        state.jwks()
+    } else if let Some(a) = state
+        .authorities
+        .iter()
+        .find(|a| normalize_issuer(&a.issuer) == normalize_issuer(&unverified_iss))
+    {
+        a.jwks.clone()
+    } else {
+        // Verify the signature against our own keys first so a malformed or forged token reports the token
+        // error; a well-formed token from an unknown issuer is "untrusted issuer".
+        return match verify_token(token, &state.jwks(), &TokenCheck::issuer(unverified_iss.clone())) {
+            Err(e @ (crate::error::TokenError::Algorithm { .. } | crate::error::TokenError::Malformed { .. })) => {
+                Err(e.into())
+            }
+            _ => Err(ReleaseError::UntrustedIssuer { issuer: unverified_iss }),
+        };
+    };
+    Ok(verify_token(token, &jwks, &TokenCheck::issuer(unverified_iss))?)
+}
+
+fn runtime_rsa_key(claims: &Claims) -> Result<rsa::PublicKey, ReleaseError> {
+    let keys = claims
+        .get(claims::RUNTIME)
+        .and_then(|r| r.get("keys"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| ReleaseError::RuntimeKey {
+            detail: "token has no x-ms-runtime.keys".into(),
+        })?;
+    let jwk = keys
+        .iter()
+        .find(|k| {
+            k.get("kty").and_then(Value::as_str) == Some("RSA")
+                && k.get("key_ops")
+                    .and_then(Value::as_array)
+                    .is_none_or(|ops| ops.iter().any(|o| o.as_str() == Some("encrypt")))
+        })
+        .ok_or_else(|| ReleaseError::RuntimeKey {
+            detail: "no RSA encryption key in x-ms-runtime.keys".into(),
+        })?;
+    let key = rsa_public_from_jwk(jwk).map_err(|e| ReleaseError::RuntimeKey { detail: e.to_string() })?;
+    use rsa::traits::PublicKeyParts;
+    if key.size() < 256 {
+        return Err(ReleaseError::RuntimeKey {
+            detail: format!("RSA key of {} bits is too small", key.size() * 8),
+        });
+    }
+    Ok(key)
+}
+
+fn router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route("/attest/{tee}", post(attest))
+        .route("/certs", get(certs))
+        .route("/.well-known/openid-configuration", get(openid))
+        .route("/policies/{tee}", get(get_policy).put(put_policy))
+        .route("/keys/{name}", get(get_key).put(import_key))
+        .route("/keys/{name}/release", post(release_key))
+        .route("/keys/{name}/{version}", get(get_key))
+        .route("/keys/{name}/{version}/release", post(release_key))
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` completes. The issuer defaults to `http://<local address>`.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: ServiceConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let addr = listener.local_addr().map_err(|source| ServiceError::Io {
+        context: "local address".into(),
+        source,
+    })?;
+    let issuer = config.issuer.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let state = tokio::task::spawn_blocking(move || AppState::new(config, issuer))
+        .await
+        .map_err(|e| ServiceError::Config(e.to_string()))??;
+    tracing::info!(%addr, issuer = %state.issuer, kid = %state.identity.kid(), "attestation service listening");
+    axum::serve(listener, router(Arc::new(state)))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServiceError::Io {
+            context: "serving".into(),
+            source,
+        })
+}
+
+/// A service running in this process (for tests and for `deploy local`).
+#[derive(Debug)]
+pub struct RunningService {
+    /// Base URL, `http://127.0.0.1:<port>` (also the issuer unless configured).
+    pub url: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+}
+
+impl RunningService {
+    /// Bind `127.0.0.1:0` and serve `config` in a background task. Returns once the state is ready.
+    pub async fn start(config: ServiceConfig) -> Result<Self, ServiceError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|source| ServiceError::Io {
+                context: "binding 127.0.0.1:0".into(),
+                source,
+            })?;
+        Self::start_on(listener, config).await
+    }
+
+    /// Serve on an already bound listener.
+    pub async fn start_on(listener: tokio::net::TcpListener, config: ServiceConfig) -> Result<Self, ServiceError> {
+        let addr = listener.local_addr().map_err(|source| ServiceError::Io {
+            context: "local address".into(),
+            source,
+        })?;
+        let url = format!("http://{addr}");
+        let issuer = config.issuer.clone().unwrap_or_else(|| url.clone());
+        let state = tokio::task::spawn_blocking(move || AppState::new(config, issuer))
+            .await
+            .map_err(|e| ServiceError::Config(e.to_string()))??;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = router(Arc::new(state));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .map_err(|source| ServiceError::Io {
+                    context: "serving".into(),
+                    source,
+                })
+        });
+        Ok(Self {
+            url,
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Stop and wait for the server task.
+    pub async fn stop(mut self) -> Result<(), ServiceError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task)
+            .await
+            .map_err(|e| ServiceError::Config(e.to_string()))?
+    }
+}
