@@ -1,6 +1,21 @@
 //! encfs: mounts an encrypted, read-only cinfer model image in userspace.
 //!
 //! The image format (module [`format`]) is pure: no I/O and no async, so the model owner's tool (`mkimage`) and
-//! the daemon share one implementation. The daemon part (FUSE adapter, sources) is behind the `fuse` feature.
+//! the daemon share one implementation. The daemon part is behind the `fuse` feature (on by default):
+//!
+//! * [`source`]: the [`source::BlobSource`] trait (async ranged reads) and its backends;
+//! * [`fs`]: the filesystem logic, generic over the source, with no FUSE types;
+//! * [`fuse`]: the thin `fuser` adapter and the mount call.
+//!
+//! The feature `testing` adds [`testing`], an in-process image builder for tests.
 
 pub mod format;
+
+#[cfg(feature = "fuse")]
+pub mod fs;
+#[cfg(feature = "fuse")]
+pub mod fuse;
+#[cfg(feature = "fuse")]
+pub mod source;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -1,0 +1,117 @@
+//! Command-line interface of `cinfer-encfs` (clap derive); converts into library configs.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use encfs::format::ModelKey;
+use encfs::fuse::MountConfig;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (for `mount`: the mount is ready and files are visible)
+  1  error: the image was refused (wrong key, corrupt or truncated header or index, root mismatch) or the
+     mount or unmount failed; the message says which
+  2  usage error
+
+Environment:
+  CINFER_LOG  log filter (tracing EnvFilter syntax), default `info`";
+
+/// Mounts an encrypted, read-only cinfer model image in userspace (FUSE).
+#[derive(Debug, Parser)]
+#[command(name = "cinfer-encfs", version, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Verify an image (header, index, root pin) and mount it read-only. Returns once files are visible and
+    /// keeps serving in the background, unless --foreground.
+    Mount(MountArgs),
+    /// Unmount a cinfer-encfs mount (also cleans up the mountpoint of a killed daemon).
+    Unmount(UnmountArgs),
+}
+
+/// Arguments of `mount`.
+#[derive(Debug, Args)]
+pub(crate) struct MountArgs {
+    /// The image file.
+    pub(crate) image: PathBuf,
+    /// An existing directory to mount on.
+    pub(crate) mountpoint: PathBuf,
+    /// File holding the 32-byte model key (raw bytes).
+    #[arg(long, env = "CINFER_ENCFS_KEY_FILE")]
+    pub(crate) key_file: PathBuf,
+    /// Refuse the image unless its root digest is this (64 hex digits, as `cinfer-mkimage build` prints).
+    #[arg(long, value_name = "HEX")]
+    pub(crate) expect_root: Option<String>,
+    /// Stay in the foreground (log to stderr) instead of returning once the mount is ready.
+    #[arg(long)]
+    pub(crate) foreground: bool,
+    /// Append the background daemon's log to this file (default: discarded).
+    #[arg(long, value_name = "PATH", env = "CINFER_ENCFS_LOG_FILE")]
+    pub(crate) log_file: Option<PathBuf>,
+    /// Let other users access the mount (non-root needs `user_allow_other` in /etc/fuse.conf).
+    #[arg(long)]
+    pub(crate) allow_other: bool,
+    /// FUSE request threads.
+    #[arg(long, default_value_t = 8, help_heading = "Tuning")]
+    pub(crate) threads: usize,
+    /// Kernel readahead for the mount in KiB, set through sysfs after mounting when possible (root, writable
+    /// /sys); 0 keeps the kernel default (128 KiB).
+    #[arg(long, default_value_t = 1024, value_name = "KIB", help_heading = "Tuning")]
+    pub(crate) read_ahead_kb: u32,
+    /// Asynchronous requests the kernel may keep in flight.
+    #[arg(long, default_value_t = 64, help_heading = "Tuning")]
+    pub(crate) max_background: u16,
+    /// Internal: run as the background daemon, reporting readiness on stdout.
+    #[arg(long, hide = true)]
+    pub(crate) daemon_child: bool,
+}
+
+/// Arguments of `unmount`.
+#[derive(Debug, Args)]
+pub(crate) struct UnmountArgs {
+    /// The mountpoint.
+    pub(crate) mountpoint: PathBuf,
+    /// Detach now even if files are still open (MNT_DETACH / fusermount3 -z).
+    #[arg(long)]
+    pub(crate) lazy: bool,
+}
+
+impl MountArgs {
+    /// Reads the key file: exactly 32 raw bytes.
+    pub(crate) fn model_key(&self) -> anyhow::Result<ModelKey> {
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(&self.key_file).with_context(|| format!("reading key file {}", self.key_file.display()))?,
+        );
+        ModelKey::from_slice(&bytes).with_context(|| format!("key file {}", self.key_file.display()))
+    }
+
+    /// The pinned root digest, if any.
+    pub(crate) fn expect_root(&self) -> anyhow::Result<Option<[u8; 32]>> {
+        let Some(hex_root) = &self.expect_root else {
+            return Ok(None);
+        };
+        let mut root = [0u8; 32];
+        if hex::decode_to_slice(hex_root.trim(), &mut root).is_err() {
+            bail!("--expect-root must be 64 hex digits");
+        }
+        Ok(Some(root))
+    }
+
+    /// The mount settings.
+    pub(crate) fn mount_config(&self) -> MountConfig {
+        MountConfig {
+            threads: self.threads.max(1),
+            max_background: self.max_background.max(1),
+            allow_other: self.allow_other,
+            fs_name: format!("cinfer-encfs:{}", self.image.display()).replace([',', ' ', '\t', '\n'], "_"),
+            ..MountConfig::default()
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Running a mount: verification, the FUSE session, readiness reporting, background mode, signals, unmount.
+//!
+//! Background mode re-executes this binary with a hidden `--daemon-child` flag, its stdout a pipe and its
+//! stderr the log file (or /dev/null). The child starts a new session (`setsid`), verifies and mounts, then
+//! writes one line to the pipe: `ready <root>` once files are visible, or `error <message>`. The parent waits
+//! for that line and exits 0 or 1 accordingly, so `mount` returns only when the mount can be used.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use encfs::fs::{EncFs, EncFsConfig};
+use encfs::fuse;
+use encfs::source::{BlobKey, FileSource};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::cli::{MountArgs, UnmountArgs};
+
+/// `mount` without `--foreground`: starts the daemon and waits until it reports ready or failed.
+pub(crate) fn mount_background(args: &MountArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the cinfer-encfs executable")?;
+    let stderr = match &args.log_file {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening log file {}", p.display()))?,
+        ),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--daemon-child")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .context("starting the daemon")?;
+    let out = child.stdout.take().context("daemon stdout")?;
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .context("waiting for the daemon")?;
+    let line = line.trim_end();
+    if line.starts_with("ready") {
+        return Ok(());
+    }
+    if let Some(msg) = line.strip_prefix("error ") {
+        let _ = child.wait();
+        bail!("{msg}");
+    }
+    let status = child.wait().context("waiting for the daemon")?;
+    bail!("the daemon exited before the mount was ready ({status})")
+}
+
+/// How a foreground run reports readiness.
+pub(crate) enum Ready {
+    /// Log only (`--foreground`).
+    Log,
+    /// Write `ready`/`error` lines to stdout (the background parent's pipe).
+    Pipe,
+}
+
+impl Ready {
+    fn ready(&self, root: &str) {
+        if let Self::Pipe = self {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "ready {root}");
+            let _ = out.flush();
+        }
+    }
+
+    /// Reports a failure before readiness (for `Pipe`; `Log` leaves it to main's error print).
+    pub(crate) fn error(&self, err: &anyhow::Error) {
+        if let Self::Pipe = self {
+            let msg = format!("{err:#}").replace('\n', " ");
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "error {msg}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// The daemon proper: verify, mount, report readiness, serve until unmounted or signalled.
+pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
+    if let Ready::Pipe = ready {
+        detach_session();
+    }
+    let model_key = args.model_key()?;
+    let expect_root = args.expect_root()?;
+    let image = args
+        .image
+        .to_str()
+        .ok_or_else(|| anyhow!("image path {} is not UTF-8", args.image.display()))?;
+    let meta =
+        std::fs::metadata(&args.mountpoint).with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", args.mountpoint.display());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cinfer-encfs-rt")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Signal handlers go in before the mount, so a SIGTERM right after readiness is not lost.
+    let (mut sigterm, mut sigint) = {
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        )
+    };
+    let (uid, gid) = ids();
+    let config = EncFsConfig {
+        uid,
+        gid,
+        ..EncFsConfig::default()
+    };
+    let fs = rt
+        .block_on(EncFs::open(
+            FileSource::new(),
+            BlobKey::new(image),
+            &model_key,
+            expect_root.as_ref(),
+            config,
+        ))
+        .with_context(|| format!("refusing to mount {image}"))?;
+    drop(model_key);
+    let root = hex::encode(fs.root());
+    info!(image, root = %root, chunk_size = fs.header().chunk_size, "image verified");
+    let session = fuse::mount(
+        Arc::new(fs),
+        rt.handle().clone(),
+        &args.mountpoint,
+        &args.mount_config(),
+    )
+    .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
+    if args.read_ahead_kb > 0 {
+        match session.set_read_ahead_kb(args.read_ahead_kb) {
+            Ok(()) => info!(kb = args.read_ahead_kb, "readahead raised"),
+            Err(e) => warn!("could not raise readahead (needs root and a writable /sys): {e}"),
+        }
+    }
+    ready.ready(&root);
+    let signalled = rt.block_on(async {
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => break Some("SIGTERM"),
+                _ = sigint.recv() => break Some("SIGINT"),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if session.is_finished() {
+                        break None;
+                    }
+                }
+            }
+        }
+    });
+    match signalled {
+        Some(sig) => {
+            info!("{sig}: unmounting");
+            let mountpoint = session.mountpoint().to_path_buf();
+            if let Err(e) = session.unmount() {
+                warn!("unmount failed ({e}); detaching lazily");
+                unmount_path(&mountpoint, true)?;
+            }
+        }
+        None => {
+            info!("unmounted externally");
+            session.finish_after_external_unmount();
+        }
+    }
+    Ok(())
+}
+
+/// `unmount`: `umount2` as root, else (or on EPERM) `fusermount3 -u`.
+pub(crate) fn unmount(args: &UnmountArgs) -> anyhow::Result<()> {
+    unmount_path(&args.mountpoint, args.lazy)
+}
+
+fn unmount_path(mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
+    let shown = mountpoint.display();
+    if is_root() {
+        let c = CString::new(mountpoint.as_os_str().as_bytes()).context("mountpoint contains NUL")?;
+        let flags = if lazy { libc::MNT_DETACH } else { 0 };
+        #[allow(unsafe_code)]
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call; umount2 does not keep it.
+        let rc = unsafe { libc::umount2(c.as_ptr(), flags) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EPERM) => {}
+            Some(libc::EINVAL) => bail!("{shown} is not a mountpoint"),
+            Some(libc::EBUSY) => bail!("{shown} is busy (files open?); use --lazy to detach anyway"),
+            _ => return Err(err).with_context(|| format!("unmounting {shown}")),
+        }
+    }
+    let mut cmd = Command::new(std::env::var_os("FUSERMOUNT_PATH").unwrap_or_else(|| "fusermount3".into()));
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg("--")
+        .arg(mountpoint)
+        .output()
+        .context("running fusermount3 (install the fuse3 package)")?;
+    if !out.status.success() {
+        bail!("unmounting {shown}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid cannot fail and have no preconditions.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+fn is_root() -> bool {
+    ids().0 == 0
+}
+
+/// Leaves the parent's session and process group, so terminal signals and hangups do not reach the daemon.
+fn detach_session() {
+    #[allow(unsafe_code)]
+    // SAFETY: setsid has no preconditions; it fails harmlessly if we already lead a process group.
+    let _ = unsafe { libc::setsid() };
+}

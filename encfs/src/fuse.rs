@@ -1,0 +1,375 @@
+//! The FUSE adapter: translates `fuser` requests into [`EncFs`] calls and results into replies.
+//!
+//! It holds no filesystem logic. Each error becomes an errno with one log line; a chunk that fails
+//! authentication is logged at `error` once per chunk index (the kernel retries failed readahead page by page,
+//! which would otherwise flood the log) and the read gets `EIO` with no data.
+//!
+//! Performance settings (see `perf-anchors.md` §3.3–3.4): several request threads, each with its own cloned
+//! `/dev/fuse` fd; `max_background` 64; reads of up to 1 MiB (`max_read`); `FOPEN_KEEP_CACHE` on every open,
+//! since the image is immutable and pinned, so the page cache survives close and reopen; and long attribute
+//! and entry TTLs for the same reason. The kernel's readahead can only be raised after the mount, through
+//! the bdi in sysfs ([`MountSession::set_read_ahead_kb`]).
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, MountOption,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, SessionACL,
+};
+use tracing::{debug, error, info, warn};
+
+use crate::fs::{Attr, EncFs, FileKind, FsError};
+use crate::source::BlobSource;
+
+/// How long the kernel may cache attributes and lookups: the image never changes under a mount.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Largest READ the kernel may send (bytes); 1 MiB is the kernel's default `max_pages_limit`.
+pub const MAX_READ: u32 = 1 << 20;
+
+/// Mount settings; plain data, [`Default`] gives the tuned values.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// FUSE request threads.
+    pub threads: usize,
+    /// Give each request thread its own `/dev/fuse` fd (`FUSE_DEV_IOC_CLONE`).
+    pub clone_fd: bool,
+    /// Asynchronous requests the kernel may keep in flight.
+    pub max_background: u16,
+    /// Let users other than the mounting one access the mount (`allow_other`; non-root needs
+    /// `user_allow_other` in `/etc/fuse.conf`).
+    pub allow_other: bool,
+    /// Source name shown in `/proc/mounts`.
+    pub fs_name: String,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        Self {
+            threads: 8,
+            clone_fd: true,
+            max_background: 64,
+            allow_other: false,
+            fs_name: "cinfer-encfs".into(),
+        }
+    }
+}
+
+/// The `fuser` filesystem: an [`EncFs`] plus the runtime its async reads run on.
+pub struct FuseFs<B: BlobSource> {
+    fs: Arc<EncFs<B>>,
+    rt: tokio::runtime::Handle,
+    max_background: u16,
+    /// Chunk indices already logged as failing authentication.
+    logged_bad_chunks: Mutex<HashSet<u64>>,
+}
+
+impl<B: BlobSource> std::fmt::Debug for FuseFs<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FuseFs").field("fs", &self.fs).finish_non_exhaustive()
+    }
+}
+
+impl<B: BlobSource> FuseFs<B> {
+    /// Wraps `fs`; async operations are driven on `rt` (blocking the calling FUSE thread until done).
+    pub fn new(fs: Arc<EncFs<B>>, rt: tokio::runtime::Handle, max_background: u16) -> Self {
+        Self {
+            fs,
+            rt,
+            max_background,
+            logged_bad_chunks: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Logs `err` once, at a level that fits it, and returns its errno.
+    fn fail(&self, op: &'static str, ino: u64, err: &FsError) -> Errno {
+        match err {
+            FsError::NotFound => debug!(op, ino, "{err}"),
+            FsError::ChunkAuth { index } => {
+                let first = self
+                    .logged_bad_chunks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(*index);
+                if first {
+                    error!(op, ino, chunk = index, "chunk failed authentication: returning EIO");
+                }
+            }
+            FsError::Source(_) => error!(op, ino, "{}", ErrorChain(err)),
+            _ => warn!(op, ino, "{err}"),
+        }
+        Errno::from_i32(err.errno())
+    }
+}
+
+/// Displays an error with its sources, `: `-separated.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Dir => FileType::Directory,
+        FileKind::File => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if let Err(max) = config.set_max_background(self.max_background) {
+            warn!(requested = self.max_background, max, "kernel refused max_background");
+        }
+        // The kernel only lets INIT lower readahead; raising it goes through sysfs after the mount.
+        let _ = config.set_max_readahead(MAX_READ);
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(self.fail("lookup", parent.0, &e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(self.fail("getattr", ino.0, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t),
+            Err(e) => reply.error(self.fail("readlink", ino.0, &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != fuser::OpenAccMode::O_RDONLY {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        match self.fs.open_file(ino.0) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(self.fail("open", ino.0, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.rt.block_on(self.fs.read(ino.0, offset, size.min(MAX_READ))) {
+            Ok(buf) => reply.data(&buf),
+            Err(e) => reply.error(self.fail("read", ino.0, &e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.readdir(ino.0, 0) {
+            Ok(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Err(e) => reply.error(self.fail("opendir", ino.0, &e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.fs.readdir(ino.0, offset) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(
+                        INodeNo(e.ino),
+                        e.next_offset,
+                        file_type(e.kind),
+                        OsStr::from_bytes(e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(self.fail("readdir", ino.0, &e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        let bsize = 4096u32;
+        reply.statfs(
+            s.bytes.div_ceil(u64::from(bsize)),
+            0,
+            0,
+            s.files,
+            0,
+            bsize,
+            crate::format::MAX_NAME_LEN as u32,
+            bsize,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are enforced by the kernel (`default_permissions`); this only checks existence.
+        match self.fs.getattr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(self.fail("access", ino.0, &e)),
+        }
+    }
+}
+
+/// A live mount: dropping it unmounts.
+#[derive(Debug)]
+pub struct MountSession {
+    session: fuser::BackgroundSession,
+    mountpoint: PathBuf,
+}
+
+/// Mounts `fs` read-only at `mountpoint` and serves it from background threads. Returns once the kernel has
+/// the mount, so files are visible when this returns.
+pub fn mount<B: BlobSource>(
+    fs: Arc<EncFs<B>>,
+    rt: tokio::runtime::Handle,
+    mountpoint: &Path,
+    cfg: &MountConfig,
+) -> io::Result<MountSession> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+        MountOption::FSName(cfg.fs_name.clone()),
+        MountOption::Subtype("cinfer-encfs".into()),
+        MountOption::CUSTOM(format!("max_read={MAX_READ}")),
+    ];
+    config.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = cfg.clone_fd;
+    let session = fuser::spawn_mount(FuseFs::new(fs, rt, cfg.max_background), mountpoint, &config)?;
+    info!(mountpoint = %mountpoint.display(), threads = cfg.threads, "mounted");
+    Ok(MountSession {
+        session,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+impl MountSession {
+    /// The mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// True once the session has ended (for example after an external `umount`).
+    pub fn is_finished(&self) -> bool {
+        self.session.guard.is_finished()
+    }
+
+    /// Sets the kernel readahead of this mount (`/sys/class/bdi/<maj:min>/read_ahead_kb`). Needs root and a
+    /// writable `/sys`.
+    pub fn set_read_ahead_kb(&self, kb: u32) -> io::Result<()> {
+        let dev = std::fs::metadata(&self.mountpoint)?.dev();
+        let (major, minor) = dev_major_minor(dev);
+        let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+        std::fs::write(&path, format!("{kb}\n")).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+    }
+
+    /// Unmounts and waits for the request threads to finish.
+    pub fn unmount(self) -> io::Result<()> {
+        self.session.umount_and_join()
+    }
+
+    /// Ends a session that was unmounted from outside (`umount`, `fusermount3 -u`) without touching the
+    /// mountpoint again: fuser would otherwise try to unmount the path once more on drop, which could hit a new
+    /// mount made there since.
+    pub fn finish_after_external_unmount(self) {
+        std::mem::forget(self.session);
+    }
+}
+
+/// Splits a Linux `dev_t` into major and minor numbers (glibc's encoding).
+fn dev_major_minor(dev: u64) -> (u64, u64) {
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_numbers_split_like_glibc() {
+        assert_eq!(dev_major_minor(0x0000_0000_0000_0801), (8, 1));
+        assert_eq!(dev_major_minor(0x35), (0, 53));
+        assert_eq!(dev_major_minor((0x123 << 8) | 0x45 | (0xabc00 << 12)), (0x123, 0xabc45));
+    }
+}

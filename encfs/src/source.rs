@@ -1,0 +1,121 @@
+//! Where image bytes come from: the [`BlobSource`] trait and its backends.
+//!
+//! The filesystem ([`crate::fs::EncFs`]) never does I/O itself: it asks a source for byte ranges of the sealed
+//! image and authenticates every byte it gets back, so a source is trusted for availability only, never for
+//! integrity. The trait is shaped for remote object stores (HTTP range GETs, Azure Blob): reads are async,
+//! addressed by a [`BlobKey`] plus a byte range, and can be pinned to the [`ETag`] seen at mount so the image
+//! cannot change underneath a mount. Backends:
+//!
+//! * [`FileSource`]: a local file, read with `pread` (no `mmap`, so a file truncated under a mount gives an error
+//!   instead of `SIGBUS`).
+//! * [`MemSource`]: bytes in memory, for tests and for wrapping in fault-injecting sources.
+//!
+//! HTTP(S) and Azure Blob sources go next to these, behind the same trait; a cache or prefetcher wraps a source
+//! and is itself generic over `B: BlobSource`.
+
+mod file;
+mod mem;
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+pub use file::{FileSource, FileSourceError};
+pub use mem::MemSource;
+
+/// Names one blob (one image) within a source: a path for [`FileSource`], a URL or blob name for remote ones.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BlobKey(String);
+
+impl BlobKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BlobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An opaque version tag of a blob (an HTTP ETag, or identity and mtime of a local file). Reads pinned to it
+/// fail with [`BlobError::PreconditionFailed`] once the blob changes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ETag(String);
+
+impl ETag {
+    /// Wraps a tag.
+    pub fn new(tag: impl Into<String>) -> Self {
+        Self(tag.into())
+    }
+
+    /// The tag as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a source knows about a blob before reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// Length in bytes.
+    pub len: u64,
+    /// Version tag, if the backend has one.
+    pub etag: Option<ETag>,
+}
+
+/// Why a source could not deliver. `E` is the backend's own error type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError<E> {
+    /// The blob does not exist.
+    #[error("blob not found")]
+    NotFound,
+    /// The blob changed since its [`ETag`] was taken.
+    #[error("blob changed since it was opened (version tag mismatch)")]
+    PreconditionFailed,
+    /// The range is not inside the blob (or the blob shrank).
+    #[error("range {start}..{end} is outside the blob (length {len})")]
+    OutOfRange {
+        /// First byte asked for.
+        start: u64,
+        /// End (exclusive) asked for.
+        end: u64,
+        /// The blob's length.
+        len: u64,
+    },
+    /// Any other backend failure (I/O, network, service).
+    #[error(transparent)]
+    Backend(E),
+}
+
+/// A source of immutable blobs that can be read by byte range.
+///
+/// Implementations must return exactly the bytes of `range` (or an error); they need not be fast for tiny
+/// ranges, since callers read whole runs of chunks. Futures must be `Send` so they can run on a multi-threaded
+/// runtime; a backend that blocks (like [`FileSource`]) documents it.
+pub trait BlobSource: Send + Sync + 'static {
+    /// The backend's own error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Length and version tag of the blob.
+    fn stat(&self, key: &BlobKey) -> impl Future<Output = Result<BlobMeta, BlobError<Self::Error>>> + Send;
+
+    /// Reads `range` of the blob; when `if_match` is given, fails with [`BlobError::PreconditionFailed`] if the
+    /// blob's current tag differs.
+    fn read_range(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+    ) -> impl Future<Output = Result<Bytes, BlobError<Self::Error>>> + Send;
+}

@@ -1,0 +1,171 @@
+//! A local image file, read with positioned reads (`pread`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
+
+/// Errors of [`FileSource`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileSourceError {
+    /// Opening, stat-ing or reading the file failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done ("opening", "reading", "stat of").
+        op: &'static str,
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads blobs from local files; the [`BlobKey`] is the file's path.
+///
+/// Files are opened on first use and kept open. Reads are synchronous `pread` calls inside the returned
+/// future (they complete on first poll), which is cheap for files in the page cache or on tmpfs; callers on an
+/// async runtime should treat them as blocking. The [`ETag`] is the file's device, inode, size and mtime, so a
+/// file modified in place fails reads pinned to the old tag.
+#[derive(Debug, Default)]
+pub struct FileSource {
+    files: RwLock<HashMap<BlobKey, Arc<File>>>,
+}
+
+type Result<T> = std::result::Result<T, BlobError<FileSourceError>>;
+
+impl FileSource {
+    /// A source with no files open yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn file(&self, key: &BlobKey) -> Result<Arc<File>> {
+        if let Some(f) = self.files.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Ok(f.clone());
+        }
+        let f = File::open(key.as_str()).map_err(|e| io_err("opening", key, e))?;
+        let f = Arc::new(f);
+        let mut map = self.files.write().unwrap_or_else(|e| e.into_inner());
+        Ok(map.entry(key.clone()).or_insert(f).clone())
+    }
+
+    fn meta(file: &File, key: &BlobKey) -> Result<BlobMeta> {
+        let m = file.metadata().map_err(|e| io_err("stat of", key, e))?;
+        let etag = format!(
+            "{:x}-{:x}-{:x}-{:x}.{:x}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec()
+        );
+        Ok(BlobMeta {
+            len: m.size(),
+            etag: Some(ETag::new(etag)),
+        })
+    }
+
+    fn read_sync(&self, key: &BlobKey, range: Range<u64>, if_match: Option<&ETag>) -> Result<Bytes> {
+        let file = self.file(key)?;
+        let meta = Self::meta(&file, key)?;
+        if if_match.is_some_and(|tag| meta.etag.as_ref() != Some(tag)) {
+            return Err(BlobError::PreconditionFailed);
+        }
+        let out_of_range = || BlobError::OutOfRange {
+            start: range.start,
+            end: range.end,
+            len: meta.len,
+        };
+        if range.start > range.end || range.end > meta.len {
+            return Err(out_of_range());
+        }
+        let len = usize::try_from(range.end - range.start).map_err(|_| out_of_range())?;
+        let mut buf = vec![0u8; len];
+        match file.read_exact_at(&mut buf, range.start) {
+            Ok(()) => Ok(Bytes::from(buf)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(out_of_range()),
+            Err(e) => Err(io_err("reading", key, e)),
+        }
+    }
+}
+
+fn io_err(op: &'static str, key: &BlobKey, source: io::Error) -> BlobError<FileSourceError> {
+    if source.kind() == io::ErrorKind::NotFound {
+        return BlobError::NotFound;
+    }
+    BlobError::Backend(FileSourceError::Io {
+        op,
+        path: key.to_string(),
+        source,
+    })
+}
+
+impl BlobSource for FileSource {
+    type Error = FileSourceError;
+
+    async fn stat(&self, key: &BlobKey) -> Result<BlobMeta> {
+        let file = self.file(key)?;
+        Self::meta(&file, key)
+    }
+
+    async fn read_range(&self, key: &BlobKey, range: Range<u64>, if_match: Option<&ETag>) -> Result<Bytes> {
+        self.read_sync(key, range, if_match)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn file_source_reads_ranges_and_refuses_out_of_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let src = FileSource::new();
+        let key = BlobKey::new(path.to_str().unwrap());
+        let meta = block_on(src.stat(&key)).unwrap();
+        assert_eq!(meta.len, 10);
+        let got = block_on(src.read_range(&key, 2..5, meta.etag.as_ref())).unwrap();
+        assert_eq!(&got[..], b"234");
+        assert!(matches!(
+            block_on(src.read_range(&key, 8..11, None)),
+            Err(BlobError::OutOfRange { len: 10, .. })
+        ));
+        let missing = BlobKey::new(dir.path().join("nope").to_str().unwrap());
+        assert!(matches!(block_on(src.stat(&missing)), Err(BlobError::NotFound)));
+    }
+
+    #[test]
+    fn file_source_refuses_reads_after_the_file_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let src = FileSource::new();
+        let key = BlobKey::new(path.to_str().unwrap());
+        let meta = block_on(src.stat(&key)).unwrap();
+        let f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all_at(b"x", 10).unwrap();
+        assert!(matches!(
+            block_on(src.read_range(&key, 0..1, meta.etag.as_ref())),
+            Err(BlobError::PreconditionFailed)
+        ));
+    }
+}
