@@ -1,4 +1,5 @@
 //! Loopback round trip: mock attester → attestation service → token → key release → unwrap → same key.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use attest::client::{
     AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth, secure_key_release,

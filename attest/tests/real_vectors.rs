@@ -1,0 +1,103 @@
+//! Verification against real hardware data (see `tests/data/README.md` for origins).
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::{Duration, SystemTime};
+
+use attest::report::{AttestationReport, Generation};
+use attest::verify::{CertChain, TrustStore, VerifyOptions, vcek_extensions, verify_report};
+
+const GENOA_REPORT: &[u8] = include_bytes!("data/genoa-azure-report.bin");
+const GENOA_CHAIN: &[u8] = include_bytes!("data/genoa-azure-chain.pem");
+const MILAN_CHAIN: &[u8] = include_bytes!("data/milan-chain.pem");
+
+/// 2026-01-01, inside every certificate's validity.
+fn at() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600)
+}
+
+fn opts() -> VerifyOptions {
+    VerifyOptions {
+        at: at(),
+        ..VerifyOptions::default()
+    }
+}
+
+#[test]
+fn real_genoa_report_verifies_to_the_pinned_genoa_root() {
+    let chain = CertChain::from_pem(GENOA_CHAIN).unwrap();
+    let v = verify_report(GENOA_REPORT, &chain, &TrustStore::amd(), &opts()).unwrap();
+    assert_eq!(v.generation, Generation::Genoa);
+    assert_eq!(
+        (v.tcb.bootloader, v.tcb.tee, v.tcb.snp, v.tcb.microcode),
+        (10, 0, 23, 84)
+    );
+    assert_eq!(v.report.version(), 3);
+    assert_eq!(v.report.policy(), 0x3001f);
+    assert!(!v.report.is_debuggable());
+    assert_eq!(hex::encode(&v.report.report_data()[..4]), "b581f12e");
+}
+
+#[test]
+fn real_genoa_report_with_any_signed_byte_flipped_fails_the_signature_check() {
+    let chain = CertChain::from_pem(GENOA_CHAIN).unwrap();
+    // Including the TCB reserved bytes that sev 8.0 does not cover (0x3a..0x3e).
+    for off in [0x00usize, 0x3b, 0x50, 0x90, 0xc0, 0x183, 0x1a0, 0x29f] {
+        let mut r = GENOA_REPORT.to_vec();
+        r[off] ^= 0x01;
+        let err = verify_report(&r, &chain, &TrustStore::amd(), &opts())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("report signature:") || err.starts_with("report parse:") || err.starts_with("tcb:"),
+            "offset {off:#x}: {err}"
+        );
+    }
+    // The signature itself.
+    let mut r = GENOA_REPORT.to_vec();
+    r[0x2a0] ^= 0x01;
+    let err = verify_report(&r, &chain, &TrustStore::amd(), &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("report signature:"), "{err}");
+}
+
+#[test]
+fn real_genoa_report_is_refused_with_the_milan_chain() {
+    // Milan VCEK + Milan ASK/ARK: the chain is valid but the VCEK did not sign this report.
+    let chain = CertChain::from_pem(MILAN_CHAIN).unwrap();
+    let err = verify_report(GENOA_REPORT, &chain, &TrustStore::amd(), &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("report signature:"), "{err}");
+}
+
+#[test]
+fn real_genoa_certificates_are_checked_for_validity_at_the_given_time() {
+    let chain = CertChain::from_pem(GENOA_CHAIN).unwrap();
+    let early = VerifyOptions {
+        at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        ..opts()
+    };
+    let err = verify_report(GENOA_REPORT, &chain, &TrustStore::amd(), &early)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("certificate validity: VCEK"), "{err}");
+}
+
+#[test]
+fn real_milan_vcek_extensions_decode_to_the_thim_tcbm() {
+    let chain = CertChain::from_pem(MILAN_CHAIN).unwrap();
+    let ext = vcek_extensions(&chain.vcek).unwrap();
+    assert_eq!(ext.product_name.as_deref(), Some("Milan-B0"));
+    assert_eq!(ext.tcb_version().encode(Generation::Milan), 0x7308_0000_0000_0003);
+    assert_eq!(hex::encode(&ext.hwid.unwrap()[..4]), "b12164b4");
+}
+
+#[test]
+fn real_genoa_report_parses_fields_at_documented_offsets() {
+    let r = AttestationReport::from_bytes(GENOA_REPORT).unwrap();
+    assert_eq!(r.cpuid(), Some((0x19, 0x11, 0x01)));
+    assert_eq!(r.generation_hint(), Some(Generation::Genoa));
+    assert_eq!(r.current_firmware(), (40, 55, 1));
+    assert_eq!(r.reported_tcb_raw(), r.launch_tcb_raw());
+}
