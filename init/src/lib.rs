@@ -1,4 +1,109 @@
-//! The init step of a cinfer deployment.
+//! The init step of a cinfer deployment: force inbound traffic through the attested server proxy.
 //!
-//! Will hold: the rule plan that redirects all inbound TCP (except the proxy's health port) to the server proxy,
-//! applied atomically with iptables-restore or nftables, and removed exactly by `clean`.
+//! A confidential container group shares one network namespace. Whatever listens in it (Triton on 8000/8001/8002,
+//! the encfs sidecar, a debug port someone forgot) is reachable from outside unless the packet filter says
+//! otherwise. `cinfer-init` runs once, privileged, before the other containers, and installs:
+//!
+//! - **inbound**: in the `nat` table, every inbound TCP connection is `REDIRECT`ed to the server proxy's port,
+//!   except the ports listed as excluded (the proxy's health port, so the platform's probes do not need aTLS).
+//!   Loopback traffic is left alone: the proxy reaches Triton on `127.0.0.1`.
+//! - **outbound** (optional): in the `filter` table, new outbound connections are rejected unless they come from
+//!   one of the allowed UIDs (the proxy, the encfs sidecar), so a compromised model server cannot phone home.
+//!
+//! The rules are data first ([`RulePlan`]), rendered to an `iptables-restore` script and applied in one atomic
+//! transaction with `--noflush`, for IPv4 and IPv6 alike (an IPv6 path around the proxy would defeat the point).
+//! Everything lives in our own chains ([`INBOUND_CHAIN`], [`OUTBOUND_CHAIN`]) plus one jump rule from the
+//! built-in chain, so `clean` removes exactly what `apply` added, and `apply` converges: applying twice leaves
+//! the same rules as applying once.
+
+pub mod backend;
+pub mod plan;
+pub mod state;
+
+pub use backend::{Backend, BackendError, Family, IptablesRestore, Recording};
+pub use plan::{INBOUND_CHAIN, InboundRedirect, OUTBOUND_CHAIN, OutboundRestriction, PlanError, RulePlan};
+pub use state::{OurRules, parse_save};
+
+use thiserror::Error;
+use tracing::info;
+
+/// Errors of [`apply`] and [`clean`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The plan is not valid (e.g. the proxy port is excluded).
+    #[error("invalid rule plan")]
+    Plan(#[from] PlanError),
+    /// Reading or writing the packet filter failed.
+    #[error("packet filter backend ({family})")]
+    Backend {
+        /// The address family being changed.
+        family: Family,
+        /// What went wrong.
+        #[source]
+        source: BackendError,
+    },
+}
+
+/// What [`apply`] or [`clean`] did (or, with `dry_run`, would do) for one address family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The address family.
+    pub family: Family,
+    /// The `iptables-restore --noflush` script; `None` when nothing had to change (only from [`clean`]).
+    pub script: Option<String>,
+}
+
+/// Makes the packet filter of every family in `families` match `plan`, atomically per family.
+///
+/// Reads the current rules first so that an existing jump rule is not added twice, and so that our chains that
+/// the plan no longer wants (e.g. outbound rules from an earlier apply) are removed. With `dry_run`, nothing is
+/// written; the scripts are returned.
+pub fn apply(
+    backend: &dyn Backend,
+    plan: &RulePlan,
+    families: &[Family],
+    dry_run: bool,
+) -> Result<Vec<Change>, InitError> {
+    plan.validate()?;
+    let mut changes = Vec::new();
+    for &family in families {
+        let saved = backend
+            .save(family)
+            .map_err(|source| InitError::Backend { family, source })?;
+        let ours = parse_save(&saved);
+        let script = plan.apply_script(family, &ours);
+        if !dry_run {
+            backend
+                .restore(family, &script)
+                .map_err(|source| InitError::Backend { family, source })?;
+            info!(%family, proxy_port = plan.inbound.as_ref().map(|i| i.proxy_port), "rules applied");
+        }
+        changes.push(Change {
+            family,
+            script: Some(script),
+        });
+    }
+    Ok(changes)
+}
+
+/// Removes our chains and the jump rules into them, and nothing else; does nothing where there are none.
+pub fn clean(backend: &dyn Backend, families: &[Family], dry_run: bool) -> Result<Vec<Change>, InitError> {
+    let mut changes = Vec::new();
+    for &family in families {
+        let saved = backend
+            .save(family)
+            .map_err(|source| InitError::Backend { family, source })?;
+        let script = plan::clean_script(&parse_save(&saved));
+        if let Some(script) = &script
+            && !dry_run
+        {
+            backend
+                .restore(family, script)
+                .map_err(|source| InitError::Backend { family, source })?;
+            info!(%family, "rules removed");
+        }
+        changes.push(Change { family, script });
+    }
+    Ok(changes)
+}

@@ -1,0 +1,110 @@
+//! Command-line interface of `cinfer-init`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use init::{Family, InboundRedirect, OutboundRestriction, RulePlan};
+
+/// Forces inbound TCP through the cinfer server proxy (iptables, applied atomically, IPv4 and IPv6).
+///
+/// Run once, with CAP_NET_ADMIN, in the network namespace shared by the proxy and the model server, before they
+/// start. All rules live in the chains CINFER_INBOUND (nat) and CINFER_OUTBOUND (filter), so `clean` removes
+/// exactly what `apply` added; `apply` is idempotent.
+///
+/// Exit status: 0 on success, 1 on any error (nothing is half-applied: each family is one transaction), 2 on
+/// usage errors.
+#[derive(Debug, Parser)]
+#[command(name = "cinfer-init", version)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Installs (or updates) the redirect and the optional outbound restriction.
+    Apply {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Removes our chains and the jumps into them; nothing else.
+    Clean {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// What to install.
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    /// The server proxy's port: every inbound TCP connection not excluded lands there.
+    #[arg(
+        long,
+        env = "CINFER_INIT_PROXY_PORT",
+        default_value_t = 15006,
+        help_heading = "Inbound"
+    )]
+    pub(crate) proxy_port: u16,
+    /// A destination port reached directly (repeat or comma-separate), e.g. the proxy's health port.
+    #[arg(
+        long = "exclude-port",
+        env = "CINFER_INIT_EXCLUDE_PORTS",
+        value_delimiter = ',',
+        default_value = "15021",
+        help_heading = "Inbound"
+    )]
+    pub(crate) exclude_ports: Vec<u16>,
+    /// Restrict outbound connections: only these UIDs may open them (repeat or comma-separate); loopback and
+    /// replies stay allowed. Without it, outbound traffic is not restricted.
+    #[arg(
+        long = "outbound-allow-uid",
+        env = "CINFER_INIT_OUTBOUND_ALLOW_UIDS",
+        value_delimiter = ',',
+        help_heading = "Outbound"
+    )]
+    pub(crate) outbound_allow_uids: Vec<u32>,
+}
+
+/// Options of every subcommand.
+#[derive(Debug, Args)]
+pub(crate) struct CommonArgs {
+    /// Print the iptables-restore script(s) instead of applying them (reads the current rules if it can).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Address families to change.
+    #[arg(long, value_enum, default_value_t = Families::Both, env = "CINFER_INIT_FAMILIES")]
+    pub(crate) families: Families,
+}
+
+/// `--families` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Families {
+    /// IPv4 and IPv6 (an IPv6 path around the proxy would defeat it).
+    Both,
+    /// IPv4 only (for hosts without IPv6 netfilter).
+    Ipv4,
+}
+
+impl Families {
+    pub(crate) fn list(self) -> &'static [Family] {
+        match self {
+            Self::Both => &[Family::Ipv4, Family::Ipv6],
+            Self::Ipv4 => &[Family::Ipv4],
+        }
+    }
+}
+
+impl PlanArgs {
+    /// The rule plan these arguments describe.
+    pub(crate) fn plan(&self) -> RulePlan {
+        RulePlan {
+            inbound: Some(InboundRedirect {
+                proxy_port: self.proxy_port,
+                exclude_ports: self.exclude_ports.clone(),
+            }),
+            outbound: (!self.outbound_allow_uids.is_empty()).then(|| OutboundRestriction {
+                allow_uids: self.outbound_allow_uids.clone(),
+            }),
+        }
+    }
+}
