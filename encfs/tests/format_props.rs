@@ -185,7 +185,7 @@ fn truncated_or_extended_images_are_refused() {
     let key = ModelKey::new([1; 32]);
     let img = build_image(&[("f", 0o644, MemNode::File(vec![1; 5000]))], &key, [2; 32], 4096, "k").unwrap();
     assert!(open(&img[..img.len() - 1], &key).is_err());
-    let mut longer = img.clone();
+    let mut longer = img;
     longer.extend_from_slice(b"garbage");
     assert!(matches!(open(&longer, &key), Err(FormatError::LengthMismatch { .. })));
 }
