@@ -1,0 +1,457 @@
+//! The one config file that describes a service (TOML or YAML, `version = 1`).
+//!
+//! Every renderer reads only this struct, so the ACI template, the Kubernetes manifests, the sidecar arguments
+//! and the policies cannot disagree about an image, a port or a key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The only config version this build understands.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// A config file could not be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema error (unknown keys are errors).
+    #[error("parsing {path} as TOML")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// YAML syntax or schema error (unknown keys are errors).
+    #[error("parsing {path} as YAML")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_norway::Error,
+    },
+    /// The file parsed but says something impossible.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The service: what runs, where the model is, which key and which authorities guard it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Config schema version; must be [`CONFIG_VERSION`].
+    pub version: u32,
+    /// Name of the container group / Deployment (DNS label: lowercase letters, digits, `-`).
+    pub name: String,
+    /// Container images.
+    pub images: Images,
+    /// The encrypted model image and its key.
+    pub model: Model,
+    /// The attestation service that signs tokens (MAA or `cinfer-attest serve`).
+    pub attestation: Attestation,
+    /// The key vault / key broker holding the model key.
+    pub key_vault: KeyVault,
+    /// Managed identity used by the encfs sidecar for the blob and the vault (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    /// The auditor who signs the attestation policy; enables the policy-signer client policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_signer: Option<PolicySigner>,
+    /// Ports of the server proxy and the model server.
+    #[serde(default)]
+    pub proxy: ProxyPorts,
+    /// Pod replicas (Kubernetes). ACI renders one container group; deploy it once per replica.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Container commands (override when an image's entrypoint differs); part of the measured policy.
+    #[serde(default)]
+    pub commands: Commands,
+    /// CPU and memory per container.
+    #[serde(default)]
+    pub resources: Resources,
+    /// ACI-only settings.
+    #[serde(default)]
+    pub aci: AciOptions,
+    /// Kubernetes-only settings.
+    #[serde(default)]
+    pub kubernetes: KubernetesOptions,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Container image references, e.g. `myregistry.azurecr.io/cinfer-encfs:0.1.0`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Images {
+    /// `cinfer-init` (deploy/containers/init.Containerfile).
+    pub init: String,
+    /// `cinfer-encfs` sidecar (deploy/containers/encfs.Containerfile).
+    pub encfs: String,
+    /// `cinfer-proxy` server proxy (deploy/containers/proxy.Containerfile).
+    pub proxy: String,
+    /// The model server reading the mount, e.g. `nvcr.io/nvidia/tritonserver:24.08-py3`.
+    pub model_server: String,
+}
+
+/// The encrypted model image (made by `cinfer-mkimage build`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Where the image is, e.g. `https://acct.blob.core.windows.net/models/resnet.img` (a SAS may follow `?`).
+    pub image_url: String,
+    /// `true`: the sidecar authenticates with the managed identity; `false`: anonymous (public or SAS URL).
+    #[serde(default = "yes")]
+    pub url_private: bool,
+    /// Where the model server sees the plaintext model.
+    #[serde(default = "default_mount_point")]
+    pub mount_point: String,
+    /// Name of the model key in the vault.
+    pub key_id: String,
+    /// Key type in the vault (`oct-HSM` for a 32-byte model key; `RSA-HSM` with `key_derivation`).
+    #[serde(default = "default_kty")]
+    pub key_type: String,
+    /// HKDF parameters turning an `RSA-HSM` key into the model key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_derivation: Option<KeyDerivation>,
+    /// Root digest printed by `cinfer-mkimage build` (64 hex); pins the image content when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_root: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_mount_point() -> String {
+    "/mnt/remote/models".to_owned()
+}
+
+fn default_kty() -> String {
+    "oct-HSM".to_owned()
+}
+
+/// HKDF-SHA256 parameters (seed §2.7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDerivation {
+    /// Salt, hex.
+    pub salt: String,
+    /// Info label, e.g. `Model Encryption Key`.
+    pub label: String,
+}
+
+/// The attestation authority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attestation {
+    /// Host name of the authority, e.g. `sharedeus2.eus2.attest.azure.net` (no scheme).
+    pub authority: String,
+}
+
+/// The key vault or managed HSM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyVault {
+    /// Host name, e.g. `myvault.vault.azure.net` or `myhsm.managedhsm.azure.net` (no scheme).
+    pub endpoint: String,
+}
+
+/// A user-assigned managed identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Its client id (used by the sidecar to ask IMDS for tokens).
+    pub client_id: String,
+    /// Its ARM resource id (ACI attaches it to the container group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+}
+
+/// The auditor whose certificate signs the attestation policy (the `x-ms-policy-signer` claim).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySigner {
+    /// PEM certificate file, relative to the config file.
+    pub certificate: PathBuf,
+}
+
+/// Ports. The defaults are the seed's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyPorts {
+    /// Port clients connect to from outside; `cinfer-init` redirects it (and every other port) to `port`.
+    pub public_port: u16,
+    /// The server proxy's attested TLS port.
+    pub port: u16,
+    /// The proxy's plain health port, excluded from the redirect.
+    pub health_port: u16,
+    /// The model server's HTTP port on loopback, where the proxy forwards.
+    pub upstream_port: u16,
+}
+
+impl Default for ProxyPorts {
+    fn default() -> Self {
+        Self {
+            public_port: 8000,
+            port: 15006,
+            health_port: 15021,
+            upstream_port: 8000,
+        }
+    }
+}
+
+/// Container commands. Each is measured into the security policy, so changing one changes the hostdata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Commands {
+    /// The model server's command; `{mount_point}` and `{upstream_port}` are substituted.
+    pub model_server: Vec<String>,
+    /// The encfs sidecar's command (it reads `EncfsSideCarArgs` from the environment).
+    pub encfs: Vec<String>,
+    /// The server proxy's command; `{port}`, `{health_port}`, `{upstream_port}`, `{authority}` are substituted.
+    pub proxy: Vec<String>,
+}
+
+impl Default for Commands {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            model_server: s(&[
+                "tritonserver",
+                "--model-repository={mount_point}",
+                "--http-port={upstream_port}",
+                "--allow-grpc=false",
+                "--allow-metrics=false",
+            ]),
+            encfs: s(&["/usr/local/bin/cinfer-encfs", "sidecar"]),
+            proxy: s(&[
+                "/usr/local/bin/cinfer-proxy",
+                "server",
+                "--listen=0.0.0.0:{port}",
+                "--health-listen=0.0.0.0:{health_port}",
+                "--upstream=127.0.0.1:{upstream_port}",
+                "--attestation-authority=https://{authority}",
+            ]),
+        }
+    }
+}
+
+/// CPU cores and memory (GiB) for one container.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    /// CPU cores (fractions allowed).
+    pub cpu: f64,
+    /// Memory in GiB.
+    pub memory_gb: f64,
+}
+
+impl Eq for Resource {}
+
+/// Resources per container; the defaults are the seed's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    /// The model server.
+    pub model_server: Resource,
+    /// The encfs sidecar.
+    pub encfs: Resource,
+    /// The server proxy.
+    pub proxy: Resource,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            model_server: Resource {
+                cpu: 3.0,
+                memory_gb: 12.0,
+            },
+            encfs: Resource {
+                cpu: 1.0,
+                memory_gb: 4.0,
+            },
+            proxy: Resource {
+                cpu: 0.5,
+                memory_gb: 1.0,
+            },
+        }
+    }
+}
+
+/// ACI-only settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AciOptions {
+    /// DNS name label of the public IP (`<label>.<region>.azurecontainer.io`); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_name_label: Option<String>,
+}
+
+/// Kubernetes-only settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesOptions {
+    /// Namespace of the rendered objects.
+    pub namespace: String,
+    /// Runtime class of confidential pods: `kata-cc-isolation` (AKS) or `kata-qemu-snp` (Confidential Containers).
+    pub runtime_class: String,
+    /// Service type: `LoadBalancer`, `ClusterIP` or `NodePort`.
+    pub service_type: String,
+}
+
+impl Default for KubernetesOptions {
+    fn default() -> Self {
+        Self {
+            namespace: "default".to_owned(),
+            runtime_class: "kata-cc-isolation".to_owned(),
+            service_type: "LoadBalancer".to_owned(),
+        }
+    }
+}
+
+impl DeployConfig {
+    /// Reads and checks a config file; `.yaml`/`.yml` is YAML, anything else TOML.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        let config: Self = if yaml {
+            serde_norway::from_str(&text).map_err(|source| ConfigError::Yaml {
+                path: path.into(),
+                source,
+            })?
+        } else {
+            toml::from_str(&text).map_err(|source| ConfigError::Toml {
+                path: path.into(),
+                source,
+            })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: the version, names, hosts, ports and hex fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.version != CONFIG_VERSION {
+            return bad(format!(
+                "version {} is not supported (this build reads version {CONFIG_VERSION})",
+                self.version
+            ));
+        }
+        if !is_dns_label(&self.name) {
+            return bad(format!(
+                "name {:?} must be a DNS label (a-z, 0-9, '-', at most 63)",
+                self.name
+            ));
+        }
+        for (what, host) in [
+            ("attestation.authority", &self.attestation.authority),
+            ("key_vault.endpoint", &self.key_vault.endpoint),
+        ] {
+            if host.is_empty() || host.contains("://") || host.contains('/') || host.contains(char::is_whitespace) {
+                return bad(format!(
+                    "{what} must be a bare host name like `example.azure.net`, got {host:?}"
+                ));
+            }
+        }
+        if self.model.image_url.is_empty() || !self.model.image_url.contains("://") {
+            return bad(format!("model.image_url must be a URL, got {:?}", self.model.image_url));
+        }
+        if self.model.key_id.is_empty() {
+            return bad("model.key_id must not be empty".to_owned());
+        }
+        let mount = self.model.mount_point.trim_end_matches('/');
+        if !mount.starts_with('/') || mount.rfind('/').is_none_or(|i| i == 0) {
+            // The shared volume is mounted at the parent, so the parent must not be `/`.
+            return bad(format!(
+                "model.mount_point must be absolute and below a directory (e.g. /mnt/remote/models), got {:?}",
+                self.model.mount_point
+            ));
+        }
+        if let Some(root) = &self.model.expect_root
+            && (root.len() != 64 || hex::decode(root).is_err())
+        {
+            return bad("model.expect_root must be 64 hex digits".to_owned());
+        }
+        if let Some(kd) = &self.model.key_derivation
+            && hex::decode(&kd.salt).is_err()
+        {
+            return bad("model.key_derivation.salt must be hex".to_owned());
+        }
+        let p = &self.proxy;
+        let ports = [p.public_port, p.port, p.health_port, p.upstream_port];
+        if ports.contains(&0) {
+            return bad("ports must not be 0".to_owned());
+        }
+        if p.port == p.health_port || p.port == p.upstream_port || p.health_port == p.upstream_port {
+            return bad("proxy.port, proxy.health_port and proxy.upstream_port must differ".to_owned());
+        }
+        if p.public_port == p.health_port {
+            return bad("proxy.public_port must not be the (unprotected) health port".to_owned());
+        }
+        if self.replicas == 0 {
+            return bad("replicas must be at least 1".to_owned());
+        }
+        for (what, cmd) in [
+            ("commands.model_server", &self.commands.model_server),
+            ("commands.encfs", &self.commands.encfs),
+            ("commands.proxy", &self.commands.proxy),
+        ] {
+            if cmd.is_empty() {
+                return bad(format!("{what} must not be empty"));
+            }
+        }
+        if !matches!(
+            self.kubernetes.service_type.as_str(),
+            "LoadBalancer" | "ClusterIP" | "NodePort"
+        ) {
+            return bad(format!(
+                "kubernetes.service_type {:?} is not LoadBalancer, ClusterIP or NodePort",
+                self.kubernetes.service_type
+            ));
+        }
+        Ok(())
+    }
+
+    /// A command with its `{placeholders}` replaced by values from this config.
+    pub fn expand(&self, command: &[String]) -> Vec<String> {
+        let p = &self.proxy;
+        command
+            .iter()
+            .map(|arg| {
+                arg.replace("{mount_point}", &self.model.mount_point)
+                    .replace("{upstream_port}", &p.upstream_port.to_string())
+                    .replace("{health_port}", &p.health_port.to_string())
+                    .replace("{port}", &p.port.to_string())
+                    .replace("{authority}", &self.attestation.authority)
+            })
+            .collect()
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}

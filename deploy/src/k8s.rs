@@ -1,0 +1,116 @@
+//! Kubernetes manifests for confidential pods (AKS confidential containers `kata-cc-isolation`, or
+//! Confidential Containers `kata-qemu-snp`).
+//!
+//! Each replica is its own pod, and each confidential pod is its own SNP-protected utility VM: it gets its
+//! own report, its encfs sidecar attests and releases the model key on its own, and its proxy attests its own
+//! TLS key. All replicas run the same policy, so they share one hostdata, and one release policy and one
+//! client policy cover any number of them. The Service balances TCP connections (layer 4); attested TLS is
+//! terminated inside the pod, so a client always verifies the replica that serves it.
+
+use serde_json::{Value, json};
+
+use crate::aci::{VOLUME, init_command, volume_path};
+use crate::config::{DeployConfig, Resource};
+use crate::policy::SecurityPolicy;
+use crate::sidecar::EncfsSideCarArgs;
+
+/// The pod annotation that carries the Kata agent policy (its SHA-256 is the hostdata).
+pub const POLICY_ANNOTATION: &str = "io.katacontainers.config.agent.policy";
+
+fn labels(config: &DeployConfig) -> Value {
+    json!({ "app.kubernetes.io/name": config.name, "app.kubernetes.io/part-of": "cinfer" })
+}
+
+fn resources(r: &Resource) -> Value {
+    let memory = format!("{}Mi", (r.memory_gb * 1024.0).round() as u64);
+    let cpu = format!("{}m", (r.cpu * 1000.0).round() as u64);
+    json!({ "requests": { "cpu": cpu, "memory": memory }, "limits": { "memory": memory } })
+}
+
+/// The Deployment. With a policy (from `az confcom katapolicygen`), it goes into the pod annotation.
+pub fn deployment(config: &DeployConfig, policy: Option<&SecurityPolicy>) -> Value {
+    let p = &config.proxy;
+    let volume = volume_path(config);
+    let mut pod_meta = json!({ "labels": labels(config) });
+    if let Some(policy) = policy {
+        pod_meta["annotations"] = json!({ POLICY_ANNOTATION: policy.base64 });
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": config.name, "namespace": config.kubernetes.namespace, "labels": labels(config) },
+        "spec": {
+            "replicas": config.replicas,
+            "selector": { "matchLabels": { "app.kubernetes.io/name": config.name } },
+            "template": {
+                "metadata": pod_meta,
+                "spec": {
+                    "runtimeClassName": config.kubernetes.runtime_class,
+                    "initContainers": [{
+                        "name": "cinfer-init",
+                        "image": config.images.init,
+                        "command": init_command(config),
+                        "securityContext": {
+                            "runAsUser": 0,
+                            "runAsNonRoot": false,
+                            "capabilities": { "drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"] },
+                        },
+                    }],
+                    "containers": [
+                        {
+                            "name": "model-server",
+                            "image": config.images.model_server,
+                            "command": config.expand(&config.commands.model_server),
+                            "volumeMounts": [{ "name": VOLUME, "mountPath": volume, "mountPropagation": "HostToContainer" }],
+                            "resources": resources(&config.resources.model_server),
+                            "securityContext": { "allowPrivilegeEscalation": false },
+                        },
+                        {
+                            "name": "encfs",
+                            "image": config.images.encfs,
+                            "command": config.expand(&config.commands.encfs),
+                            "env": [{ "name": "EncfsSideCarArgs", "value": EncfsSideCarArgs::from_config(config).to_base64() }],
+                            "volumeMounts": [{ "name": VOLUME, "mountPath": volume, "mountPropagation": "Bidirectional" }],
+                            "resources": resources(&config.resources.encfs),
+                            // Bidirectional propagation (the mount must reach the model server) requires privileged.
+                            "securityContext": { "privileged": true },
+                        },
+                        {
+                            "name": "proxy",
+                            "image": config.images.proxy,
+                            "command": config.expand(&config.commands.proxy),
+                            "ports": [
+                                { "name": "atls", "containerPort": p.port, "protocol": "TCP" },
+                                { "name": "health", "containerPort": p.health_port, "protocol": "TCP" },
+                            ],
+                            "readinessProbe": { "tcpSocket": { "port": p.health_port }, "periodSeconds": 5 },
+                            "resources": resources(&config.resources.proxy),
+                            "securityContext": {
+                                "runAsUser": 65532,
+                                "runAsNonRoot": true,
+                                "allowPrivilegeEscalation": false,
+                                "capabilities": { "drop": ["ALL"] },
+                            },
+                        },
+                    ],
+                    "volumes": [{ "name": VOLUME, "emptyDir": {} }],
+                },
+            },
+        },
+    })
+}
+
+/// The Service: the public port of every replica (redirected to its proxy by `cinfer-init`).
+pub fn service(config: &DeployConfig) -> Value {
+    let p = &config.proxy;
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": config.name, "namespace": config.kubernetes.namespace, "labels": labels(config) },
+        "spec": {
+            "type": config.kubernetes.service_type,
+            "selector": { "app.kubernetes.io/name": config.name },
+            "ports": [{ "name": "inference", "port": p.public_port, "targetPort": p.public_port, "protocol": "TCP" }],
+        },
+    })
+}

@@ -1,0 +1,315 @@
+//! Golden files and structural checks for the renderers, from the example config and a real security policy.
+//!
+//! Regenerate the golden files with `CINFER_UPDATE_GOLDEN=1 cargo nextest run -p deploy` and review the diff.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use deploy::policy::SignerJwk;
+use deploy::{Bundle, DeployConfig, SecurityPolicy, render_aci, render_k8s, validate};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const REAL_HOST_DATA: &str = "cadd74f71ebb8fbf9782baab649612520f3c416bc5ce9ac768808ddc8d9b031c";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config() -> DeployConfig {
+    DeployConfig::load(&manifest_dir().join("examples/cinfer.toml")).unwrap()
+}
+
+fn real_policy() -> SecurityPolicy {
+    let text = std::fs::read_to_string(manifest_dir().join("tests/data/uvm_security_policy.base64")).unwrap();
+    SecurityPolicy::parse(&text).unwrap()
+}
+
+fn signer() -> SignerJwk {
+    SignerJwk::from_pem(&std::fs::read_to_string(manifest_dir().join("tests/data/policy-signer.pem")).unwrap()).unwrap()
+}
+
+/// Compares every file of `bundle` with `tests/golden/<name>/`, or rewrites that directory when
+/// `CINFER_UPDATE_GOLDEN=1`.
+fn golden(bundle: &Bundle, name: &str) {
+    let dir = manifest_dir().join("tests/golden").join(name);
+    if std::env::var_os("CINFER_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        let _ = std::fs::remove_dir_all(&dir);
+        bundle.write(&dir).unwrap();
+        return;
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    on_disk.sort();
+    let mut rendered: Vec<String> = bundle.files.iter().map(|f| f.name.clone()).collect();
+    rendered.sort();
+    assert_eq!(
+        rendered, on_disk,
+        "file set of {name} differs (CINFER_UPDATE_GOLDEN=1 regenerates)"
+    );
+    for file in &bundle.files {
+        let want = std::fs::read_to_string(dir.join(&file.name)).unwrap();
+        assert!(
+            file.contents == want,
+            "{name}/{} differs from the golden file (CINFER_UPDATE_GOLDEN=1 regenerates)\n--- rendered\n{}",
+            file.name,
+            file.contents
+        );
+    }
+}
+
+fn json(bundle: &Bundle, name: &str) -> Value {
+    serde_json::from_str(bundle.file(name).unwrap()).unwrap()
+}
+
+fn yaml(bundle: &Bundle, name: &str) -> Value {
+    serde_norway::from_str(bundle.file(name).unwrap()).unwrap()
+}
+
+#[test]
+fn real_policy_hashes_to_the_host_data_of_the_real_report() {
+    // host_data at 0xC0 of the production report pkg/attest/test_data/snp_report.bin (tests/data/README.md).
+    let policy = real_policy();
+    assert_eq!(policy.host_data().to_string(), REAL_HOST_DATA);
+    assert_eq!(policy.decoded.len(), 714);
+    assert!(policy.decoded.starts_with(b"package policy\n"));
+    // The digest is of the decoded Rego text, not of the base64 text given to ARM.
+    assert_ne!(hex::encode(Sha256::digest(policy.base64.as_bytes())), REAL_HOST_DATA);
+    // The second real policy of the seed's test data.
+    let other = std::fs::read_to_string(manifest_dir().join("tests/data/security-policy-base64")).unwrap();
+    assert_eq!(
+        SecurityPolicy::parse(&other).unwrap().host_data().to_string(),
+        "4f4448c67f3c8dfc8de8a5e37125d807dadcc41f06cf23f615dbd52eec777d10"
+    );
+    // When the attest crate ships the report itself, read HOST_DATA from it too.
+    let report = manifest_dir().join("../attest/tests/data/snp_report.bin");
+    if let Ok(bytes) = std::fs::read(&report)
+        && bytes.len() == 1184
+        && hex::encode(&bytes[0x50..0x70]).starts_with("ee986ff2")
+    {
+        assert_eq!(hex::encode(&bytes[0xC0..0xE0]), REAL_HOST_DATA);
+    }
+}
+
+#[test]
+fn aci_bundle_matches_golden_and_policies_carry_the_hostdata() {
+    let config = config();
+    let policy = real_policy();
+    let bundle = render_aci(&config, Some(&policy), Some(&signer()));
+    golden(&bundle, "aci");
+
+    let template = json(&bundle, "template.json");
+    let parameters = json(&bundle, "parameters.json");
+    assert_eq!(validate::check_arm(&template, &parameters, true), Vec::<String>::new());
+    assert_eq!(parameters["parameters"]["ccePolicy"]["value"], policy.base64.as_str());
+    assert_eq!(bundle.file("hostdata.txt").unwrap(), format!("{REAL_HOST_DATA}\n"));
+
+    let release = json(&bundle, "release-policy.json");
+    assert_eq!(release["version"], "1.0.0");
+    assert_eq!(
+        release["anyOf"][0]["authority"],
+        "https://sharedeus2.eus2.attest.azure.net"
+    );
+    let all_of = release["anyOf"][0]["allOf"].as_array().unwrap();
+    assert!(
+        all_of
+            .iter()
+            .any(|c| c["claim"] == "x-ms-sevsnpvm-hostdata" && c["equals"] == REAL_HOST_DATA)
+    );
+    assert!(
+        all_of.iter().all(|c| c["equals"].is_string()),
+        "AKV compares strings: {release}"
+    );
+
+    let client = json(&bundle, "client-policy-hostdata.json");
+    assert_eq!(client["x-ms-sevsnpvm-hostdata"], REAL_HOST_DATA);
+    assert_eq!(client["x-ms-sevsnpvm-is-debuggable"], false);
+    let signer_form = json(&bundle, "client-policy-signer.json");
+    assert_eq!(signer_form["x-ms-policy-signer"]["kty"], "RSA");
+    assert!(signer_form.get("x-ms-sevsnpvm-hostdata").is_none());
+    assert!(bundle.file("attestation-policy.txt").unwrap().contains(REAL_HOST_DATA));
+
+    // The containers: init first, then model server, encfs (with its arguments), proxy; only the public port.
+    let group = &template["resources"][0]["properties"];
+    assert_eq!(
+        group["initContainers"][0]["properties"]["command"][2],
+        "--proxy-port=15006"
+    );
+    assert_eq!(
+        group["initContainers"][0]["properties"]["command"][3],
+        "--exclude-port=15021"
+    );
+    let names: Vec<&str> = group["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["model-server", "encfs", "proxy"]);
+    assert_eq!(
+        group["ipAddress"]["ports"],
+        serde_json::json!([{ "port": 8000, "protocol": "TCP" }])
+    );
+}
+
+#[test]
+fn encfs_sidecar_args_are_standard_base64_of_the_seed_schema() {
+    use base64::Engine as _;
+    let bundle = render_aci(&config(), Some(&real_policy()), None);
+    let template = json(&bundle, "template.json");
+    let env = &template["resources"][0]["properties"]["containers"][1]["properties"]["environmentVariables"][0];
+    assert_eq!(env["name"], "EncfsSideCarArgs");
+    let b64 = env["value"].as_str().unwrap();
+    let args: Value = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap();
+    assert_eq!(args, json(&bundle, "encfs-sidecar-args.json"));
+    let fs = &args["azure_filesystems"][0];
+    assert_eq!(
+        fs["azure_url"],
+        "https://cinfermodels.blob.core.windows.net/models/resnet50.img"
+    );
+    assert_eq!(fs["azure_url_private"], true);
+    assert_eq!(fs["mount_point"], "/mnt/remote/models");
+    assert_eq!(fs["key"]["kid"], "resnet50-model-key");
+    assert_eq!(fs["key"]["authority"]["endpoint"], "sharedeus2.eus2.attest.azure.net");
+    assert_eq!(fs["key"]["akv"]["endpoint"], "cinfer-kv.vault.azure.net");
+    assert_eq!(fs["key"]["akv"]["api_version"], "api-version=7.4");
+    assert_eq!(
+        args["azure_info"]["identity"]["client_id"],
+        "00000000-1111-2222-3333-444444444444"
+    );
+    assert!(fs.get("read_write").is_none(), "omitempty, read-only");
+}
+
+#[test]
+fn aci_without_policy_tells_the_user_and_leaves_only_the_policy_unfilled() {
+    let bundle = render_aci(&config(), None, None);
+    golden(&bundle, "aci-no-policy");
+    let template = json(&bundle, "template.json");
+    let parameters = json(&bundle, "parameters.json");
+    assert_eq!(validate::check_arm(&template, &parameters, false), Vec::<String>::new());
+    assert_eq!(
+        validate::check_arm(&template, &parameters, true),
+        vec!["parameter \"ccePolicy\" has neither a default nor a value".to_owned()]
+    );
+    assert!(
+        bundle.notes[0].contains("az confcom acipolicygen"),
+        "{:?}",
+        bundle.notes
+    );
+    assert!(bundle.file("release-policy.json").is_none());
+    // The template does not depend on the policy, so acipolicygen measures what is deployed.
+    let with_policy = render_aci(&config(), Some(&real_policy()), None);
+    assert_eq!(bundle.file("template.json"), with_policy.file("template.json"));
+}
+
+#[test]
+fn k8s_bundle_matches_golden_with_replicas_runtime_class_and_policy_annotation() {
+    let config = config();
+    let policy = real_policy();
+    let bundle = render_k8s(&config, Some(&policy), Some(&signer()));
+    golden(&bundle, "k8s");
+    let deployment = yaml(&bundle, "deployment.yaml");
+    let service = yaml(&bundle, "service.yaml");
+    assert_eq!(validate::check_k8s(&deployment, &service, true), Vec::<String>::new());
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(pod["spec"]["runtimeClassName"], "kata-cc-isolation");
+    assert_eq!(
+        pod["metadata"]["annotations"]["io.katacontainers.config.agent.policy"],
+        policy.base64.as_str()
+    );
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN", "NET_RAW"])
+    );
+    // The same containers and sidecar arguments as ACI.
+    let aci = render_aci(&config, Some(&policy), None);
+    assert_eq!(
+        bundle.file("encfs-sidecar-args.json"),
+        aci.file("encfs-sidecar-args.json")
+    );
+    assert_eq!(bundle.file("release-policy.json"), aci.file("release-policy.json"));
+    assert_eq!(service["spec"]["ports"][0]["port"], 8000);
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+
+    let unannotated = render_k8s(&config, None, None);
+    let deployment = yaml(&unannotated, "deployment.yaml");
+    let service = yaml(&unannotated, "service.yaml");
+    assert_eq!(
+        validate::check_k8s(&deployment, &service, true),
+        vec!["the pod has no policy annotation".to_owned()]
+    );
+    assert_eq!(validate::check_k8s(&deployment, &service, false), Vec::<String>::new());
+}
+
+#[test]
+fn validators_catch_unfilled_and_inconsistent_outputs() {
+    let bundle = render_aci(&config(), Some(&real_policy()), None);
+    let mut template = json(&bundle, "template.json");
+    let parameters = json(&bundle, "parameters.json");
+    template["resources"][0]["properties"]["containers"][0]["properties"]["image"] = "{{ .Values.image }}".into();
+    template["resources"][0]["properties"]["sku"] = "Standard".into();
+    template["resources"][0]["name"] = "[parameters('groupName')]".into();
+    let problems = validate::check_arm(&template, &parameters, true);
+    assert_eq!(problems.len(), 3, "{problems:?}");
+
+    let k8s = render_k8s(&config(), None, None);
+    let mut deployment = yaml(&k8s, "deployment.yaml");
+    let mut service = yaml(&k8s, "service.yaml");
+    service["spec"]["selector"]["app.kubernetes.io/name"] = "other".into();
+    deployment["spec"]["template"]["spec"]["containers"][2]["command"][2] = "--listen=0.0.0.0:{port}".into();
+    let problems = validate::check_k8s(&deployment, &service, false);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+#[test]
+fn yaml_config_equals_toml_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let path = dir.path().join("cinfer.yaml");
+    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
+    assert_eq!(DeployConfig::load(&path).unwrap(), config);
+}
+
+fn load_str(name: &str, text: &str) -> Result<DeployConfig, deploy::ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    DeployConfig::load(&path)
+}
+
+#[test]
+fn config_rejects_unknown_keys_wrong_version_and_bad_values() {
+    let base = std::fs::read_to_string(manifest_dir().join("examples/cinfer.toml")).unwrap();
+    let unknown = base.replace("[key_vault]\n", "[key_vault]\nendpont = \"typo\"\n");
+    let err = format!("{:#}", anyhow::Error::from(load_str("c.toml", &unknown).unwrap_err()));
+    assert!(err.contains("endpont"), "{err}");
+    let v2 = base.replace("version = 1", "version = 2");
+    assert!(matches!(load_str("c.toml", &v2), Err(deploy::ConfigError::Invalid(m)) if m.contains("version 2")));
+    let url = base.replace("authority = \"sharedeus2", "authority = \"https://sharedeus2");
+    assert!(matches!(load_str("c.toml", &url), Err(deploy::ConfigError::Invalid(m)) if m.contains("bare host")));
+    let mount = base.replace("url_private = true", "url_private = true\nmount_point = \"/models\"");
+    assert!(matches!(load_str("c.toml", &mount), Err(deploy::ConfigError::Invalid(m)) if m.contains("mount_point")));
+    let ports = base.replace("health_port = 15021", "health_port = 15006");
+    assert!(matches!(
+        load_str("c.toml", &ports),
+        Err(deploy::ConfigError::Invalid(_))
+    ));
+    let yaml_unknown = "version: 1\nname: x\nsurprise: true\n";
+    assert!(matches!(
+        load_str("c.yaml", yaml_unknown),
+        Err(deploy::ConfigError::Yaml { .. })
+    ));
+}
+
+#[test]
+fn example_config_paths_resolve() {
+    // The policy signer path in the example is relative to the config file.
+    let config = config();
+    let cert = manifest_dir()
+        .join("examples")
+        .join(config.policy_signer.unwrap().certificate);
+    assert!(Path::new(&cert).exists(), "{}", cert.display());
+}
