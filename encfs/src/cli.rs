@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use encfs::format::ModelKey;
 use encfs::fuse::MountConfig;
 
@@ -68,9 +68,22 @@ pub(crate) struct MountArgs {
     /// Asynchronous requests the kernel may keep in flight.
     #[arg(long, default_value_t = 64, help_heading = "Tuning")]
     pub(crate) max_background: u16,
+    /// How the image file is read: `pread` (safe if the file is truncated under the mount) or `mmap`
+    /// (zero-copy; the daemon dies with SIGBUS if the file is truncated while mounted).
+    #[arg(long, value_enum, default_value_t = Io::Pread, help_heading = "Tuning")]
+    pub(crate) io: Io,
     /// Internal: run as the background daemon, reporting readiness on stdout.
     #[arg(long, hide = true)]
     pub(crate) daemon_child: bool,
+}
+
+/// How the image file is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Io {
+    /// Positioned reads (`pread`).
+    Pread,
+    /// A read-only memory map.
+    Mmap,
 }
 
 /// Arguments of `unmount`.

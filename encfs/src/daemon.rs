@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use encfs::format::ModelKey;
 use encfs::fs::{EncFs, EncFsConfig};
 use encfs::fuse;
-use encfs::source::{BlobKey, FileSource};
+use encfs::source::{BlobKey, BlobSource, FileSource, MmapSource};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::cli::{MountArgs, UnmountArgs};
+use crate::cli::{Io, MountArgs, UnmountArgs};
 
 /// `mount` without `--foreground`: starts the daemon and waits until it reports ready or failed.
 pub(crate) fn mount_background(args: &MountArgs) -> anyhow::Result<()> {
@@ -111,7 +112,7 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     // Signal handlers go in before the mount, so a SIGTERM right after readiness is not lost.
-    let (mut sigterm, mut sigint) = {
+    let (sigterm, sigint) = {
         let _guard = rt.enter();
         (
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
@@ -119,14 +120,62 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
         )
     };
     let (uid, gid) = ids();
-    let config = EncFsConfig {
+    let mut config = EncFsConfig {
         uid,
         gid,
         ..EncFsConfig::default()
     };
+    if let Ok(v) = std::env::var("CINFER_UNSTABLE_PARALLEL_MIN_CHUNKS") {
+        config.parallel_min_chunks = v.parse().context("CINFER_UNSTABLE_PARALLEL_MIN_CHUNKS")?;
+        warn!(
+            value = config.parallel_min_chunks,
+            "CINFER_UNSTABLE_PARALLEL_MIN_CHUNKS is set"
+        );
+    }
+    let signals = Signals { sigterm, sigint };
+    let setup = Setup {
+        args,
+        image,
+        model_key,
+        expect_root,
+        config,
+        rt: &rt,
+        ready,
+    };
+    match args.io {
+        Io::Pread => serve(FileSource::new(), setup, signals),
+        Io::Mmap => serve(MmapSource::new(), setup, signals),
+    }
+}
+
+struct Signals {
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+}
+
+struct Setup<'a> {
+    args: &'a MountArgs,
+    image: &'a str,
+    model_key: ModelKey,
+    expect_root: Option<[u8; 32]>,
+    config: EncFsConfig,
+    rt: &'a tokio::runtime::Runtime,
+    ready: &'a Ready,
+}
+
+fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow::Result<()> {
+    let Setup {
+        args,
+        image,
+        model_key,
+        expect_root,
+        config,
+        rt,
+        ready,
+    } = s;
     let fs = rt
         .block_on(EncFs::open(
-            FileSource::new(),
+            source,
             BlobKey::new(image),
             &model_key,
             expect_root.as_ref(),
@@ -153,8 +202,8 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
     let signalled = rt.block_on(async {
         loop {
             tokio::select! {
-                _ = sigterm.recv() => break Some("SIGTERM"),
-                _ = sigint.recv() => break Some("SIGINT"),
+                _ = signals.sigterm.recv() => break Some("SIGTERM"),
+                _ = signals.sigint.recv() => break Some("SIGINT"),
                 () = tokio::time::sleep(Duration::from_millis(200)) => {
                     if session.is_finished() {
                         break None;

@@ -428,11 +428,20 @@ impl<B: BlobSource> EncFs<B> {
     /// Every byte returned comes from a chunk that passed authentication; if any chunk in the range fails, the
     /// whole read fails with [`FsError::ChunkAuth`].
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let mut out = Vec::new();
+        self.read_into(ino, offset, size, &mut out).await?;
+        Ok(out)
+    }
+
+    /// As [`Self::read`], into `out` (resized to the bytes read), so a caller can reuse one buffer per thread.
+    /// On error `out` holds no plaintext.
+    pub async fn read_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
+        out.clear();
         let i = self.entry_of(ino)?;
         let fl = *self.image.layout.file(i).ok_or(FsError::NotFile)?;
         let end = offset.saturating_add(u64::from(size)).min(fl.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let cs = self.image.header.chunk_size;
         let chunks = fl.chunks_covering(offset, end - offset, cs);
@@ -455,9 +464,14 @@ impl<B: BlobSource> EncFs<B> {
             ));
         }
         // INVARIANT: end - offset <= size, a u32.
-        let mut out = vec![0u8; (end - offset) as usize];
-        self.decrypt_into(&fl, chunks, offset, sealed_range.start, &sealed, &mut out)?;
-        Ok(out)
+        out.resize((end - offset) as usize, 0);
+        let r = self.decrypt_into(&fl, chunks, offset, sealed_range.start, &sealed, out);
+        if r.is_err() {
+            // Chunks that did open left plaintext in `out`; a failed read returns none of it.
+            out.fill(0);
+            out.clear();
+        }
+        r
     }
 
     /// Opens chunks `chunks` of file `fl` from `sealed` (which starts at image offset `sealed_start`) and

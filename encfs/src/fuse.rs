@@ -35,6 +35,11 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest READ the kernel may send (bytes); 1 MiB is the kernel's default `max_pages_limit`.
 pub const MAX_READ: u32 = 1 << 20;
 
+thread_local! {
+    /// The read buffer of each FUSE request thread.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Mount settings; plain data, [`Default`] gives the tuned values.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
@@ -207,10 +212,16 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.rt.block_on(self.fs.read(ino.0, offset, size.min(MAX_READ))) {
-            Ok(buf) => reply.data(&buf),
-            Err(e) => reply.error(self.fail("read", ino.0, &e)),
-        }
+        // One buffer per request thread, reused: no allocation or page faults per read.
+        READ_BUF.with_borrow_mut(|buf| {
+            match self
+                .rt
+                .block_on(self.fs.read_into(ino.0, offset, size.min(MAX_READ), buf))
+            {
+                Ok(()) => reply.data(buf),
+                Err(e) => reply.error(self.fail("read", ino.0, &e)),
+            }
+        });
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {

@@ -8,6 +8,7 @@
 //!
 //! * [`FileSource`]: a local file, read with `pread` (no `mmap`, so a file truncated under a mount gives an error
 //!   instead of `SIGBUS`).
+//! * [`MmapSource`]: a local file mapped read-only (zero-copy; `SIGBUS` if the file is truncated under it).
 //! * [`MemSource`]: bytes in memory, for tests and for wrapping in fault-injecting sources.
 //!
 //! HTTP(S) and Azure Blob sources go next to these, behind the same trait; a cache or prefetcher wraps a source
@@ -15,6 +16,7 @@
 
 mod file;
 mod mem;
+mod mmap;
 
 use std::fmt;
 use std::future::Future;
@@ -24,6 +26,7 @@ use bytes::Bytes;
 
 pub use file::{FileSource, FileSourceError};
 pub use mem::MemSource;
+pub use mmap::MmapSource;
 
 /// Names one blob (one image) within a source: a path for [`FileSource`], a URL or blob name for remote ones.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

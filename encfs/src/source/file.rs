@@ -59,17 +59,9 @@ impl FileSource {
 
     fn meta(file: &File, key: &BlobKey) -> Result<BlobMeta> {
         let m = file.metadata().map_err(|e| io_err("stat of", key, e))?;
-        let etag = format!(
-            "{:x}-{:x}-{:x}-{:x}.{:x}",
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec()
-        );
         Ok(BlobMeta {
             len: m.size(),
-            etag: Some(ETag::new(etag)),
+            etag: Some(file_etag(&m)),
         })
     }
 
@@ -95,6 +87,18 @@ impl FileSource {
             Err(e) => Err(io_err("reading", key, e)),
         }
     }
+}
+
+/// The version tag of a local file: device, inode, size and modification time.
+pub(super) fn file_etag(m: &std::fs::Metadata) -> ETag {
+    ETag::new(format!(
+        "{:x}-{:x}-{:x}-{:x}.{:x}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
 }
 
 fn io_err(op: &'static str, key: &BlobKey, source: io::Error) -> BlobError<FileSourceError> {

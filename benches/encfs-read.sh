@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Read benchmark for cinfer-encfs (not a timed test). Root required.
+#
+# In one run, interleaved over REPS repetitions (medians reported):
+#   * cold sequential read of a SIZE_MIB file through cinfer-encfs and through gocryptfs (page cache dropped
+#     before each cold read; image and gocryptfs cipher dir on /dev/shm, so we measure FUSE + crypto, not disk);
+#   * warm re-read through cinfer-encfs (close + reopen; FOPEN_KEEP_CACHE keeps the page cache);
+#   * plain page-cache read of the same plaintext on the root filesystem (the warm reference);
+#   * `cinfer-mkimage build` of the SIZE_MIB file.
+# Prints each figure and the ratios against the targets: cold >= 2.5x gocryptfs, warm >= 0.8x page cache,
+# build >= 1 GB/s.
+#
+# Usage: benches/encfs-read.sh [SIZE_MIB (1024)] [REPS (3)]
+# Env:   READ_AHEAD_KB (1024)  readahead for the encfs mount (the daemon's --read-ahead-kb)
+#        ENCFS_THREADS (8)     FUSE request threads (--threads)
+#        CARGO_TARGET_DIR      where release binaries are built (default: <repo>/target)
+#        CINFER_ENCFS, CINFER_MKIMAGE   use these binaries instead of building
+set -euo pipefail
+
+SIZE_MIB=${1:-1024}
+REPS=${2:-3}
+READ_AHEAD_KB=${READ_AHEAD_KB:-1024}
+ENCFS_THREADS=${ENCFS_THREADS:-8}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+
+die() { echo "encfs-read: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "root required (drop_caches, readahead, gocryptfs install)"
+[ -w /proc/sys/vm/drop_caches ] || die "/proc/sys/vm/drop_caches is not writable"
+[ -d /dev/shm ] || die "/dev/shm missing"
+
+if ! command -v gocryptfs >/dev/null 2>&1; then
+  echo "encfs-read: installing gocryptfs (Debian package)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gocryptfs >/dev/null
+fi
+command -v fusermount3 >/dev/null 2>&1 || die "fusermount3 missing (apt-get install fuse3)"
+
+if [ -z "${CINFER_ENCFS:-}" ] || [ -z "${CINFER_MKIMAGE:-}" ]; then
+  echo "encfs-read: building release binaries" >&2
+  (cd "$REPO" && cargo build --release -q -p encfs -p mkimage)
+  TD=${CARGO_TARGET_DIR:-$REPO/target}
+  CINFER_ENCFS=${CINFER_ENCFS:-$TD/release/cinfer-encfs}
+  CINFER_MKIMAGE=${CINFER_MKIMAGE:-$TD/release/cinfer-mkimage}
+fi
+
+W=$(mktemp -d /dev/shm/encfs-bench.XXXXXX)
+PLAIN_DIR=$(mktemp -d /var/tmp/encfs-bench-plain.XXXXXX)
+cleanup() {
+  set +e
+  for m in "$W/emnt" "$W/gplain"; do
+    mountpoint -q "$m" && { umount "$m" 2>/dev/null || umount -l "$m"; }
+  done
+  rm -rf "$W" "$PLAIN_DIR"
+}
+trap cleanup EXIT
+
+mkdir -p "$W/src" "$W/emnt" "$W/gcipher" "$W/gplain"
+echo "encfs-read: generating $SIZE_MIB MiB of random data" >&2
+head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/src/model.bin"
+cp "$W/src/model.bin" "$PLAIN_DIR/model.bin"
+BYTES=$((SIZE_MIB << 20))
+
+# Prints GB/s of reading $1 with dd bs=1M (optionally O_DIRECT flag as $2).
+read_gbs() {
+  local f=$1 t0 t1
+  t0=$(date +%s%N)
+  dd if="$f" of=/dev/null bs=1M status=none
+  t1=$(date +%s%N)
+  awk -v b="$BYTES" -v ns="$((t1 - t0))" 'BEGIN { printf "%.3f", b / ns }'
+}
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# gocryptfs: default options (no -kernel_cache), cheap scrypt for setup speed (does not affect reads).
+echo pw > "$W/gpass"
+gocryptfs -q -init -scryptn 10 -passfile "$W/gpass" "$W/gcipher" >/dev/null
+gocryptfs -q -passfile "$W/gpass" "$W/gcipher" "$W/gplain"
+cp "$W/src/model.bin" "$W/gplain/model.bin"
+
+build_gbs=() ; cold_e=() ; warm_e=() ; cold_g=() ; page=()
+root=""
+for rep in $(seq 1 "$REPS"); do
+  # Build (also produces the image the encfs reads use).
+  mountpoint -q "$W/emnt" && "$CINFER_ENCFS" unmount "$W/emnt"
+  t0=$(date +%s%N)
+  out=$("$CINFER_MKIMAGE" build "$W/src" -o "$W/model.img" --key-file "$W/key" --force 2>/dev/null)
+  t1=$(date +%s%N)
+  build_gbs+=("$(awk -v b="$BYTES" -v ns="$((t1 - t0))" 'BEGIN { printf "%.3f", b / ns }')")
+  root=$(printf '%s\n' "$out" | tail -1 | sed 's/^root: //')
+  "$CINFER_ENCFS" mount "$W/model.img" "$W/emnt" --key-file "$W/key" --expect-root "$root" \
+    --read-ahead-kb "$READ_AHEAD_KB" --threads "$ENCFS_THREADS"
+
+  drop; cold_e+=("$(read_gbs "$W/emnt/model.bin")")
+  warm_e+=("$(read_gbs "$W/emnt/model.bin")")
+  drop; cold_g+=("$(read_gbs "$W/gplain/model.bin")")
+  read_gbs "$PLAIN_DIR/model.bin" >/dev/null
+  page+=("$(read_gbs "$PLAIN_DIR/model.bin")")
+  echo "rep $rep: build ${build_gbs[-1]} GB/s | encfs cold ${cold_e[-1]} warm ${warm_e[-1]} | gocryptfs cold ${cold_g[-1]} | page cache ${page[-1]} GB/s" >&2
+done
+
+if ! cmp -s "$W/emnt/model.bin" "$W/src/model.bin"; then die "encfs content differs from the source"; fi
+
+mb=$(median "${build_gbs[@]}"); ce=$(median "${cold_e[@]}"); we=$(median "${warm_e[@]}")
+cg=$(median "${cold_g[@]}"); pc=$(median "${page[@]}")
+dev=$(mountpoint -d "$W/emnt")
+ra=$(cat "/sys/class/bdi/$dev/read_ahead_kb" 2>/dev/null || echo "?")
+echo
+echo "cinfer-encfs read benchmark: $SIZE_MIB MiB, $REPS reps (medians), kernel $(uname -r), $(nproc) cpus"
+echo "  encfs mount: read_ahead_kb=$ra, threads=$ENCFS_THREADS; max_pages_limit=$(cat /proc/sys/fs/fuse/max_pages_limit 2>/dev/null || echo '?')"
+echo "  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); aes=$(grep -qw aes /proc/cpuinfo && echo y || echo n) vaes=$(grep -qw vaes /proc/cpuinfo && echo y || echo n)"
+printf '  %-34s %8s GB/s\n' "cinfer-mkimage build" "$mb" "encfs cold read" "$ce" "gocryptfs cold read" "$cg" \
+  "encfs warm re-read" "$we" "plain page-cache read" "$pc"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t) ? "PASS" : "MISS" }'; }
+rc=$(ratio "$ce" "$cg"); rw=$(ratio "$we" "$pc")
+echo
+printf '  %-34s %6sx  (target >= 2.5x)  %s\n' "cold: encfs / gocryptfs" "$rc" "$(verdict "$rc" 2.5)"
+printf '  %-34s %6sx  (target >= 0.8x)  %s\n' "warm: encfs / page cache" "$rw" "$(verdict "$rw" 0.8)"
+printf '  %-34s %6s   (target >= 1 GB/s; 1 GB = 1e9 B)  %s\n' "build GB/s" "$mb" "$(verdict "$mb" 1.0)"
