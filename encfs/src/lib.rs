@@ -10,6 +10,7 @@
 //! The feature `testing` adds [`testing`], an in-process image builder for tests.
 
 pub mod format;
+pub mod legacy;
 
 #[cfg(feature = "fuse")]
 pub mod fs;
