@@ -196,10 +196,66 @@ pub enum VaultAuth {
 pub enum ResponseVerification {
     /// Pinned keys (the local broker's JWKS, from [`AttestationClient::jwks`]).
     Pinned(Jwks),
-    /// Verify with the leaf of the JWS `x5c` header only. AKV's chain to public roots is NOT checked; the
-    /// key itself is protected by the wrap to the runtime key, but a network attacker could substitute a
-    /// different key wrapped to it. Use only over TLS to the real vault.
+    /// AKV/mHSM: verify with the leaf of the JWS `x5c` header, after validating `x5c` as an X.509 path
+    /// (server-auth) from the leaf, valid for `dns_name`, to one of `roots` (as the seed does with the
+    /// system pool). Build it with [`ResponseVerification::system_roots`].
+    X5cChain {
+        /// Trusted roots (DER).
+        roots: Vec<Vec<u8>>,
+        /// The vault's DNS name the leaf must be valid for.
+        dns_name: String,
+    },
+    /// Verify with the leaf of the JWS `x5c` header only, without any chain check: a network attacker
+    /// could substitute a different key wrapped to the runtime key. Tests only.
     DangerX5cLeafOnly,
+}
+
+impl ResponseVerification {
+    /// AKV/mHSM response verification against the system's CA certificates, for the vault at `endpoint`.
+    pub fn system_roots(endpoint: &str) -> Self {
+        let roots = rustls_native_certs::load_native_certs()
+            .certs
+            .into_iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect();
+        let base = base_url(endpoint);
+        let host = base
+            .split("://")
+            .nth(1)
+            .unwrap_or(&base)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Self::X5cChain { roots, dns_name: host }
+    }
+}
+
+/// Validate `x5c` (leaf first, DER) as a server-auth path to `roots` for `dns_name` at the current time.
+pub fn verify_x5c_chain(x5c: &[Vec<u8>], roots: &[Vec<u8>], dns_name: &str) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let (leaf, rest) = x5c.split_first().ok_or("x5c is empty")?;
+    let leaf = CertificateDer::from(leaf.as_slice());
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| format!("x5c[0]: {e}"))?;
+    let root_ders: Vec<CertificateDer<'_>> = roots.iter().map(|r| CertificateDer::from(r.as_slice())).collect();
+    let anchors: Vec<_> = root_ders
+        .iter()
+        .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok())
+        .collect();
+    let intermediates: Vec<CertificateDer<'_>> = rest.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &intermediates,
+        UnixTime::now(),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| format!("x5c chain: {e}"))?;
+    let name = ServerName::try_from(dns_name).map_err(|e| format!("DNS name {dns_name:?}: {e}"))?;
+    ee.verify_is_valid_for_subject_name(&name)
+        .map_err(|e| format!("x5c leaf is not valid for {dns_name}: {e}"))
 }
 
 /// Client of AKV/mHSM secure key release or the local broker.
@@ -367,16 +423,24 @@ impl KeyReleaseClient {
                     .ok_or_else(|| ClientError::ResponseSignature("no pinned key for the response".into()))?;
                 verify_jws_rs256(jws, &key).map_err(|e| ClientError::ResponseSignature(e.to_string()))
             }
-            ResponseVerification::DangerX5cLeafOnly => {
-                let der = header
+            ResponseVerification::X5cChain { .. } | ResponseVerification::DangerX5cLeafOnly => {
+                let x5c: Vec<Vec<u8>> = header
                     .get("x5c")
                     .and_then(Value::as_array)
-                    .and_then(|a| a.first())
-                    .and_then(Value::as_str)
-                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-                    .ok_or_else(|| ClientError::ResponseSignature("no x5c".into()))?;
-                let key = crate::token::rsa_key_from_cert_der(&der)
-                    .ok_or_else(|| ClientError::ResponseSignature("x5c[0] is not RSA".into()))?;
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .filter_map(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let ResponseVerification::X5cChain { roots, dns_name } = &self.verification {
+                    verify_x5c_chain(&x5c, roots, dns_name).map_err(ClientError::ResponseSignature)?;
+                }
+                let key = x5c
+                    .first()
+                    .and_then(|der| crate::token::rsa_key_from_cert_der(der))
+                    .ok_or_else(|| ClientError::ResponseSignature("x5c[0] missing or not RSA".into()))?;
                 verify_jws_rs256(jws, &key).map_err(|e| ClientError::ResponseSignature(e.to_string()))
             }
         }
@@ -486,4 +550,80 @@ pub async fn secure_key_release(
     let token = attestation.attest_with(attester, &runtime_data).await?;
     let released = vault.release(key, &token, rk).await?;
     released.to_model_key(derivation).map_err(|e: KeyWrapError| e.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use der::Encode;
+    use der::asn1::{Ia5String, OctetString};
+    use x509_cert::ext::Extension;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::{BasicConstraints, SubjectAltName};
+    use x509_cert::spki::{ObjectIdentifier, SubjectPublicKeyInfoOwned};
+
+    use super::*;
+    use crate::pki::{issue_p384, name};
+
+    fn ext(oid: &str, critical: bool, value: Vec<u8>) -> Extension {
+        Extension {
+            extn_id: ObjectIdentifier::new(oid).unwrap(),
+            critical,
+            extn_value: OctetString::new(value).unwrap(),
+        }
+    }
+
+    fn ca_ext() -> Extension {
+        ext(
+            "2.5.29.19",
+            true,
+            BasicConstraints {
+                ca: true,
+                path_len_constraint: None,
+            }
+            .to_der()
+            .unwrap(),
+        )
+    }
+
+    /// root → intermediate (P-384 CAs) → RSA leaf for `vault.test`.
+    fn chain() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        use rsa::Generate as _;
+        let root_key = p384::ecdsa::SigningKey::generate();
+        let int_key = p384::ecdsa::SigningKey::generate();
+        let (rn, inn, ln) = (
+            name("Test Root", "t").unwrap(),
+            name("Test Int", "t").unwrap(),
+            name("vault.test", "t").unwrap(),
+        );
+        let spki = |k: &p384::ecdsa::SigningKey| SubjectPublicKeyInfoOwned::from_key(k.verifying_key()).unwrap();
+        let root = issue_p384(&root_key, rn.clone(), rn.clone(), spki(&root_key), 1, vec![ca_ext()]).unwrap();
+        let int = issue_p384(&root_key, rn, inn.clone(), spki(&int_key), 2, vec![ca_ext()]).unwrap();
+        let leaf_key = RuntimeKey::from_pem(include_str!("../tests/data/csc-test-rsa-key.pem")).unwrap();
+        let san = SubjectAltName(vec![GeneralName::DnsName(Ia5String::new("vault.test").unwrap())]);
+        let leaf_spki = SubjectPublicKeyInfoOwned::from_key(&leaf_key.public_key()).unwrap();
+        let leaf = issue_p384(
+            &int_key,
+            inn,
+            ln,
+            leaf_spki,
+            3,
+            vec![ext("2.5.29.17", false, san.to_der().unwrap())],
+        )
+        .unwrap();
+        (root.to_der().unwrap(), int.to_der().unwrap(), leaf.to_der().unwrap())
+    }
+
+    #[test]
+    fn x5c_chain_validation_checks_path_root_and_name() {
+        let (root, int, leaf) = chain();
+        verify_x5c_chain(&[leaf.clone(), int.clone()], std::slice::from_ref(&root), "vault.test").unwrap();
+        let e = verify_x5c_chain(&[leaf.clone(), int.clone()], std::slice::from_ref(&root), "other.test").unwrap_err();
+        assert!(e.contains("not valid for other.test"), "{e}");
+        let e = verify_x5c_chain(std::slice::from_ref(&leaf), std::slice::from_ref(&root), "vault.test").unwrap_err();
+        assert!(e.starts_with("x5c chain:"), "{e}");
+        let (other_root, _, _) = chain();
+        let e = verify_x5c_chain(&[leaf, int], &[other_root], "vault.test").unwrap_err();
+        assert!(e.starts_with("x5c chain:"), "{e}");
+        assert!(verify_x5c_chain(&[], &[root], "vault.test").is_err());
+    }
 }

@@ -205,7 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::read(&a.release_policy).with_context(|| format!("reading {}", a.release_policy.display()))?;
             let policy = attest::policy::ReleasePolicy::from_json(&policy_bytes)?;
             let auth = vault_auth(a.token_file.as_deref(), a.imds)?;
-            let client = KeyReleaseClient::new(&a.vault, auth, ResponseVerification::DangerX5cLeafOnly)?;
+            let client = KeyReleaseClient::new(&a.vault, auth, ResponseVerification::system_roots(&a.vault))?;
             let bundle = runtime()?.block_on(client.import_oct(&a.name, key.expose(), &policy))?;
             println!(
                 "{}",
@@ -219,12 +219,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let maa = AttestationClient::new(&a.maa)?;
             let auth = vault_auth(a.token_file.as_deref(), a.imds)?;
             let key = rt.block_on(async {
-                // The local broker signs release responses with the attestation service's key; for AKV the
-                // x5c leaf is used.
+                // The local broker signs release responses with the attestation service's key; AKV's x5c
+                // chain is validated against the system CA certificates for the vault's host name.
                 let verification = if a.maa == a.vault {
                     ResponseVerification::Pinned(maa.jwks().await?)
                 } else {
-                    ResponseVerification::DangerX5cLeafOnly
+                    ResponseVerification::system_roots(&a.vault)
                 };
                 let vault = KeyReleaseClient::new(&a.vault, auth, verification)?;
                 let derivation = KeyDerivation {

@@ -68,3 +68,28 @@ pub(crate) fn issue_pss(
         .build::<_, rsa::pss::Signature>(&signer)
         .map_err(|e| e.to_string())
 }
+
+/// Issue a certificate signed with ECDSA P-384/SHA-384 (tests of X.509 path validation).
+#[cfg(test)]
+pub(crate) fn issue_p384(
+    issuer_key: &p384::ecdsa::SigningKey,
+    issuer: Name,
+    subject: Name,
+    spki: SubjectPublicKeyInfoOwned,
+    serial: u32,
+    extensions: Vec<Extension>,
+) -> Result<Certificate, String> {
+    let now = SystemTime::now();
+    let nb = Time::try_from(now - Duration::from_secs(3600)).map_err(|e| e.to_string())?;
+    let na = Time::try_from(now + Duration::from_secs(24 * 3600)).map_err(|e| e.to_string())?;
+    let profile = FixedProfile {
+        issuer,
+        subject,
+        extensions,
+    };
+    let builder = CertificateBuilder::new(profile, SerialNumber::from(serial), Validity::new(nb, na), spki)
+        .map_err(|e| e.to_string())?;
+    builder
+        .build::<_, p384::ecdsa::DerSignature>(issuer_key)
+        .map_err(|e| e.to_string())
+}

@@ -168,24 +168,29 @@ fn load_identity(state_dir: Option<&PathBuf>) -> Result<SigningIdentity, Service
     let Some(dir) = state_dir else {
         return Ok(SigningIdentity::generate("cinfer-attest")?);
     };
-    std::fs::create_dir_all(dir).map_err(|source| ServiceError::Io {
-        context: format!("creating {}", dir.display()),
-        source,
-    })?;
+    let io = |what: &str, p: &std::path::Path| {
+        let context = format!("{what} {}", p.display());
+        move |source| ServiceError::Io { context, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let path = dir.join("signing-key.pem");
+    let cert_path = dir.join("signing-cert.der");
     match std::fs::read_to_string(&path) {
         Ok(pem) => {
             let pem = zeroize::Zeroizing::new(pem);
-            Ok(SigningIdentity::from_pkcs8_pem(&pem, "cinfer-attest")?)
+            match std::fs::read(&cert_path) {
+                Ok(cert) => Ok(SigningIdentity::from_pkcs8_pem_and_cert(&pem, cert)?),
+                Err(_) => {
+                    let id = SigningIdentity::from_pkcs8_pem(&pem, "cinfer-attest")?;
+                    crate::store::write_private_file(&cert_path, id.cert_der()).map_err(io("writing", &cert_path))?;
+                    Ok(id)
+                }
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = SigningIdentity::generate("cinfer-attest")?;
-            crate::store::write_private_file(&path, id.to_pkcs8_pem()?.as_bytes()).map_err(|source| {
-                ServiceError::Io {
-                    context: format!("writing {}", path.display()),
-                    source,
-                }
-            })?;
+            crate::store::write_private_file(&path, id.to_pkcs8_pem()?.as_bytes()).map_err(io("writing", &path))?;
+            crate::store::write_private_file(&cert_path, id.cert_der()).map_err(io("writing", &cert_path))?;
             Ok(id)
         }
         Err(source) => Err(ServiceError::Io {

@@ -133,6 +133,21 @@ impl SigningIdentity {
             .map_err(|e| KeyWrapError::Key(e.to_string()))
     }
 
+    /// Load a PKCS#8 PEM key with its existing certificate (DER), so `x5c` stays stable across restarts.
+    pub fn from_pkcs8_pem_and_cert(pem: &str, cert_der: Vec<u8>) -> Result<Self, KeyWrapError> {
+        let key = PrivateKey::from_pkcs8_pem(pem).map_err(|e| KeyWrapError::Key(e.to_string()))?;
+        let cert_key = rsa_key_from_cert_der(&cert_der)
+            .ok_or_else(|| KeyWrapError::Key("signing certificate is not an RSA certificate".into()))?;
+        if cert_key != key.to_public_key() {
+            return Err(KeyWrapError::Key(
+                "signing certificate does not match the signing key".into(),
+            ));
+        }
+        let mut id = Self::from_key(key, "cinfer-attest")?;
+        id.cert_der = cert_der;
+        Ok(id)
+    }
+
     fn from_key(key: PrivateKey, common_name: &str) -> Result<Self, KeyWrapError> {
         let pkcs1 = key.to_pkcs1_der().map_err(|e| KeyWrapError::Key(e.to_string()))?;
         let encoding = EncodingKey::from_rsa_der(pkcs1.as_bytes());

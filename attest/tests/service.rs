@@ -1,0 +1,190 @@
+//! Service behaviour over loopback: signed policies and x-ms-policy-signer, policy hot reload, policy
+//! update authentication, durable key store across restarts.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
+use attest::evidence::{MockAttester, MockConfig, MockRoot};
+use attest::keywrap::{KeyDerivation, RuntimeKey};
+use attest::policy::{ReleasePolicy, sign_policy};
+use attest::secret::SecretBytes;
+use attest::service::{RunningService, ServiceConfig};
+use attest::token::{SigningIdentity, TokenCheck, verify_token};
+use attest::verify::TrustStore;
+use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+
+fn root() -> MockRoot {
+    MockRoot::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/mock-root"
+    )))
+    .unwrap()
+}
+
+fn trust(root: &MockRoot) -> TrustStore {
+    let mut t = TrustStore::amd();
+    t.add_mock_root(root.ark_pem().as_bytes()).unwrap();
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_policy_is_enforced_reported_and_hot_reloaded() {
+    let root = root();
+    let dir = tempfile::tempdir().unwrap();
+    let auditor_key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
+    let auditor_pem = auditor_key.to_pkcs8_pem(LineEnding::LF).unwrap();
+    let auditor = SigningIdentity::from_pkcs8_pem(&auditor_pem, "auditor").unwrap();
+    let permit_hd = |hd: &str| {
+        format!(
+            "version=1.0; authorizationrules {{ [type==\"x-ms-sevsnpvm-hostdata\", value==\"{hd}\"] => permit(); }};"
+        )
+    };
+    let policy_path = dir.path().join("policy.jws");
+    let good = hex::encode([0x11u8; 32]);
+    std::fs::write(
+        &policy_path,
+        sign_policy(&permit_hd(&good), &auditor_pem, auditor.cert_der()).unwrap(),
+    )
+    .unwrap();
+    let svc = RunningService::start(ServiceConfig {
+        trust: trust(&root),
+        policy_file: Some(policy_path.clone()),
+        policy_signers: vec![auditor.cert_der().to_vec()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let maa = AttestationClient::new(&svc.url).unwrap();
+    let jwks = maa.jwks().await.unwrap();
+    let att = MockAttester::new(
+        &root,
+        MockConfig {
+            host_data: [0x11; 32],
+            ..MockConfig::default()
+        },
+    )
+    .unwrap();
+    let token = maa.attest_with(&att, b"{}").await.unwrap();
+    let claims = verify_token(&token, &jwks, &TokenCheck::issuer(svc.url.clone())).unwrap();
+    let signer = &claims["x-ms-policy-signer"];
+    assert_eq!(signer["kty"], "RSA");
+    assert_eq!(
+        signer["x5c"][0],
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, auditor.cert_der())
+    );
+
+    // Update the file: the new policy applies to the next request without restart.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let other = hex::encode([0x22u8; 32]);
+    std::fs::write(
+        &policy_path,
+        sign_policy(&permit_hd(&other), &auditor_pem, auditor.cert_der()).unwrap(),
+    )
+    .unwrap();
+    let err = maa.attest_with(&att, b"{}").await.unwrap_err().to_string();
+    assert!(err.contains("attestation policy: denied"), "{err}");
+
+    // An unsigned replacement makes attestation fail closed.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&policy_path, permit_hd(&good)).unwrap();
+    let err = maa.attest_with(&att, b"{}").await.unwrap_err().to_string();
+    assert!(err.contains("policy signer"), "{err}");
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_update_requires_the_admin_token_and_applies_immediately() {
+    let root = root();
+    let admin = SecretBytes::from_slice(b"policy-admin");
+    let svc = RunningService::start(ServiceConfig {
+        trust: trust(&root),
+        admin_token: Some(admin),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let url = format!("{}/policies/SevSnpVm?api-version=2022-08-01", svc.url);
+    let deny = "version=1.0; authorizationrules { [type==\"x-ms-sevsnpvm-vmpl\", value==7] => permit(); };";
+    let r = http.put(&url).body(deny).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.put(&url).bearer_auth("wrong").body(deny).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let maa = AttestationClient::new(&svc.url).unwrap();
+    let att = MockAttester::new(&root, MockConfig::default()).unwrap();
+    maa.attest_with(&att, b"{}").await.unwrap();
+    let r = http
+        .put(&url)
+        .bearer_auth("policy-admin")
+        .body(deny)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let err = maa.attest_with(&att, b"{}").await.unwrap_err().to_string();
+    assert!(err.contains("attestation policy: denied"), "{err}");
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_signing_key_survive_a_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = root();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = SecretBytes::from_slice(b"a");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServiceConfig {
+        trust: trust(&root),
+        admin_token: Some(admin.clone()),
+        state_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let svc = RunningService::start_on(listener, config.clone()).await.unwrap();
+    let policy = ReleasePolicy::from_json(
+        format!(
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#,
+            svc.url
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let maa = AttestationClient::new(&svc.url).unwrap();
+    let jwks_before = maa.jwks().await.unwrap();
+    KeyReleaseClient::new(
+        &svc.url,
+        VaultAuth::Bearer(admin),
+        ResponseVerification::Pinned(jwks_before.clone()),
+    )
+    .unwrap()
+    .import_oct("persisted", &[0x33; 32], &policy)
+    .await
+    .unwrap();
+    svc.stop().await.unwrap();
+    let key_file = dir.path().join("keys/persisted.json");
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Same address, same state dir: same signing key, same key.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let svc = RunningService::start_on(listener, config).await.unwrap();
+    let maa = AttestationClient::new(&svc.url).unwrap();
+    assert_eq!(maa.jwks().await.unwrap(), jwks_before);
+    let vault = KeyReleaseClient::new(&svc.url, VaultAuth::None, ResponseVerification::Pinned(jwks_before)).unwrap();
+    let att = MockAttester::new(&root, MockConfig::default()).unwrap();
+    let rk = RuntimeKey::generate().unwrap();
+    let key = attest::client::secure_key_release(
+        &att,
+        &maa,
+        &vault,
+        &KeyRef::parse("persisted"),
+        &KeyDerivation::default(),
+        Some(&rk),
+    )
+    .await
+    .unwrap();
+    assert_eq!(key.expose(), &[0x33; 32]);
+    svc.stop().await.unwrap();
+}
