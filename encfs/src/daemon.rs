@@ -96,14 +96,18 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
     }
     let model_key = args.model_key()?;
     let expect_root = args.expect_root()?;
-    let image = args
-        .image
+    // Absolute paths, so the background daemon can leave its working directory (and not keep it busy).
+    let image_path = std::path::absolute(&args.image).context("resolving the image path")?;
+    let image = image_path
         .to_str()
         .ok_or_else(|| anyhow!("image path {} is not UTF-8", args.image.display()))?;
-    let meta =
-        std::fs::metadata(&args.mountpoint).with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
+    let mountpoint = std::path::absolute(&args.mountpoint).context("resolving the mountpoint")?;
+    let meta = std::fs::metadata(&mountpoint).with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
     if !meta.is_dir() {
         bail!("mountpoint {} is not a directory", args.mountpoint.display());
+    }
+    if let Ready::Pipe = ready {
+        std::env::set_current_dir("/").context("changing to /")?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -136,6 +140,7 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
     let setup = Setup {
         args,
         image,
+        mountpoint: &mountpoint,
         model_key,
         expect_root,
         config,
@@ -156,6 +161,7 @@ struct Signals {
 struct Setup<'a> {
     args: &'a MountArgs,
     image: &'a str,
+    mountpoint: &'a Path,
     model_key: ModelKey,
     expect_root: Option<[u8; 32]>,
     config: EncFsConfig,
@@ -167,6 +173,7 @@ fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow
     let Setup {
         args,
         image,
+        mountpoint,
         model_key,
         expect_root,
         config,
@@ -185,13 +192,8 @@ fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow
     drop(model_key);
     let root = hex::encode(fs.root());
     info!(image, root = %root, chunk_size = fs.header().chunk_size, "image verified");
-    let session = fuse::mount(
-        Arc::new(fs),
-        rt.handle().clone(),
-        &args.mountpoint,
-        &args.mount_config(),
-    )
-    .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
+    let session = fuse::mount(Arc::new(fs), rt.handle().clone(), mountpoint, &args.mount_config())
+        .with_context(|| format!("mounting on {}", mountpoint.display()))?;
     if args.read_ahead_kb > 0 {
         match session.set_read_ahead_kb(args.read_ahead_kb) {
             Ok(()) => info!(kb = args.read_ahead_kb, "readahead raised"),

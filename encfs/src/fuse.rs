@@ -24,7 +24,7 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
     Request, SessionACL,
 };
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, instrument, warn};
 
 use crate::fs::{Attr, EncFs, FileKind, FsError};
 use crate::source::BlobSource;
@@ -169,6 +169,7 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         Ok(())
     }
 
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name.as_bytes()) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
@@ -176,6 +177,7 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         }
     }
 
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
@@ -190,6 +192,7 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         }
     }
 
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.acc_mode() != fuser::OpenAccMode::O_RDONLY {
             reply.error(Errno::EROFS);
@@ -201,6 +204,7 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         }
     }
 
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, size))]
     fn read(
         &self,
         _req: &Request,
@@ -238,6 +242,7 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         }
     }
 
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset))]
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
