@@ -1,0 +1,275 @@
+//! Command line (clap): `server`, `client`, `generate-policy`.
+//!
+//! Exit codes: 0 success, 1 any error (printed with its causes), 2 usage error.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use attest::client::AttestationClient;
+use attest::evidence::{Attester, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
+use attest::token::Jwks;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use proxy::atls::{TokenIssuer, VerifierConfig};
+use proxy::client::ClientConfig;
+use proxy::policy::ClientPolicy;
+use proxy::server::{AtlsServer, IdentitySource, ServerConfig};
+
+/// Attested TLS for cinfer: the server proxy in front of Triton and the client proxy that verifies it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cinfer-proxy",
+    version,
+    about,
+    after_help = "Logs: CINFER_LOG (tracing filter, default info).\nExit codes: 0 ok, 1 error, 2 usage."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Attested TLS 1.3 server in front of the upstream (inside the TEE).
+    Server(ServerArgs),
+    /// HTTP forward proxy (http_proxy / CONNECT) that opens attested TLS to targets and verifies them.
+    Client(ClientArgs),
+    /// Write the seed's client policy JSON (hostdata-pinned or policy-signer-pinned).
+    GeneratePolicy(GeneratePolicyArgs),
+}
+
+/// Which attester produces evidence.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum AttesterKind {
+    /// The SNP guest device (`/dev/sev-guest` or `/dev/sev`); fails when absent.
+    Snp,
+    /// The mock attester (needs `--mock-root`). Local testing only.
+    Mock,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Attested TLS listen address.
+    #[arg(long, env = "CINFER_PROXY_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: String,
+    /// Upstream (Triton HTTP).
+    #[arg(long, env = "CINFER_PROXY_UPSTREAM", default_value = "127.0.0.1:8000")]
+    upstream: String,
+    /// Upstream for HTTP/2 prior-knowledge connections (Triton gRPC); default: --upstream.
+    #[arg(long, env = "CINFER_PROXY_GRPC_UPSTREAM")]
+    grpc_upstream: Option<String>,
+    /// Plain-HTTP health listen address (exclude this port from the init redirect).
+    #[arg(long, env = "CINFER_PROXY_HEALTH")]
+    health: Option<String>,
+    /// Attestation service (MAA or `cinfer-attest serve`).
+    #[arg(long, env = "CINFER_PROXY_ATTESTATION_URL")]
+    attestation_url: String,
+    /// Evidence source.
+    #[arg(long, value_enum, default_value_t = AttesterKind::Snp)]
+    attester: AttesterKind,
+    /// Certificate subject name.
+    #[arg(long, default_value = "cinfer")]
+    name: String,
+    /// Rotate the key and token this many seconds before the token expires (not before its half-life).
+    #[arg(long, default_value_t = 120)]
+    rotate_margin_secs: u64,
+    /// Mock attester fields.
+    #[command(flatten)]
+    mock: MockArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Mock attester (--attester mock)")]
+struct MockArgs {
+    /// Mock root directory (`cinfer-attest mock-init`).
+    #[arg(long)]
+    mock_root: Option<PathBuf>,
+    /// host_data (64 hex digits).
+    #[arg(long)]
+    mock_host_data: Option<String>,
+    /// Launch measurement (96 hex digits).
+    #[arg(long)]
+    mock_measurement: Option<String>,
+    /// Set the debug bit.
+    #[arg(long)]
+    mock_debug: bool,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// HTTP proxy listen address (point http_proxy here).
+    #[arg(long, env = "CINFER_PROXY_CLIENT_LISTEN", default_value = "127.0.0.1:15001")]
+    listen: String,
+    /// Client policy JSON (`generate-policy`).
+    #[arg(long, env = "CINFER_PROXY_POLICY")]
+    policy: PathBuf,
+    /// Trusted attestation service: its JWKS is fetched once at start (unless --jwks) and pinned; its URL
+    /// is the expected issuer (unless --issuer).
+    #[arg(long, env = "CINFER_PROXY_ATTESTATION_URL")]
+    attestation_url: Option<String>,
+    /// Pinned token-signing keys (JWKS JSON file) instead of fetching them.
+    #[arg(long)]
+    jwks: Option<PathBuf>,
+    /// Expected token issuer (default: --attestation-url).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Per-connection freshness: a nonce and the TLS exporter bound into a fresh token.
+    #[arg(long)]
+    strict_freshness: bool,
+    /// Clock-skew allowance for token exp/nbf, seconds.
+    #[arg(long, default_value_t = 60)]
+    leeway_secs: u64,
+    /// Close pooled connections idle this long, seconds.
+    #[arg(long, default_value_t = 60)]
+    pool_idle_secs: u64,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "pin")]
+struct GeneratePolicyArgs {
+    /// Pin x-ms-sevsnpvm-hostdata (the CCE policy digest, 64 hex digits).
+    #[arg(long, group = "pin")]
+    hostdata: Option<String>,
+    /// Pin x-ms-policy-signer to this certificate (PEM or DER).
+    #[arg(long, group = "pin", value_name = "CERT.pem")]
+    policysigner: Option<PathBuf>,
+    /// Output file (default: stdout).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::GeneratePolicy(a) => generate_policy(&a),
+        Command::Server(a) => runtime()?.block_on(server(a)),
+        Command::Client(a) => runtime()?.block_on(client(a)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn generate_policy(a: &GeneratePolicyArgs) -> anyhow::Result<()> {
+    let policy = match (&a.hostdata, &a.policysigner) {
+        (Some(h), _) => ClientPolicy::hostdata(h)?,
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            ClientPolicy::policy_signer_cert(&bytes)?
+        }
+        (None, None) => bail!("give --hostdata or --policysigner"),
+    };
+    let json = policy.to_json_pretty() + "\n";
+    match &a.output {
+        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{json}"),
+    }
+    Ok(())
+}
+
+fn hex_array<const N: usize>(s: &str, what: &str) -> anyhow::Result<[u8; N]> {
+    let v = hex::decode(s.trim()).with_context(|| format!("{what}: not hex"))?;
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("{what}: expected {} hex digits", 2 * N))
+}
+
+fn attester(kind: AttesterKind, m: &MockArgs) -> anyhow::Result<Arc<dyn Attester>> {
+    Ok(match kind {
+        AttesterKind::Snp => Arc::new(SnpDeviceAttester::open().context("opening the SNP guest device")?),
+        AttesterKind::Mock => {
+            let dir = m.mock_root.as_ref().context("--attester mock needs --mock-root")?;
+            let root = MockRoot::load(dir).with_context(|| format!("loading the mock root from {}", dir.display()))?;
+            let mut config = MockConfig {
+                debuggable: m.mock_debug,
+                ..MockConfig::default()
+            };
+            if let Some(h) = &m.mock_host_data {
+                config.host_data = hex_array(h, "--mock-host-data")?;
+            }
+            if let Some(h) = &m.mock_measurement {
+                config.measurement = hex_array(h, "--mock-measurement")?;
+            }
+            tracing::warn!("using the MOCK attester: evidence is not from an SNP guest");
+            Arc::new(MockAttester::new(&root, config).context("building the mock attester")?)
+        }
+    })
+}
+
+async fn server(a: ServerArgs) -> anyhow::Result<()> {
+    let att = attester(a.attester, &a.mock)?;
+    let client = AttestationClient::new(&a.attestation_url).context("attestation client")?;
+    let issuer = Arc::new(TokenIssuer::new(client, att));
+    let config = ServerConfig {
+        upstream: a.upstream,
+        grpc_upstream: a.grpc_upstream,
+        name: a.name,
+        rotate_margin: Duration::from_secs(a.rotate_margin_secs),
+        ..ServerConfig::default()
+    };
+    let server = AtlsServer::new(config, IdentitySource::Attested(issuer))
+        .await
+        .context("getting the first attested identity")?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    if let Some(h) = &a.health {
+        let health = tokio::net::TcpListener::bind(h)
+            .await
+            .with_context(|| format!("binding {h}"))?;
+        let s = server.clone();
+        tokio::spawn(async move { s.run_health(health, std::future::pending::<()>()).await });
+    }
+    server.run(listener, shutdown_signal()).await.context("serving")
+}
+
+async fn client(a: ClientArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&a.policy).with_context(|| format!("reading {}", a.policy.display()))?;
+    let policy = ClientPolicy::from_json(&bytes)?;
+    let jwks = match (&a.jwks, &a.attestation_url) {
+        (Some(path), _) => {
+            let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Jwks::from_json(&b).with_context(|| format!("parsing {}", path.display()))?
+        }
+        (None, Some(url)) => AttestationClient::new(url)?
+            .jwks()
+            .await
+            .with_context(|| format!("fetching the pinned JWKS from {url}"))?,
+        (None, None) => bail!("give --attestation-url (JWKS fetched once and pinned) or --jwks"),
+    };
+    let issuer = match (&a.issuer, &a.attestation_url) {
+        (Some(i), _) => i.clone(),
+        (None, Some(url)) => AttestationClient::new(url)?.url().to_string(),
+        (None, None) => bail!("give --issuer or --attestation-url"),
+    };
+    let mut verifier = VerifierConfig::new(jwks, issuer, policy);
+    verifier.leeway = Duration::from_secs(a.leeway_secs);
+    let mut config = ClientConfig::new(verifier);
+    config.strict_freshness = a.strict_freshness;
+    config.pool_idle_timeout = Duration::from_secs(a.pool_idle_secs);
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    proxy::client::run(listener, config, shutdown_signal())
+        .await
+        .context("serving")
+}
