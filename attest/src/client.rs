@@ -613,6 +613,34 @@ mod tests {
         (root.to_der().unwrap(), int.to_der().unwrap(), leaf.to_der().unwrap())
     }
 
+    #[tokio::test]
+    async fn imds_token_sends_metadata_header_and_resource() {
+        use axum::extract::Query;
+        use axum::http::HeaderMap;
+        let app = axum::Router::new().route(
+            "/metadata/identity/oauth2/token",
+            axum::routing::get(|headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                if headers.get("Metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+                    return (axum::http::StatusCode::BAD_REQUEST, "no Metadata header".to_string());
+                }
+                let body = json!({"access_token": format!("tok:{}:{}", q["resource"], q.get("client_id").cloned().unwrap_or_default()),
+                                  "expires_in": "3600", "token_type": "Bearer"});
+                (axum::http::StatusCode::OK, body.to_string())
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/metadata/identity/oauth2/token",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = http_client().unwrap();
+        let t = imds_token(&http, &url, "https://vault.azure.net", Some("abc"))
+            .await
+            .unwrap();
+        assert_eq!(t.expose(), b"tok:https://vault.azure.net:abc");
+    }
+
     #[test]
     fn x5c_chain_validation_checks_path_root_and_name() {
         let (root, int, leaf) = chain();

@@ -188,3 +188,104 @@ async fn keys_and_signing_key_survive_a_restart() {
     assert_eq!(key.expose(), &[0x33; 32]);
     svc.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_refuses_untrusted_issuers_and_wrong_authorities() {
+    let root = root();
+    let admin = SecretBytes::from_slice(b"b");
+    let svc = RunningService::start(ServiceConfig {
+        trust: trust(&root),
+        admin_token: Some(admin.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let maa = AttestationClient::new(&svc.url).unwrap();
+    let jwks = maa.jwks().await.unwrap();
+    let admin_client = KeyReleaseClient::new(
+        &svc.url,
+        VaultAuth::Bearer(admin),
+        ResponseVerification::Pinned(jwks.clone()),
+    )
+    .unwrap();
+    let vault = KeyReleaseClient::new(&svc.url, VaultAuth::None, ResponseVerification::Pinned(jwks)).unwrap();
+    let policy_for = |authority: &str| {
+        ReleasePolicy::from_json(
+            format!(
+                r#"{{"version":"1.0.0","anyOf":[{{"authority":"{authority}","allOf":[{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    admin_client
+        .import_oct("k1", &[1; 32], &policy_for(&svc.url))
+        .await
+        .unwrap();
+    admin_client
+        .import_oct("k2", &[2; 32], &policy_for("https://other-maa.example"))
+        .await
+        .unwrap();
+    let rk = RuntimeKey::generate().unwrap();
+    let att = MockAttester::new(&root, MockConfig::default()).unwrap();
+    let token = maa.attest_with(&att, &rk.runtime_data()).await.unwrap();
+
+    // Our token, but k2's policy names another authority.
+    let err = vault
+        .release(&KeyRef::parse("k2"), &token, &rk)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("release policy authority"), "{err}");
+
+    // A well-formed token from an issuer the broker does not trust.
+    let rogue = SigningIdentity::generate("rogue").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let forged = rogue
+        .sign(
+            &serde_json::json!({"iss": "https://rogue.example", "exp": now + 600, "x-ms-sevsnpvm-vmpl": 0,
+                                "x-ms-runtime": serde_json::from_slice::<serde_json::Value>(&rk.runtime_data()).unwrap()}),
+            None,
+            false,
+        )
+        .unwrap();
+    let err = vault
+        .release(&KeyRef::parse("k1"), &forged, &rk)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("untrusted issuer"), "{err}");
+
+    // Our issuer claimed, but signed by the rogue key.
+    let forged = rogue
+        .sign(
+            &serde_json::json!({"iss": svc.url, "exp": now + 600, "x-ms-sevsnpvm-vmpl": 0}),
+            None,
+            false,
+        )
+        .unwrap();
+    let err = vault
+        .release(&KeyRef::parse("k1"), &forged, &rk)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token signing key") || err.contains("token signature"),
+        "{err}"
+    );
+
+    // The genuine token releases k1.
+    let k = vault.release(&KeyRef::parse("k1"), &token, &rk).await.unwrap();
+    assert_eq!(k.to_model_key(&KeyDerivation::default()).unwrap().expose(), &[1; 32]);
+    // Unknown key.
+    let err = vault
+        .release(&KeyRef::parse("nope"), &token, &rk)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("404"), "{err}");
+    svc.stop().await.unwrap();
+}
