@@ -11,6 +11,7 @@
 
 pub mod format;
 pub mod legacy;
+pub mod signature;
 
 #[cfg(feature = "fuse")]
 pub mod fs;

@@ -10,8 +10,10 @@ mod pipeline;
 mod walk;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use encfs::format::{DEFAULT_CHUNK_SIZE, FormatError};
+use encfs::signature::{SignatureError, SigningKey};
 
 pub use pipeline::{BuildSummary, build};
 pub use walk::{Walked, walk};
@@ -31,6 +33,11 @@ pub struct BuildOptions {
     pub key_id: String,
     /// Sealing threads (0 = one per core).
     pub threads: usize,
+    /// Sign the model while building (OMS signature over the digests the build pass computes) and embed the
+    /// signature in the index (extension 1, docs/FORMAT.md §6).
+    pub sign_key: Option<Arc<SigningKey>>,
+    /// When signing: follow symlinks to files (`allow_symlinks` in the signature); otherwise a symlink fails.
+    pub sign_allow_symlinks: bool,
 }
 
 impl BuildOptions {
@@ -43,6 +50,8 @@ impl BuildOptions {
             force: false,
             key_id: key_id.into(),
             threads: 0,
+            sign_key: None,
+            sign_allow_symlinks: false,
         }
     }
 }
@@ -105,4 +114,7 @@ pub enum BuildError {
     /// The format refused a value (e.g. an invalid chunk size).
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// The model cannot be signed as asked (a symlink without `--allow-symlinks`, a non-UTF-8 name).
+    #[error("signing: {0}")]
+    Signature(#[from] SignatureError),
 }

@@ -38,6 +38,66 @@ pub(crate) enum Command {
         /// Sealing threads (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Sign the model while building (OpenSSF Model Signing, verifiable with `model_signing verify key`) with
+        /// this ECDSA private key (PEM: PKCS#8, encrypted PKCS#8 or SEC1; P-256, P-384 or P-521) and embed the
+        /// signature in the image, where `cinfer-encfs mount --signer-key` checks it.
+        #[arg(long, help_heading = "Signing")]
+        sign_key: Option<PathBuf>,
+        /// Password of an encrypted --sign-key.
+        #[arg(long, env = "CINFER_SIGN_PASSWORD", hide_env_values = true, help_heading = "Signing")]
+        password: Option<String>,
+        /// Also write the signature (Sigstore bundle JSON) to this file.
+        #[arg(long, requires = "sign_key", help_heading = "Signing")]
+        signature: Option<PathBuf>,
+        /// Sign symlinks as the files they point to (`model_signing --allow_symlinks`); otherwise a symlink in a
+        /// signed model is an error.
+        #[arg(long, requires = "sign_key", help_heading = "Signing")]
+        allow_symlinks: bool,
+    },
+    /// Signs a model directory (or single file) with OpenSSF Model Signing: writes a Sigstore bundle that
+    /// `model_signing verify key` accepts.
+    Sign {
+        /// The model directory or file.
+        model: PathBuf,
+        /// ECDSA private key (PEM: PKCS#8, encrypted PKCS#8 or SEC1; P-256, P-384 or P-521).
+        #[arg(long)]
+        private_key: PathBuf,
+        /// Password of an encrypted private key.
+        #[arg(long, env = "CINFER_SIGN_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Where to write the signature.
+        #[arg(long, default_value = "model.sig")]
+        signature: PathBuf,
+        /// Paths to leave unsigned (recorded in the signature); relative to the working directory when that lands
+        /// inside the model, else to the model root.
+        #[arg(long, num_args = 1..)]
+        ignore_paths: Vec<String>,
+        /// Sign `.git`, `.gitattributes`, `.github` and `.gitignore` too (they are ignored by default).
+        #[arg(long)]
+        no_ignore_git_paths: bool,
+        /// Sign symlinks as the files they point to; otherwise a symlink is an error.
+        #[arg(long)]
+        allow_symlinks: bool,
+    },
+    /// Checks a model directory (or single file) against an OpenSSF Model Signing signature (e.g. one
+    /// `model_signing sign key` wrote): the signature, then that the files are exactly the signed ones.
+    VerifySignature {
+        /// The model directory or file.
+        model: PathBuf,
+        /// The signature (Sigstore bundle JSON; or, with --allow-sha1, the seed's `signature.bin`).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// The signer's ECDSA public key (PEM SubjectPublicKeyInfo).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Accept ignore paths the signer declared beyond `.git`, `.gitattributes`, `.github`, `.gitignore`: files
+        /// there are not covered by the signature.
+        #[arg(long)]
+        allow_signer_ignores: bool,
+        /// Check the seed's per-directory `signature.bin` files instead (ECDSA over SHA-1 of each `model*` file;
+        /// names and other files unsigned). Insecure; for migration only.
+        #[arg(long)]
+        allow_sha1: bool,
     },
     /// Prints header facts (no key needed); with --key-file, also the file listing.
     Inspect {

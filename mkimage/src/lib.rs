@@ -1,6 +1,7 @@
 //! mkimage: the model owner's side of cinfer. It turns a model directory (a Triton model repository) into one
 //! encrypted, authenticated image file ([`build`]), shows what an image holds ([`inspect`]) and checks every
-//! chunk of one ([`verify`]).
+//! chunk of one ([`verify`]). [`sign`] makes and checks OpenSSF Model Signing signatures (`model_signing`
+//! interoperable); `build` can sign in its single pass over the data and embed the signature in the image.
 //!
 //! It uses the image format from the `encfs` crate with its FUSE feature off, so a model owner's machine needs no
 //! FUSE. Keys are 32 random bytes in a key file ([`keyfile`]); later the key is imported into a key broker with a
@@ -10,4 +11,5 @@ pub mod build;
 pub mod image_file;
 pub mod inspect;
 pub mod keyfile;
+pub mod sign;
 pub mod verify;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command};
 use mkimage::build::{BuildOptions, build};
-use mkimage::{inspect, keyfile, verify};
+use mkimage::{inspect, keyfile, sign, verify};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -36,7 +36,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             chunk_size,
             force,
             threads,
+            sign_key,
+            password,
+            signature,
+            allow_symlinks,
         } => {
+            let sign_key = sign_key
+                .map(|p| load_signing_key(&p, password.as_deref()).map(std::sync::Arc::new))
+                .transpose()?;
             let (key, created) = keyfile::read_or_create(&key_file)?;
             if created {
                 eprintln!(
@@ -54,6 +61,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             opts.chunk_size = chunk_size;
             opts.force = force;
             opts.threads = threads;
+            opts.sign_key = sign_key;
+            opts.sign_allow_symlinks = allow_symlinks;
             let bar = progress_bar(&src)?;
             let start = Instant::now();
             let summary = build(&opts, &key, &|n| {
@@ -77,8 +86,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.bytes as f64 / secs.max(1e-9) / 1e6,
                 summary.image_len
             );
+            if let Some(bundle) = &summary.signature {
+                eprintln!("signed: OMS signature embedded in the index (extension 1)");
+                if let Some(path) = &signature {
+                    std::fs::write(path, bundle).with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("wrote the signature to {}", path.display());
+                }
+            }
             println!("root: {}", hex::encode(summary.root));
         }
+        Command::Sign {
+            model,
+            private_key,
+            password,
+            signature,
+            ignore_paths,
+            no_ignore_git_paths,
+            allow_symlinks,
+        } => {
+            let key = load_signing_key(&private_key, password.as_deref())?;
+            let opts = sign::SignOptions {
+                ignore_git_paths: !no_ignore_git_paths,
+                ignore_paths,
+                signature_path: Some(signature.clone()),
+                allow_symlinks,
+            };
+            let start = Instant::now();
+            let bundle =
+                sign::sign_model(&model, &key, &opts).with_context(|| format!("signing {}", model.display()))?;
+            std::fs::write(&signature, &bundle).with_context(|| format!("writing {}", signature.display()))?;
+            eprintln!(
+                "signed {} with {} key {} in {:.2}s",
+                model.display(),
+                key.curve(),
+                key.verifying_key().hint(),
+                start.elapsed().as_secs_f64()
+            );
+            println!("Signing succeeded: {}", signature.display());
+        }
+        Command::VerifySignature {
+            model,
+            signature,
+            public_key,
+            allow_signer_ignores,
+            allow_sha1,
+        } => verify_signature(&model, signature, &public_key, allow_signer_ignores, allow_sha1)?,
         Command::Inspect { image, key_file } => {
             let key = key_file.as_deref().map(keyfile::read).transpose()?;
             print!("{}", inspect::inspect(&image, key.as_ref())?);
@@ -97,6 +149,89 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("root: {}", hex::encode(r.root));
         }
     }
+    Ok(())
+}
+
+fn load_signing_key(path: &std::path::Path, password: Option<&str>) -> anyhow::Result<encfs::signature::SigningKey> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    encfs::signature::SigningKey::from_pem(&pem, password.map(str::as_bytes))
+        .with_context(|| format!("private key {}", path.display()))
+}
+
+fn load_verifying_key(path: &std::path::Path) -> anyhow::Result<encfs::signature::VerifyingKey> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    encfs::signature::VerifyingKey::from_pem(&pem).with_context(|| format!("public key {}", path.display()))
+}
+
+/// `verify-signature`: an OMS bundle, or (only with --allow-sha1) the seed's `signature.bin` files.
+fn verify_signature(
+    model: &std::path::Path,
+    signature: Option<std::path::PathBuf>,
+    public_key: &std::path::Path,
+    allow_signer_ignores: bool,
+    allow_sha1: bool,
+) -> anyhow::Result<()> {
+    let key = load_verifying_key(public_key)?;
+    let bundle = match &signature {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+        None if allow_sha1 => None,
+        None => {
+            let path = std::path::Path::new("model.sig");
+            Some(std::fs::read(path).context("reading model.sig (pass --signature)")?)
+        }
+    };
+    let seed = match &bundle {
+        None => true,
+        Some(b) => !b.trim_ascii_start().starts_with(b"{"),
+    };
+    if seed {
+        if !allow_sha1 {
+            anyhow::bail!(
+                "{} is not an OMS signature bundle; if it is the seed's signature.bin (ECDSA over SHA-1, per model* \
+                 file, names and other files unsigned), pass --allow-sha1 to check it for migration",
+                signature
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("model.sig"))
+                    .display()
+            );
+        }
+        tracing::warn!(
+            "checking seed signature.bin files: SHA-1 is broken for collisions and only model* files are signed"
+        );
+        eprintln!(
+            "warning: --allow-sha1: checking the seed's signature.bin (ECDSA over SHA-1); SHA-1 is broken for \
+             collisions and file names and non-model files are unsigned. Re-sign with `cinfer-mkimage sign`."
+        );
+        let r = sign::verify_seed(model, &key)?;
+        for p in &r.unsigned {
+            eprintln!("warning: not covered by any seed signature: {}", p.display());
+        }
+        println!("Verification succeeded (seed SHA-1): {} model files", r.signed.len());
+        return Ok(());
+    }
+    let bundle = bundle.unwrap_or_default();
+    let opts = sign::VerifyOptions {
+        allow_signer_ignores,
+        signature_path: signature,
+    };
+    let start = Instant::now();
+    let r =
+        sign::verify_model(model, &bundle, &key, &opts).with_context(|| format!("verifying {}", model.display()))?;
+    if !r.signer_ignores.is_empty() {
+        eprintln!(
+            "signer-declared ignore paths (not covered by the signature): {}",
+            r.signer_ignores.join(", ")
+        );
+    }
+    eprintln!(
+        "verified {} files ({} bytes) of {} in {:.2}s, root {}",
+        r.files,
+        r.bytes,
+        r.manifest.model_name,
+        start.elapsed().as_secs_f64(),
+        hex::encode(r.manifest.root)
+    );
+    println!("Verification succeeded");
     Ok(())
 }
 

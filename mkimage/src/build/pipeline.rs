@@ -11,6 +11,7 @@ use encfs::format::{
     EntryKind, HEADER_LEN, Header, IMAGE_ID_LEN, ImageKeys, Index, Layout, ModelKey, TAG_LEN, root_digest, seal_chunk,
     seal_index,
 };
+use encfs::signature::{self, ManifestOptions};
 use sha2::{Digest, Sha256};
 
 use super::{BuildError, BuildOptions, Walked, walk};
@@ -33,6 +34,8 @@ pub struct BuildSummary {
     pub symlinks: u64,
     /// Plaintext bytes of all files.
     pub bytes: u64,
+    /// The embedded OMS signature bundle, when the build signed.
+    pub signature: Option<Vec<u8>>,
 }
 
 /// A run of consecutive chunks of one file, handed from the reader to a sealing worker.
@@ -79,6 +82,10 @@ pub fn build(opts: &BuildOptions, key: &ModelKey, progress: &(dyn Fn(u64) + Sync
         extensions: Vec::new(),
     };
     let layout = Layout::compute(&header, &index)?;
+    if opts.sign_key.is_some() {
+        // Refuse what cannot be signed (symlinks unless allowed, non-UTF-8 names) before the long pass.
+        signature::index_files(&index, opts.sign_allow_symlinks, &[])?;
+    }
 
     let tmp = TempImage::create(&opts.output)?;
     let digests = seal_all(opts, &keys, &walked, &layout, &tmp, progress)?;
@@ -88,6 +95,25 @@ pub fn build(opts: &BuildOptions, key: &ModelKey, progress: &(dyn Fn(u64) + Sync
         }
         index.entries[i] = walked[i].entry.clone();
     }
+    // Sign the digests this pass computed (the data was read once), and embed the bundle before the index is
+    // sealed, so the root digest covers it.
+    let bundle = match &opts.sign_key {
+        Some(key) => {
+            let files = signature::index_files(&index, opts.sign_allow_symlinks, &[])?;
+            let name = std::fs::canonicalize(&opts.src)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            let mopts = ManifestOptions {
+                ignore_paths: Vec::new(),
+                allow_symlinks: opts.sign_allow_symlinks,
+            };
+            let bundle = signature::sign(key, &name, &files, &mopts);
+            index.extensions.push(signature::signature_extension(bundle.clone()));
+            Some(bundle)
+        }
+        None => None,
+    };
 
     // The index length is known before sealing (encoding + tag), so the header can be final first.
     let encoded_len = index.encode().len() as u64;
@@ -108,6 +134,7 @@ pub fn build(opts: &BuildOptions, key: &ModelKey, progress: &(dyn Fn(u64) + Sync
         dirs: count(|k| matches!(k, EntryKind::Dir)),
         symlinks: count(|k| matches!(k, EntryKind::Symlink { .. })),
         bytes,
+        signature: bundle,
     })
 }
 
