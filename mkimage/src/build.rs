@@ -9,14 +9,28 @@
 mod pipeline;
 mod walk;
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use encfs::format::{DEFAULT_CHUNK_SIZE, FormatError};
 use encfs::signature::{SignatureError, SigningKey};
 
-pub use pipeline::{BuildSummary, build};
+pub use pipeline::{BuildSummary, DiskTree, build, build_tree};
 pub use walk::{Walked, walk};
+
+/// Where a build's entries and file contents come from: the model directory on disk ([`DiskTree`]), or another
+/// image's filesystem (the legacy ext4 volume `convert` streams from). Only the calling thread uses it, so it need
+/// not be `Send`.
+pub trait Tree {
+    /// The entries in index order (the root first, then depth-first with children sorted by name bytes), file
+    /// digests zero. Each file's [`Walked::path`] is what [`Tree::open`] is given.
+    fn walk(&self) -> Result<Vec<Walked>, BuildError>;
+
+    /// Opens the file at `path` for sequential reading. It must yield exactly the `size` bytes the walk saw (the
+    /// pipeline refuses a file that is shorter or longer).
+    fn open(&self, path: &Path, size: u64) -> Result<Box<dyn Read + '_>, BuildError>;
+}
 
 /// What to build.
 #[derive(Clone, Debug)]

@@ -107,6 +107,33 @@ pub(crate) enum Command {
         #[arg(long)]
         key_file: Option<PathBuf>,
     },
+    /// Converts a legacy image (the seed's LUKS2 aes-xts-plain64 + ext4) into an authenticated image, streamed:
+    /// no root, no device-mapper. The last line printed is `root: <hex>`.
+    Convert {
+        /// The legacy image (e.g. made by the seed's `generatefs.sh`).
+        legacy: PathBuf,
+        /// The image to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The legacy image's key file: its bytes are the LUKS passphrase (the seed's 32-byte released key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// File with the 32-byte model key for the new image; created (random, mode 0600) if it does not exist.
+        #[arg(long)]
+        new_key_file: PathBuf,
+        /// Key id or URI recorded in the header to name the key (default: `file:<new key file name>`).
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Plaintext bytes per chunk: a power of two from 4096 to 16 MiB (suffixes k, M accepted).
+        #[arg(long, default_value = "64k", value_parser = parse_size)]
+        chunk_size: u32,
+        /// Overwrite the output if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Sealing threads (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Opens every chunk and checks every tag and file digest; prints the root.
     Verify {
         /// The image.

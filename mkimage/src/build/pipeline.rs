@@ -14,7 +14,7 @@ use encfs::format::{
 use encfs::signature::{self, ManifestOptions};
 use sha2::{Digest, Sha256};
 
-use super::{BuildError, BuildOptions, Walked, walk};
+use super::{BuildError, BuildOptions, Tree, Walked, walk};
 
 /// Plaintext bytes handed to a sealing worker at once (rounded to whole chunks).
 const BATCH_BYTES: usize = 1 << 20;
@@ -45,13 +45,50 @@ struct Batch {
     plain: Vec<u8>,
 }
 
-/// Builds the image described by `opts` with `key`. `progress` is called with the number of plaintext bytes read
-/// so far.
+/// The model directory on disk, as a [`Tree`].
+#[derive(Clone, Copy, Debug)]
+pub struct DiskTree<'a>(pub &'a Path);
+
+impl Tree for DiskTree<'_> {
+    fn walk(&self) -> Result<Vec<Walked>, BuildError> {
+        walk(self.0)
+    }
+
+    fn open(&self, path: &Path, size: u64) -> Result<Box<dyn Read + '_>, BuildError> {
+        let rerr = |source| BuildError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        // O_NOFOLLOW: the walk saw a regular file; refuse a symlink swapped in since.
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(rerr)?;
+        if f.metadata().map_err(rerr)?.len() != size {
+            return Err(BuildError::Changed(path.to_owned()));
+        }
+        Ok(Box::new(f))
+    }
+}
+
+/// Builds the image described by `opts` with `key` from the model directory `opts.src`. `progress` is called with
+/// the number of plaintext bytes read so far.
 pub fn build(opts: &BuildOptions, key: &ModelKey, progress: &(dyn Fn(u64) + Sync)) -> Result<BuildSummary, BuildError> {
+    build_tree(&DiskTree(&opts.src), opts, key, progress)
+}
+
+/// Builds the image described by `opts` (whose `src` is not used) from `tree` with `key`.
+pub fn build_tree(
+    tree: &dyn Tree,
+    opts: &BuildOptions,
+    key: &ModelKey,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<BuildSummary, BuildError> {
     if !opts.force && std::fs::symlink_metadata(&opts.output).is_ok() {
         return Err(BuildError::OutputExists(opts.output.clone()));
     }
-    let mut walked = walk(&opts.src)?;
+    let mut walked = tree.walk()?;
     let mut image_id = [0u8; IMAGE_ID_LEN];
     rand::fill(&mut image_id);
     let keys = ImageKeys::derive(key, &image_id);
@@ -88,7 +125,7 @@ pub fn build(opts: &BuildOptions, key: &ModelKey, progress: &(dyn Fn(u64) + Sync
     }
 
     let tmp = TempImage::create(&opts.output)?;
-    let digests = seal_all(opts, &keys, &walked, &layout, &tmp, progress)?;
+    let digests = seal_all(tree, opts, &keys, &walked, &layout, &tmp, progress)?;
     for (i, digest) in digests {
         if let EntryKind::File { sha256, .. } = &mut walked[i].entry.kind {
             *sha256 = digest;
@@ -140,6 +177,7 @@ pub fn build(opts: &BuildOptions, key: &ModelKey, progress: &(dyn Fn(u64) + Sync
 
 /// Reads every file in order (hashing it), while workers seal and write the chunks. Returns each file's digest.
 fn seal_all(
+    tree: &dyn Tree,
     opts: &BuildOptions,
     keys: &ImageKeys,
     walked: &[Walked],
@@ -196,6 +234,7 @@ fn seal_all(
                 continue;
             };
             match read_file(
+                tree,
                 path,
                 fl.size,
                 fl.first_chunk,
@@ -230,6 +269,7 @@ fn seal_all(
 /// Reads one file in batches of whole chunks, hashing it and sending the batches to the workers.
 #[allow(clippy::too_many_arguments)]
 fn read_file(
+    tree: &dyn Tree,
     path: &Path,
     size: u64,
     first_chunk: u64,
@@ -244,15 +284,7 @@ fn read_file(
         path: path.to_owned(),
         source,
     };
-    // O_NOFOLLOW: the walk saw a regular file; refuse a symlink swapped in since.
-    let mut f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(rerr)?;
-    if f.metadata().map_err(rerr)?.len() != size {
-        return Err(BuildError::Changed(path.to_owned()));
-    }
+    let mut f = tree.open(path, size)?;
     let mut hasher = Sha256::new();
     let mut remaining = size;
     let mut chunk = first_chunk;
@@ -263,7 +295,7 @@ fn read_file(
         }
         let want = remaining.min((batch_chunks * cs) as u64) as usize;
         let mut plain = vec![0u8; want];
-        read_full(&mut f, &mut plain).map_err(|e| match e.kind() {
+        f.read_exact(&mut plain).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => BuildError::Changed(path.to_owned()),
             _ => rerr(e),
         })?;
@@ -291,10 +323,6 @@ fn read_file(
         return Err(BuildError::Changed(path.to_owned()));
     }
     Ok(hasher.finalize().into())
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<()> {
-    f.read_exact(buf)
 }
 
 /// The image under construction: a temporary file next to the output, removed on drop unless committed.
