@@ -79,6 +79,20 @@ for name in "${images[@]}"; do
   else
     echo "FAIL $name: '$entrypoint--help' in the image:"; sed 's/^/    /' <<<"$help" | head -20; failed=1
   fi
+  if [ "$name" = init ] && command -v ip >/dev/null; then
+    # With CAP_NET_ADMIN and CAP_NET_RAW added (what the deployments grant), the image's own iptables applies the
+    # redirect in a throwaway network namespace (never the host's).
+    ns=cinfer-image-$$
+    ip netns add "$ns"
+    if ip netns exec "$ns" "${bah[@]}" run --isolation chroot --user 0:0 --cap-add CAP_NET_ADMIN --cap-add CAP_NET_RAW \
+         "$ctr" -- /usr/local/bin/cinfer-init apply \
+         >/dev/null 2>&1 && ip netns exec "$ns" iptables-save -t nat | grep -q -- '-j REDIRECT --to-ports 15006'; then
+      echo "ok   init: 'cinfer-init apply' in the image installed the redirect (in netns $ns)"
+    else
+      echo "FAIL init: 'cinfer-init apply' in the image did not install the redirect"; failed=1
+    fi
+    ip netns del "$ns"
+  fi
   "${bah[@]}" rm "$ctr" >/dev/null
   if [ "$image_user" != "${user[$name]}" ]; then
     echo "FAIL $name: image user is '$image_user', expected '${user[$name]}'"; failed=1
