@@ -29,12 +29,17 @@ pub fn volume_path(config: &DeployConfig) -> String {
 
 /// The `cinfer-init apply` command shared by ACI and Kubernetes.
 pub fn init_command(config: &DeployConfig) -> Vec<String> {
-    vec![
+    let mut command = vec![
         "/usr/local/bin/cinfer-init".to_owned(),
         "apply".to_owned(),
         format!("--proxy-port={}", config.proxy.port),
         format!("--exclude-port={}", config.proxy.health_port),
-    ]
+    ];
+    if !config.init.outbound_allow_uids.is_empty() {
+        let uids: Vec<String> = config.init.outbound_allow_uids.iter().map(u32::to_string).collect();
+        command.push(format!("--outbound-allow-uid={}", uids.join(",")));
+    }
+    command
 }
 
 fn requests(r: &Resource) -> Value {

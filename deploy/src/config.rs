@@ -87,6 +87,9 @@ pub struct DeployConfig {
     /// Kubernetes-only settings.
     #[serde(default)]
     pub kubernetes: KubernetesOptions,
+    /// The init step (`cinfer-init`).
+    #[serde(default)]
+    pub init: InitOptions,
 }
 
 fn one() -> u32 {
@@ -291,6 +294,17 @@ impl Default for Resources {
             },
         }
     }
+}
+
+/// Settings of the init step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitOptions {
+    /// When not empty, only these UIDs may open outbound connections (loopback and replies stay allowed). The
+    /// proxy (65532 in its image) and the encfs sidecar (0) need the network; run the model server under another
+    /// UID, or allowing 0 lets it out too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outbound_allow_uids: Vec<u32>,
 }
 
 /// ACI-only settings.

@@ -313,3 +313,26 @@ fn example_config_paths_resolve() {
         .join(config.policy_signer.unwrap().certificate);
     assert!(Path::new(&cert).exists(), "{}", cert.display());
 }
+
+#[test]
+fn outbound_restriction_reaches_the_init_command_of_both_renderers() {
+    let mut config = config();
+    config.init.outbound_allow_uids = vec![65532, 0];
+    let aci = render_aci(&config, None, None);
+    let template = json(&aci, "template.json");
+    let command = &template["resources"][0]["properties"]["initContainers"][0]["properties"]["command"];
+    assert_eq!(command[4], "--outbound-allow-uid=65532,0");
+    let k8s = render_k8s(&config, None, None);
+    let deployment = yaml(&k8s, "deployment.yaml");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["initContainers"][0]["command"][4],
+        "--outbound-allow-uid=65532,0"
+    );
+    // Off by default: the golden files have no such argument.
+    assert!(
+        !render_aci(&self::config(), None, None)
+            .file("template.json")
+            .unwrap()
+            .contains("outbound")
+    );
+}
