@@ -59,3 +59,30 @@ fn bad_port_is_a_usage_error() {
     let out = init(&["apply", "--proxy-port", "70000"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn init_command_rendered_by_cinfer_deploy_is_accepted() {
+    // The ARM template golden file of the deploy crate: its init container's command must parse here.
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/tests/golden/aci/template.json");
+    let template: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    let command = template["resources"][0]["properties"]["initContainers"][0]["properties"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(command[0], "/usr/local/bin/cinfer-init");
+    let mut args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+    args.push("--dry-run");
+    let out = init(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("-A CINFER_INBOUND -p tcp -j REDIRECT --to-ports 15006\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-A CINFER_INBOUND -p tcp -m tcp --dport 15021 -j RETURN\n"),
+        "{stdout}"
+    );
+}
