@@ -433,14 +433,17 @@ impl<B: BlobSource> EncFs<B> {
         Ok(out)
     }
 
-    /// As [`Self::read`], into `out` (resized to the bytes read), so a caller can reuse one buffer per thread.
-    /// On error `out` holds no plaintext.
+    /// As [`Self::read`], into `out` (resized to the bytes read), so a caller can reuse one buffer per thread
+    /// without zeroing it each time. On error `out` is empty and none of this read's plaintext is left in it.
     pub async fn read_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
-        out.clear();
-        let i = self.entry_of(ino)?;
-        let fl = *self.image.layout.file(i).ok_or(FsError::NotFile)?;
+        let i = self.entry_of(ino).inspect_err(|_| out.clear())?;
+        let Some(fl) = self.image.layout.file(i).copied() else {
+            out.clear();
+            return Err(FsError::NotFile);
+        };
         let end = offset.saturating_add(u64::from(size)).min(fl.size);
         if offset >= end {
+            out.clear();
             return Ok(());
         }
         let cs = self.image.header.chunk_size;
@@ -452,8 +455,12 @@ impl<B: BlobSource> EncFs<B> {
             .source
             .read_range(&self.key, sealed_range.clone(), self.etag.as_ref())
             .await
-            .map_err(|e| FsError::Source(Box::new(e)))?;
+            .map_err(|e| {
+                out.clear();
+                FsError::Source(Box::new(e))
+            })?;
         if sealed.len() as u64 != sealed_range.end - sealed_range.start {
+            out.clear();
             return Err(FsError::Source(
                 format!(
                     "source returned {} bytes for a {}-byte range",
@@ -463,7 +470,7 @@ impl<B: BlobSource> EncFs<B> {
                 .into(),
             ));
         }
-        // INVARIANT: end - offset <= size, a u32.
+        // INVARIANT: end - offset <= size, a u32. Only growth is zero-filled; the rest is overwritten below.
         out.resize((end - offset) as usize, 0);
         let r = self.decrypt_into(&fl, chunks, offset, sealed_range.start, &sealed, out);
         if r.is_err() {
