@@ -52,7 +52,7 @@ pub enum Check {
     Connect,
     /// TLS version: only TLS 1.3 is accepted.
     TlsVersion,
-    /// The leaf certificate: DER, self-signature, validity, no intermediates.
+    /// The leaf certificate: DER, self-signature, no intermediates.
     Certificate,
     /// The token extension: present exactly once, an OCTET STRING of ASCII.
     TokenExtension,
@@ -60,7 +60,7 @@ pub enum Check {
     TokenSignature,
     /// The token's issuer.
     Issuer,
-    /// The token's `exp` / `nbf`.
+    /// The token's `exp` / `nbf` (and the certificate's validity, which follows the token's).
     Expiry,
     /// `x-ms-runtime.tls-spki-sha256` equals the SHA-256 of the certificate's key.
     KeyBinding,
@@ -101,7 +101,7 @@ impl std::fmt::Display for Check {
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AtlsError {
-    /// The certificate is malformed, not self-signed by its own key, outside its validity, or comes with
+    /// The certificate is malformed, not self-signed by its own key, or comes with
     /// intermediates.
     #[error("self-signature: {detail}")]
     Certificate {

@@ -126,7 +126,7 @@ struct ClientArgs {
 }
 
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false, id = "pin")]
+#[command(group(clap::ArgGroup::new("pin").required(true).multiple(false)))]
 struct GeneratePolicyArgs {
     /// Pin x-ms-sevsnpvm-hostdata (the CCE policy digest, 64 hex digits).
     #[arg(long, group = "pin")]

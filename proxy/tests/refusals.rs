@@ -276,3 +276,56 @@ async fn certificate_not_signed_by_its_own_key_is_refused() {
     assert_refused(proxy, addr, "self-signature", "self-signed").await;
     assert_eq!(received.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_run_in_the_stated_order() {
+    use proxy::atls::{Check, verify_leaf};
+    let svc = service().await;
+    let rogue = service_with("rogue", service_config()).await;
+    let now = std::time::SystemTime::now();
+    let config = verifier(&svc, good_policy());
+    let wrong_guest = guest([0x22; 32], true);
+    // Untrusted signer + wrong key + wrong hostdata: the signature check comes first.
+    let t = issuer(&rogue, wrong_guest.clone())
+        .token(&key_runtime_data(&generate_key().unwrap(), &[]))
+        .await
+        .unwrap();
+    let id = AttestedIdentity::from_parts(generate_key().unwrap(), t, "cinfer").unwrap();
+    assert_eq!(
+        verify_leaf(id.cert_der(), &config, now).unwrap_err().check(),
+        Check::TokenSignature
+    );
+    // Trusted, but wrong issuer expected + wrong key + wrong hostdata: issuer.
+    let t = issuer(&svc, wrong_guest.clone())
+        .token(&key_runtime_data(&generate_key().unwrap(), &[]))
+        .await
+        .unwrap();
+    let id = AttestedIdentity::from_parts(generate_key().unwrap(), t, "cinfer").unwrap();
+    let mut other_issuer = config.clone();
+    other_issuer.issuer = "https://elsewhere".into();
+    assert_eq!(
+        verify_leaf(id.cert_der(), &other_issuer, now).unwrap_err().check(),
+        Check::Issuer
+    );
+    // Later than exp + leeway, wrong key + wrong hostdata: expiry.
+    let late = now + Duration::from_secs(9 * 3600);
+    assert_eq!(
+        verify_leaf(id.cert_der(), &config, late).unwrap_err().check(),
+        Check::Expiry
+    );
+    // Wrong key + wrong hostdata: the key binding before the policy.
+    assert_eq!(
+        verify_leaf(id.cert_der(), &config, now).unwrap_err().check(),
+        Check::KeyBinding
+    );
+    // Right key, wrong hostdata and debuggable: the policy, naming the first differing claim.
+    let key = generate_key().unwrap();
+    let t = issuer(&svc, wrong_guest)
+        .token(&key_runtime_data(&key, &[]))
+        .await
+        .unwrap();
+    let id = AttestedIdentity::from_parts(key, t, "cinfer").unwrap();
+    let e = verify_leaf(id.cert_der(), &config, now).unwrap_err();
+    assert_eq!(e.check(), Check::Policy);
+    assert!(e.to_string().contains("x-ms-sevsnpvm-hostdata"), "{e}");
+}

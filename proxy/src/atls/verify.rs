@@ -55,7 +55,7 @@ pub struct VerifiedPeer {
 /// Run every check on a leaf certificate at `now`; the first failure is returned.
 pub fn verify_leaf(der: &[u8], config: &VerifierConfig, now: SystemTime) -> Result<VerifiedPeer, AtlsError> {
     let cert_err = |detail: String| AtlsError::Certificate { detail };
-    // 1. The certificate: DER, signed by its own key, valid now.
+    // 1. The certificate: DER, self-issued, signed by its own key.
     let (rest, cert) =
         X509Certificate::from_der(der).map_err(|e| cert_err(format!("not an X.509 certificate: {e}")))?;
     if !rest.is_empty() {
@@ -66,24 +66,26 @@ pub fn verify_leaf(der: &[u8], config: &VerifierConfig, now: SystemTime) -> Resu
     }
     cert.verify_signature(None)
         .map_err(|e| cert_err(format!("signature by its own key does not verify: {e}")))?;
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let at = ASN1Time::from_timestamp(secs).map_err(|e| cert_err(format!("time: {e}")))?;
-    if !cert.validity().is_valid_at(at) {
-        return Err(cert_err(format!(
-            "not valid now (valid {} .. {})",
-            cert.validity().not_before,
-            cert.validity().not_after
-        )));
-    }
-
     // 2. The token extension, exactly once.
     let token = token_from_cert(&cert)?;
 
     // 3-5. Token signature (pinned keys), issuer, expiry.
     let claims = verify_claims(token, config, now)?;
+    // The certificate's own validity (the token's nbf..exp widened by an hour) belongs to the expiry
+    // check, so a stale server is named as such.
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let expiry = |detail: String| AtlsError::Expiry { detail };
+    let at = ASN1Time::from_timestamp(secs).map_err(|e| expiry(format!("time: {e}")))?;
+    if !cert.validity().is_valid_at(at) {
+        return Err(expiry(format!(
+            "the certificate is not valid now (valid {} .. {})",
+            cert.validity().not_before,
+            cert.validity().not_after
+        )));
+    }
 
     // 6. The token binds this certificate's key.
     let spki_sha256 = spki_sha256_hex(cert.public_key().raw);
