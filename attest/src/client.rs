@@ -52,7 +52,12 @@ async fn check(resp: reqwest::Response, context: &str) -> Result<reqwest::Respon
         return Ok(resp);
     }
     let status = resp.status().as_u16();
-    let mut body = resp.text().await.unwrap_or_default();
+    let text = resp.text().await.unwrap_or_default();
+    // MAA/AKV error bodies are {"error":{"code","message"}}: show the message (it names the failed check).
+    let mut body = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or(text);
     body.truncate(2000);
     Err(ClientError::Status {
         context: context.to_string(),

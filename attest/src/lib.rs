@@ -25,6 +25,10 @@
 //! * **Clients** — [`client::AttestationClient`] (`attest`, `attest_with`, `jwks`),
 //!   [`client::KeyReleaseClient`] (`import`, `import_oct`, `release`), and the one-call flow
 //!   [`client::secure_key_release`] → [`secret::ModelKey`] (32 bytes, zeroized, redacted `Debug`).
+//!   Release responses are JWS: verify them with the local service's pinned JWKS
+//!   ([`client::ResponseVerification::Pinned`]) or, for AKV/mHSM, the `x5c` chain to the system CAs for
+//!   the vault's host name ([`client::ResponseVerification::system_roots`]). Vault auth:
+//!   [`client::VaultAuth`] (`None`, `Bearer`, `Imds`).
 //! * **Key transport** — [`keywrap::RuntimeKey`] (RSA-2048, runtime data JSON, unwrap),
 //!   CKM_RSA_AES_KEY_WRAP ([`keywrap::rsa_aes_wrap`]), HKDF derivation ([`keywrap::KeyDerivation`]).
 //! * **Policies** — [`policy::AttestationPolicy`] (MAA text, optionally auditor-signed JWS) and

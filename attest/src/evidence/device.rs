@@ -45,7 +45,7 @@ pub struct SnpReportReq {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SnpReportResp {
-    /// status u32, report_size u32, 24 reserved, report[1184], padding.
+    /// `status u32, report_size u32, reserved[24], report[1184], padding`.
     pub data: [u8; 4000],
 }
 
