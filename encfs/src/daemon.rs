@@ -17,6 +17,7 @@ use anyhow::{Context, anyhow, bail};
 use encfs::format::ModelKey;
 use encfs::fs::{EncFs, EncFsConfig};
 use encfs::fuse;
+use encfs::legacy::mount::{BlobReadAt, mount as legacy_mount};
 use encfs::source::{BlobKey, BlobSource, FileSource, MmapSource};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -180,20 +181,41 @@ fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow
         rt,
         ready,
     } = s;
-    let fs = rt
-        .block_on(EncFs::open(
-            source,
-            BlobKey::new(image),
-            &model_key,
-            expect_root.as_ref(),
-            config,
-        ))
-        .with_context(|| format!("refusing to mount {image}"))?;
-    drop(model_key);
-    let root = hex::encode(fs.root());
-    info!(image, root = %root, chunk_size = fs.header().chunk_size, "image verified");
-    let session = fuse::mount(Arc::new(fs), rt.handle().clone(), mountpoint, &args.mount_config())
-        .with_context(|| format!("mounting on {}", mountpoint.display()))?;
+    // A legacy LUKS2 image (the seed's) is served from the same source, read-only, without integrity.
+    let reader = BlobReadAt::open(source, BlobKey::new(image), rt.handle().clone())
+        .with_context(|| format!("reading {image}"))?;
+    let (session, root) = if reader.is_luks().with_context(|| format!("reading {image}"))? {
+        if expect_root.is_some() {
+            bail!("{image} is a legacy LUKS2 image: it has no root digest to pin (drop --expect-root, or convert it)");
+        }
+        let (session, uuid) = legacy_mount(
+            reader,
+            model_key.expose(),
+            config.uid,
+            config.gid,
+            mountpoint,
+            &args.mount_config(),
+        )
+        .with_context(|| format!("refusing to mount legacy image {image}"))?;
+        drop(model_key);
+        (session, format!("legacy-luks2:{uuid}"))
+    } else {
+        let fs = rt
+            .block_on(EncFs::open(
+                reader.into_source(),
+                BlobKey::new(image),
+                &model_key,
+                expect_root.as_ref(),
+                config,
+            ))
+            .with_context(|| format!("refusing to mount {image}"))?;
+        drop(model_key);
+        let root = hex::encode(fs.root());
+        info!(image, root = %root, chunk_size = fs.header().chunk_size, "image verified");
+        let session = fuse::mount(Arc::new(fs), rt.handle().clone(), mountpoint, &args.mount_config())
+            .with_context(|| format!("mounting on {}", mountpoint.display()))?;
+        (session, root)
+    };
     if args.read_ahead_kb > 0 {
         match session.set_read_ahead_kb(args.read_ahead_kb) {
             Ok(()) => info!(kb = args.read_ahead_kb, "readahead raised"),

@@ -313,6 +313,16 @@ pub fn mount<B: BlobSource>(
     mountpoint: &Path,
     cfg: &MountConfig,
 ) -> io::Result<MountSession> {
+    mount_filesystem(FuseFs::new(fs, rt, cfg.max_background), mountpoint, cfg)
+}
+
+/// Mounts any read-only `fuser` filesystem with the same options, threads and session handling as [`mount`]
+/// (used for legacy LUKS2 images, `crate::legacy::mount::LegacyFs`).
+pub fn mount_filesystem<F: fuser::Filesystem + Send + 'static>(
+    filesystem: F,
+    mountpoint: &Path,
+    cfg: &MountConfig,
+) -> io::Result<MountSession> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -330,7 +340,7 @@ pub fn mount<B: BlobSource>(
     };
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = cfg.clone_fd;
-    let session = fuser::spawn_mount(FuseFs::new(fs, rt, cfg.max_background), mountpoint, &config)?;
+    let session = fuser::spawn_mount(filesystem, mountpoint, &config)?;
     info!(mountpoint = %mountpoint.display(), threads = cfg.threads, "mounted");
     Ok(MountSession {
         session,

@@ -8,7 +8,8 @@
 //! 1. [`luks2`]: both header copies (binary + JSON), checksum, the valid copy with the higher sequence id;
 //! 2. [`kdf`] + [`af`]: a keyslot's PBKDF2 / Argon2 area key, the anti-forensic merge, the digest check;
 //! 3. [`xts`] + [`device`]: the data segment decrypted per sector with dm-crypt's exact `plain64` IVs;
-//! 4. [`ext4`]: the filesystem, read-only, through `ext4-view`.
+//! 4. [`ext4`]: the filesystem, read-only, through `ext4-view`;
+//! 5. `mount` (feature `fuse`): the tree served by the daemon, from the same sources and mount settings.
 //!
 //! **There is no integrity.** XTS is unauthenticated: whoever controls storage can change sectors (to garbage)
 //! or replay old ones undetected. The daemon logs [`NO_INTEGRITY_WARNING`] once; `mkimage convert` moves images
@@ -20,6 +21,8 @@ mod error;
 pub mod ext4;
 pub mod kdf;
 pub mod luks2;
+#[cfg(feature = "fuse")]
+pub mod mount;
 pub mod xts;
 
 use std::sync::{Arc, Once};
