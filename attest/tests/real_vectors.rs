@@ -101,3 +101,37 @@ fn real_genoa_report_parses_fields_at_documented_offsets() {
     assert_eq!(r.current_firmware(), (40, 55, 1));
     assert_eq!(r.reported_tcb_raw(), r.launch_tcb_raw());
 }
+
+#[test]
+fn aci_security_context_dir_yields_policy_digest_and_thim_chain() {
+    use base64::Engine as _;
+    // An ACI security-context directory: the real CCE policy and a THIM JSON built from the real Milan
+    // chain with the seed's tcbm, each base64-encoded as the host writes them.
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/uvm_security_policy.base64"),
+        dir.path().join("security-policy-base64"),
+    )
+    .unwrap();
+    let pem = std::str::from_utf8(MILAN_CHAIN).unwrap();
+    let (vcek, rest) = pem.split_at(pem.find("-----END CERTIFICATE-----\n").unwrap() + 26);
+    let thim = serde_json::json!({"vcekCert": vcek, "tcbm": "7308000000000003", "certificateChain": rest,
+                                  "cacheControl": "86400"});
+    std::fs::write(
+        dir.path().join("host-amd-cert-base64"),
+        b64(thim.to_string().as_bytes()),
+    )
+    .unwrap();
+    let info = attest::evidence::UvmInformation::from_dir(dir.path()).unwrap();
+    assert_eq!(
+        hex::encode(info.policy_digest()),
+        "cadd74f71ebb8fbf9782baab649612520f3c416bc5ce9ac768808ddc8d9b031c"
+    );
+    let certs = info.host_amd_certs.unwrap();
+    assert_eq!(certs.chain_pem().as_bytes(), MILAN_CHAIN);
+    let chain = CertChain::from_pem(certs.chain_pem().as_bytes()).unwrap();
+    let ext = vcek_extensions(&chain.vcek).unwrap();
+    assert_eq!(ext.tcb_version().encode(Generation::Milan), certs.tcbm().unwrap());
+    assert!(info.reference_info.is_empty());
+}
