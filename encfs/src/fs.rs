@@ -16,8 +16,6 @@
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
-use rayon::prelude::*;
-
 use crate::format::{
     ChunkLoc, EntryKind, FileLayout, FormatError, HEADER_LEN, Header, ImageKeys, ModelKey, OpenedImage, open_chunk_into,
 };
@@ -493,7 +491,7 @@ impl<B: BlobSource> EncFs<B> {
         out: &mut [u8],
     ) -> Result<(), FsError> {
         let cs = self.image.header.chunk_size;
-        let mut jobs = Vec::with_capacity((chunks.end - chunks.start) as usize);
+        let mut jobs: Vec<Job<'_>> = Vec::with_capacity((chunks.end - chunks.start) as usize);
         let end = offset + out.len() as u64;
         let mut rest = out;
         for n in chunks {
@@ -511,11 +509,28 @@ impl<B: BlobSource> EncFs<B> {
                 dest,
             });
         }
-        if jobs.len() >= self.config.parallel_min_chunks.max(2) {
-            jobs.into_par_iter().try_for_each(|j| j.run(&self.keys))
-        } else {
-            jobs.into_iter().try_for_each(|j| j.run(&self.keys))
+        let keys = &self.keys;
+        let parts = rayon::current_num_threads().min(jobs.len());
+        if jobs.len() < self.config.parallel_min_chunks.max(2) || parts < 2 {
+            return jobs.into_iter().try_for_each(|j| j.run(keys));
         }
+        // Split into one contiguous run per core: this thread opens the first run while pool threads open the
+        // others (one task each, so one wake-up per helper rather than one per chunk).
+        let per = jobs.len().div_ceil(parts);
+        let mut runs: Vec<Vec<Job<'_>>> = Vec::with_capacity(parts);
+        while jobs.len() > per {
+            let tail = jobs.split_off(jobs.len() - per);
+            runs.push(tail);
+        }
+        let mut results: Vec<Result<(), FsError>> = (0..runs.len()).map(|_| Ok(())).collect();
+        let mut mine = Ok(());
+        rayon::in_place_scope(|s| {
+            for (run, res) in runs.into_iter().zip(results.iter_mut()) {
+                s.spawn(move |_| *res = run.into_iter().try_for_each(|j| j.run(keys)));
+            }
+            mine = jobs.into_iter().try_for_each(|j| j.run(keys));
+        });
+        results.into_iter().fold(mine, Result::and)
     }
 }
 
