@@ -72,6 +72,21 @@ pub(crate) struct MountArgs {
     /// (zero-copy; the daemon dies with SIGBUS if the file is truncated while mounted).
     #[arg(long, value_enum, default_value_t = Io::Pread, help_heading = "Tuning")]
     pub(crate) io: Io,
+    /// The model signer's ECDSA public key (PEM). The image's embedded OpenSSF model signature must verify with
+    /// it and list exactly the image's files with the digests in its index, or the mount is refused (the message
+    /// names the file). Without it no signature is checked.
+    #[arg(
+        long,
+        value_name = "PUB_PEM",
+        env = "CINFER_ENCFS_SIGNER_KEY",
+        help_heading = "Signature"
+    )]
+    pub(crate) signer_key: Option<PathBuf>,
+    /// With --signer-key: `full` also hashes every file through the decrypting read path before the mount is
+    /// visible (and warms the cache); `manifest` checks only the signature against the index digests, which is
+    /// enough when the model-key owner is the signer (AEAD and the pinned root already bind the content).
+    #[arg(long, value_enum, default_value_t = Verify::Full, help_heading = "Signature")]
+    pub(crate) verify: Verify,
     /// Internal: run as the background daemon, reporting readiness on stdout.
     #[arg(long, hide = true)]
     pub(crate) daemon_child: bool,
@@ -84,6 +99,25 @@ pub(crate) enum Io {
     Pread,
     /// A read-only memory map.
     Mmap,
+}
+
+/// How much the signature gate checks before the mount is visible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Verify {
+    /// Signature, manifest and every file's content.
+    Full,
+    /// Signature and manifest against the index digests only.
+    Manifest,
+}
+
+impl Verify {
+    /// The library's mode.
+    pub(crate) fn mode(self) -> encfs::gate::VerifyMode {
+        match self {
+            Self::Full => encfs::gate::VerifyMode::Full,
+            Self::Manifest => encfs::gate::VerifyMode::Manifest,
+        }
+    }
 }
 
 /// Arguments of `unmount`.
@@ -115,6 +149,17 @@ impl MountArgs {
             bail!("--expect-root must be 64 hex digits");
         }
         Ok(Some(root))
+    }
+
+    /// The signer's public key, when --signer-key is given.
+    pub(crate) fn signer_key(&self) -> anyhow::Result<Option<encfs::signature::VerifyingKey>> {
+        let Some(path) = &self.signer_key else {
+            return Ok(None);
+        };
+        let pem = std::fs::read_to_string(path).with_context(|| format!("reading signer key {}", path.display()))?;
+        let key =
+            encfs::signature::VerifyingKey::from_pem(&pem).with_context(|| format!("signer key {}", path.display()))?;
+        Ok(Some(key))
     }
 
     /// The mount settings.

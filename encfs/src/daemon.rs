@@ -97,6 +97,8 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
     }
     let model_key = args.model_key()?;
     let expect_root = args.expect_root()?;
+    // Read before the daemon leaves its working directory, so a relative path works.
+    let signer = args.signer_key()?;
     // Absolute paths, so the background daemon can leave its working directory (and not keep it busy).
     let image_path = std::path::absolute(&args.image).context("resolving the image path")?;
     let image = image_path
@@ -144,6 +146,7 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
         mountpoint: &mountpoint,
         model_key,
         expect_root,
+        signer,
         config,
         rt: &rt,
         ready,
@@ -165,6 +168,7 @@ struct Setup<'a> {
     mountpoint: &'a Path,
     model_key: ModelKey,
     expect_root: Option<[u8; 32]>,
+    signer: Option<encfs::signature::VerifyingKey>,
     config: EncFsConfig,
     rt: &'a tokio::runtime::Runtime,
     ready: &'a Ready,
@@ -177,6 +181,7 @@ fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow
         mountpoint,
         model_key,
         expect_root,
+        signer,
         config,
         rt,
         ready,
@@ -187,6 +192,9 @@ fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow
     let (session, root) = if reader.is_luks().with_context(|| format!("reading {image}"))? {
         if expect_root.is_some() {
             bail!("{image} is a legacy LUKS2 image: it has no root digest to pin (drop --expect-root, or convert it)");
+        }
+        if signer.is_some() {
+            bail!("{image} is a legacy LUKS2 image: it carries no model signature (convert it with a signed build)");
         }
         let (session, uuid) = legacy_mount(
             reader,
@@ -212,6 +220,10 @@ fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow
         drop(model_key);
         let root = hex::encode(fs.root());
         info!(image, root = %root, chunk_size = fs.header().chunk_size, "image verified");
+        if let Some(signer) = &signer {
+            encfs::gate::run(&fs, signer, args.verify.mode(), rt.handle())
+                .with_context(|| format!("refusing to mount {image}"))?;
+        }
         let session = fuse::mount(Arc::new(fs), rt.handle().clone(), mountpoint, &args.mount_config())
             .with_context(|| format!("mounting on {}", mountpoint.display()))?;
         (session, root)

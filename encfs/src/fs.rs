@@ -287,6 +287,11 @@ impl<B: BlobSource> EncFs<B> {
         &self.image.header
     }
 
+    /// The authenticated index (entries with the per-file SHA-256 `build` recorded, extensions).
+    pub fn index(&self) -> &crate::format::Index {
+        &self.image.index
+    }
+
     /// The source this filesystem reads from.
     pub fn source(&self) -> &B {
         &self.source

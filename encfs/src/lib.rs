@@ -18,6 +18,8 @@ pub mod fs;
 #[cfg(feature = "fuse")]
 pub mod fuse;
 #[cfg(feature = "fuse")]
+pub mod gate;
+#[cfg(feature = "fuse")]
 pub mod source;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
