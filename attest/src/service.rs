@@ -17,8 +17,8 @@
 //! (403), so a network peer can never replace a key or its policy. Release needs no bearer token: the
 //! attestation token *is* the credential, and the key leaves only wrapped to the token's runtime key.
 //!
-//! **Policy reload.** With a policy file, every attestation checks the file's modification time and
-//! reloads it when changed; an invalid new policy makes attestation fail (closed) until it is fixed.
+//! **Policy reload.** With a policy file, every attestation checks the file's content digest and reloads
+//! it when changed; an invalid (or unreadable) new policy makes attestation fail closed until it is fixed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -116,7 +116,8 @@ struct AppState {
     allow_debug: bool,
     policy: RwLock<Result<Arc<AttestationPolicy>, String>>,
     policy_file: Option<PathBuf>,
-    policy_mtime: Mutex<Option<SystemTime>>,
+    /// SHA-256 of the policy file content last loaded (reload when it changes).
+    policy_file_digest: Mutex<Option<[u8; 32]>>,
     policy_signers: Vec<Vec<u8>>,
     admin_token_sha256: Option<[u8; 32]>,
     token_lifetime: Duration,
@@ -200,11 +201,17 @@ fn load_identity(state_dir: Option<&PathBuf>) -> Result<SigningIdentity, Service
     }
 }
 
-fn read_policy_file(path: &PathBuf, signers: &[Vec<u8>]) -> Result<(AttestationPolicy, Option<SystemTime>), String> {
-    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("policy file {}: {e}", path.display()))?;
-    let p = AttestationPolicy::from_document(&text, signers).map_err(|e| e.to_string())?;
-    Ok((p, mtime))
+fn read_policy_file(path: &PathBuf, signers: &[Vec<u8>]) -> (Result<AttestationPolicy, String>, Option<[u8; 32]>) {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            let parsed = String::from_utf8(bytes)
+                .map_err(|_| format!("policy file {}: not UTF-8", path.display()))
+                .and_then(|text| AttestationPolicy::from_document(&text, signers).map_err(|e| e.to_string()));
+            (parsed, Some(digest))
+        }
+        Err(e) => (Err(format!("policy file {}: {e}", path.display())), None),
+    }
 }
 
 impl AppState {
@@ -214,10 +221,10 @@ impl AppState {
             Some(dir) => KeyStore::open(dir.join("keys"))?,
             None => KeyStore::in_memory(),
         };
-        let (policy, mtime) = match (&config.policy_file, &config.policy) {
+        let (policy, digest) = match (&config.policy_file, &config.policy) {
             (Some(path), _) => {
-                let (p, m) = read_policy_file(path, &config.policy_signers).map_err(ServiceError::Config)?;
-                (p, m)
+                let (p, d) = read_policy_file(path, &config.policy_signers);
+                (p.map_err(ServiceError::Config)?, d)
             }
             (None, Some(doc)) => (AttestationPolicy::from_document(doc, &config.policy_signers)?, None),
             (None, None) if !config.policy_signers.is_empty() => return Err(PolicyError::Unsigned.into()),
@@ -230,7 +237,7 @@ impl AppState {
             allow_debug: config.allow_debug,
             policy: RwLock::new(Ok(Arc::new(policy))),
             policy_file: config.policy_file,
-            policy_mtime: Mutex::new(mtime),
+            policy_file_digest: Mutex::new(digest),
             policy_signers: config.policy_signers,
             admin_token_sha256: config.admin_token.map(|t| Sha256::digest(t.expose()).into()),
             token_lifetime: config.token_lifetime,
@@ -250,21 +257,22 @@ impl AppState {
         }
     }
 
-    /// The current policy, reloading the file if it changed.
+    /// The current policy, reloading the file when its content changed (checked on every call: the file is
+    /// small, and a content digest does not depend on timestamp granularity).
     fn current_policy(&self) -> Result<Arc<AttestationPolicy>, String> {
         if let Some(path) = &self.policy_file {
-            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            let mut last = self.policy_mtime.lock().unwrap_or_else(|e| e.into_inner());
-            if mtime != *last {
-                *last = mtime;
-                let loaded = read_policy_file(path, &self.policy_signers).map(|(p, _)| Arc::new(p));
+            let current = std::fs::read(path).ok().map(|b| <[u8; 32]>::from(Sha256::digest(&b)));
+            let mut last = self.policy_file_digest.lock().unwrap_or_else(|e| e.into_inner());
+            if current.is_none() || current != *last {
+                let (loaded, digest) = read_policy_file(path, &self.policy_signers);
+                *last = digest;
                 match &loaded {
                     Ok(_) => tracing::info!(path = %path.display(), "attestation policy reloaded"),
                     Err(e) => {
                         tracing::error!(path = %path.display(), error = %e, "attestation policy reload failed; denying until fixed")
                     }
                 }
-                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = loaded.map(Arc::new);
             }
         }
         self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -462,8 +470,8 @@ async fn put_policy(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     if let Some(path) = &state.policy_file {
         crate::store::write_private_file(path, body.trim().as_bytes())
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?;
-        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        *state.policy_mtime.lock().unwrap_or_else(|e| e.into_inner()) = mtime;
+        *state.policy_file_digest.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Sha256::digest(body.trim().as_bytes()).into());
     }
     let hash = policy.hash();
     *state.policy.write().unwrap_or_else(|e| e.into_inner()) = Ok(Arc::new(policy));
