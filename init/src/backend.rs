@@ -59,18 +59,38 @@ pub trait Backend {
     fn restore(&self, family: Family, script: &str) -> Result<(), BackendError>;
 }
 
+/// Which iptables implementation to run; both read and write the same `iptables-restore` format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Flavor {
+    /// Whatever `iptables-restore` is on this system (Debian's alternatives; nf_tables since bookworm).
+    #[default]
+    System,
+    /// `iptables-legacy-restore` (x_tables), for kernels without nf_tables.
+    Legacy,
+    /// `iptables-nft-restore` (nf_tables).
+    Nft,
+}
+
 /// The real backend: `iptables-save` and `iptables-restore --noflush` (and their `ip6tables-*` twins).
-///
-/// Works with both the nf_tables and the legacy flavours of iptables.
 #[derive(Debug, Clone, Default)]
-pub struct IptablesRestore;
+pub struct IptablesRestore {
+    /// The implementation to run.
+    pub flavor: Flavor,
+}
 
 impl IptablesRestore {
-    fn programs(family: Family) -> (&'static str, &'static str) {
-        match family {
-            Family::Ipv4 => ("iptables-save", "iptables-restore"),
-            Family::Ipv6 => ("ip6tables-save", "ip6tables-restore"),
-        }
+    /// The save and restore programs for `family`.
+    pub fn programs(&self, family: Family) -> (String, String) {
+        let base = match family {
+            Family::Ipv4 => "iptables",
+            Family::Ipv6 => "ip6tables",
+        };
+        let flavor = match self.flavor {
+            Flavor::System => "",
+            Flavor::Legacy => "-legacy",
+            Flavor::Nft => "-nft",
+        };
+        (format!("{base}{flavor}-save"), format!("{base}{flavor}-restore"))
     }
 }
 
@@ -102,11 +122,11 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Back
 
 impl Backend for IptablesRestore {
     fn save(&self, family: Family) -> Result<String, BackendError> {
-        run(Self::programs(family).0, &[], None)
+        run(&self.programs(family).0, &[], None)
     }
 
     fn restore(&self, family: Family, script: &str) -> Result<(), BackendError> {
-        run(Self::programs(family).1, &["--noflush", "--wait"], Some(script)).map(drop)
+        run(&self.programs(family).1, &["--noflush", "--wait"], Some(script)).map(drop)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Command-line interface of `cinfer-init`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use init::{Family, InboundRedirect, OutboundRestriction, RulePlan};
+use init::{Family, Flavor, InboundRedirect, OutboundRestriction, RulePlan};
 
 /// Forces inbound TCP through the cinfer server proxy (iptables, applied atomically, IPv4 and IPv6).
 ///
@@ -74,6 +74,31 @@ pub(crate) struct CommonArgs {
     /// Address families to change.
     #[arg(long, value_enum, default_value_t = Families::Both, env = "CINFER_INIT_FAMILIES")]
     pub(crate) families: Families,
+    /// The iptables implementation: the system's `iptables-restore`, or explicitly nf_tables or legacy x_tables
+    /// (for kernels without nf_tables). Use the one the rest of the system uses.
+    #[arg(long, value_enum, default_value_t = Iptables::System, env = "CINFER_INIT_IPTABLES")]
+    pub(crate) iptables: Iptables,
+}
+
+/// `--iptables` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Iptables {
+    /// `iptables-restore` as installed.
+    System,
+    /// `iptables-nft-restore`.
+    Nft,
+    /// `iptables-legacy-restore`.
+    Legacy,
+}
+
+impl Iptables {
+    pub(crate) fn flavor(self) -> Flavor {
+        match self {
+            Self::System => Flavor::System,
+            Self::Nft => Flavor::Nft,
+            Self::Legacy => Flavor::Legacy,
+        }
+    }
 }
 
 /// `--families` values.

@@ -20,7 +20,7 @@ pub mod backend;
 pub mod plan;
 pub mod state;
 
-pub use backend::{Backend, BackendError, Family, IptablesRestore, Recording};
+pub use backend::{Backend, BackendError, Family, Flavor, IptablesRestore, Recording};
 pub use plan::{INBOUND_CHAIN, InboundRedirect, OUTBOUND_CHAIN, OutboundRestriction, PlanError, RulePlan};
 pub use state::{OurRules, parse_save};
 

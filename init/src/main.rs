@@ -24,9 +24,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let real = IptablesRestore;
     match cli.command {
         Command::Apply { plan, common } => {
+            let real = IptablesRestore {
+                flavor: common.iptables.flavor(),
+            };
             let plan = plan.plan();
             let changes = with_backend(&real, &common, |b| {
                 init::apply(b, &plan, common.families.list(), common.dry_run)
@@ -35,6 +37,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report(&changes, &common);
         }
         Command::Clean { common } => {
+            let real = IptablesRestore {
+                flavor: common.iptables.flavor(),
+            };
             let changes = with_backend(&real, &common, |b| {
                 init::clean(b, common.families.list(), common.dry_run)
             })

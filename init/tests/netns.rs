@@ -190,10 +190,15 @@ impl Lab {
     /// The server namespace's rules (both families) without comments, counters and tables that are empty
     /// (iptables-nft creates a table when a script names it; an empty table with ACCEPT policies filters nothing).
     fn rules(&self) -> String {
+        self.rules_of("")
+    }
+
+    /// Like `rules`, read with the iptables flavour `flavor` (`""`, `"-legacy"`, `"-nft"`).
+    fn rules_of(&self, flavor: &str) -> String {
         let mut all = String::new();
-        for save in ["iptables-save", "ip6tables-save"] {
+        for save in [format!("iptables{flavor}-save"), format!("ip6tables{flavor}-save")] {
             let out = Command::new("ip")
-                .args(["netns", "exec", &self.server, save])
+                .args(["netns", "exec", &self.server, &save])
                 .output()
                 .unwrap();
             assert!(out.status.success());
@@ -239,23 +244,36 @@ fn v6(port: u16) -> String {
 
 #[test]
 fn inbound_tcp_lands_on_proxy_port_except_excluded_and_clean_restores_direct_access() {
-    let mut lab = Lab::new("in");
+    inbound_scenario("in", "system", "");
+}
+
+#[test]
+fn legacy_iptables_redirects_and_cleans_the_same_way() {
+    inbound_scenario("lg", "legacy", "-legacy");
+}
+
+/// Apply, check where connections land, re-apply, clean, with the iptables flavour `flavor` (read back with the
+/// `iptables{suffix}-save` tools).
+fn inbound_scenario(tag: &str, flavor: &str, suffix: &str) {
+    let mut lab = Lab::new(tag);
     let (server, client) = (lab.server.clone(), lab.client.clone());
     lab.serve(&server, &[PROXY_PORT, HEALTH_PORT, APP_PORT]);
 
     // Before: the app port answers itself.
     assert_eq!(lab.connect(&client, &v4(APP_PORT)), format!("landed:{APP_PORT}"));
-    let pristine = lab.rules();
+    let pristine = lab.rules_of(suffix);
 
     let exclude = HEALTH_PORT.to_string();
     lab.init(&[
         "apply",
+        "--iptables",
+        flavor,
         "--proxy-port",
         &PROXY_PORT.to_string(),
         "--exclude-port",
         &exclude,
     ]);
-    let applied = lab.rules();
+    let applied = lab.rules_of(suffix);
     assert!(applied.contains("CINFER_INBOUND"), "{applied}");
 
     // Inbound TCP to any port, over IPv4 and IPv6, lands on the proxy; the excluded port goes direct.
@@ -273,21 +291,23 @@ fn inbound_tcp_lands_on_proxy_port_except_excluded_and_clean_restores_direct_acc
     // A second apply changes nothing.
     lab.init(&[
         "apply",
+        "--iptables",
+        flavor,
         "--proxy-port",
         &PROXY_PORT.to_string(),
         "--exclude-port",
         &exclude,
     ]);
-    assert_eq!(lab.rules(), applied);
+    assert_eq!(lab.rules_of(suffix), applied);
 
     // Clean removes exactly what apply added; a second clean is a no-op.
-    lab.init(&["clean"]);
-    assert_eq!(lab.rules(), pristine);
+    lab.init(&["clean", "--iptables", flavor]);
+    assert_eq!(lab.rules_of(suffix), pristine);
     assert_eq!(lab.connect(&client, &v4(APP_PORT)), format!("landed:{APP_PORT}"));
     assert_eq!(lab.connect(&client, &v6(APP_PORT)), format!("landed:{APP_PORT}"));
-    let again = lab.init(&["clean"]);
+    let again = lab.init(&["clean", "--iptables", flavor]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing of ours to remove"));
-    assert_eq!(lab.rules(), pristine);
+    assert_eq!(lab.rules_of(suffix), pristine);
 }
 
 #[test]
