@@ -245,9 +245,9 @@ impl Default for Commands {
                 "/usr/local/bin/cinfer-proxy",
                 "server",
                 "--listen=0.0.0.0:{port}",
-                "--health-listen=0.0.0.0:{health_port}",
+                "--health=0.0.0.0:{health_port}",
                 "--upstream=127.0.0.1:{upstream_port}",
-                "--attestation-authority=https://{authority}",
+                "--attestation-url=https://{authority}",
             ]),
         }
     }
