@@ -706,3 +706,21 @@ fn a_non_root_user_can_mount_read_and_unmount_through_fusermount3() {
     );
     assert!(!is_mounted(&fx.mnt));
 }
+
+#[test]
+fn the_mmap_source_serves_the_same_bytes_and_detects_tampering() {
+    let t = tamper_fixture();
+    let m = t.fx.mount_image(&t.fx.image, &["--io", "mmap"]);
+    for (name, data) in &t.files {
+        assert!(std::fs::read(t.fx.mnt.join(name)).unwrap() == *data, "{name}");
+    }
+    m.unmount();
+    let c = t.chunks.iter().find(|c| c.1 == 9).unwrap();
+    let mut b = t.image.clone();
+    b[(c.2 + 5) as usize] ^= 0x40;
+    let img = t.write(&b);
+    let m = t.fx.mount_image(&img, &["--io", "mmap"]);
+    let bad = std::slice::from_ref(&(c.4..c.4 + c.5));
+    check_no_wrong_bytes(&t.fx.mnt.join("a.bin"), &t.files[0].1, bad, 2 << 20);
+    m.unmount();
+}
