@@ -44,7 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bundle
                 .write(&args.output)
                 .with_context(|| format!("writing {}", args.output.display()))?;
-            summarize(&bundle, args);
+            summarize(&bundle, args, &config, aci);
         }
     }
     Ok(())
@@ -89,7 +89,7 @@ fn check(bundle: &Bundle, aci: bool, with_policy: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summarize(bundle: &Bundle, args: &RenderArgs) {
+fn summarize(bundle: &Bundle, args: &RenderArgs, config: &DeployConfig, aci: bool) {
     eprintln!("wrote {}:", args.output.display());
     for file in &bundle.files {
         eprintln!("  {}", file.name);
@@ -103,6 +103,21 @@ fn summarize(bundle: &Bundle, args: &RenderArgs) {
             let b64 = base64::engine::general_purpose::STANDARD.encode(to_json_compact(&value));
             eprintln!("client policy (hostdata form, base64 for ATTESTATION_POLICY): {b64}");
         }
+        let policy = args.output.join("client-policy-hostdata.json");
+        eprintln!(
+            "client: cinfer-proxy client --policy {} --attestation-url https://{}",
+            policy.display(),
+            config.attestation.authority
+        );
+        eprintln!(
+            "then:   curl --proxy http://127.0.0.1:15001 http://<{}>:{}/v2/health/ready",
+            if aci {
+                "the group's IP (template output ipAddress)"
+            } else {
+                "the Service's external IP"
+            },
+            config.proxy.public_port
+        );
     }
     for note in &bundle.notes {
         eprintln!("note: {note}");

@@ -39,6 +39,12 @@ fn render_aci_with_policy_writes_the_golden_files_and_prints_hostdata() {
         stderr.contains("hostdata: cadd74f71ebb8fbf9782baab649612520f3c416bc5ce9ac768808ddc8d9b031c"),
         "{stderr}"
     );
+    let policy = out_dir.path().join("client-policy-hostdata.json");
+    let client = format!(
+        "client: cinfer-proxy client --policy {} --attestation-url https://sharedeus2.eus2.attest.azure.net",
+        policy.display()
+    );
+    assert!(stderr.contains(&client), "{stderr}");
     if std::env::var_os("CINFER_UPDATE_GOLDEN").is_some() {
         return; // the golden files are being rewritten by the render tests
     }
