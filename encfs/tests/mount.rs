@@ -720,7 +720,12 @@ fn the_mmap_source_serves_the_same_bytes_and_detects_tampering() {
     b[(c.2 + 5) as usize] ^= 0x40;
     let img = t.write(&b);
     let m = t.fx.mount_image(&img, &["--io", "mmap"]);
-    let bad = std::slice::from_ref(&(c.4..c.4 + c.5));
-    check_no_wrong_bytes(&t.fx.mnt.join("a.bin"), &t.files[0].1, bad, 2 << 20);
+    let bad = c.4..c.4 + c.5;
+    check_no_wrong_bytes(
+        &t.fx.mnt.join("a.bin"),
+        &t.files[0].1,
+        std::slice::from_ref(&bad),
+        2 << 20,
+    );
     m.unmount();
 }
