@@ -510,7 +510,8 @@ async fn import_key(
     if !valid_key_name(&name) {
         return Err(ApiError::bad("key name must be 1-127 characters of [A-Za-z0-9-]"));
     }
-    let req: ImportRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
+    let mut req: ImportRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
     let rp = req
         .release_policy
         .ok_or_else(|| ApiError::bad("release_policy is required"))?;
@@ -571,6 +572,14 @@ async fn import_key(
             )));
         }
     };
+    // Scrub the private JWK members of the parsed request (the raw body buffer is not ours to scrub).
+    if let Some(obj) = req.key.as_object_mut() {
+        for member in ["k", "d", "p", "q", "dp", "dq", "qi"] {
+            if let Some(Value::String(secret)) = obj.get_mut(member) {
+                zeroize::Zeroize::zeroize(secret);
+            }
+        }
+    }
     let version = KeyVersion {
         version: hex::encode(random_bytes::<16>()),
         kty,
