@@ -3,6 +3,9 @@
 //! (`DecryptedDevice` over memory) in 32 KiB reads, as ext4-view issues them.
 //!
 //! Run: `cargo bench -p encfs --no-default-features --bench legacy_xts`. Prints GB/s; the median of 7 runs.
+//! With `CINFER_LEGACY_BENCH=IMAGE:KEYFILE:/path/in/ext4` it also reads that file of a real legacy image
+//! sequentially in 1 MiB reads, continuing (one open file) and seeking before every read (a fresh position, as
+//! when FUSE threads take turns).
 
 use std::time::Instant;
 
@@ -66,4 +69,37 @@ fn main() {
     println!("  encfs::legacy::xts (batched)  {batched:6.2} GB/s");
     println!("  xts-mode 0.6 (block by block) {crate_gbps:6.2} GB/s");
     println!("  DecryptedDevice, 32 KiB reads {device_gbps:6.2} GB/s (memory source)");
+
+    if let Ok(spec) = std::env::var("CINFER_LEGACY_BENCH") {
+        file_bench(&spec);
+    }
+}
+
+fn file_bench(spec: &str) {
+    let mut parts = spec.splitn(3, ':');
+    let (Some(image), Some(key), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("CINFER_LEGACY_BENCH=IMAGE:KEYFILE:/path");
+    };
+    let key = std::fs::read(key).expect("key file");
+    let img = encfs::legacy::LegacyImage::open(std::fs::File::open(image).expect("image"), &key).expect("open");
+    let fs = img.ext4().expect("ext4");
+    let mut buf = vec![0u8; 1 << 20];
+    let size = fs.open(path.as_bytes()).expect("open file").size();
+    let mut f = fs.open(path.as_bytes()).expect("open file");
+    let t = Instant::now();
+    let mut off = 0;
+    while off < size {
+        off += f.read_at(off, &mut buf).expect("read") as u64;
+    }
+    let seq = size as f64 / t.elapsed().as_secs_f64() / 1e9;
+    let t = Instant::now();
+    let mut off = 0;
+    while off < size {
+        let mut g = fs.open(path.as_bytes()).expect("open file");
+        off += g.read_at(off, &mut buf).expect("read") as u64;
+    }
+    let seeking = size as f64 / t.elapsed().as_secs_f64() / 1e9;
+    println!("{path} ({size} bytes) through LUKS2 + ext4, 1 MiB reads:");
+    println!("  one open file, sequential     {seq:6.2} GB/s");
+    println!("  reopen + seek before each read {seeking:6.2} GB/s");
 }

@@ -66,6 +66,9 @@ pub struct TreeEntry {
     pub mtime_nsec: u32,
 }
 
+/// A directory entry's name and its inode's metadata.
+type Child = (Vec<u8>, Result<Metadata, ext4_view::Ext4Error>);
+
 /// `ext4_view` reads through this: any [`ReadAt`], shared.
 struct Reader(Arc<dyn ReadAt>);
 
@@ -107,15 +110,16 @@ impl Ext4Volume {
         let root_meta = self.fs.metadata(b"/").map_err(ext4_err(b"/"))?;
         let mut out = vec![entry(b"/".to_vec(), 0, Vec::new(), TreeKind::Dir, Some(&root_meta))];
         let root_children = self.children(b"/").map_err(ext4_err(b"/"))?;
-        let mut pending: Vec<(Vec<u8>, usize)> = root_children.into_iter().rev().map(|n| (n, 0)).collect();
-        while let Some((name, parent)) = pending.pop() {
+        let mut pending: Vec<(Child, usize)> = root_children.into_iter().rev().map(|c| (c, 0)).collect();
+        while let Some(((name, meta), parent)) = pending.pop() {
             let mut path = out[parent].path.clone();
             if path.len() > 1 {
                 path.push(b'/');
             }
             path.extend_from_slice(&name);
             let number = out.len();
-            let meta = match self.fs.symlink_metadata(path.as_slice()) {
+            // The inode, read straight from the directory entry (no second path resolution).
+            let meta = match meta {
                 Ok(m) => m,
                 Err(e) => {
                     let kind = TreeKind::Unreadable { reason: e.to_string() };
@@ -158,19 +162,20 @@ impl Ext4Volume {
         Ok(out)
     }
 
-    /// The names in directory `path`, sorted by bytes, without `.` and `..`.
-    fn children(&self, path: &[u8]) -> Result<Vec<Vec<u8>>, ext4_view::Ext4Error> {
-        let mut names = Vec::new();
+    /// The entries of directory `path` with their inode metadata (or why it could not be read), sorted by name
+    /// bytes, without `.` and `..`.
+    fn children(&self, path: &[u8]) -> Result<Vec<Child>, ext4_view::Ext4Error> {
+        let mut out = Vec::new();
         for e in self.fs.read_dir(path)? {
             let e = e?;
             let name = e.file_name();
             let name = name.as_ref();
             if name != b"." && name != b".." {
-                names.push(name.to_vec());
+                out.push((name.to_vec(), e.metadata()));
             }
         }
-        names.sort();
-        Ok(names)
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// Opens the regular file at `path` (absolute).
@@ -220,6 +225,12 @@ impl Ext4File {
     /// Length in bytes.
     pub fn size(&self) -> u64 {
         self.file.metadata().len()
+    }
+
+    /// Where the next read continues without a seek (`ext4-view` seeks by walking the extents from the start, so
+    /// callers with several handles should pick the one already at the offset they want).
+    pub fn position(&self) -> u64 {
+        self.file.position()
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns how many (fewer only at the end of the file).

@@ -3,20 +3,21 @@
 //!
 //! * The image is read through any [`BlobSource`] ([`BlobReadAt`] blocks on the daemon's runtime, pinned to
 //!   the ETag seen at open), so legacy images come from the same places as v1 images.
-//! * The tree is walked once at mount; inode `n + 1` is entry `n` of [`Ext4Volume::walk`] (the root is 1).
-//! * `Ext4Volume` is `!Send`: each FUSE thread loads its own (cheap) over the shared decrypted device, and keeps
-//!   its recently read files open, so sequential reads continue without re-walking extents.
+//! * The tree is walked once at mount; inode `n + 1` is entry `n` of [`super::Ext4Volume::walk`] (the root is 1).
+//! * `Ext4Volume` is `!Send`, and `ext4-view` seeks by walking a file's extents from its start. So reads go to
+//!   reader threads, each with its own (cheap) view over the shared decrypted device, and every inode always to
+//!   the same reader, which keeps a few open handles per file and picks the one already at the requested offset:
+//!   a sequential stream never seeks, whichever FUSE thread the kernel handed each request to.
 //! * A file whose inode or data cannot be read (corrupt ext4) answers `EIO`, logged once per inode; nothing
 //!   panics. Device nodes, FIFOs and sockets are not shown. Everything is owned by the mounting user, as with
 //!   v1 images.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -25,13 +26,15 @@ use fuser::{
 };
 use tracing::{debug, error};
 
-use super::{Ext4File, Ext4Volume, LegacyError, LegacyImage, ReadAt, TreeEntry, TreeKind};
+use super::{Ext4File, LegacyError, LegacyImage, ReadAt, TreeEntry, TreeKind};
 use crate::source::{BlobKey, BlobSource, ETag};
 
 /// How long the kernel may cache attributes and lookups: the image is pinned and read-only.
 const TTL: Duration = Duration::from_secs(24 * 3600);
-/// Open files kept per FUSE thread.
-const OPEN_FILES_PER_THREAD: usize = 16;
+/// Open handles kept per reader thread.
+const OPEN_FILES_PER_READER: usize = 32;
+/// Open handles kept per file (at different positions).
+const HANDLES_PER_FILE: usize = 4;
 
 /// A blocking [`ReadAt`] over a [`BlobSource`]: each read runs on `rt` (never call it from a runtime thread).
 pub struct BlobReadAt<B: BlobSource> {
@@ -131,8 +134,16 @@ pub fn mount<B: BlobSource>(
     let image = LegacyImage::open(reader, passphrase)?;
     super::warn_no_integrity_once();
     let uuid = image.header().uuid.clone();
-    let fs = LegacyFs::new(image, uid, gid)?;
-    tracing::info!(uuid, entries = fs.nodes.len(), "legacy LUKS2 image opened");
+    let readers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(cfg.threads.max(1));
+    let fs = LegacyFs::new(image, uid, gid, readers)?;
+    tracing::info!(
+        uuid,
+        entries = fs.shared.nodes.len(),
+        readers,
+        "legacy LUKS2 image opened"
+    );
     let session = crate::fuse::mount_filesystem(fs, mountpoint, cfg).map_err(LegacyMountError::Mount)?;
     Ok((session, uuid))
 }
@@ -146,42 +157,104 @@ struct Node {
     children: Vec<(Vec<u8>, u64)>,
 }
 
-/// What one FUSE thread holds: its own ext4 view and recently used open files (most recent last).
-struct ThreadView {
-    fs: Ext4Volume,
-    files: Vec<(u64, Ext4File)>,
+/// What the FUSE threads and the reader threads share.
+struct Shared<R> {
+    image: LegacyImage<R>,
+    nodes: Vec<Node>,
+    /// Inodes whose failure was already logged.
+    logged: Mutex<HashSet<u64>>,
 }
 
-thread_local! {
-    /// Per-thread views, by filesystem instance id (several mounts can live in one process).
-    static VIEWS: RefCell<HashMap<u64, ThreadView>> = RefCell::new(HashMap::new());
+impl<R> Shared<R> {
+    /// Logs a read failure once per inode and returns EIO.
+    fn eio(&self, op: &'static str, ino: u64, err: &dyn std::fmt::Display) -> Errno {
+        let first = self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(ino);
+        if first {
+            error!(op, ino, "legacy image: {err}: returning EIO");
+        }
+        Errno::EIO
+    }
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// One read, handed to the reader thread that owns the inode; the reader replies.
+struct Job {
+    ino: u64,
+    offset: u64,
+    len: usize,
+    reply: ReplyData,
+}
+
+/// A reader thread: its own ext4 view, and open handles (least recently used first).
+fn reader<R: ReadAt + 'static>(shared: Arc<Shared<R>>, jobs: Receiver<Job>) {
+    let fs = match shared.image.ext4() {
+        Ok(fs) => Some(fs),
+        Err(e) => {
+            error!("legacy image: cannot load ext4 in a reader thread: {e}");
+            None
+        }
+    };
+    let mut open: Vec<(u64, Ext4File)> = Vec::new();
+    for job in jobs {
+        let Some(fs) = &fs else {
+            job.reply.error(Errno::EIO);
+            continue;
+        };
+        let Some(node) = job.ino.checked_sub(1).and_then(|i| shared.nodes.get(i as usize)) else {
+            job.reply.error(Errno::ENOENT);
+            continue;
+        };
+        // A handle already at the offset; else a new one while the file has few; else its least recent.
+        let at = open
+            .iter()
+            .position(|(i, f)| *i == job.ino && f.position() == job.offset);
+        let count = open.iter().filter(|(i, _)| *i == job.ino).count();
+        let taken = match at {
+            Some(p) => Ok(open.remove(p).1),
+            None if count < HANDLES_PER_FILE => fs.open(&node.entry.path),
+            None => match open.iter().position(|(i, _)| *i == job.ino) {
+                Some(p) => Ok(open.remove(p).1),
+                None => fs.open(&node.entry.path),
+            },
+        };
+        let mut buf = vec![0u8; job.len];
+        let result = taken.and_then(|mut f| {
+            let n = f.read_at(job.offset, &mut buf);
+            if open.len() >= OPEN_FILES_PER_READER {
+                open.remove(0);
+            }
+            open.push((job.ino, f));
+            n
+        });
+        match result {
+            Ok(n) => job.reply.data(&buf[..n]),
+            Err(e) => job.reply.error(shared.eio("read", job.ino, &e)),
+        }
+    }
+}
 
 /// A legacy image's ext4 tree as a read-only `fuser` filesystem.
 pub struct LegacyFs<R> {
-    image: LegacyImage<R>,
-    id: u64,
-    nodes: Vec<Node>,
+    shared: Arc<Shared<R>>,
+    readers: Vec<Mutex<Sender<Job>>>,
     uid: u32,
     gid: u32,
     bytes: u64,
-    logged: Mutex<HashSet<u64>>,
 }
 
 impl<R> std::fmt::Debug for LegacyFs<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LegacyFs")
-            .field("image", &self.image)
-            .field("entries", &self.nodes.len())
+            .field("image", &self.shared.image)
+            .field("entries", &self.shared.nodes.len())
+            .field("readers", &self.readers.len())
             .finish_non_exhaustive()
     }
 }
 
 impl<R: ReadAt + 'static> LegacyFs<R> {
-    /// Walks the tree of `image` (on this thread) and serves it with every entry owned by `uid`:`gid`.
-    pub fn new(image: LegacyImage<R>, uid: u32, gid: u32) -> Result<Self, LegacyError> {
+    /// Walks the tree of `image` (on this thread) and serves it with every entry owned by `uid`:`gid`, reading
+    /// with `readers` threads (at least 1; each file is always read by the same one).
+    pub fn new(image: LegacyImage<R>, uid: u32, gid: u32, readers: usize) -> Result<Self, LegacyError> {
         let tree = image.ext4()?.walk()?;
         let mut nodes: Vec<Node> = Vec::with_capacity(tree.len());
         let mut bytes = 0;
@@ -207,25 +280,38 @@ impl<R: ReadAt + 'static> LegacyFs<R> {
         for n in &mut nodes {
             n.children.sort();
         }
-        Ok(Self {
+        let shared = Arc::new(Shared {
             image,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             nodes,
+            logged: Mutex::new(HashSet::new()),
+        });
+        let mut senders = Vec::new();
+        for i in 0..readers.max(1) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("legacy-read-{i}"))
+                .spawn(move || reader(shared, rx))
+                .map_err(|source| LegacyError::Io { offset: 0, source })?;
+            senders.push(Mutex::new(tx));
+        }
+        Ok(Self {
+            shared,
+            readers: senders,
             uid,
             gid,
             bytes,
-            logged: Mutex::new(HashSet::new()),
         })
     }
 
     /// The image being served.
     pub fn image(&self) -> &LegacyImage<R> {
-        &self.image
+        &self.shared.image
     }
 
     fn node(&self, ino: u64) -> Result<&Node, Errno> {
         ino.checked_sub(1)
-            .and_then(|i| self.nodes.get(i as usize))
+            .and_then(|i| self.shared.nodes.get(i as usize))
             .ok_or(Errno::ENOENT)
     }
 
@@ -265,44 +351,6 @@ impl<R: ReadAt + 'static> LegacyFs<R> {
             blksize: 4096,
             flags: 0,
         }
-    }
-
-    /// Logs a read failure once per inode and returns EIO.
-    fn eio(&self, op: &'static str, ino: u64, err: &dyn std::fmt::Display) -> Errno {
-        let first = self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(ino);
-        if first {
-            error!(op, ino, "legacy image: {err}: returning EIO");
-        }
-        Errno::EIO
-    }
-
-    /// Runs `f` with this thread's view of the filesystem and the open file `ino` (opened on first use).
-    fn with_file<T>(
-        &self,
-        ino: u64,
-        path: &[u8],
-        f: impl FnOnce(&mut Ext4File) -> Result<T, LegacyError>,
-    ) -> Result<T, LegacyError> {
-        VIEWS.with_borrow_mut(|views| {
-            let view = match views.entry(self.id) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(ThreadView {
-                    fs: self.image.ext4()?,
-                    files: Vec::new(),
-                }),
-            };
-            let pos = view.files.iter().position(|(i, _)| *i == ino);
-            let mut file = match pos {
-                Some(p) => view.files.remove(p).1,
-                None => view.fs.open(path)?,
-            };
-            let r = f(&mut file);
-            if view.files.len() >= OPEN_FILES_PER_THREAD {
-                view.files.remove(0);
-            }
-            view.files.push((ino, file));
-            r
-        })
     }
 }
 
@@ -348,7 +396,7 @@ impl<R: ReadAt + 'static> fuser::Filesystem for LegacyFs<R> {
         match self.node(ino.0).map(|n| &n.entry.kind) {
             Ok(TreeKind::File { .. }) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(TreeKind::Dir) => reply.error(Errno::EISDIR),
-            Ok(TreeKind::Unreadable { reason }) => reply.error(self.eio("open", ino.0, reason)),
+            Ok(TreeKind::Unreadable { reason }) => reply.error(self.shared.eio("open", ino.0, reason)),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
         }
@@ -373,10 +421,19 @@ impl<R: ReadAt + 'static> fuser::Filesystem for LegacyFs<R> {
             return reply.error(Errno::EINVAL);
         };
         let want = u64::from(size.min(crate::fuse::MAX_READ)).min(len.saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; want];
-        match self.with_file(ino.0, &n.entry.path, |f| f.read_at(offset, &mut buf)) {
-            Ok(got) => reply.data(&buf[..got]),
-            Err(e) => reply.error(self.eio("read", ino.0, &e)),
+        if want == 0 {
+            return reply.data(&[]);
+        }
+        let job = Job {
+            ino: ino.0,
+            offset,
+            len: want,
+            reply,
+        };
+        let reader = &self.readers[(ino.0 % self.readers.len() as u64) as usize];
+        let sent = reader.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+        if let Err(std::sync::mpsc::SendError(job)) = sent {
+            job.reply.error(self.shared.eio("read", ino.0, &"reader thread gone"));
         }
     }
 
@@ -390,7 +447,7 @@ impl<R: ReadAt + 'static> fuser::Filesystem for LegacyFs<R> {
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
             ),
-            Ok(TreeKind::Unreadable { reason }) => reply.error(self.eio("opendir", ino.0, reason)),
+            Ok(TreeKind::Unreadable { reason }) => reply.error(self.shared.eio("opendir", ino.0, reason)),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(e),
         }
@@ -418,7 +475,7 @@ impl<R: ReadAt + 'static> fuser::Filesystem for LegacyFs<R> {
             self.bytes.div_ceil(4096),
             0,
             0,
-            self.nodes.len() as u64,
+            self.shared.nodes.len() as u64,
             0,
             4096,
             255,
