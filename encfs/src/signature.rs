@@ -258,6 +258,58 @@ KiHdQu/5XqxhwfrD5znk3y3x8JihRANCAASIKWV+ZSUkUvpE2cl/vkguuaBfq/Wo
         ));
     }
 
+    /// The spec's forms where they differ from the reference: the file name (not ".") for a single file,
+    /// resources in another order, no `tlogEntries`, no `keyid`, pretty-printed JSON, integer-free extra fields.
+    #[test]
+    fn verify_accepts_the_spec_forms() {
+        let key = SigningKey::from_pem(P256_PKCS8, None).unwrap();
+        let mut st = manifest::statement(
+            "model.onnx",
+            &[FileDigest {
+                path: ".".into(),
+                sha256: [9; 32],
+            }],
+            &ManifestOptions::default(),
+        );
+        st.predicate.resources[0].name = "model.onnx".into();
+        let payload = serde_json::to_vec_pretty(&st).unwrap();
+        let sig = key.sign(&pae(PAYLOAD_TYPE, &payload));
+        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+        let bundle = serde_json::json!({
+            "mediaType": BUNDLE_MEDIA_TYPE,
+            "verificationMaterial": {"publicKey": {"hint": key.verifying_key().hint()}},
+            "dsseEnvelope": {"payload": b64(&payload), "payloadType": PAYLOAD_TYPE, "signatures": [{"sig": b64(&sig)}]},
+        });
+        let m = verify(bundle.to_string().as_bytes(), &key.verifying_key()).unwrap();
+        m.check(&[FileDigest {
+            path: SINGLE_FILE.into(),
+            sha256: [9; 32],
+        }])
+        .unwrap();
+
+        // Resources in byte order rather than path-component order: the root digest follows the listed order.
+        let files = [("a.b", 1u8), ("a/b", 2u8)];
+        let mut st = manifest::statement("m", &[], &ManifestOptions::default());
+        for (name, d) in files {
+            st.predicate.resources.push(bundle::ResourceJson {
+                name: name.into(),
+                algorithm: "sha256".into(),
+                digest: hex::encode([d; 32]),
+            });
+        }
+        st.subject[0].digest.sha256 = hex::encode(root_digest([&[1u8; 32], &[2u8; 32]]));
+        let b = bundle::seal(&st, |m| key.sign(m), key.verifying_key().hint());
+        let m = verify(&b, &key.verifying_key()).unwrap();
+        assert_eq!(m.files[0].path, "a.b");
+        // A subject digest that does not match the listed resources is refused.
+        st.subject[0].digest.sha256 = hex::encode(root_digest([&[2u8; 32], &[1u8; 32]]));
+        let b = bundle::seal(&st, |m| key.sign(m), key.verifying_key().hint());
+        assert!(matches!(
+            verify(&b, &key.verifying_key()),
+            Err(SignatureError::ManifestInconsistent { .. })
+        ));
+    }
+
     #[test]
     fn check_index_requires_exactly_the_signed_files() {
         let key = SigningKey::from_pem(P256_PKCS8, None).unwrap();
