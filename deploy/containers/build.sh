@@ -93,6 +93,18 @@ for name in "${images[@]}"; do
     fi
     ip netns del "$ns"
   fi
+  if [ "$name" = proxy ] && command -v python3 >/dev/null; then
+    # The proxy command of the rendered ACI golden template must parse (clap rejects unknown flags before --help).
+    mapfile -t rendered < <(python3 -c 'import json, sys
+t = json.load(open(sys.argv[1]))
+c = [c for c in t["resources"][0]["properties"]["containers"] if c["name"] == "proxy"][0]
+print("\n".join(c["properties"]["command"]))' "$root/deploy/tests/golden/aci/template.json")
+    if "${bah[@]}" run --isolation chroot --user "$image_user" "$ctr" -- "${rendered[@]}" --help >/dev/null 2>&1; then
+      echo "ok   proxy: the rendered command '${rendered[*]}' parses"
+    else
+      echo "FAIL proxy: the rendered command '${rendered[*]}' does not parse"; failed=1
+    fi
+  fi
   "${bah[@]}" rm "$ctr" >/dev/null
   if [ "$image_user" != "${user[$name]}" ]; then
     echo "FAIL $name: image user is '$image_user', expected '${user[$name]}'"; failed=1
