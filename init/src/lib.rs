@@ -107,3 +107,70 @@ pub fn clean(backend: &dyn Backend, families: &[Family], dry_run: bool) -> Resul
     }
     Ok(changes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed_plan() -> RulePlan {
+        RulePlan {
+            inbound: Some(InboundRedirect {
+                proxy_port: 15006,
+                exclude_ports: vec![15021],
+            }),
+            outbound: None,
+        }
+    }
+
+    fn restored(backend: &Recording) -> Vec<(Family, String)> {
+        backend.restored.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    #[test]
+    fn apply_restores_one_script_per_family_and_dry_run_restores_nothing() {
+        let backend = Recording::default();
+        let changes = apply(&backend, &seed_plan(), &[Family::Ipv4, Family::Ipv6], true).unwrap();
+        assert_eq!(changes.len(), 2);
+        assert!(restored(&backend).is_empty());
+        apply(&backend, &seed_plan(), &[Family::Ipv4, Family::Ipv6], false).unwrap();
+        let calls = restored(&backend);
+        assert_eq!(
+            calls.iter().map(|c| c.0).collect::<Vec<_>>(),
+            [Family::Ipv4, Family::Ipv6]
+        );
+        assert_eq!(calls[0].1, changes[0].script.clone().unwrap_or_default());
+    }
+
+    #[test]
+    fn apply_reads_the_current_rules_before_writing() {
+        let backend = Recording {
+            saved: "*nat\n:CINFER_INBOUND - [0:0]\n-A PREROUTING -p tcp -j CINFER_INBOUND\nCOMMIT\n".to_owned(),
+            ..Recording::default()
+        };
+        apply(&backend, &seed_plan(), &[Family::Ipv4], false).unwrap();
+        let script = &restored(&backend)[0].1;
+        assert!(!script.contains("-I PREROUTING"), "the jump exists already: {script}");
+    }
+
+    #[test]
+    fn clean_writes_nothing_when_nothing_is_ours_and_invalid_plans_write_nothing() {
+        let backend = Recording {
+            saved: "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n".to_owned(),
+            ..Recording::default()
+        };
+        let changes = clean(&backend, &[Family::Ipv4], false).unwrap();
+        assert_eq!(changes[0].script, None);
+        let bad = RulePlan {
+            inbound: Some(InboundRedirect {
+                proxy_port: 0,
+                exclude_ports: vec![],
+            }),
+            outbound: None,
+        };
+        assert!(matches!(
+            apply(&backend, &bad, &[Family::Ipv4], false),
+            Err(InitError::Plan(PlanError::ZeroProxyPort))
+        ));
+        assert!(restored(&backend).is_empty());
+    }
+}
