@@ -80,10 +80,15 @@ pub(crate) enum Command {
         allow_symlinks: bool,
     },
     /// Checks a model directory (or single file) against an OpenSSF Model Signing signature (e.g. one
-    /// `model_signing sign key` wrote): the signature, then that the files are exactly the signed ones.
+    /// `model_signing sign key` wrote): the signature, then that the files are exactly the signed ones. With
+    /// --key-file, MODEL is a signed image instead: its embedded signature must list exactly the image's files and
+    /// digests, and every chunk and file digest is checked (what `cinfer-encfs mount --signer-key` will check).
     VerifySignature {
-        /// The model directory or file.
+        /// The model directory or file (or, with --key-file, a signed image).
         model: PathBuf,
+        /// The image's 32-byte model key file: MODEL is an image built with `build --sign-key`.
+        #[arg(long, conflicts_with_all = ["signature", "allow_sha1", "allow_signer_ignores"])]
+        key_file: Option<PathBuf>,
         /// The signature (Sigstore bundle JSON; or, with --allow-sha1, the seed's `signature.bin`).
         #[arg(long)]
         signature: Option<PathBuf>,

@@ -618,6 +618,56 @@ fn build_sign_key_signs_in_one_pass_and_model_signing_accepts_it() {
         &mkimage(&["verify", "m.img", "--key-file", "m.key"], p),
         "verify of a signed image",
     );
+    // The image's embedded signature checks offline, and only with the signer's key.
+    let o = mkimage(
+        &[
+            "verify-signature",
+            "m.img",
+            "--key-file",
+            "m.key",
+            "--public-key",
+            "k.pub.pem",
+        ],
+        p,
+    );
+    ok(&o, "verify-signature of a signed image");
+    keypair(p, "other", "P-256", "pkcs8");
+    let o = mkimage(
+        &[
+            "verify-signature",
+            "m.img",
+            "--key-file",
+            "m.key",
+            "--public-key",
+            "other.pub.pem",
+        ],
+        p,
+    );
+    fails(
+        &o,
+        "verify-signature of a signed image with another key",
+        "key mismatch",
+    );
+    ok(
+        &mkimage(&["build", "m", "-o", "unsigned.img", "--key-file", "m.key"], p),
+        "unsigned build",
+    );
+    let o = mkimage(
+        &[
+            "verify-signature",
+            "unsigned.img",
+            "--key-file",
+            "m.key",
+            "--public-key",
+            "k.pub.pem",
+        ],
+        p,
+    );
+    fails(
+        &o,
+        "verify-signature of an unsigned image",
+        "no embedded model signature",
+    );
     // A symlink needs --allow-symlinks to be signed.
     std::os::unix::fs::symlink("1/model.onnx", p.join("m/current")).unwrap();
     let o = mkimage(
