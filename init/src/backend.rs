@@ -30,7 +30,7 @@ impl fmt::Display for Family {
 #[non_exhaustive]
 pub enum BackendError {
     /// The program could not be started (not installed?).
-    #[error("cannot run `{program}` (is iptables installed?)")]
+    #[error("cannot run `{program}` (is it installed?)")]
     Spawn {
         /// The program.
         program: String,
@@ -94,7 +94,8 @@ impl IptablesRestore {
     }
 }
 
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, BackendError> {
+/// Runs `program` with `args`, feeding `stdin`; its stdout on success.
+pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, BackendError> {
     let spawn_err = |source| BackendError::Spawn {
         program: program.to_owned(),
         source,
@@ -137,6 +138,20 @@ pub struct Recording {
     pub saved: String,
     /// Every `restore` call, in order.
     pub restored: Mutex<Vec<(Family, String)>>,
+}
+
+impl crate::nft::NftRunner for Recording {
+    fn list_tables(&self) -> Result<String, BackendError> {
+        Ok(self.saved.clone())
+    }
+
+    fn run_script(&self, script: &str) -> Result<(), BackendError> {
+        self.restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((Family::Ipv4, script.to_owned()));
+        Ok(())
+    }
 }
 
 impl Backend for Recording {

@@ -1,13 +1,13 @@
 //! Command-line interface of `cinfer-init`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use init::{Family, Flavor, InboundRedirect, OutboundRestriction, RulePlan};
+use init::{Family, Flavor, InboundRedirect, NftFamily, OutboundRestriction, RulePlan};
 
-/// Forces inbound TCP through the cinfer server proxy (iptables, applied atomically, IPv4 and IPv6).
+/// Forces inbound TCP through the cinfer server proxy (iptables or nftables, applied atomically, IPv4 and IPv6).
 ///
 /// Run once, with CAP_NET_ADMIN, in the network namespace shared by the proxy and the model server, before they
-/// start. All rules live in the chains CINFER_INBOUND (nat) and CINFER_OUTBOUND (filter), so `clean` removes
-/// exactly what `apply` added; `apply` is idempotent.
+/// start. All rules live in the chains CINFER_INBOUND (nat) and CINFER_OUTBOUND (filter), or in the nftables
+/// table `inet cinfer`, so `clean` removes exactly what `apply` added; `apply` is idempotent.
 ///
 /// Exit status: 0 on success, 1 on any error (nothing is half-applied: each family is one transaction), 2 on
 /// usage errors.
@@ -74,10 +74,23 @@ pub(crate) struct CommonArgs {
     /// Address families to change.
     #[arg(long, value_enum, default_value_t = Families::Both, env = "CINFER_INIT_FAMILIES")]
     pub(crate) families: Families,
+    /// The packet filter interface: iptables (chains CINFER_INBOUND/CINFER_OUTBOUND) or nftables (table
+    /// `inet cinfer`, or `ip cinfer` with --families ipv4).
+    #[arg(long, value_enum, default_value_t = BackendKind::Iptables, env = "CINFER_INIT_BACKEND")]
+    pub(crate) backend: BackendKind,
     /// The iptables implementation: the system's `iptables-restore`, or explicitly nf_tables or legacy x_tables
     /// (for kernels without nf_tables). Use the one the rest of the system uses.
     #[arg(long, value_enum, default_value_t = Iptables::System, env = "CINFER_INIT_IPTABLES")]
     pub(crate) iptables: Iptables,
+}
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendKind {
+    /// `iptables-restore` (nf_tables or legacy, see --iptables).
+    Iptables,
+    /// `nft -f`.
+    Nftables,
 }
 
 /// `--iptables` values.
@@ -111,6 +124,13 @@ pub(crate) enum Families {
 }
 
 impl Families {
+    pub(crate) fn nft(self) -> NftFamily {
+        match self {
+            Self::Both => NftFamily::Inet,
+            Self::Ipv4 => NftFamily::Ip,
+        }
+    }
+
     pub(crate) fn list(self) -> &'static [Family] {
         match self {
             Self::Both => &[Family::Ipv4, Family::Ipv6],

@@ -17,10 +17,12 @@
 //! the same rules as applying once.
 
 pub mod backend;
+pub mod nft;
 pub mod plan;
 pub mod state;
 
 pub use backend::{Backend, BackendError, Family, Flavor, IptablesRestore, Recording};
+pub use nft::{Nft, NftFamily, NftRunner};
 pub use plan::{INBOUND_CHAIN, InboundRedirect, OUTBOUND_CHAIN, OutboundRestriction, PlanError, RulePlan};
 pub use state::{OurRules, parse_save};
 
@@ -35,22 +37,23 @@ pub enum InitError {
     #[error("invalid rule plan")]
     Plan(#[from] PlanError),
     /// Reading or writing the packet filter failed.
-    #[error("packet filter backend ({family})")]
+    #[error("packet filter backend ({target})")]
     Backend {
-        /// The address family being changed.
-        family: Family,
+        /// What was being changed (`ipv4`, `ipv6`, `nftables inet`).
+        target: String,
         /// What went wrong.
         #[source]
         source: BackendError,
     },
 }
 
-/// What [`apply`] or [`clean`] did (or, with `dry_run`, would do) for one address family.
+/// What [`apply`] or [`clean`] did (or, with `dry_run`, would do) for one rule set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// The address family.
-    pub family: Family,
-    /// The `iptables-restore --noflush` script; `None` when nothing had to change (only from [`clean`]).
+    /// The rule set: `ipv4`, `ipv6` (iptables) or `nftables inet`/`nftables ip`.
+    pub target: String,
+    /// The script (`iptables-restore --noflush` or `nft -f` format); `None` when nothing had to change (only
+    /// when cleaning).
     pub script: Option<String>,
 }
 
@@ -68,19 +71,21 @@ pub fn apply(
     plan.validate()?;
     let mut changes = Vec::new();
     for &family in families {
-        let saved = backend
-            .save(family)
-            .map_err(|source| InitError::Backend { family, source })?;
+        let saved = backend.save(family).map_err(|source| InitError::Backend {
+            target: family.to_string(),
+            source,
+        })?;
         let ours = parse_save(&saved);
         let script = plan.apply_script(family, &ours);
         if !dry_run {
-            backend
-                .restore(family, &script)
-                .map_err(|source| InitError::Backend { family, source })?;
+            backend.restore(family, &script).map_err(|source| InitError::Backend {
+                target: family.to_string(),
+                source,
+            })?;
             info!(%family, proxy_port = plan.inbound.as_ref().map(|i| i.proxy_port), "rules applied");
         }
         changes.push(Change {
-            family,
+            target: family.to_string(),
             script: Some(script),
         });
     }
@@ -91,21 +96,73 @@ pub fn apply(
 pub fn clean(backend: &dyn Backend, families: &[Family], dry_run: bool) -> Result<Vec<Change>, InitError> {
     let mut changes = Vec::new();
     for &family in families {
-        let saved = backend
-            .save(family)
-            .map_err(|source| InitError::Backend { family, source })?;
+        let saved = backend.save(family).map_err(|source| InitError::Backend {
+            target: family.to_string(),
+            source,
+        })?;
         let script = plan::clean_script(&parse_save(&saved));
         if let Some(script) = &script
             && !dry_run
         {
-            backend
-                .restore(family, script)
-                .map_err(|source| InitError::Backend { family, source })?;
+            backend.restore(family, script).map_err(|source| InitError::Backend {
+                target: family.to_string(),
+                source,
+            })?;
             info!(%family, "rules removed");
         }
-        changes.push(Change { family, script });
+        changes.push(Change {
+            target: family.to_string(),
+            script,
+        });
     }
     Ok(changes)
+}
+
+/// Like [`apply`], with nftables: replaces our own table (see [`nft`]) in one transaction.
+pub fn apply_nft(
+    runner: &dyn NftRunner,
+    plan: &RulePlan,
+    family: NftFamily,
+    dry_run: bool,
+) -> Result<Change, InitError> {
+    plan.validate()?;
+    let target = format!("nftables {}", family.keyword());
+    let script = nft::apply_script(plan, family);
+    if !dry_run {
+        runner.run_script(&script).map_err(|source| InitError::Backend {
+            target: target.clone(),
+            source,
+        })?;
+        info!(%target, proxy_port = plan.inbound.as_ref().map(|i| i.proxy_port), "rules applied");
+    }
+    Ok(Change {
+        target,
+        script: Some(script),
+    })
+}
+
+/// Like [`clean`], with nftables: deletes our table if it exists.
+pub fn clean_nft(runner: &dyn NftRunner, family: NftFamily, dry_run: bool) -> Result<Change, InitError> {
+    let target = format!("nftables {}", family.keyword());
+    let tables = runner.list_tables().map_err(|source| InitError::Backend {
+        target: target.clone(),
+        source,
+    })?;
+    if !nft::has_table(&tables, family) {
+        return Ok(Change { target, script: None });
+    }
+    let script = nft::clean_script(family);
+    if !dry_run {
+        runner.run_script(&script).map_err(|source| InitError::Backend {
+            target: target.clone(),
+            source,
+        })?;
+        info!(%target, "rules removed");
+    }
+    Ok(Change {
+        target,
+        script: Some(script),
+    })
 }
 
 #[cfg(test)]
@@ -171,6 +228,32 @@ mod tests {
             apply(&backend, &bad, &[Family::Ipv4], false),
             Err(InitError::Plan(PlanError::ZeroProxyPort))
         ));
+        assert!(matches!(
+            apply_nft(&backend, &bad, NftFamily::Inet, false),
+            Err(InitError::Plan(_))
+        ));
         assert!(restored(&backend).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod nft_tests {
+    use super::*;
+
+    #[test]
+    fn clean_nft_deletes_only_an_existing_table() {
+        let absent = Recording {
+            saved: "table ip nat\n".to_owned(),
+            ..Recording::default()
+        };
+        assert_eq!(clean_nft(&absent, NftFamily::Inet, false).unwrap().script, None);
+        assert!(absent.restored.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
+        let present = Recording {
+            saved: "table inet cinfer\n".to_owned(),
+            ..Recording::default()
+        };
+        let change = clean_nft(&present, NftFamily::Inet, false).unwrap();
+        assert_eq!(change.script.as_deref(), Some("delete table inet cinfer\n"));
+        assert_eq!(present.restored.lock().unwrap_or_else(|e| e.into_inner()).len(), 1);
     }
 }

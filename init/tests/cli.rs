@@ -86,3 +86,16 @@ fn init_command_rendered_by_cinfer_deploy_is_accepted() {
         "{stdout}"
     );
 }
+
+#[test]
+fn nftables_dry_run_replaces_our_table_only() {
+    let out = init(&["apply", "--dry-run", "--backend", "nftables", "--families", "ipv4"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.starts_with("# nftables ip (nft -f)\ntable ip cinfer\ndelete table ip cinfer\ntable ip cinfer {\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\t\tmeta l4proto tcp redirect to :15006\n"), "{stdout}");
+    assert!(stdout.contains("\t\ttcp dport { 15021 } return\n"), "{stdout}");
+}

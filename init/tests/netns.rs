@@ -193,6 +193,16 @@ impl Lab {
         self.rules_of("")
     }
 
+    /// The server namespace's nftables rule set.
+    fn nft_ruleset(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.server, "nft", "list", "ruleset"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Like `rules`, read with the iptables flavour `flavor` (`""`, `"-legacy"`, `"-nft"`).
     fn rules_of(&self, flavor: &str) -> String {
         let mut all = String::new();
@@ -244,37 +254,48 @@ fn v6(port: u16) -> String {
 
 #[test]
 fn inbound_tcp_lands_on_proxy_port_except_excluded_and_clean_restores_direct_access() {
-    inbound_scenario("in", "system", "");
+    inbound_scenario("in", &["--iptables", "system"], "-A CINFER_INBOUND", &|lab| {
+        lab.rules_of("")
+    });
 }
 
 #[test]
 fn legacy_iptables_redirects_and_cleans_the_same_way() {
-    inbound_scenario("lg", "legacy", "-legacy");
+    inbound_scenario("lg", &["--iptables", "legacy"], "-A CINFER_INBOUND", &|lab| {
+        lab.rules_of("-legacy")
+    });
 }
 
-/// Apply, check where connections land, re-apply, clean, with the iptables flavour `flavor` (read back with the
-/// `iptables{suffix}-save` tools).
-fn inbound_scenario(tag: &str, flavor: &str, suffix: &str) {
+#[test]
+fn nftables_backend_redirects_and_cleans_the_same_way() {
+    inbound_scenario("nf", &["--backend", "nftables"], "table inet cinfer", &|lab| {
+        lab.nft_ruleset()
+    });
+}
+
+/// Apply, check where connections land, re-apply, clean, with the backend chosen by `backend` (extra
+/// `cinfer-init` arguments), reading the rules back with `rules`, in which `marker` shows that backend's rules.
+fn inbound_scenario(tag: &str, backend: &[&str], marker: &str, rules: &dyn Fn(&Lab) -> String) {
     let mut lab = Lab::new(tag);
     let (server, client) = (lab.server.clone(), lab.client.clone());
     lab.serve(&server, &[PROXY_PORT, HEALTH_PORT, APP_PORT]);
 
     // Before: the app port answers itself.
     assert_eq!(lab.connect(&client, &v4(APP_PORT)), format!("landed:{APP_PORT}"));
-    let pristine = lab.rules_of(suffix);
+    let pristine = rules(&lab);
 
-    let exclude = HEALTH_PORT.to_string();
-    lab.init(&[
-        "apply",
-        "--iptables",
-        flavor,
-        "--proxy-port",
-        &PROXY_PORT.to_string(),
-        "--exclude-port",
-        &exclude,
-    ]);
-    let applied = lab.rules_of(suffix);
-    assert!(applied.contains("CINFER_INBOUND"), "{applied}");
+    let (port, exclude) = (PROXY_PORT.to_string(), HEALTH_PORT.to_string());
+    let apply = [
+        &["apply", "--proxy-port", &port, "--exclude-port", &exclude][..],
+        backend,
+    ]
+    .concat();
+    lab.init(&apply);
+    let applied = rules(&lab);
+    assert!(
+        applied != pristine && applied.contains(marker) && applied.contains("15006"),
+        "{applied}"
+    );
 
     // Inbound TCP to any port, over IPv4 and IPv6, lands on the proxy; the excluded port goes direct.
     assert_eq!(lab.connect(&client, &v4(APP_PORT)), format!("landed:{PROXY_PORT}"));
@@ -289,25 +310,17 @@ fn inbound_scenario(tag: &str, flavor: &str, suffix: &str) {
     );
 
     // A second apply changes nothing.
-    lab.init(&[
-        "apply",
-        "--iptables",
-        flavor,
-        "--proxy-port",
-        &PROXY_PORT.to_string(),
-        "--exclude-port",
-        &exclude,
-    ]);
-    assert_eq!(lab.rules_of(suffix), applied);
+    lab.init(&apply);
+    assert_eq!(rules(&lab), applied);
 
     // Clean removes exactly what apply added; a second clean is a no-op.
-    lab.init(&["clean", "--iptables", flavor]);
-    assert_eq!(lab.rules_of(suffix), pristine);
+    lab.init(&[&["clean"], backend].concat());
+    assert_eq!(rules(&lab), pristine);
     assert_eq!(lab.connect(&client, &v4(APP_PORT)), format!("landed:{APP_PORT}"));
     assert_eq!(lab.connect(&client, &v6(APP_PORT)), format!("landed:{APP_PORT}"));
-    let again = lab.init(&["clean", "--iptables", flavor]);
+    let again = lab.init(&[&["clean"], backend].concat());
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing of ours to remove"));
-    assert_eq!(lab.rules_of(suffix), pristine);
+    assert_eq!(rules(&lab), pristine);
 }
 
 #[test]
@@ -335,7 +348,16 @@ fn clean_leaves_foreign_rules_and_dry_run_changes_nothing() {
 
 #[test]
 fn outbound_restriction_lets_only_allowed_uids_connect_out() {
-    let mut lab = Lab::new("out");
+    outbound_scenario("out", &[]);
+}
+
+#[test]
+fn nftables_outbound_restriction_lets_only_allowed_uids_connect_out() {
+    outbound_scenario("onf", &["--backend", "nftables"]);
+}
+
+fn outbound_scenario(tag: &str, backend: &[&str]) {
+    let mut lab = Lab::new(tag);
     let (server, client) = (lab.server.clone(), lab.client.clone());
     lab.serve(&client, &[APP_PORT]);
     let to_client = format!("{CLIENT_V4}:{APP_PORT}");
@@ -344,7 +366,7 @@ fn outbound_restriction_lets_only_allowed_uids_connect_out() {
         format!("landed:{APP_PORT}")
     );
 
-    lab.init(&["apply", "--outbound-allow-uid", "1337,4242"]);
+    lab.init(&[&["apply", "--outbound-allow-uid", "1337,4242"][..], backend].concat());
     assert_eq!(
         lab.connect_as(&server, &to_client, Some(4242)),
         format!("landed:{APP_PORT}")
@@ -359,10 +381,10 @@ fn outbound_restriction_lets_only_allowed_uids_connect_out() {
     );
 
     // Re-applying without the restriction removes it.
-    lab.init(&["apply"]);
+    lab.init(&[&["apply"][..], backend].concat());
     assert_eq!(
         lab.connect_as(&server, &to_client, Some(4343)),
         format!("landed:{APP_PORT}")
     );
-    lab.init(&["clean"]);
+    lab.init(&[&["clean"][..], backend].concat());
 }
