@@ -25,6 +25,9 @@ use proxy::server::{AtlsServer, IdentitySource, ServerConfig};
     after_help = "Logs: CINFER_LOG (tracing filter, default info).\nExit codes: 0 ok, 1 error, 2 usage."
 )]
 pub(crate) struct Cli {
+    /// Worker threads of the async runtime (default: one per core).
+    #[arg(long, global = true, env = "CINFER_PROXY_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -142,16 +145,17 @@ struct GeneratePolicyArgs {
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::GeneratePolicy(a) => generate_policy(&a),
-        Command::Server(a) => runtime()?.block_on(server(a)),
-        Command::Client(a) => runtime()?.block_on(client(a)),
+        Command::Server(a) => runtime(cli.threads)?.block_on(server(a)),
+        Command::Client(a) => runtime(cli.threads)?.block_on(client(a)),
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    builder.enable_all().build().context("starting the async runtime")
 }
 
 async fn shutdown_signal() {

@@ -4,7 +4,9 @@
 //!
 //! * Absolute-form requests (`GET http://host:port/path`, as clients honouring `http_proxy` send them)
 //!   go over pooled attested-TLS connections in origin form. A pooled connection is verified once, when
-//!   it is opened; the request is written only after that.
+//!   it is opened; the request is written only after that. An established session stays bound to the
+//!   attested key after the token expires (a leaked key cannot take over a session); the token's `exp`
+//!   limits new handshakes, and the pool closes connections idle for `pool_idle_timeout`.
 //! * `CONNECT host:port` opens and verifies the attested connection first, answers `200` only then, and
 //!   tunnels the client's bytes (e.g. gRPC's HTTP/2) inside it.
 //!
@@ -189,6 +191,9 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    if !HOP_BY_HOP.iter().any(|n| headers.contains_key(*n)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()

@@ -52,6 +52,14 @@ pub struct VerifiedPeer {
     pub claims: Claims,
 }
 
+impl VerifiedPeer {
+    /// The token's `exp`: the verification is not valid past it.
+    pub fn expires(&self) -> Option<SystemTime> {
+        let exp = self.claims.get("exp").and_then(Value::as_i64)?;
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp.max(0) as u64))
+    }
+}
+
 /// Run every check on a leaf certificate at `now`; the first failure is returned.
 pub fn verify_leaf(der: &[u8], config: &VerifierConfig, now: SystemTime) -> Result<VerifiedPeer, AtlsError> {
     let cert_err = |detail: String| AtlsError::Certificate { detail };
