@@ -80,18 +80,23 @@ for name in "${images[@]}"; do
     echo "FAIL $name: '$entrypoint--help' in the image:"; sed 's/^/    /' <<<"$help" | head -20; failed=1
   fi
   if [ "$name" = init ] && command -v ip >/dev/null; then
-    # With CAP_NET_ADMIN and CAP_NET_RAW added (what the deployments grant), the image's own iptables applies the
-    # redirect in a throwaway network namespace (never the host's).
-    ns=cinfer-image-$$
-    ip netns add "$ns"
-    if ip netns exec "$ns" "${bah[@]}" run --isolation chroot --user 0:0 --cap-add CAP_NET_ADMIN --cap-add CAP_NET_RAW \
-         "$ctr" -- /usr/local/bin/cinfer-init apply \
-         >/dev/null 2>&1 && ip netns exec "$ns" iptables-save -t nat | grep -q -- '-j REDIRECT --to-ports 15006'; then
-      echo "ok   init: 'cinfer-init apply' in the image installed the redirect (in netns $ns)"
-    else
-      echo "FAIL init: 'cinfer-init apply' in the image did not install the redirect"; failed=1
-    fi
-    ip netns del "$ns"
+    # With CAP_NET_ADMIN and CAP_NET_RAW added (what the deployments grant), the image's own tools apply and read the
+    # redirect in a throwaway network namespace (never the host's), with each backend.
+    for backend in iptables nftables; do
+      ns=cinfer-image-$$-$backend
+      ip netns add "$ns"
+      if [ $backend = iptables ]; then check=(iptables-save -t nat); want='-j REDIRECT --to-ports 15006'
+      else check=(nft list table inet cinfer); want='redirect to :15006'; fi
+      in_image=(ip netns exec "$ns" "${bah[@]}" run --isolation chroot --user 0:0 --cap-add CAP_NET_ADMIN
+                --cap-add CAP_NET_RAW "$ctr" --)
+      if "${in_image[@]}" /usr/local/bin/cinfer-init apply --backend $backend >/dev/null 2>&1 \
+         && "${in_image[@]}" "${check[@]}" 2>/dev/null | grep -q -- "$want"; then
+        echo "ok   init: 'cinfer-init apply --backend $backend' in the image installed the redirect (netns $ns)"
+      else
+        echo "FAIL init: 'cinfer-init apply --backend $backend' in the image did not install the redirect"; failed=1
+      fi
+      ip netns del "$ns"
+    done
   fi
   if [ "$name" = proxy ] && command -v python3 >/dev/null; then
     # The proxy command of the rendered ACI golden template must parse (clap rejects unknown flags before --help).
