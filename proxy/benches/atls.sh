@@ -6,17 +6,20 @@
 #   ours     wrk -> cinfer-proxy client (http_proxy, absolute form) -> attested TLS 1.3 -> cinfer-proxy server -> upstream
 #   stunnel  wrk -> stunnel client -> TLS 1.3 -> stunnel server -> upstream
 #
-# Prints req/s and p99 per setup, ours/stunnel req/s and the p99 ours adds over direct.
+# Two phases: throughput (wrk -c CONNECTIONS) and latency (one connection, so percentiles are per-request cost).
+# Prints req/s, p50, p99 per setup, ours/stunnel req/s and the latency ours adds over direct.
 # Targets (issue): ours >= 1.5x stunnel req/s; added p99 <= 1 ms.
 #
-# Usage: bash proxy/benches/atls.sh [DURATION] [CONNECTIONS] [WRK_THREADS]   (defaults 10s 32 2)
+# Usage: bash proxy/benches/atls.sh [DURATION] [CONNECTIONS] [WRK_THREADS]   (defaults 5s 32 2)
+#        ROUNDS=N interleaved rounds per phase, medians reported (default 3).
 #        PROXY_THREADS=N sets the worker threads of each cinfer-proxy process (default 1).
 # Needs: wrk, stunnel4, openssl, curl (apt-get install -y wrk stunnel4 when missing and root).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DURATION=${1:-10s}
+DURATION=${1:-5s}
 CONNS=${2:-32}
 THREADS=${3:-2}
+ROUNDS=${ROUNDS:-3}
 
 for tool in wrk stunnel4; do
   if ! command -v "$tool" >/dev/null; then
@@ -92,31 +95,46 @@ wrk.path = "http://127.0.0.1:$SRV/"
 wrk.headers["Host"] = "127.0.0.1:$SRV"
 LUA
 
-run() { # name url [wrk args]
+run() { # name url [wrk args]: one wrk run; appends req/s, p50, p99 (ms) to $WORK/<name>.<phase>
   local name=$1 url=$2; shift 2
   wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "$url" >"$WORK/$name.txt"
-  local rps p50 p99
+  local ms='{v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'
+  local rps p50 p99 errors
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$WORK/$name.txt")
-  pct() { awk -v q="$1" '$1==q {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' "$WORK/$name.txt"; }
-  p50=$(pct 50%); p99=$(pct 99%)
-  local errors
+  p50=$(awk '$1=="50%" '"$ms" "$WORK/$name.txt")
+  p99=$(awk '$1=="99%" '"$ms" "$WORK/$name.txt")
   errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/$name.txt" | tr '\n' ' ')
-  printf '%-8s %12s req/s   p50 %8.3f ms   p99 %8.3f ms   %s\n' "$name" "$rps" "$p50" "$p99" "$errors"
-  eval "RPS_$name=$rps; P50_$name=$p50; P99_$name=$p99"
+  [ -z "$errors" ] || echo "  $name: $errors" >&2
+  echo "$rps $p50 $p99" >>"$WORK/$name.$PHASE"
+}
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+col() { awk -v c="$2" '{print $c}' "$WORK/$1.$PHASE" | median; }
+report() {
+  for name in direct ours stunnel; do
+    printf '  %-8s %12.0f req/s   p50 %7.3f ms   p99 %7.3f ms\n' "$name" "$(col "$name" 1)" "$(col "$name" 2)" "$(col "$name" 3)"
+  done
+}
+phase() { # name: ROUNDS rounds of direct, ours, stunnel, interleaved so load changes hit all three alike
+  PHASE=$1
+  for _ in $(seq 1 "$ROUNDS"); do
+    run direct "http://$UPSTREAM/"
+    run ours "http://127.0.0.1:$CLI/" -s "$WORK/abs.lua"
+    run stunnel "http://127.0.0.1:$STC/"
+  done
 }
 
-echo "throughput: wrk -t$THREADS -c$CONNS -d$DURATION, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-run direct "http://$UPSTREAM/"
-run ours "http://127.0.0.1:$CLI/" -s "$WORK/abs.lua"
-run stunnel "http://127.0.0.1:$STC/"
-THR_ours=$RPS_ours THR_stunnel=$RPS_stunnel
-# Added latency: one connection, one request at a time, so the p99 is per-request cost, not queueing.
-echo "latency: wrk -t1 -c1 -d$DURATION"
+echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); medians of $ROUNDS interleaved rounds; proxies with $CINFER_PROXY_THREADS worker thread(s)"
+phase throughput
+echo "throughput: wrk -t$THREADS -c$CONNS -d$DURATION"
+report
+THR_ours=$(col ours 1) THR_stunnel=$(col stunnel 1)
+# Added latency: one connection, one request at a time, so the percentiles are per-request cost, not queueing.
 THREADS=1 CONNS=1
-run direct "http://$UPSTREAM/"
-run ours "http://127.0.0.1:$CLI/" -s "$WORK/abs.lua"
-run stunnel "http://127.0.0.1:$STC/"
-awk -v o="$THR_ours" -v s="$THR_stunnel" -v po="$P99_ours" -v pd="$P99_direct" -v ps="$P99_stunnel" \
-    -v mo="$P50_ours" -v md="$P50_direct" -v ms="$P50_stunnel" 'BEGIN {
-  printf "ours/stunnel req/s (throughput run): %.2fx (target >= 1.5x)\n", o / s;
-  printf "added over direct (latency run): p99 ours %.3f ms (target <= 1 ms), stunnel %.3f ms; p50 ours %.3f ms, stunnel %.3f ms\n", po - pd, ps - pd, mo - md, ms - md }'
+phase latency
+echo "latency: wrk -t1 -c1 -d$DURATION"
+report
+awk -v o="$THR_ours" -v s="$THR_stunnel" -v po="$(col ours 3)" -v pd="$(col direct 3)" -v ps="$(col stunnel 3)" \
+    -v mo="$(col ours 2)" -v md="$(col direct 2)" -v ms="$(col stunnel 2)" 'BEGIN {
+  printf "ours/stunnel req/s (throughput): %.2fx (target >= 1.5x)\n", o / s;
+  printf "added over direct (latency): p99 ours %.3f ms (target <= 1 ms), stunnel %.3f ms; p50 ours %.3f ms, stunnel %.3f ms\n", po - pd, ps - pd, mo - md, ms - md }'
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
