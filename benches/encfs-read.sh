@@ -70,6 +70,10 @@ read_gbs() {
   awk -v b="$BYTES" -v ns="$((t1 - t0))" 'BEGIN { printf "%.3f", b / ns }'
 }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# CPU seconds per GiB read, from two cpu_s samples.
+per_gib() { awk -v a="$1" -v b="$2" -v mib="$SIZE_MIB" 'BEGIN { printf "%.2f", (b - a) * 1024 / mib }'; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 # gocryptfs: default options (no -kernel_cache), cheap scrypt for setup speed (does not affect reads).
@@ -79,7 +83,8 @@ gocryptfs -q -nosyslog -passfile "$W/gpass" "$W/gcipher" "$W/gplain"
 cp "$W/src/model.bin" "$W/gplain/model.bin"
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-build_gbs=() ; cold_e=() ; warm_e=() ; cold_g=() ; page=() ; shm=()
+build_gbs=() ; cold_e=() ; warm_e=() ; cold_g=() ; page=() ; shm=() ; cpu_e=() ; cpu_g=()
+gpid=$(pgrep -f "gocryptfs.*$W/gplain" | head -1)
 root=""
 for rep in $(seq 1 "$REPS"); do
   # Build (also produces the image the encfs reads use).
@@ -92,9 +97,12 @@ for rep in $(seq 1 "$REPS"); do
   "$CINFER_ENCFS" mount "$W/model.img" "$W/emnt" --key-file "$W/key" --expect-root "$root" \
     --read-ahead-kb "$READ_AHEAD_KB" --threads "$ENCFS_THREADS" --io "$ENCFS_IO"
 
-  drop; cold_e+=("$(read_gbs "$W/emnt/model.bin")")
+  epid=$(pgrep -f -- "$W/emnt .*--daemon-child" | head -1)
+  drop; c0=$(cpu_s "$epid"); cold_e+=("$(read_gbs "$W/emnt/model.bin")"); c1=$(cpu_s "$epid")
+  cpu_e+=("$(per_gib "$c0" "$c1")")
   warm_e+=("$(read_gbs "$W/emnt/model.bin")")
-  drop; cold_g+=("$(read_gbs "$W/gplain/model.bin")")
+  drop; c0=$(cpu_s "$gpid"); cold_g+=("$(read_gbs "$W/gplain/model.bin")"); c1=$(cpu_s "$gpid")
+  cpu_g+=("$(per_gib "$c0" "$c1")")
   read_gbs "$PLAIN_DIR/model.bin" >/dev/null
   page+=("$(read_gbs "$PLAIN_DIR/model.bin")")
   shm+=("$(read_gbs "$W/src/model.bin")")
@@ -105,6 +113,7 @@ if ! cmp -s "$W/emnt/model.bin" "$W/src/model.bin"; then die "encfs content diff
 
 mb=$(median "${build_gbs[@]}"); ce=$(median "${cold_e[@]}"); we=$(median "${warm_e[@]}")
 cg=$(median "${cold_g[@]}"); pc=$(median "${page[@]}"); sh=$(median "${shm[@]}")
+ce_cpu=$(median "${cpu_e[@]}"); cg_cpu=$(median "${cpu_g[@]}")
 dev=$(mountpoint -d "$W/emnt")
 ra=$(cat "/sys/class/bdi/$dev/read_ahead_kb" 2>/dev/null || echo "?")
 echo
@@ -113,6 +122,8 @@ echo "  encfs mount: read_ahead_kb=$ra, threads=$ENCFS_THREADS, io=$ENCFS_IO; lo
 echo "  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); aes=$(grep -qw aes /proc/cpuinfo && echo y || echo n) vaes=$(grep -qw vaes /proc/cpuinfo && echo y || echo n)"
 printf '  %-34s %8s GB/s\n' "cinfer-mkimage build" "$mb" "encfs cold read" "$ce" "gocryptfs cold read" "$cg" \
   "encfs warm re-read" "$we" "plain page-cache read (ext4)" "$pc" "plain tmpfs read" "$sh"
+printf '  %-34s %8s CPU-s/GiB (daemon only; robust to other load)\n' "encfs cold read" "$ce_cpu" \
+  "gocryptfs cold read" "$cg_cpu"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t) ? "PASS" : "MISS" }'; }
 rc=$(ratio "$ce" "$cg"); rw=$(ratio "$we" "$pc")
