@@ -30,6 +30,9 @@ use tokio_rustls::server::TlsStream;
 use crate::atls::cert::{AttestedIdentity, IdentityError, TokenIssuer};
 use crate::atls::fresh;
 
+/// Longest a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// HTTP/2 connection preface (prior knowledge, as gRPC over h2c sends it).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -287,7 +290,9 @@ fn undecided(buf: &[u8]) -> bool {
 
 async fn serve(state: Arc<State>, served: Arc<Served>, tcp: TcpStream) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
-    let mut tls = served.acceptor.accept(tcp).await?;
+    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, served.acceptor.accept(tcp))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
     let mut buf = Vec::with_capacity(16 * 1024);
     loop {
         while undecided(&buf) {

@@ -123,6 +123,7 @@ pub struct Connector {
     provider: Arc<CryptoProvider>,
     strict: bool,
     connect_timeout: Duration,
+    handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for Connector {
@@ -146,6 +147,7 @@ impl Connector {
             provider,
             strict,
             connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(30),
         })
     }
 
@@ -160,9 +162,14 @@ impl Connector {
     }
 
     /// Connect to `authority` (`host:port`), run every check, and (strict) the freshness exchange. Logs the
-    /// outcome once.
+    /// outcome once. TCP connect is bounded by 10 s, the whole by 30 s.
     pub async fn connect(&self, authority: &str) -> Result<AttestedStream, ConnectError> {
-        let result = self.connect_inner(authority).await;
+        let result = match tokio::time::timeout(self.handshake_timeout, self.connect_inner(authority)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Handshake {
+                detail: format!("no verified connection within {:?}", self.handshake_timeout),
+            }),
+        };
         match &result {
             Ok(s) => {
                 tracing::info!(target_addr = authority, spki_sha256 = %s.peer.spki_sha256, strict = self.strict, "attested TLS verified")

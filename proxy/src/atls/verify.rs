@@ -243,3 +243,59 @@ impl ServerCertVerifier for AttestedVerifier {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, CustomExtension};
+
+    use super::*;
+    use crate::atls::cert::{generate_key, token_extension};
+    use crate::atls::{Check, TOKEN_EXTENSION_OID};
+
+    fn config() -> VerifierConfig {
+        let policy = ClientPolicy::hostdata(&"11".repeat(32)).unwrap();
+        VerifierConfig::new(Jwks::default(), "https://issuer.example", policy)
+    }
+
+    fn cert_with(exts: Vec<CustomExtension>) -> Vec<u8> {
+        let key = generate_key().unwrap();
+        let mut params = CertificateParams::new(vec!["cinfer".into()]).unwrap();
+        params.custom_extensions = exts;
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn check_of(der: &[u8]) -> (Check, String) {
+        let e = verify_leaf(der, &config(), SystemTime::now()).unwrap_err();
+        (e.check(), e.to_string())
+    }
+
+    #[test]
+    fn token_extension_must_be_present_once_and_an_octet_string() {
+        let (c, m) = check_of(&cert_with(vec![]));
+        assert_eq!(c, Check::TokenExtension, "{m}");
+        let (c, m) = check_of(&cert_with(vec![token_extension("a.b.c"), token_extension("a.b.c")]));
+        assert_eq!(c, Check::TokenExtension, "{m}");
+        assert!(m.contains("more than once"), "{m}");
+        let raw = CustomExtension::from_oid_content(TOKEN_EXTENSION_OID, b"\x0c\x05a.b.c".to_vec());
+        let (c, m) = check_of(&cert_with(vec![raw]));
+        assert_eq!(c, Check::TokenExtension, "{m}");
+    }
+
+    #[test]
+    fn a_well_formed_token_reaches_the_signature_check() {
+        // The extension parses; the token (not signed by a pinned key) fails at token-signature.
+        let (c, m) = check_of(&cert_with(vec![token_extension("eyJhbGciOiJSUzI1NiJ9.e30.c2ln")]));
+        assert_eq!(c, Check::TokenSignature, "{m}");
+    }
+
+    #[test]
+    fn garbage_is_a_certificate_failure() {
+        let (c, _) = check_of(b"not a certificate");
+        assert_eq!(c, Check::Certificate);
+        let mut der = cert_with(vec![token_extension("a.b.c")]);
+        let last = der.len() - 1;
+        der[last] ^= 1; // the signature's last byte
+        let (c, m) = check_of(&der);
+        assert_eq!(c, Check::Certificate, "{m}");
+    }
+}
