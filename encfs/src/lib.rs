@@ -1,13 +1,13 @@
 //! encfs: mounts an encrypted, read-only cinfer model image in userspace.
 //!
-//! The image format (module [`format`]) is pure: no I/O and no async, so the model owner's tool (`mkimage`) and
-//! the daemon share one implementation. The daemon part is behind the `fuse` feature (on by default):
+//! The image format (module [`format`](mod@format)) is pure: no I/O and no async, so the model owner's tool
+//! (`mkimage`) and the daemon share one implementation. The daemon part is behind the `fuse` feature (on by default):
 //!
 //! * [`source`]: the [`source::BlobSource`] trait (async ranged reads) and its backends;
 //! * [`fs`]: the filesystem logic, generic over the source, with no FUSE types;
 //! * [`fuse`]: the thin `fuser` adapter and the mount call.
 //!
-//! The feature `testing` adds [`testing`], an in-process image builder for tests.
+//! The feature `testing` adds the module `testing`, an in-process image builder for tests.
 
 pub mod format;
 pub mod legacy;
