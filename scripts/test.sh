@@ -9,10 +9,10 @@ export CINFER_PYTHON
 echo "== cargo fmt --check" >&2
 cargo fmt --all --check
 echo "== cargo clippy" >&2
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features init/netns_tests -- -D warnings
 echo "== cargo nextest" >&2
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast --features init/netns_tests
 else
-  cargo test --workspace --no-fail-fast
+  cargo test --workspace --no-fail-fast --features init/netns_tests
 fi
