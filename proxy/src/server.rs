@@ -228,7 +228,7 @@ impl AtlsServer {
                         let state = self.state.clone();
                         let served = self.served();
                         tokio::spawn(async move {
-                            if let Err(e) = serve(state, served, tcp).await {
+                            if let Err(e) = serve(state, served, tcp, peer).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
                         });
@@ -288,7 +288,13 @@ fn undecided(buf: &[u8]) -> bool {
         .any(|p| buf.len() < p.len() && p.starts_with(buf))
 }
 
-async fn serve(state: Arc<State>, served: Arc<Served>, tcp: TcpStream) -> std::io::Result<()> {
+#[tracing::instrument(level = "debug", skip_all, fields(%peer))]
+async fn serve(
+    state: Arc<State>,
+    served: Arc<Served>,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
     let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, served.acceptor.accept(tcp))
         .await

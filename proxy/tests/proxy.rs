@@ -335,3 +335,30 @@ async fn rotation_under_load_fails_no_request() {
         ok.load(Ordering::Relaxed)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_port_answers_503_once_the_token_expired() {
+    let mut config = service_config();
+    config.token_lifetime = Duration::from_secs(1);
+    let svc = service_with("maa", config).await;
+    let up = upstream().await;
+    let key = proxy::atls::cert::generate_key().unwrap();
+    let token = issuer(&svc, guest(GOOD_HOSTDATA, false))
+        .token(&proxy::atls::cert::key_runtime_data(&key, &[]))
+        .await
+        .unwrap();
+    let fixed = proxy::atls::AttestedIdentity::from_parts(key, token, "cinfer").unwrap();
+    let (srv, _addr) = server(IdentitySource::Fixed(Arc::new(fixed)), &up, None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health = listener.local_addr().unwrap();
+    tokio::spawn(async move { srv.run_health(listener, std::future::pending::<()>()).await });
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut tcp = tokio::net::TcpStream::connect(health).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    let r = parse_reply(&raw);
+    assert_eq!((r.status, r.body.as_str()), (503, "token expired\n"));
+}
