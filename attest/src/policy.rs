@@ -98,11 +98,12 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, PolicyError> {
                         break;
                     }
                     Some(b'\\') => {
-                        let Some(&n) = b.get(i + 1) else {
+                        // Copy the escaped character (whole UTF-8 sequence).
+                        let Some(ch) = text.get(i + 1..).and_then(|r| r.chars().next()) else {
                             return Err(err("unterminated string", start));
                         };
-                        s.push(n as char);
-                        i += 2;
+                        s.push(ch);
+                        i += 1 + ch.len_utf8();
                     }
                     Some(_) => {
                         // Copy one UTF-8 character.
@@ -128,11 +129,11 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, PolicyError> {
             }
             out.push((Tok::Num(text[start..i].to_string()), start));
         } else {
-            let two = if i + 1 < b.len() { &text[i..i + 2] } else { "" };
+            let two = b.get(i..i + 2).unwrap_or_default();
             let p: &'static str = match two {
-                "==" => "==",
-                "&&" => "&&",
-                "=>" => "=>",
+                b"==" => "==",
+                b"&&" => "&&",
+                b"=>" => "=>",
                 _ => match c {
                     b'=' => "=",
                     b';' => ";",
@@ -628,6 +629,20 @@ authorizationrules
             let e = AttestationPolicy::parse(bad).unwrap_err();
             assert!(e.to_string().starts_with("policy parse:"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn non_ascii_input_is_an_error_not_a_panic() {
+        // Found by the policy_parser fuzz target: a multi-byte character right after `=`.
+        let crash = "version=1.0;\nauthorizationrules {\n[type==\"x\", value=npv}-ho\", v] && [type==\"x-=\u{423} => permit();\n};\n";
+        assert!(AttestationPolicy::parse(crash).is_err());
+        assert!(AttestationPolicy::parse("version=1.0; authorizationrules { =\u{423}=> permit(); };").is_err());
+        // An escaped multi-byte character inside a string is kept whole.
+        let p = AttestationPolicy::parse(
+            "version=1.0; authorizationrules { [type==\"c\", value==\"\\\u{423}\"] => permit(); };",
+        )
+        .unwrap();
+        p.evaluate(&claims(json!({"c": "\u{423}"}))).unwrap();
     }
 
     #[test]
