@@ -1,0 +1,464 @@
+//! The whole pipeline on one machine, stage by stage, each stage timed:
+//!
+//! 1. a Triton model repository with a real ONNX classifier (and optionally a ≥ 500 MiB variant);
+//! 2. signed and encrypted into an image (`cinfer-mkimage build --sign-key`), root digest pinned;
+//! 3. the attestation service + key broker (`cinfer-attest serve`, mock attester root trusted explicitly);
+//! 4. the model key imported with a release policy for the expected hostdata H (the policy digest);
+//! 5. key release through attestation (mock evidence carrying the container's host_data) and the FUSE mount
+//!    pinned to the root, with the signature checked;
+//! 6. Triton serving the repository from the mount (Python backend + onnxruntime);
+//! 7. the attested TLS server proxy in front of Triton, and the client proxy with the client policy for H.
+//!
+//! [`Options`] can make the evidence or the client policy disagree with H, for the negative paths.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::env::{bin, free_port, python, repo_root};
+use crate::proc::{Proc, http_status, run, wait_for};
+use crate::triton::{self, Triton};
+
+/// What to run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Also build `classifier_large` with this many MiB of weights (0: none).
+    pub large_mb: u32,
+    /// host_data the container's evidence carries (default: the expected H).
+    pub evidence_host_data: Option<String>,
+    /// hostdata the client policy pins (default: the expected H).
+    pub client_host_data: Option<String>,
+    /// Keep the work directory (print its path) instead of deleting it.
+    pub keep: bool,
+    /// Print stages as they finish.
+    pub verbose: bool,
+}
+
+/// A running pipeline. Dropping it stops every process and unmounts.
+pub struct Pipeline {
+    /// Stage names and durations, in order.
+    pub stages: Vec<(String, Duration)>,
+    /// The expected policy digest (hostdata).
+    pub hostdata: String,
+    /// The image's root digest.
+    pub root: String,
+    /// Work directory.
+    pub work: PathBuf,
+    /// Plaintext model repository (for reference outputs).
+    pub models: PathBuf,
+    /// The FUSE mount point.
+    pub mount: PathBuf,
+    /// The test input.
+    pub input: PathBuf,
+    /// Whether the key was released and the image mounted.
+    pub mounted: bool,
+    /// Attested TLS endpoint (server proxy), `127.0.0.1:port`.
+    pub endpoint: String,
+    /// Client proxy URL for `http_proxy`.
+    pub http_proxy: String,
+    /// Triton (direct access, for checks the client cannot do).
+    pub triton: Triton,
+    // Processes, stopped in reverse order on drop (fields drop in declaration order: proxies first).
+    client_proxy: Proc,
+    server_proxy: Proc,
+    _attest: Proc,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// The launch measurement of the (mock) confidential container; the attestation service lists it as a
+/// compliant UVM, as MAA does for Azure's endorsed utility VM.
+const MEASUREMENT: &str =
+    "c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0c1f0";
+
+fn hex64(s: &str) -> anyhow::Result<String> {
+    let s = s.trim();
+    if s.len() != 64 || hex::decode(s).is_err() {
+        bail!("expected 64 hex digits, got {s:?}");
+    }
+    Ok(s.to_owned())
+}
+
+impl Pipeline {
+    /// Runs every stage; returns with the client proxy ready to take requests.
+    pub fn start(opts: &Options) -> anyhow::Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix("cinfer-e2e.")
+            .tempdir_in(work_parent())?;
+        let work = tmp.path().to_path_buf();
+        let logs = work.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let (py, mkimage, attest, encfs, proxy, deploy) = (
+            python()?,
+            bin("cinfer-mkimage")?,
+            bin("cinfer-attest")?,
+            bin("cinfer-encfs")?,
+            bin("cinfer-proxy")?,
+            bin("cinfer-deploy")?,
+        );
+        let mut stages = Vec::new();
+        let mut stage = |name: &str, t: Instant| {
+            let d = t.elapsed();
+            if opts.verbose {
+                eprintln!("   {name}: {:.2}s", d.as_secs_f64());
+            }
+            stages.push((name.to_owned(), d));
+        };
+
+        // 1. Model repository.
+        let t = Instant::now();
+        let models = work.join("models");
+        let input = work.join("mug.npy");
+        let mut cmd = Command::new(&py);
+        cmd.arg(repo_root().join("tests/e2e/make_models.py"))
+            .arg(&models)
+            .arg("--input-npy")
+            .arg(&input);
+        if opts.large_mb > 0 {
+            cmd.args(["--large-mb", &opts.large_mb.to_string()]);
+        }
+        run("make_models.py", &mut cmd)?;
+        stage("model repository (onnx)", t);
+
+        // 2. Sign + build the image.
+        let t = Instant::now();
+        let signer = work.join("signer.pem");
+        let signer_pub = work.join("signer.pub.pem");
+        run(
+            "openssl genpkey",
+            Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "EC",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-out",
+                ])
+                .arg(&signer),
+        )?;
+        run(
+            "openssl pkey -pubout",
+            Command::new("openssl")
+                .arg("pkey")
+                .arg("-in")
+                .arg(&signer)
+                .arg("-pubout")
+                .arg("-out")
+                .arg(&signer_pub),
+        )?;
+        let image = work.join("model.img");
+        let key = work.join("model.key");
+        let out = run(
+            "cinfer-mkimage build",
+            Command::new(&mkimage)
+                .arg("build")
+                .arg(&models)
+                .arg("-o")
+                .arg(&image)
+                .arg("--key-file")
+                .arg(&key)
+                .arg("--sign-key")
+                .arg(&signer),
+        )?;
+        let root = hex64(out.lines().last().unwrap_or_default().trim_start_matches("root: "))?;
+        stage("sign + encrypt (cinfer-mkimage build)", t);
+
+        // 3. Attestation service + key broker.
+        let t = Instant::now();
+        let mock = work.join("mock");
+        run(
+            "cinfer-attest mock-init",
+            Command::new(&attest).arg("mock-init").arg("--out").arg(&mock),
+        )?;
+        let admin = work.join("admin.token");
+        let mut token = [0u8; 24];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut token)?;
+        std::fs::write(&admin, hex::encode(token))?;
+        let attest_port = free_port()?;
+        let maa = format!("http://127.0.0.1:{attest_port}");
+        let mut cmd = Command::new(&attest);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{attest_port}"))
+            .arg("--state-dir")
+            .arg(work.join("attest-state"))
+            .arg("--trust-mock-root")
+            .arg(mock.join("ark.pem"))
+            .arg("--admin-token-file")
+            .arg(&admin)
+            .args(["--compliant-measurement", MEASUREMENT]);
+        let mut attest_proc = Proc::spawn("attest", cmd, &logs)?;
+        wait_for("the attestation service", Duration::from_secs(30), || {
+            attest_proc.check_running()?;
+            Ok(http_status(attest_port, "/certs") == Some(200))
+        })?;
+        stage("attestation service + key broker (cinfer-attest serve)", t);
+
+        // 4. Policy digest H and key import with a release policy for H.
+        let t = Instant::now();
+        let policy = work.join("security-policy.rego");
+        std::fs::write(
+            &policy,
+            format!("package policy\n# cinfer local deployment, image root {root}\nallow := true\n"),
+        )?;
+        let policy_b64 = work.join("security-policy.b64");
+        std::fs::write(&policy_b64, base64_std(&std::fs::read(&policy)?))?;
+        let hostdata = hex64(&run(
+            "cinfer-deploy hostdata",
+            Command::new(&deploy).arg("hostdata").arg(&policy_b64),
+        )?)?;
+        let release = work.join("release-policy.json");
+        std::fs::write(
+            &release,
+            serde_json::json!({"version": "1.0.0", "anyOf": [{"authority": maa, "allOf": [
+                {"claim": "x-ms-sevsnpvm-hostdata", "equals": hostdata},
+                {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"}]}]})
+            .to_string(),
+        )?;
+        run(
+            "cinfer-attest import-key",
+            Command::new(&attest)
+                .args(["import-key", "--vault", &maa, "--name", "model", "--key-file"])
+                .arg(&key)
+                .arg("--release-policy")
+                .arg(&release)
+                .arg("--token-file")
+                .arg(&admin),
+        )?;
+        stage("key import with release policy for hostdata", t);
+
+        // 5. Attested key release + mount (pinned root, signature checked).
+        let t = Instant::now();
+        let mount = work.join("mnt");
+        std::fs::create_dir_all(&mount)?;
+        let evidence_hd = opts.evidence_host_data.clone().unwrap_or_else(|| hostdata.clone());
+        let released = work.join("released.key");
+        let release_out = Command::new(&attest)
+            .args(["release-key", "--maa", &maa, "--vault", &maa, "--key", "model", "--out"])
+            .arg(&released)
+            .args(["--attester", "mock", "--mock-root"])
+            .arg(&mock)
+            .args(["--host-data", &evidence_hd, "--measurement", MEASUREMENT])
+            .output()?;
+        let mounted = release_out.status.success();
+        std::fs::write(
+            logs.join("release-key.log"),
+            [&release_out.stdout[..], &release_out.stderr[..]].concat(),
+        )?;
+        if mounted {
+            run(
+                "cinfer-encfs mount",
+                Command::new(&encfs)
+                    .arg("mount")
+                    .arg(&image)
+                    .arg(&mount)
+                    .arg("--key-file")
+                    .arg(&released)
+                    .args(["--expect-root", &root])
+                    .arg("--signer-key")
+                    .arg(&signer_pub)
+                    .arg("--log-file")
+                    .arg(logs.join("encfs.log")),
+            )?;
+            let _ = std::fs::remove_file(&released);
+        } else if opts.verbose {
+            eprintln!(
+                "   key release refused: {}",
+                String::from_utf8_lossy(&release_out.stderr).trim()
+            );
+        }
+        stage("attested key release + FUSE mount", t);
+
+        // 6. Triton on the mount.
+        let t = Instant::now();
+        let triton = triton::start(&mount, &work, &logs)?;
+        if mounted {
+            wait_for("the classifier to be ready in Triton", Duration::from_secs(180), || {
+                Ok(triton.model_ready("classifier"))
+            })?;
+            if opts.large_mb > 0 {
+                wait_for("classifier_large to be ready", Duration::from_secs(600), || {
+                    Ok(triton.model_ready("classifier_large"))
+                })?;
+            }
+        }
+        stage("Triton loads the model from the mount", t);
+
+        // 7. Proxies.
+        let t = Instant::now();
+        let (sp, health, cp) = (free_port()?, free_port()?, free_port()?);
+        let mut cmd = Command::new(&proxy);
+        cmd.args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+            "--upstream",
+            &format!("127.0.0.1:{}", triton.http_port),
+        ])
+        .args([
+            "--health",
+            &format!("127.0.0.1:{health}"),
+            "--attestation-url",
+            &maa,
+            "--attester",
+            "mock",
+            "--mock-root",
+        ])
+        .arg(&mock)
+        .args(["--mock-host-data", &evidence_hd, "--mock-measurement", MEASUREMENT]);
+        let mut server_proxy = Proc::spawn("server-proxy", cmd, &logs)?;
+        wait_for("the server proxy", Duration::from_secs(30), || {
+            server_proxy.check_running()?;
+            Ok(http_status(health, "/") == Some(200))
+        })?;
+        let client_policy = work.join("client-policy.json");
+        let client_hd = opts.client_host_data.clone().unwrap_or_else(|| hostdata.clone());
+        run(
+            "cinfer-proxy generate-policy",
+            Command::new(&proxy)
+                .args(["generate-policy", "--hostdata", &client_hd, "-o"])
+                .arg(&client_policy),
+        )?;
+        let mut cmd = Command::new(&proxy);
+        cmd.args(["client", "--listen", &format!("127.0.0.1:{cp}"), "--policy"])
+            .arg(&client_policy)
+            .args(["--attestation-url", &maa]);
+        let mut client_proxy = Proc::spawn("client-proxy", cmd, &logs)?;
+        wait_for("the client proxy", Duration::from_secs(30), || {
+            client_proxy.check_running()?;
+            Ok(std::net::TcpStream::connect(("127.0.0.1", cp)).is_ok())
+        })?;
+        stage("attested TLS server proxy + client proxy", t);
+
+        let keep = opts.keep;
+        Ok(Self {
+            stages,
+            hostdata,
+            root,
+            work,
+            models,
+            mount,
+            input,
+            mounted,
+            endpoint: format!("127.0.0.1:{sp}"),
+            http_proxy: format!("http://127.0.0.1:{cp}"),
+            triton,
+            client_proxy,
+            server_proxy,
+            _attest: attest_proc,
+            _tmp: if keep {
+                let _ = tmp.keep();
+                None
+            } else {
+                Some(tmp)
+            },
+        })
+    }
+
+    /// Runs the e2e client (`tests/e2e/client.py`) with `args` through the client proxy; returns (success, stdout).
+    pub fn client(&self, mode: &str, model: &str, extra: &[&str]) -> anyhow::Result<(bool, String)> {
+        let labels = self.models.join(model).join("labels.txt");
+        let reference = self.models.join(model).join("1/model.onnx");
+        let out = Command::new(python()?)
+            .arg(repo_root().join("tests/e2e/client.py"))
+            .args([mode, "--url", &self.endpoint, "--model", model, "--input"])
+            .arg(&self.input)
+            .arg("--reference-onnx")
+            .arg(&reference)
+            .arg("--labels")
+            .arg(&labels)
+            .args(extra)
+            .env("http_proxy", &self.http_proxy)
+            .output()
+            .context("running client.py")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    /// Peak and current RSS (KiB) of each long-running process of the pipeline.
+    pub fn memory(&self) -> Vec<(String, Option<(u64, u64)>)> {
+        let mut v = vec![
+            ("attest".to_owned(), self._attest.memory_kib()),
+            ("triton".to_owned(), self.triton.proc.memory_kib()),
+            ("server-proxy".to_owned(), self.server_proxy.memory_kib()),
+            ("client-proxy".to_owned(), self.client_proxy.memory_kib()),
+        ];
+        if let Some(pid) = encfs_pid(&self.mount) {
+            v.push(("encfs".to_owned(), memory_of(pid)));
+        }
+        v
+    }
+
+    /// The log files of the pipeline's processes.
+    pub fn logs(&self) -> PathBuf {
+        self.work.join("logs")
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // Triton holds files of the mount open: stop it before unmounting.
+        let _ = self.triton.proc.terminate(Duration::from_secs(10));
+        if self.mounted
+            && let Ok(encfs) = bin("cinfer-encfs")
+        {
+            let _ = Command::new(encfs).arg("unmount").arg(&self.mount).status();
+        }
+    }
+}
+
+/// Where work directories go: /dev/shm when it has room (the image then lives in RAM like a fast blob store).
+fn work_parent() -> PathBuf {
+    std::env::var_os("CINFER_E2E_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+fn base64_std(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |a, (i, &b)| a | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// The pid of the cinfer-encfs daemon serving `mount` (from /proc, matching its command line).
+fn encfs_pid(mount: &Path) -> Option<u32> {
+    let m = mount.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (args.first()?.ends_with("cinfer-encfs") && args.iter().any(|a| a == &m)).then_some(pid)
+    })
+}
+
+fn memory_of(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
