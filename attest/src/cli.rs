@@ -85,6 +85,10 @@ pub(crate) struct ServeArgs {
     /// Launch measurement (hex) that earns `x-ms-compliance-status: azure-compliant-uvm`.
     #[arg(long)]
     pub(crate) compliant_measurement: Vec<String>,
+    /// Another attestation service whose tokens the key broker accepts: `ISSUER=JWKS_FILE` (e.g. an MAA
+    /// instance and a saved copy of its `/certs`).
+    #[arg(long, value_name = "ISSUER=JWKS_FILE")]
+    pub(crate) trusted_authority: Vec<String>,
 }
 
 /// `mock-init`.

@@ -119,7 +119,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_token: a.admin_token_file.as_deref().map(read_token_file).transpose()?,
                 token_lifetime: std::time::Duration::from_secs(a.token_lifetime_secs),
                 compliant_measurements: a.compliant_measurement,
-                trusted_authorities: Vec::new(),
+                trusted_authorities: a
+                    .trusted_authority
+                    .iter()
+                    .map(|spec| trusted_authority(spec))
+                    .collect::<anyhow::Result<_>>()?,
             };
             runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&a.listen)
@@ -259,6 +263,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn trusted_authority(spec: &str) -> anyhow::Result<attest::service::TrustedAuthority> {
+    let (issuer, path) = spec
+        .split_once('=')
+        .context("--trusted-authority: expected ISSUER=JWKS_FILE")?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    let jwks = attest::token::Jwks::from_json(&bytes).with_context(|| format!("{path}: not a JWKS"))?;
+    Ok(attest::service::TrustedAuthority {
+        issuer: issuer.to_string(),
+        jwks,
+    })
 }
 
 fn vault_auth(token_file: Option<&Path>, imds: bool) -> anyhow::Result<VaultAuth> {

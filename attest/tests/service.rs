@@ -287,3 +287,62 @@ async fn broker_refuses_untrusted_issuers_and_wrong_authorities() {
     assert!(err.contains("404"), "{err}");
     svc.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_accepts_tokens_from_a_configured_external_authority() {
+    let root = root();
+    // A: the attestation service (stands in for MAA). B: a key broker trusting A.
+    let a = RunningService::start(ServiceConfig {
+        trust: trust(&root),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let maa = AttestationClient::new(&a.url).unwrap();
+    let a_jwks = maa.jwks().await.unwrap();
+    let admin = SecretBytes::from_slice(b"c");
+    let b = RunningService::start(ServiceConfig {
+        trust: TrustStore::empty(),
+        admin_token: Some(admin.clone()),
+        trusted_authorities: vec![attest::service::TrustedAuthority {
+            issuer: a.url.clone(),
+            jwks: a_jwks,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let b_jwks = AttestationClient::new(&b.url).unwrap().jwks().await.unwrap();
+    let policy = ReleasePolicy::from_json(
+        format!(
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}}]}}]}}"#,
+            a.url
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    KeyReleaseClient::new(
+        &b.url,
+        VaultAuth::Bearer(admin),
+        ResponseVerification::Pinned(b_jwks.clone()),
+    )
+    .unwrap()
+    .import_oct("ext", &[0x44; 32], &policy)
+    .await
+    .unwrap();
+    let vault = KeyReleaseClient::new(&b.url, VaultAuth::None, ResponseVerification::Pinned(b_jwks)).unwrap();
+    let att = MockAttester::new(&root, MockConfig::default()).unwrap();
+    let key = attest::client::secure_key_release(
+        &att,
+        &maa,
+        &vault,
+        &KeyRef::parse("ext"),
+        &KeyDerivation::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(key.expose(), &[0x44; 32]);
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
