@@ -8,6 +8,9 @@
 //! `cinfer-attest serve` provides both services locally and the mock attester makes the pipeline run on
 //! one machine. Mock evidence chains to a generated root that verifies only where it is explicitly
 //! trusted ([`verify::TrustStore::add_mock_root`]); there is no fallback from the SNP device to the mock.
+//! Every token names its root in `x-cinfer-root` (`amd-milan`, `amd-genoa`, `amd-turin`, `mock:<sha256>`),
+//! so a release policy can additionally pin real hardware with
+//! `{"claim":"x-cinfer-root","equals":"amd-genoa"}`.
 //!
 //! # Public API (what other crates use)
 //!
