@@ -39,7 +39,9 @@ pub(crate) enum Command {
 /// Arguments of `mount`.
 #[derive(Debug, Args)]
 pub(crate) struct MountArgs {
-    /// The image file.
+    /// The image: a local file path, or an `http://`/`https://` URL that serves Range requests (plain server,
+    /// presigned or SAS URL, Azure Blob). Logs and the mount table show URLs without their query.
+    #[arg(value_name = "SOURCE")]
     pub(crate) image: PathBuf,
     /// An existing directory to mount on.
     pub(crate) mountpoint: PathBuf,
@@ -87,6 +89,14 @@ pub(crate) struct MountArgs {
     /// enough when the model-key owner is the signer (AEAD and the pinned root already bind the content).
     #[arg(long, value_enum, default_value_t = Verify::Full, help_heading = "Signature")]
     pub(crate) verify: Verify,
+    /// Remote sources: time allowed for one range request to deliver its response headers, and for a stalled
+    /// body, before the attempt is retried (seconds).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", help_heading = "Remote")]
+    pub(crate) request_timeout: f64,
+    /// Remote sources: total time one read may spend retrying (5xx, 429, resets, short bodies, stalls) before it
+    /// fails with EIO (seconds).
+    #[arg(long, default_value_t = 120.0, value_name = "SECS", help_heading = "Remote")]
+    pub(crate) retry_budget: f64,
     /// Internal: run as the background daemon, reporting readiness on stdout.
     #[arg(long, hide = true)]
     pub(crate) daemon_child: bool,
@@ -162,13 +172,39 @@ impl MountArgs {
         Ok(Some(key))
     }
 
+    /// The image as logs may show it: a URL without its query (SAS tokens), or the path.
+    pub(crate) fn image_shown(&self) -> String {
+        let s = self.image.to_string_lossy();
+        if encfs::source::is_url(&s) {
+            encfs::source::http::redact(&s)
+        } else {
+            s.into_owned()
+        }
+    }
+
+    /// Options for [`encfs::source::open`].
+    pub(crate) fn source_options(&self) -> anyhow::Result<encfs::source::SourceOptions> {
+        let secs = |v: f64, flag: &str| {
+            std::time::Duration::try_from_secs_f64(v).with_context(|| format!("{flag} must be a positive number"))
+        };
+        let mut opts = encfs::source::SourceOptions::default();
+        opts.local_io = match self.io {
+            Io::Pread => encfs::source::LocalIo::Pread,
+            Io::Mmap => encfs::source::LocalIo::Mmap,
+        };
+        opts.retry.request_timeout = secs(self.request_timeout, "--request-timeout")?;
+        opts.retry.stall_timeout = opts.retry.request_timeout;
+        opts.retry.budget = secs(self.retry_budget, "--retry-budget")?;
+        Ok(opts)
+    }
+
     /// The mount settings.
     pub(crate) fn mount_config(&self) -> MountConfig {
         MountConfig {
             threads: self.threads.max(1),
             max_background: self.max_background.max(1),
             allow_other: self.allow_other,
-            fs_name: format!("cinfer-encfs:{}", self.image.display()).replace([',', ' ', '\t', '\n'], "_"),
+            fs_name: format!("cinfer-encfs:{}", self.image_shown()).replace([',', ' ', '\t', '\n'], "_"),
             ..MountConfig::default()
         }
     }

@@ -18,11 +18,11 @@ use encfs::format::ModelKey;
 use encfs::fs::{EncFs, EncFsConfig};
 use encfs::fuse;
 use encfs::legacy::mount::{BlobReadAt, mount as legacy_mount};
-use encfs::source::{BlobKey, BlobSource, FileSource, MmapSource};
+use encfs::source::{BlobKey, BlobSource};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::cli::{Io, MountArgs, UnmountArgs};
+use crate::cli::{MountArgs, UnmountArgs};
 
 /// `mount` without `--foreground`: starts the daemon and waits until it reports ready or failed.
 pub(crate) fn mount_background(args: &MountArgs) -> anyhow::Result<()> {
@@ -99,11 +99,15 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
     let expect_root = args.expect_root()?;
     // Read before the daemon leaves its working directory, so a relative path works.
     let signer = args.signer_key()?;
-    // Absolute paths, so the background daemon can leave its working directory (and not keep it busy).
-    let image_path = std::path::absolute(&args.image).context("resolving the image path")?;
-    let image = image_path
+    // Absolute paths, so the background daemon can leave its working directory (and not keep it busy); a URL
+    // stays as given (`source::open` tells them apart).
+    let spec = args
+        .image
         .to_str()
         .ok_or_else(|| anyhow!("image path {} is not UTF-8", args.image.display()))?;
+    let (source, key) = encfs::source::open(spec, &args.source_options()?).context("opening the image source")?;
+    let image_shown = args.image_shown();
+    let image = image_shown.as_str();
     let mountpoint = std::path::absolute(&args.mountpoint).context("resolving the mountpoint")?;
     let meta = std::fs::metadata(&mountpoint).with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
     if !meta.is_dir() {
@@ -151,10 +155,7 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
         rt: &rt,
         ready,
     };
-    match args.io {
-        Io::Pread => serve(FileSource::new(), setup, signals),
-        Io::Mmap => serve(MmapSource::new(), setup, signals),
-    }
+    serve(source, key, setup, signals)
 }
 
 struct Signals {
@@ -174,7 +175,7 @@ struct Setup<'a> {
     ready: &'a Ready,
 }
 
-fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow::Result<()> {
+fn serve<B: BlobSource>(source: B, key: BlobKey, s: Setup<'_>, mut signals: Signals) -> anyhow::Result<()> {
     let Setup {
         args,
         image,
@@ -187,7 +188,7 @@ fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow
         ready,
     } = s;
     // A legacy LUKS2 image (the seed's) is served from the same source, read-only, without integrity.
-    let reader = BlobReadAt::open(source, BlobKey::new(image), rt.handle().clone())
+    let reader = BlobReadAt::open(source, key.clone(), rt.handle().clone())
         .with_context(|| format!("reading {image}"))?;
     let (session, root) = if reader.is_luks().with_context(|| format!("reading {image}"))? {
         if expect_root.is_some() {
@@ -211,7 +212,7 @@ fn serve<B: BlobSource>(source: B, s: Setup<'_>, mut signals: Signals) -> anyhow
         let fs = rt
             .block_on(EncFs::open(
                 reader.into_source(),
-                BlobKey::new(image),
+                key,
                 &model_key,
                 expect_root.as_ref(),
                 config,

@@ -20,6 +20,8 @@ pub mod fuse;
 #[cfg(feature = "fuse")]
 pub mod gate;
 #[cfg(feature = "fuse")]
+pub mod metrics;
+#[cfg(feature = "fuse")]
 pub mod source;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -10,11 +10,14 @@
 //!   instead of `SIGBUS`).
 //! * [`MmapSource`]: a local file mapped read-only (zero-copy; `SIGBUS` if the file is truncated under it).
 //! * [`MemSource`]: bytes in memory, for tests and for wrapping in fault-injecting sources.
+//! * [`HttpSource`]: any HTTP(S) URL with `Range` support (plain servers, presigned and SAS URLs), with retries.
 //!
-//! HTTP(S) and Azure Blob sources go next to these, behind the same trait; a cache or prefetcher wraps a source
-//! and is itself generic over `B: BlobSource`.
+//! [`open`] turns a path or URL into an [`AnySource`] (the CLI's `SOURCE`); a cache or prefetcher wraps a
+//! source and is itself generic over `B: BlobSource`.
 
+mod any;
 mod file;
+pub mod http;
 mod mem;
 mod mmap;
 
@@ -24,7 +27,9 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+pub use any::{AnySource, AnySourceError, LocalIo, SourceOptions, is_url, open};
 pub use file::{FileSource, FileSourceError};
+pub use http::{HttpSource, HttpSourceError, RetryPolicy};
 pub use mem::MemSource;
 pub use mmap::MmapSource;
 

@@ -1,0 +1,141 @@
+//! One source type for "a path or a URL": [`open`] picks the backend from the spec, [`AnySource`] dispatches.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::http::{HttpSource, HttpSourceError, RetryPolicy};
+use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag, FileSource, FileSourceError, MmapSource};
+use crate::metrics::Metrics;
+
+/// How a local file is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LocalIo {
+    /// Positioned reads ([`FileSource`]).
+    #[default]
+    Pread,
+    /// A read-only memory map ([`MmapSource`]).
+    Mmap,
+}
+
+/// Settings for [`open`]. `Default` gives `pread` for files, the default [`RetryPolicy`] and fresh counters.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SourceOptions {
+    /// How local files are read.
+    pub local_io: LocalIo,
+    /// Retries, timeouts and budget of remote reads.
+    pub retry: RetryPolicy,
+    /// Counters the source updates (share them with a cache and a metrics endpoint).
+    pub metrics: Arc<Metrics>,
+}
+
+/// Errors of [`AnySource`]: the backend's own.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnySourceError {
+    /// A local file.
+    #[error(transparent)]
+    File(#[from] FileSourceError),
+    /// An HTTP(S) URL.
+    #[error(transparent)]
+    Http(#[from] HttpSourceError),
+}
+
+/// Any of the sources [`open`] can return.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnySource {
+    /// A local file read with `pread`.
+    File(FileSource),
+    /// A local file mapped read-only.
+    Mmap(MmapSource),
+    /// An HTTP(S) URL with Range support (plain, presigned, or Azure Blob with a SAS or public access).
+    Http(HttpSource),
+}
+
+/// Opens a source for `spec` and returns it with the [`BlobKey`] to read.
+///
+/// **Stable API** (the CLI and the sidecar call it). `spec` is one of:
+///
+/// * `http://...` or `https://...`: any URL that serves `Range` requests (SAS URLs, presigned URLs, plain
+///   servers, Azurite). The key is the URL as given.
+/// * anything else: a local file path (made absolute), read per [`SourceOptions::local_io`].
+///
+/// Nothing is fetched here; the first request is the caller's `stat`.
+pub fn open(spec: &str, opts: &SourceOptions) -> Result<(AnySource, BlobKey), AnySourceError> {
+    if is_url(spec) {
+        let src = HttpSource::new(opts.retry.clone(), opts.metrics.clone())?;
+        return Ok((AnySource::Http(src), BlobKey::new(spec)));
+    }
+    let path = std::path::absolute(spec).map_err(|source| FileSourceError::Io {
+        op: "resolving",
+        path: spec.to_string(),
+        source,
+    })?;
+    let key = BlobKey::new(path.to_string_lossy());
+    let src = match opts.local_io {
+        LocalIo::Pread => AnySource::File(FileSource::new()),
+        LocalIo::Mmap => AnySource::Mmap(MmapSource::new()),
+    };
+    Ok((src, key))
+}
+
+/// True if `spec` names a remote source (an `http://` or `https://` URL) rather than a path.
+pub fn is_url(spec: &str) -> bool {
+    let lower = spec.get(..8).unwrap_or(spec).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+fn lift<T, E: Into<AnySourceError>>(r: Result<T, BlobError<E>>) -> Result<T, BlobError<AnySourceError>> {
+    r.map_err(|e| match e {
+        BlobError::NotFound => BlobError::NotFound,
+        BlobError::PreconditionFailed => BlobError::PreconditionFailed,
+        BlobError::OutOfRange { start, end, len } => BlobError::OutOfRange { start, end, len },
+        BlobError::Backend(e) => BlobError::Backend(e.into()),
+    })
+}
+
+impl BlobSource for AnySource {
+    type Error = AnySourceError;
+
+    async fn stat(&self, key: &BlobKey) -> Result<BlobMeta, BlobError<AnySourceError>> {
+        match self {
+            Self::File(s) => lift(s.stat(key).await),
+            Self::Mmap(s) => lift(s.stat(key).await),
+            Self::Http(s) => lift(s.stat(key).await),
+        }
+    }
+
+    async fn read_range(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+    ) -> Result<Bytes, BlobError<AnySourceError>> {
+        match self {
+            Self::File(s) => lift(s.read_range(key, range, if_match).await),
+            Self::Mmap(s) => lift(s.read_range(key, range, if_match).await),
+            Self::Http(s) => lift(s.read_range(key, range, if_match).await),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_pick_the_backend() {
+        let opts = SourceOptions::default();
+        let (s, k) = open("https://acct.blob.core.windows.net/c/model.img?sv=x", &opts).unwrap();
+        assert!(matches!(s, AnySource::Http(_)));
+        assert_eq!(k.as_str(), "https://acct.blob.core.windows.net/c/model.img?sv=x");
+        let (s, k) = open("rel/model.img", &opts).unwrap();
+        assert!(matches!(s, AnySource::File(_)));
+        assert!(k.as_str().starts_with('/') && k.as_str().ends_with("rel/model.img"));
+        assert!(is_url("HTTP://x") && !is_url("/srv/http://x"));
+    }
+}

@@ -1,0 +1,531 @@
+//! Images behind any HTTP(S) URL that serves `Range` requests: plain servers, presigned URLs, Azure SAS URLs.
+//!
+//! The [`BlobKey`] is the URL itself (query string included, so a SAS token travels with it; logs and errors
+//! show it without the query). Requests:
+//!
+//! * `stat`: `GET` with `Range: bytes=0-0` (not `HEAD`: presigned URLs are signed for one method), reading the
+//!   length from `Content-Range` and the version from `ETag`.
+//! * `read_range`: `GET` with `Range` and, when pinned, `If-Match`. `412` is
+//!   [`BlobError::PreconditionFailed`]; so is a response whose `ETag` differs from the pinned one (for servers
+//!   that ignore `If-Match`). A `Content-Range` that does not match the request, or a body shorter than asked
+//!   for, is never passed on.
+//!
+//! Faults (`5xx`, `408`, `429`, connection errors, short bodies, stalls) are retried per [`RetryPolicy`]:
+//! exponential backoff with full jitter, `Retry-After` honoured, a timeout per attempt and per body stall, and a
+//! total budget per read after which the read fails (the filesystem turns that into `EIO`).
+
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tracing::{debug, warn};
+
+use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
+use crate::metrics::Metrics;
+
+/// How failed requests are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Time allowed for one attempt to deliver its response headers.
+    pub request_timeout: Duration,
+    /// Longest pause allowed between two pieces of a response body (a stalled transfer is retried).
+    pub stall_timeout: Duration,
+    /// Total time one read may take, retries included; then it fails.
+    pub budget: Duration,
+    /// First backoff (doubled per attempt, full jitter).
+    pub base_backoff: Duration,
+    /// Largest backoff.
+    pub max_backoff: Duration,
+    /// Most attempts per read.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+            budget: Duration::from_secs(120),
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            max_attempts: 12,
+        }
+    }
+}
+
+/// Errors of [`HttpSource`]. Messages name the URL without its query (SAS tokens stay out of logs).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpSourceError {
+    /// The server answered with an unexpected status.
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The URL, without query.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// Connecting, sending or receiving failed.
+    #[error("{url}: {source}")]
+    Transport {
+        /// The URL, without query.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No response headers within the request timeout, or the body stalled.
+    #[error("{url}: {what} timed out after {after:?}")]
+    Timeout {
+        /// The URL, without query.
+        url: String,
+        /// "response" or "body".
+        what: &'static str,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The body ended before the announced length.
+    #[error("{url}: short body ({got} of {want} bytes)")]
+    ShortBody {
+        /// The URL, without query.
+        url: String,
+        /// Bytes received.
+        got: u64,
+        /// Bytes expected.
+        want: u64,
+    },
+    /// The response does not fit the request (no range support, wrong `Content-Range`, bad headers).
+    #[error("{url}: {reason}")]
+    BadResponse {
+        /// The URL, without query.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Retries stopped: budget or attempts spent. `last` is the last attempt's error.
+    #[error("{url}: gave up after {attempts} attempts in {elapsed:?}: {last}")]
+    GaveUp {
+        /// The URL, without query.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+        /// The last error.
+        #[source]
+        last: Box<Self>,
+    },
+    /// The URL or a header could not be used.
+    #[error("{0}")]
+    Config(String),
+}
+
+type Result<T> = std::result::Result<T, BlobError<HttpSourceError>>;
+
+/// Something that adds credentials to each request (an Azure managed-identity token, for example).
+pub trait Authorizer: Send + Sync + std::fmt::Debug {
+    /// Returns the `Authorization` header value to send, or `None` for none.
+    fn authorization(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = std::result::Result<Option<HeaderValue>, HttpSourceError>> + Send + '_>>;
+}
+
+/// Reads blobs over HTTP(S) with ranged `GET`s; the [`BlobKey`] is the URL. Cheap to clone (shares the client).
+#[derive(Clone, Debug)]
+pub struct HttpSource {
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    headers: HeaderMap,
+    auth: Option<Arc<dyn Authorizer>>,
+    metrics: Arc<Metrics>,
+}
+
+/// One attempt's outcome.
+enum Attempt<T> {
+    Done(T),
+    /// Retry; `after` is the server's `Retry-After`, if any.
+    Retry {
+        err: HttpSourceError,
+        after: Option<Duration>,
+    },
+    Fail(BlobError<HttpSourceError>),
+}
+
+impl HttpSource {
+    /// A source with its own connection pool (rustls with the ring provider, system roots).
+    pub fn new(policy: RetryPolicy, metrics: Arc<Metrics>) -> std::result::Result<Self, HttpSourceError> {
+        // One process-wide rustls provider (ring); "already installed" is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| HttpSourceError::Config(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            policy,
+            headers: HeaderMap::new(),
+            auth: None,
+            metrics,
+        })
+    }
+
+    /// Adds a header sent with every request (e.g. `x-ms-version`).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Adds credentials to every request.
+    pub fn with_authorizer(mut self, auth: Arc<dyn Authorizer>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// The counters this source updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The retry policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+    ) -> std::result::Result<reqwest::Response, HttpSourceError> {
+        let mut rb = self
+            .client
+            .get(url)
+            .headers(self.headers.clone())
+            .header(header::RANGE, format!("bytes={}-{}", range.start, range.end - 1));
+        if let Some(tag) = if_match {
+            rb = rb.header(header::IF_MATCH, tag.as_str());
+        }
+        if let Some(auth) = &self.auth
+            && let Some(v) = auth.authorization().await?
+        {
+            rb = rb.header(header::AUTHORIZATION, v);
+        }
+        Metrics::add(&self.metrics.requests, 1);
+        let shown = redact(url);
+        match tokio::time::timeout(self.policy.request_timeout, rb.send()).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(source)) => Err(HttpSourceError::Transport { url: shown, source }),
+            Err(_) => Err(HttpSourceError::Timeout {
+                url: shown,
+                what: "response",
+                after: self.policy.request_timeout,
+            }),
+        }
+    }
+
+    /// Classifies a non-success status.
+    fn status_outcome<T>(&self, url: &str, resp: &reqwest::Response, range: &Range<u64>) -> Attempt<T> {
+        let status = resp.status();
+        let err = HttpSourceError::Status {
+            url: redact(url),
+            status: status.as_u16(),
+        };
+        match status {
+            StatusCode::PRECONDITION_FAILED => Attempt::Fail(BlobError::PreconditionFailed),
+            StatusCode::NOT_FOUND => Attempt::Fail(BlobError::NotFound),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                let len = total_len(resp.headers()).unwrap_or(0);
+                Attempt::Fail(BlobError::OutOfRange {
+                    start: range.start,
+                    end: range.end,
+                    len,
+                })
+            }
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => Attempt::Retry {
+                err,
+                after: retry_after(resp.headers()),
+            },
+            s if s.is_server_error() => Attempt::Retry {
+                err,
+                after: retry_after(resp.headers()),
+            },
+            _ => Attempt::Fail(BlobError::Backend(err)),
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the policy's budget is spent.
+    async fn with_retries<T, F, Fut>(&self, url: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        let start = Instant::now();
+        let deadline = start + self.policy.budget;
+        let mut n = 0u32;
+        loop {
+            n += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = match tokio::time::timeout(remaining, attempt()).await {
+                Ok(o) => o,
+                Err(_) => Attempt::Retry {
+                    err: HttpSourceError::Timeout {
+                        url: redact(url),
+                        what: "read budget",
+                        after: self.policy.budget,
+                    },
+                    after: None,
+                },
+            };
+            let (err, after) = match outcome {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Fail(e) => {
+                    if matches!(e, BlobError::PreconditionFailed) {
+                        Metrics::add(&self.metrics.precondition_failures, 1);
+                    }
+                    Metrics::add(&self.metrics.failures, 1);
+                    return Err(e);
+                }
+                Attempt::Retry { err, after } => (err, after),
+            };
+            let backoff = self.backoff(n, after);
+            let now = Instant::now();
+            if n >= self.policy.max_attempts || now + backoff >= deadline {
+                Metrics::add(&self.metrics.failures, 1);
+                warn!(attempts = n, elapsed = ?start.elapsed(), "giving up on a read: {err}");
+                return Err(BlobError::Backend(HttpSourceError::GaveUp {
+                    url: redact(url),
+                    attempts: n,
+                    elapsed: start.elapsed(),
+                    last: Box::new(err),
+                }));
+            }
+            Metrics::add(&self.metrics.retries, 1);
+            debug!(attempt = n, ?backoff, "retrying: {err}");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Backoff before attempt `n + 1`: full jitter over `base * 2^(n-1)` capped, at least `Retry-After`.
+    fn backoff(&self, n: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .policy
+            .base_backoff
+            .saturating_mul(1u32 << (n - 1).min(20))
+            .min(self.policy.max_backoff);
+        let jittered = Duration::from_secs_f64(exp.as_secs_f64() * rand::rng().random_range(0.0..=1.0));
+        match retry_after {
+            Some(ra) => jittered.max(ra),
+            None => jittered,
+        }
+    }
+
+    async fn stat_once(&self, url: &str) -> Attempt<BlobMeta> {
+        let resp = match self.send(url, 0..1, None).await {
+            Ok(r) => r,
+            Err(err) => return Attempt::Retry { err, after: None },
+        };
+        let bad = |reason: String| {
+            Attempt::Fail(BlobError::Backend(HttpSourceError::BadResponse {
+                url: redact(url),
+                reason,
+            }))
+        };
+        let etag = etag_of(resp.headers());
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => match total_len(resp.headers()) {
+                Some(len) => Attempt::Done(BlobMeta { len, etag }),
+                None => bad("206 without a Content-Range total length".into()),
+            },
+            // An empty blob cannot satisfy bytes=0-0.
+            StatusCode::RANGE_NOT_SATISFIABLE => Attempt::Done(BlobMeta {
+                len: total_len(resp.headers()).unwrap_or(0),
+                etag,
+            }),
+            StatusCode::OK => bad("the server ignores Range requests (answered 200 to a range)".into()),
+            _ => self.status_outcome(url, &resp, &(0..1)),
+        }
+    }
+
+    async fn read_once(&self, url: &str, range: Range<u64>, if_match: Option<&ETag>) -> Attempt<Bytes> {
+        let want = range.end - range.start;
+        let mut resp = match self.send(url, range.clone(), if_match).await {
+            Ok(r) => r,
+            Err(err) => return Attempt::Retry { err, after: None },
+        };
+        let shown = || redact(url);
+        let bad = |reason: String| {
+            Attempt::Fail(BlobError::Backend(HttpSourceError::BadResponse {
+                url: shown(),
+                reason,
+            }))
+        };
+        if let (Some(pinned), Some(got)) = (if_match, etag_of(resp.headers()))
+            && resp.status().is_success()
+            && got != *pinned
+        {
+            warn!(url = %shown(), pinned = pinned.as_str(), now = got.as_str(), "the blob changed since mount");
+            Metrics::add(&self.metrics.precondition_failures, 1);
+            return Attempt::Fail(BlobError::PreconditionFailed);
+        }
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => match content_range(resp.headers()) {
+                Some((s, e, _)) if s == range.start && e == range.end => {}
+                other => {
+                    return bad(format!(
+                        "Content-Range {other:?} does not match {}..{}",
+                        range.start, range.end
+                    ));
+                }
+            },
+            StatusCode::OK => match resp.content_length() {
+                Some(len) if range.start == 0 && len == range.end => {}
+                _ => return bad("the server ignores Range requests (answered 200 to a range)".into()),
+            },
+            StatusCode::PRECONDITION_FAILED => {
+                warn!(url = %shown(), "the blob changed since mount (412 Precondition Failed)");
+                return self.status_outcome(url, &resp, &range);
+            }
+            _ => return self.status_outcome(url, &resp, &range),
+        }
+        // INVARIANT: ranges are of one read, far below usize::MAX.
+        let mut buf = BytesMut::with_capacity(want as usize);
+        loop {
+            match tokio::time::timeout(self.policy.stall_timeout, resp.chunk()).await {
+                Ok(Ok(Some(piece))) => {
+                    Metrics::add(&self.metrics.bytes_fetched, piece.len() as u64);
+                    if (buf.len() + piece.len()) as u64 > want {
+                        return bad(format!("body longer than the {want} bytes asked for"));
+                    }
+                    buf.extend_from_slice(&piece);
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(source)) => {
+                    return Attempt::Retry {
+                        err: HttpSourceError::Transport { url: shown(), source },
+                        after: None,
+                    };
+                }
+                Err(_) => {
+                    return Attempt::Retry {
+                        err: HttpSourceError::Timeout {
+                            url: shown(),
+                            what: "body",
+                            after: self.policy.stall_timeout,
+                        },
+                        after: None,
+                    };
+                }
+            }
+        }
+        if buf.len() as u64 != want {
+            return Attempt::Retry {
+                err: HttpSourceError::ShortBody {
+                    url: shown(),
+                    got: buf.len() as u64,
+                    want,
+                },
+                after: None,
+            };
+        }
+        Attempt::Done(buf.freeze())
+    }
+}
+
+impl BlobSource for HttpSource {
+    type Error = HttpSourceError;
+
+    async fn stat(&self, key: &BlobKey) -> Result<BlobMeta> {
+        let url = key.as_str();
+        self.with_retries(url, || self.stat_once(url)).await
+    }
+
+    async fn read_range(&self, key: &BlobKey, range: Range<u64>, if_match: Option<&ETag>) -> Result<Bytes> {
+        if range.start > range.end {
+            return Err(BlobError::OutOfRange {
+                start: range.start,
+                end: range.end,
+                len: 0,
+            });
+        }
+        if range.start == range.end {
+            return Ok(Bytes::new());
+        }
+        let url = key.as_str();
+        self.with_retries(url, || self.read_once(url, range.clone(), if_match))
+            .await
+    }
+}
+
+/// The URL without its query and fragment (where SAS tokens and signatures live).
+pub fn redact(url: &str) -> String {
+    url.split(['?', '#']).next().unwrap_or_default().to_string()
+}
+
+fn etag_of(h: &HeaderMap) -> Option<ETag> {
+    h.get(header::ETAG).and_then(|v| v.to_str().ok()).map(ETag::new)
+}
+
+/// Parses `Content-Range: bytes START-LAST/TOTAL` into `(start, end_exclusive, total)`.
+fn content_range(h: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let total = total.trim().parse().ok();
+    let (s, l) = span.split_once('-')?;
+    let s: u64 = s.trim().parse().ok()?;
+    let l: u64 = l.trim().parse().ok()?;
+    Some((s, l.checked_add(1)?, total))
+}
+
+/// The total length from `Content-Range` (`bytes a-b/TOTAL` or `bytes */TOTAL`).
+fn total_len(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    v.rsplit_once('/')?.1.trim().parse().ok()
+}
+
+/// `Retry-After` in seconds (HTTP dates are ignored: the backoff applies instead).
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_range_and_redacts_queries() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 10-19/100"));
+        assert_eq!(content_range(&h), Some((10, 20, Some(100))));
+        assert_eq!(total_len(&h), Some(100));
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes */7"));
+        assert_eq!(content_range(&h), None);
+        assert_eq!(total_len(&h), Some(7));
+        assert_eq!(redact("https://a.blob/c/b?sv=1&sig=secret"), "https://a.blob/c/b");
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let src = HttpSource::new(
+            RetryPolicy {
+                base_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(400),
+                ..RetryPolicy::default()
+            },
+            Arc::default(),
+        )
+        .unwrap();
+        for n in 1..10 {
+            assert!(src.backoff(n, None) <= Duration::from_millis(400));
+        }
+        assert!(src.backoff(1, Some(Duration::from_secs(2))) >= Duration::from_secs(2));
+    }
+}
