@@ -6,13 +6,17 @@ bash scripts/setup.sh
 # Python peers (model_signing, tritonclient, ...) live in a cached venv; tests find it through CINFER_PYTHON.
 CINFER_PYTHON="$(bash scripts/pyenv.sh)"
 export CINFER_PYTHON
+# Dependencies (AES-GCM-SIV, SHA-256, onnx-sized streams) are optimized even in test builds: the end-to-end test
+# pushes a 512 MiB model through the crypto, which unoptimized crates would make take minutes.
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+OPT=(--config 'profile.dev.package."*".opt-level=3' --config 'profile.dev.package."*".debug=false')
 echo "== cargo fmt --check" >&2
 cargo fmt --all --check
 echo "== cargo clippy" >&2
-cargo clippy --workspace --all-targets --features init/netns_tests -- -D warnings
+cargo clippy "${OPT[@]}" --workspace --all-targets --features init/netns_tests -- -D warnings
 echo "== cargo nextest" >&2
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast --features init/netns_tests
+  cargo nextest run "${OPT[@]}" --workspace --no-fail-fast --features init/netns_tests
 else
-  cargo test --workspace --no-fail-fast --features init/netns_tests
+  cargo test "${OPT[@]}" --workspace --no-fail-fast --features init/netns_tests
 fi

@@ -78,7 +78,7 @@ pub fn start(repo: &Path, work: &Path, log_dir: &Path) -> anyhow::Result<Triton>
         .arg("--log-verbose=0")
         .envs(env);
     let mut proc = Proc::spawn("triton", cmd, log_dir)?;
-    wait_for("Triton to come up", Duration::from_secs(120), || {
+    wait_for("Triton to come up", Duration::from_secs(300), || {
         proc.check_running()?;
         Ok(http_status(http_port, "/v2/health/live") == Some(200))
     })?;
