@@ -22,6 +22,8 @@ pub mod gate;
 #[cfg(feature = "fuse")]
 pub mod metrics;
 #[cfg(feature = "fuse")]
+pub mod sidecar;
+#[cfg(feature = "fuse")]
 pub mod source;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod daemon;
+mod sidecar_main;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -28,6 +29,10 @@ fn main() -> ExitCode {
         Command::Unmount(args) => {
             init_logging();
             daemon::unmount(args)
+        }
+        Command::Sidecar(args) => {
+            init_logging();
+            sidecar_main::run_sidecar(args)
         }
     };
     match result {

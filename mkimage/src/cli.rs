@@ -139,6 +139,9 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Imports the model key into AKV/mHSM or the local broker with a release policy for a container policy
+    /// digest (host_data) and an attestation authority; prints the sidecar's key fields.
+    ImportKey(mkimage::keys::ImportKeyArgs),
     /// Opens every chunk and checks every tag and file digest; prints the root.
     Verify {
         /// The image.

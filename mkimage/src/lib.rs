@@ -13,5 +13,6 @@ pub mod convert;
 pub mod image_file;
 pub mod inspect;
 pub mod keyfile;
+pub mod keys;
 pub mod sign;
 pub mod verify;

@@ -157,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_sha1,
             key_file: None,
         } => verify_signature(&model, signature, &public_key, allow_signer_ignores, allow_sha1)?,
+        Command::ImportKey(args) => mkimage::keys::run_import_key(&args)?,
         Command::Inspect { image, key_file } => {
             let key = key_file.as_deref().map(keyfile::read).transpose()?;
             print!("{}", inspect::inspect(&image, key.as_ref())?);

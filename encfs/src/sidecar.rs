@@ -1,0 +1,450 @@
+//! The confidential sidecar (`cinfer-encfs sidecar`): for every filesystem of the seed's `EncfsSideCarArgs`,
+//! release its key through attestation, verify the image and mount it, in parallel; expose each mount
+//! atomically; report readiness; unmount everything on shutdown.
+//!
+//! Per filesystem `i` with mount point `P`:
+//!
+//! 1. key: fresh ephemeral RSA key → evidence → token → release → unwrap (+ HKDF for RSA keys), in memory only
+//!    ([`release`]); transient failures are retried with backoff;
+//! 2. open the image source and verify header, index and the optional root pin and signature;
+//! 3. mount FUSE on the hidden directory `parent(P)/.filesystem-i`, then atomically replace `P` with the symlink
+//!    `P -> .filesystem-i` (the seed's trick), so consumers never see a half-mounted directory;
+//! 4. mark it ready ([`ready`]): `<ready-dir>/filesystem-i.ready`, `GET /ready`, metrics.
+//!
+//! Failures are reported per filesystem with the [`release::Step`] that failed.
+
+pub mod config;
+pub mod metrics;
+pub mod ready;
+pub mod release;
+
+use std::future::Future;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
+use attest::evidence::Attester;
+use attest::keywrap::KeyDerivation;
+use attest::secret::SecretBytes;
+use tracing::{error, info, warn};
+
+use crate::format::ModelKey;
+use crate::fs::{EncFs, EncFsConfig, OpenError};
+use crate::fuse::{MountConfig, MountSession};
+use crate::source::{AnySource, BlobKey, SourceOptions};
+
+use self::config::{FilesystemSpec, SidecarConfig};
+use self::ready::{FsState, Status};
+use self::release::{Backoff, ReleaseContext, Step, StepError};
+
+/// Why the sidecar stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SidecarError {
+    /// Some filesystems could not be mounted (each line names the filesystem and step).
+    #[error("{} of {total} filesystem(s) failed:\n{}", failures.len(), failures.join("\n"))]
+    Failed {
+        /// One line per failed filesystem.
+        failures: Vec<String>,
+        /// How many were configured.
+        total: usize,
+    },
+    /// Setup (listener, attester).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Runtime options (from the command line).
+pub struct SidecarOptions {
+    /// Evidence source.
+    pub attester: Arc<dyn Attester>,
+    /// Where to write `filesystem-<i>.ready` / `.failed` and `ready`.
+    pub ready_dir: Option<PathBuf>,
+    /// The HTTP listener for `/ready`, `/status`, `/metrics`.
+    pub listener: Option<tokio::net::TcpListener>,
+    /// Retries of transient failures.
+    pub backoff: Backoff,
+    /// FUSE settings (threads, allow_other); `fs_name` is set per filesystem.
+    pub mount: MountConfig,
+    /// Called once every filesystem is ready (for example to log the start→ready time).
+    pub on_ready: Option<Box<dyn FnOnce(Duration) + Send>>,
+}
+
+/// The image source for a configured URL: a local path, a `file://` URL, or an HTTP(S)/Azure Blob URL (SAS or
+/// public) through [`crate::source::open`]. The one place that chooses a backend.
+fn open_source(url: &str, opts: &SourceOptions) -> Result<(AnySource, BlobKey), StepError> {
+    let spec = url.strip_prefix("file://").unwrap_or(url);
+    crate::source::open(spec, opts).map_err(|e| StepError::fatal(Step::Source, format!("{}: {e}", redact(url))))
+}
+
+/// A URL without its query (SAS tokens are credentials).
+fn redact(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(u, _)| u)
+}
+
+/// The hidden mount directory and the visible mount point of `spec`.
+fn paths(spec: &FilesystemSpec) -> Result<(PathBuf, PathBuf), StepError> {
+    let mp = std::path::absolute(&spec.mount_point)
+        .map_err(|e| StepError::fatal(Step::Config, format!("mount_point: {e}")))?;
+    let parent = mp
+        .parent()
+        .ok_or_else(|| StepError::fatal(Step::Config, "mount_point has no parent directory"))?;
+    Ok((parent.join(format!(".filesystem-{}", spec.index)), mp))
+}
+
+/// Lazily detaches a stale FUSE mount (a killed previous run) at `dir`, if any.
+fn clean_stale(dir: &Path) {
+    let stale = match std::fs::metadata(dir) {
+        Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+        Ok(m) => {
+            // Still a live mount of ours from a previous run: different device than its parent.
+            let parent_dev = dir.parent().and_then(|p| std::fs::metadata(p).ok()).map(|p| p.dev());
+            parent_dev.is_some_and(|d| d != m.dev())
+        }
+    };
+    if stale {
+        warn!(dir = %dir.display(), "detaching a stale mount from a previous run");
+        let _ = std::process::Command::new(std::env::var_os("FUSERMOUNT_PATH").unwrap_or_else(|| "fusermount3".into()))
+            .args(["-u", "-z", "--"])
+            .arg(dir)
+            .output();
+    }
+}
+
+/// Prepares the mount point: a stale symlink from a previous run goes now (consumers must not follow it to a
+/// dead mount); an empty directory is replaced at expose time; anything else is refused.
+fn prepare_mount_point(mp: &Path) -> Result<(), StepError> {
+    match std::fs::symlink_metadata(mp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StepError::fatal(Step::Mount, format!("{}: {e}", mp.display()))),
+        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(mp)
+            .map_err(|e| StepError::fatal(Step::Mount, format!("removing stale symlink {}: {e}", mp.display()))),
+        Ok(m) if m.is_dir() => {
+            let empty = std::fs::read_dir(mp).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if empty {
+                Ok(())
+            } else {
+                Err(StepError::fatal(
+                    Step::Mount,
+                    format!("mount_point {} exists and is not an empty directory", mp.display()),
+                ))
+            }
+        }
+        Ok(_) => Err(StepError::fatal(
+            Step::Mount,
+            format!("mount_point {} exists and is not a directory", mp.display()),
+        )),
+    }
+}
+
+/// Atomically makes `mp` a symlink to the hidden directory's name.
+fn expose(hidden: &Path, mp: &Path) -> std::io::Result<()> {
+    let name = hidden
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("hidden dir has no name"))?;
+    let tmp = mp.with_file_name(format!(
+        ".{}.cinfer-link",
+        mp.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(name, &tmp)?;
+    if std::fs::symlink_metadata(mp).is_ok_and(|m| m.is_dir()) {
+        std::fs::remove_dir(mp)?;
+    }
+    std::fs::rename(&tmp, mp)
+}
+
+/// One mounted filesystem.
+struct Mounted {
+    index: usize,
+    session: MountSession,
+    hidden: PathBuf,
+    mount_point: PathBuf,
+}
+
+impl Mounted {
+    fn unmount(self) {
+        // The symlink goes first, so nobody opens the mount while it is being torn down.
+        let _ = std::fs::remove_file(&self.mount_point);
+        if let Err(e) = self.session.unmount() {
+            warn!(mountpoint = %self.hidden.display(), "unmount failed ({e}); detaching lazily");
+            clean_stale(&self.hidden);
+        }
+        let _ = std::fs::remove_dir(&self.hidden);
+        info!(mount_point = %self.mount_point.display(), "unmounted");
+    }
+}
+
+fn vault_client(
+    spec: &FilesystemSpec,
+    identity: Option<&str>,
+    jwks: Option<attest::token::Jwks>,
+) -> Result<KeyReleaseClient, StepError> {
+    let local = spec.vault.starts_with("http://");
+    let auth = match &spec.bearer_token {
+        Some(t) => VaultAuth::Bearer(SecretBytes::from_slice(t.expose().as_bytes())),
+        None if local => VaultAuth::None,
+        None => VaultAuth::Imds {
+            client_id: identity.map(str::to_string),
+        },
+    };
+    let verification = match jwks {
+        Some(j) => ResponseVerification::Pinned(j),
+        None => ResponseVerification::system_roots(&spec.vault),
+    };
+    KeyReleaseClient::new(&spec.vault, auth, verification).map_err(|e| StepError::from_client(Step::Release, &e))
+}
+
+async fn bring_up(
+    spec: &FilesystemSpec,
+    attester: &dyn Attester,
+    identity: Option<&str>,
+    backoff: Backoff,
+    status: &Status,
+    mount_cfg: &MountConfig,
+    rt: tokio::runtime::Handle,
+) -> Result<(Mounted, String), StepError> {
+    let label = spec.index.to_string();
+    let (hidden, mp) = paths(spec)?;
+    prepare_mount_point(&mp)?;
+    if spec.url_private {
+        warn!(
+            filesystem = spec.index,
+            "azure_url_private: managed-identity blob access is not supported yet; the URL must carry a SAS or be public"
+        );
+    }
+    let (source, blob) = open_source(&spec.url, &SourceOptions::default())?;
+    let maa = AttestationClient::new(&spec.authority).map_err(|e| StepError::from_client(Step::Token, &e))?;
+    // A local broker (`http://`, e.g. `cinfer-attest serve`) signs release responses with its token keys:
+    // pin its JWKS. AKV/mHSM responses are checked against the system CAs for the vault's host name.
+    let jwks = if spec.vault.starts_with("http://") {
+        let c = AttestationClient::new(&spec.vault).map_err(|e| StepError::from_client(Step::Release, &e))?;
+        Some(c.jwks().await.map_err(|e| StepError::from_client(Step::Release, &e))?)
+    } else {
+        None
+    };
+    let vault = vault_client(spec, identity, jwks)?;
+    let key_ref = KeyRef::parse(&spec.kid);
+    let derivation = KeyDerivation {
+        salt: spec.salt.clone(),
+        label: spec.label.clone(),
+    };
+    let ctx = ReleaseContext {
+        attester,
+        maa: &maa,
+        vault: &vault,
+        key: &key_ref,
+        derivation: &derivation,
+    };
+    let t = Instant::now();
+    let released = release::release_with_retry(&ctx, backoff, &status.metrics, &label).await?;
+    info!(filesystem = spec.index, kid = %spec.kid, ms = t.elapsed().as_millis() as u64, "key released");
+    let model_key =
+        ModelKey::from_slice(released.expose()).map_err(|e| StepError::fatal(Step::Unwrap, e.to_string()))?;
+    drop(released);
+    let ids = std::fs::metadata("/proc/self")
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((0, 0));
+    let config = EncFsConfig {
+        uid: ids.0,
+        gid: ids.1,
+        ..EncFsConfig::default()
+    };
+    let fs = EncFs::open(source, blob.clone(), &model_key, spec.expect_root.as_ref(), config)
+        .await
+        .map_err(|e| match &e {
+            OpenError::Format(crate::format::FormatError::RootMismatch { .. }) => {
+                StepError::fatal(Step::RootPin, e.to_string())
+            }
+            OpenError::Source { .. } => StepError {
+                step: Step::Source,
+                transient: false,
+                message: format!("{}: {}", redact(blob.as_str()), error_chain(&e)),
+            },
+            _ => StepError::fatal(Step::Index, error_chain(&e)),
+        })?;
+    drop(model_key);
+    let root = hex::encode(fs.root());
+    if let Some(path) = &spec.signer_key {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| StepError::fatal(Step::Signature, format!("{}: {e}", path.display())))?;
+        let key = crate::signature::VerifyingKey::from_pem(&pem)
+            .map_err(|e| StepError::fatal(Step::Signature, format!("{}: {e}", path.display())))?;
+        let handle = rt.clone();
+        let fs_ref = &fs;
+        tokio::task::block_in_place(|| crate::gate::run(fs_ref, &key, crate::gate::VerifyMode::Manifest, &handle))
+            .map_err(|e| StepError::fatal(Step::Signature, error_chain(&e)))?;
+    }
+    clean_stale(&hidden);
+    std::fs::create_dir_all(&hidden)
+        .map_err(|e| StepError::fatal(Step::Mount, format!("creating {}: {e}", hidden.display())))?;
+    let cfg = MountConfig {
+        fs_name: format!("cinfer-encfs:{}", redact(&spec.url)).replace([',', ' ', '\t', '\n'], "_"),
+        ..mount_cfg.clone()
+    };
+    let session = tokio::task::block_in_place(|| crate::fuse::mount(Arc::new(fs), rt, &hidden, &cfg))
+        .map_err(|e| StepError::fatal(Step::Mount, format!("mounting on {}: {e}", hidden.display())))?;
+    let mounted = Mounted {
+        index: spec.index,
+        session,
+        hidden,
+        mount_point: mp,
+    };
+    if let Err(e) = expose(&mounted.hidden, &mounted.mount_point) {
+        let msg = format!("exposing {}: {e}", mounted.mount_point.display());
+        mounted.unmount();
+        return Err(StepError::fatal(Step::Mount, msg));
+    }
+    Ok((mounted, root))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Runs the sidecar on `rt` until `shutdown` completes (SIGTERM) or a mount disappears: brings every
+/// filesystem up in parallel, then serves. If any filesystem fails for good, the others are unmounted and the
+/// error lists each failure with its step. Returns `Ok` after a clean shutdown.
+pub fn run(
+    rt: &tokio::runtime::Runtime,
+    config: SidecarConfig,
+    mut opts: SidecarOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SidecarError> {
+    let start = Instant::now();
+    for w in &config.warnings {
+        warn!("EncfsSideCarArgs: {w}");
+    }
+    if let Some(dir) = &opts.ready_dir {
+        std::fs::create_dir_all(dir).map_err(|e| SidecarError::Setup(format!("ready dir {}: {e}", dir.display())))?;
+    }
+    let status = Arc::new(Status::new(
+        config
+            .filesystems
+            .iter()
+            .map(|f| f.mount_point.display().to_string())
+            .collect(),
+        opts.ready_dir.clone(),
+    ));
+    let server = opts.listener.take().map(|l| rt.spawn(ready::serve(l, status.clone())));
+    let total = config.filesystems.len();
+    let identity = config.identity_client_id.clone();
+    let specs: Vec<Arc<FilesystemSpec>> = config.filesystems.into_iter().map(Arc::new).collect();
+    let tasks: Vec<_> = specs
+        .iter()
+        .map(|spec| {
+            let spec = spec.clone();
+            let attester = opts.attester.clone();
+            let identity = identity.clone();
+            let status = status.clone();
+            let backoff = opts.backoff;
+            let mount_cfg = opts.mount.clone();
+            let handle = rt.handle().clone();
+            rt.spawn(async move {
+                let r = bring_up(&spec, &*attester, identity.as_deref(), backoff, &status, &mount_cfg, handle).await;
+                match &r {
+                    Ok((_, root)) => {
+                        status.metrics.ready(&spec.index.to_string(), start.elapsed());
+                        status.set(spec.index, FsState::Ready(root.clone()));
+                        info!(filesystem = spec.index, mount_point = %spec.mount_point.display(), root = %root,
+                              ms = start.elapsed().as_millis() as u64, "filesystem ready");
+                    }
+                    Err(e) => {
+                        status.metrics.failure(&spec.index.to_string(), e.step.as_str());
+                        status.set(
+                            spec.index,
+                            FsState::Failed {
+                                step: e.step.as_str(),
+                                message: e.message.clone(),
+                            },
+                        );
+                        error!(filesystem = spec.index, mount_point = %spec.mount_point.display(), step = %e.step, "{}", e.message);
+                    }
+                }
+                r.map(|(m, _)| m)
+            })
+        })
+        .collect();
+    let results: Vec<Result<Mounted, StepError>> = rt.block_on(async {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(
+                t.await
+                    .unwrap_or_else(|e| Err(StepError::fatal(Step::Mount, format!("task panicked: {e}")))),
+            );
+        }
+        out
+    });
+    let mut mounted = Vec::new();
+    let mut failures = Vec::new();
+    for (spec, r) in specs.iter().zip(results) {
+        match r {
+            Ok(m) => mounted.push(m),
+            Err(e) => failures.push(format!(
+                "azure_filesystems[{}] ({}): {} failed: {}",
+                spec.index,
+                spec.mount_point.display(),
+                e.step,
+                e.message
+            )),
+        }
+    }
+    if !failures.is_empty() {
+        for m in mounted {
+            let i = m.index;
+            m.unmount();
+            status.metrics.unmounted(&i.to_string());
+        }
+        if let Some(s) = server {
+            s.abort();
+        }
+        return Err(SidecarError::Failed { failures, total });
+    }
+    info!(
+        filesystems = total,
+        ms = start.elapsed().as_millis() as u64,
+        "all filesystems ready"
+    );
+    if let Some(f) = opts.on_ready.take() {
+        f(start.elapsed());
+    }
+    rt.block_on(async {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => { info!("shutdown: unmounting"); break; }
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if let Some(m) = mounted.iter().find(|m| m.session.is_finished()) {
+                        warn!(mount_point = %m.mount_point.display(), "a mount ended externally; shutting down");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    for m in mounted {
+        let i = m.index;
+        if m.session.is_finished() {
+            let _ = std::fs::remove_file(&m.mount_point);
+            m.session.finish_after_external_unmount();
+            let _ = std::fs::remove_dir(&m.hidden);
+        } else {
+            m.unmount();
+        }
+        status.metrics.unmounted(&i.to_string());
+        status.clear(i);
+    }
+    if let Some(s) = server {
+        s.abort();
+    }
+    Ok(())
+}

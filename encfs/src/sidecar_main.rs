@@ -1,0 +1,166 @@
+//! `cinfer-encfs sidecar`: command-line arguments and the glue to [`encfs::sidecar::run`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use encfs::sidecar::config::SidecarConfig;
+use encfs::sidecar::release::Backoff;
+use encfs::sidecar::{SidecarOptions, run};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+/// Arguments of `sidecar`.
+#[derive(Debug, Args)]
+pub(crate) struct SidecarArgs {
+    /// The seed's `EncfsSideCarArgs`: standard base64 of its JSON (or the JSON itself). Several filesystems are
+    /// mounted in parallel, each only after attested key release and verification.
+    #[arg(long = "args", env = "EncfsSideCarArgs", value_name = "B64", hide_env_values = true)]
+    pub(crate) sidecar_args: Option<String>,
+    /// Read `EncfsSideCarArgs` (base64 or JSON) from this file instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "sidecar_args")]
+    pub(crate) args_file: Option<PathBuf>,
+    /// Evidence source: `snp` (the SEV-SNP guest device; fails without it) or `mock` (testing only: needs
+    /// --mock-root-dir).
+    #[arg(long, value_enum, default_value_t = AttesterKind::Snp, env = "CINFER_ENCFS_ATTESTER")]
+    pub(crate) attester: AttesterKind,
+    /// With `--attester mock`: the mock root directory written by `cinfer-attest mock-init --out DIR`.
+    #[arg(long, value_name = "DIR", env = "CINFER_ENCFS_MOCK_ROOT_DIR")]
+    pub(crate) mock_root_dir: Option<PathBuf>,
+    /// With `--attester mock`: the report's host_data (64 hex digits; default zeros).
+    #[arg(long, value_name = "HEX", env = "CINFER_ENCFS_MOCK_HOST_DATA")]
+    pub(crate) mock_host_data: Option<String>,
+    /// With `--attester mock`: the launch measurement (96 hex digits; default zeros).
+    #[arg(long, value_name = "HEX")]
+    pub(crate) mock_measurement: Option<String>,
+    /// Directory for readiness files: `filesystem-<i>.ready` (JSON: mount point, root), `filesystem-<i>.failed`
+    /// (JSON: step, error) and `ready` once all are mounted.
+    #[arg(long, value_name = "DIR", env = "CINFER_ENCFS_READY_DIR")]
+    pub(crate) ready_dir: Option<PathBuf>,
+    /// Serve `/ready`, `/status` and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR", env = "CINFER_ENCFS_LISTEN")]
+    pub(crate) listen: Option<String>,
+    /// Attempts per key release when failures are transient (network, 5xx, 429); policy denials are final.
+    #[arg(long, default_value_t = 6)]
+    pub(crate) release_attempts: u32,
+    /// Let other users access the mounts (containers reading as another uid).
+    #[arg(long)]
+    pub(crate) allow_other: bool,
+    /// FUSE request threads per mount.
+    #[arg(long, default_value_t = 8, help_heading = "Tuning")]
+    pub(crate) threads: usize,
+}
+
+/// Evidence source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AttesterKind {
+    /// The SEV-SNP guest device.
+    Snp,
+    /// The mock attester (testing only).
+    Mock,
+}
+
+fn hex_array<const N: usize>(name: &str, s: Option<&String>) -> anyhow::Result<[u8; N]> {
+    let mut out = [0u8; N];
+    if let Some(s) = s
+        && hex::decode_to_slice(s.trim(), &mut out).is_err()
+    {
+        bail!("{name} must be {} hex digits", N * 2);
+    }
+    Ok(out)
+}
+
+impl SidecarArgs {
+    fn config(&self) -> anyhow::Result<SidecarConfig> {
+        let value = match (&self.sidecar_args, &self.args_file) {
+            (_, Some(p)) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            (Some(v), None) => v.clone(),
+            (None, None) => bail!("no configuration: set EncfsSideCarArgs (or --args / --args-file)"),
+        };
+        Ok(SidecarConfig::from_env_value(&value)?)
+    }
+
+    fn attester(&self) -> anyhow::Result<Arc<dyn attest::evidence::Attester>> {
+        match self.attester {
+            AttesterKind::Snp => {
+                if self.mock_root_dir.is_some() {
+                    bail!("--mock-root-dir is only valid with --attester mock");
+                }
+                Ok(Arc::new(
+                    attest::evidence::SnpDeviceAttester::open().context("opening the SEV-SNP guest device")?,
+                ))
+            }
+            AttesterKind::Mock => {
+                let dir = self
+                    .mock_root_dir
+                    .as_ref()
+                    .context("--attester mock needs --mock-root-dir DIR (from `cinfer-attest mock-init --out DIR`)")?;
+                warn!(
+                    "!!! MOCK ATTESTER: evidence is NOT from SEV-SNP hardware; keys are released only by services that \
+                     explicitly trust this mock root. Never use this in production. !!!"
+                );
+                let root = attest::evidence::MockRoot::load(dir)
+                    .with_context(|| format!("loading mock root {}", dir.display()))?;
+                let config = attest::evidence::MockConfig {
+                    host_data: hex_array("--mock-host-data", self.mock_host_data.as_ref())?,
+                    measurement: hex_array("--mock-measurement", self.mock_measurement.as_ref())?,
+                    ..Default::default()
+                };
+                Ok(Arc::new(attest::evidence::MockAttester::new(&root, config)?))
+            }
+        }
+    }
+}
+
+/// Runs the sidecar until SIGTERM/SIGINT; exit 0 after a clean unmount.
+pub(crate) fn run_sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let attester = args.attester()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("cinfer-sidecar-rt")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (mut sigterm, mut sigint) = {
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        )
+    };
+    let listener = match &args.listen {
+        Some(addr) => {
+            let l = rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("listening on {addr}"))?;
+            info!(addr = %l.local_addr().context("listener address")?, "serving /ready, /status, /metrics");
+            Some(l)
+        }
+        None => None,
+    };
+    let opts = SidecarOptions {
+        attester,
+        ready_dir: args.ready_dir.clone(),
+        listener,
+        backoff: Backoff {
+            attempts: args.release_attempts.max(1),
+            ..Backoff::default()
+        },
+        mount: encfs::fuse::MountConfig {
+            threads: args.threads.max(1),
+            allow_other: args.allow_other,
+            ..encfs::fuse::MountConfig::default()
+        },
+        on_ready: None,
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => info!("SIGTERM"),
+            _ = sigint.recv() => info!("SIGINT"),
+        }
+    };
+    run(&rt, config, opts, shutdown)?;
+    Ok(())
+}
