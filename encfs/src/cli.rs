@@ -34,9 +34,6 @@ pub(crate) enum Command {
     Mount(MountArgs),
     /// Unmount a cinfer-encfs mount (also cleans up the mountpoint of a killed daemon).
     Unmount(UnmountArgs),
-    /// The confidential sidecar: mount every filesystem of the seed's `EncfsSideCarArgs`, each only after
-    /// attested key release and verification; serve until SIGTERM, then unmount and exit 0.
-    Sidecar(crate::sidecar_main::SidecarArgs),
 }
 
 /// Arguments of `mount`.
@@ -100,6 +97,14 @@ pub(crate) struct MountArgs {
     /// fails with EIO (seconds).
     #[arg(long, default_value_t = 120.0, value_name = "SECS", help_heading = "Remote")]
     pub(crate) retry_budget: f64,
+    /// Remote sources: memory bound of the ciphertext part cache and read-ahead windows, in MiB (sequential
+    /// reads prefetch into it, random reads fetch only their range).
+    #[arg(long, default_value_t = 256, value_name = "MIB", help_heading = "Remote")]
+    pub(crate) cache_size: u64,
+    /// Serve Prometheus metrics (bytes fetched, requests, retries, cache hits/misses) on this address, e.g.
+    /// 127.0.0.1:9184.
+    #[arg(long, value_name = "ADDR", help_heading = "Remote")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Internal: run as the background daemon, reporting readiness on stdout.
     #[arg(long, hide = true)]
     pub(crate) daemon_child: bool,

@@ -105,7 +105,9 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
         .image
         .to_str()
         .ok_or_else(|| anyhow!("image path {} is not UTF-8", args.image.display()))?;
-    let (source, key) = encfs::source::open(spec, &args.source_options()?).context("opening the image source")?;
+    let source_opts = args.source_options()?;
+    let metrics = source_opts.metrics.clone();
+    let (source, key) = encfs::source::open(spec, &source_opts).context("opening the image source")?;
     let image_shown = args.image_shown();
     let image = image_shown.as_str();
     let mountpoint = std::path::absolute(&args.mountpoint).context("resolving the mountpoint")?;
@@ -155,6 +157,22 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
         rt: &rt,
         ready,
     };
+    if let Some(addr) = args.metrics_addr {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        rt.spawn(encfs::metrics::serve(listener, metrics.clone()));
+        info!(%addr, "metrics endpoint up");
+    }
+    if encfs::source::is_url(spec) {
+        // Remote: prefetch and cache ciphertext parts within --cache-size.
+        let cache = encfs::cache::CacheConfig {
+            capacity: args.cache_size.saturating_mul(1 << 20),
+            ..encfs::cache::CacheConfig::default()
+        };
+        let source = encfs::cache::CachingSource::new(source, cache, metrics);
+        return serve(source, key, setup, signals);
+    }
     serve(source, key, setup, signals)
 }
 

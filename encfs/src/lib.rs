@@ -14,6 +14,8 @@ pub mod legacy;
 pub mod signature;
 
 #[cfg(feature = "fuse")]
+pub mod cache;
+#[cfg(feature = "fuse")]
 pub mod fs;
 #[cfg(feature = "fuse")]
 pub mod fuse;

@@ -451,3 +451,50 @@ fn http_source_reports_missing_blobs_and_out_of_range_reads() {
     assert!(matches!(e, BlobError::OutOfRange { len: 1000, .. }), "{e}");
     assert!(rt.block_on(src.read_range(&key, 5..5, None)).unwrap().is_empty());
 }
+
+#[test]
+fn http_source_mount_prefetches_within_the_cache_size_and_serves_metrics() {
+    let (fx, data) = big_fixture();
+    let srv = RangeServer::start(std::fs::read(&fx.image).unwrap());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let guard = mount_url(&fx, &srv.url, &["--cache-size", "8", "--metrics-addr", &addr]);
+    let before_reqs = srv.requests();
+    let before = srv.served();
+    let mut all = Vec::new();
+    File::open(fx.mnt.join("model/weights.bin"))
+        .unwrap()
+        .read_to_end(&mut all)
+        .unwrap();
+    assert!(all == data, "sequential read through the cache differs");
+    let fetched = srv.served() - before;
+    let reqs = srv.requests() - before_reqs;
+    // Little over-fetch, and far fewer requests than 128 KiB kernel reads (prefetch in 2 MiB parts).
+    assert!(
+        (16 << 20..=(16 << 20) + (4 << 20)).contains(&fetched),
+        "fetched {fetched}"
+    );
+    assert!(reqs < 40, "{reqs} requests for 16 MiB");
+    // Prometheus text with the counters.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("cinfer_encfs_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("source_bytes_fetched_total") >= 16 << 20);
+    assert!(value("cache_hits_total") > 0);
+    assert!(value("prefetch_bytes_total") > 0);
+    guard.unmount();
+}

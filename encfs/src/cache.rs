@@ -1,0 +1,561 @@
+//! A prefetching, memory-bounded cache of **ciphertext** parts in front of any [`BlobSource`].
+//!
+//! The blob is cut into aligned parts ([`CacheConfig::part_size`], 2 MiB by default: 32 chunks of 64 KiB).
+//! Reads are classified by stream, mountpoint-s3 style but keyed by position rather than file handle (the
+//! filesystem reads sealed ranges, so a stream is "the next read starts where the last one ended"):
+//!
+//! * A read that continues a known stream (starting up to 1 MiB before or 16 MiB after where it ended,
+//!   which absorbs the kernel's out-of-order readahead) once the stream has read [`SEQUENTIAL_AFTER`] (2 MiB)
+//!   contiguously is **sequential**: its window grows with the run, from one part up
+//!   to [`CacheConfig::max_window`], and every part from the read to the window's end is requested at once, so
+//!   several range requests are in flight, each fetched in the background while the reader decrypts.
+//! * Any other read is **random**: served from cached parts if they are all there, otherwise with one request
+//!   for exactly its range (no read-ahead, nothing evicted for it).
+//!
+//! Memory: parts held plus parts in flight never exceed [`CacheConfig::capacity`] (the `--cache-size`, 256 MiB
+//! by default) except for the parts a reader is waiting for right now; least recently used parts go first, and
+//! prefetch stops growing when nothing can be evicted. Only ciphertext is cached: every byte is still
+//! authenticated by the filesystem on every read.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::source::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
+
+/// A stream prefetches once it has read this much contiguously (so touching 1 MiB, plus the kernel's own
+/// readahead, fetches about 1 MiB).
+pub const SEQUENTIAL_AFTER: u64 = 2 << 20;
+
+/// Default memory bound: 256 MiB of ciphertext parts.
+pub const DEFAULT_CAPACITY: u64 = 256 << 20;
+
+/// Sizes of a [`CachingSource`].
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Most bytes of parts held or in flight (the `--cache-size`).
+    pub capacity: u64,
+    /// Bytes per part (aligned in the blob).
+    pub part_size: u64,
+    /// Largest read-ahead window of one sequential stream.
+    pub max_window: u64,
+    /// Sequential streams tracked at once.
+    pub max_streams: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_CAPACITY,
+            part_size: 2 << 20,
+            max_window: 64 << 20,
+            max_streams: 16,
+        }
+    }
+}
+
+/// Errors of [`CachingSource`]: the wrapped source's error, shared by every reader of a part.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError<E: std::error::Error + 'static> {
+    /// The source failed.
+    #[error(transparent)]
+    Source(Arc<E>),
+}
+
+/// A part's outcome, shareable between every reader waiting for it.
+#[derive(Debug)]
+enum Shared<E> {
+    NotFound,
+    PreconditionFailed,
+    OutOfRange { start: u64, end: u64, len: u64 },
+    Backend(Arc<E>),
+}
+
+impl<E> Clone for Shared<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::NotFound => Self::NotFound,
+            Self::PreconditionFailed => Self::PreconditionFailed,
+            Self::OutOfRange { start, end, len } => Self::OutOfRange {
+                start: *start,
+                end: *end,
+                len: *len,
+            },
+            Self::Backend(e) => Self::Backend(e.clone()),
+        }
+    }
+}
+
+type PartResult<E> = Option<Result<Bytes, Shared<E>>>;
+
+struct Part<E> {
+    rx: watch::Receiver<PartResult<E>>,
+    len: u64,
+    last_use: u64,
+}
+
+struct Stream {
+    key: BlobKey,
+    /// Where the last read ended.
+    next: u64,
+    /// Contiguous bytes read so far.
+    run: u64,
+    /// Current read-ahead window (0 until the stream has proven sequential).
+    window: u64,
+    last_use: u64,
+}
+
+struct Inner<E> {
+    parts: HashMap<(BlobKey, u64), Part<E>>,
+    /// Bytes of parts held or in flight.
+    used: u64,
+    streams: Vec<Stream>,
+    lens: HashMap<BlobKey, u64>,
+    clock: u64,
+}
+
+/// A prefetching, bounded part cache in front of `B`; see the module docs.
+pub struct CachingSource<B: BlobSource> {
+    inner: Arc<B>,
+    config: CacheConfig,
+    state: Arc<Mutex<Inner<B::Error>>>,
+    metrics: Arc<Metrics>,
+    high_water: Arc<AtomicU64>,
+}
+
+impl<B: BlobSource> std::fmt::Debug for CachingSource<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachingSource")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: BlobSource> CachingSource<B> {
+    /// Wraps `inner`; counters go to `metrics`.
+    pub fn new(inner: B, config: CacheConfig, metrics: Arc<Metrics>) -> Self {
+        let mut config = config;
+        config.part_size = config.part_size.max(64 << 10);
+        config.capacity = config.capacity.max(2 * config.part_size);
+        config.max_window = config.max_window.clamp(config.part_size, config.capacity / 2);
+        Self {
+            inner: Arc::new(inner),
+            config,
+            state: Arc::new(Mutex::new(Inner {
+                parts: HashMap::new(),
+                used: 0,
+                streams: Vec::new(),
+                lens: HashMap::new(),
+                clock: 0,
+            })),
+            metrics,
+            high_water: Arc::default(),
+        }
+    }
+
+    /// The wrapped source.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// The most bytes of parts ever held or in flight at once.
+    pub fn high_water(&self) -> u64 {
+        self.high_water.load(Ordering::Relaxed)
+    }
+
+    /// The sizes in force (after clamping).
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<B::Error>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn blob_len(&self, key: &BlobKey) -> Result<u64, BlobError<CacheError<B::Error>>> {
+        if let Some(len) = self.lock().lens.get(key) {
+            return Ok(*len);
+        }
+        let meta = self.inner.stat(key).await.map_err(lift)?;
+        self.lock().lens.insert(key.clone(), meta.len);
+        Ok(meta.len)
+    }
+
+    /// Classifies a read: the read-ahead window (bytes past its end) for a sequential one, `None` for random.
+    fn classify(&self, st: &mut Inner<B::Error>, key: &BlobKey, range: &Range<u64>) -> Option<u64> {
+        st.clock += 1;
+        let now = st.clock;
+        let ps = self.config.part_size;
+        if let Some(s) = st.streams.iter_mut().find(|s| {
+            // Forward skips up to 16 MiB keep a proven stream; a new one must continue within 1 MiB.
+            let ahead: u64 = if s.window == 0 { 1 << 20 } else { 16 << 20 };
+            s.key == *key && range.start + (1 << 20) >= s.next && range.start <= s.next.saturating_add(ahead)
+        }) {
+            s.run += range.end.saturating_sub(s.next);
+            s.next = s.next.max(range.end);
+            s.last_use = now;
+            if s.run < SEQUENTIAL_AFTER {
+                return None;
+            }
+            // The window grows with the run (doubling as the reader proves it reads on), from one part.
+            s.window = s.run.clamp(ps, self.config.max_window);
+            return Some(s.window);
+        }
+        let fresh = Stream {
+            key: key.clone(),
+            next: range.end,
+            run: range.end - range.start,
+            window: 0,
+            last_use: now,
+        };
+        if st.streams.len() < self.config.max_streams {
+            st.streams.push(fresh);
+        } else if let Some(old) = st.streams.iter_mut().min_by_key(|s| s.last_use) {
+            *old = fresh;
+        }
+        None
+    }
+
+    /// Frees least recently used finished parts until `need` more bytes fit; false if they cannot.
+    fn make_room(&self, st: &mut Inner<B::Error>, need: u64) -> bool {
+        while st.used + need > self.config.capacity {
+            let victim = st
+                .parts
+                .iter()
+                .filter(|(_, p)| p.rx.borrow().is_some())
+                .min_by_key(|(_, p)| p.last_use)
+                .map(|(k, _)| k.clone());
+            let Some(k) = victim else { return false };
+            if let Some(p) = st.parts.remove(&k) {
+                st.used -= p.len;
+            }
+        }
+        true
+    }
+
+    /// Returns the receiver of part `i`, starting its fetch if needed (`force`: even beyond the budget).
+    fn ensure_part(
+        &self,
+        st: &mut Inner<B::Error>,
+        key: &BlobKey,
+        i: u64,
+        blob_len: u64,
+        if_match: Option<&ETag>,
+        force: bool,
+    ) -> Option<watch::Receiver<PartResult<B::Error>>> {
+        st.clock += 1;
+        let now = st.clock;
+        if let Some(p) = st.parts.get_mut(&(key.clone(), i)) {
+            p.last_use = now;
+            return Some(p.rx.clone());
+        }
+        let ps = self.config.part_size;
+        let range = i * ps..((i + 1) * ps).min(blob_len);
+        let len = range.end - range.start;
+        if !self.make_room(st, len) && !force {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        st.parts.insert(
+            (key.clone(), i),
+            Part {
+                rx: rx.clone(),
+                len,
+                last_use: now,
+            },
+        );
+        st.used += len;
+        self.high_water.fetch_max(st.used, Ordering::Relaxed);
+        let inner = self.inner.clone();
+        let state = self.state.clone();
+        let key = key.clone();
+        let etag = if_match.cloned();
+        tokio::spawn(async move {
+            let r = inner.read_range(&key, range, etag.as_ref()).await.map_err(share);
+            if r.is_err() {
+                // A failed part is forgotten, so the next read tries again.
+                let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(p) = st.parts.remove(&(key, i)) {
+                    st.used -= p.len;
+                }
+            }
+            let _ = tx.send(Some(r));
+        });
+        Some(rx)
+    }
+
+    async fn read_parts(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        blob_len: u64,
+        if_match: Option<&ETag>,
+        window: Option<u64>,
+    ) -> Result<Bytes, BlobError<CacheError<B::Error>>> {
+        let ps = self.config.part_size;
+        let first = range.start / ps;
+        let last = (range.end - 1) / ps;
+        let mut wanted = Vec::new();
+        let direct = {
+            let mut st = self.lock();
+            match window {
+                Some(w) => {
+                    for i in first..=last {
+                        let hit = st.parts.contains_key(&(key.clone(), i));
+                        Metrics::add(
+                            if hit {
+                                &self.metrics.cache_hits
+                            } else {
+                                &self.metrics.cache_misses
+                            },
+                            1,
+                        );
+                        // INVARIANT: force = true always yields a receiver.
+                        if let Some(rx) = self.ensure_part(&mut st, key, i, blob_len, if_match, true) {
+                            wanted.push((i, rx));
+                        }
+                    }
+                    let ahead_end = range.end.saturating_add(w).min(blob_len);
+                    let ahead_last = if ahead_end == 0 { 0 } else { (ahead_end - 1) / ps };
+                    for i in last + 1..=ahead_last {
+                        if st.parts.contains_key(&(key.clone(), i)) {
+                            continue;
+                        }
+                        if self.ensure_part(&mut st, key, i, blob_len, if_match, false).is_none() {
+                            break;
+                        }
+                        let end = ((i + 1) * ps).min(blob_len);
+                        Metrics::add(&self.metrics.prefetch_bytes, end - i * ps);
+                    }
+                    false
+                }
+                None => {
+                    let all_cached = (first..=last).all(|i| {
+                        st.parts
+                            .get(&(key.clone(), i))
+                            .is_some_and(|p| matches!(*p.rx.borrow(), Some(Ok(_))))
+                    });
+                    if all_cached {
+                        Metrics::add(&self.metrics.cache_hits, 1);
+                        for i in first..=last {
+                            if let Some(rx) = self.ensure_part(&mut st, key, i, blob_len, if_match, true) {
+                                wanted.push((i, rx));
+                            }
+                        }
+                    } else {
+                        Metrics::add(&self.metrics.cache_misses, 1);
+                    }
+                    !all_cached
+                }
+            }
+        };
+        if direct {
+            return self.inner.read_range(key, range, if_match).await.map_err(lift);
+        }
+        let mut pieces = Vec::with_capacity(wanted.len());
+        for (i, mut rx) in wanted {
+            let got = match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.clone(),
+                Err(_) => None,
+            };
+            let bytes = match got {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => return Err(unshare(e)),
+                None => return Err(BlobError::NotFound),
+            };
+            let base = i * ps;
+            let s = range.start.max(base) - base;
+            let e = range.end.min(base + bytes.len() as u64) - base;
+            if s > e || e > bytes.len() as u64 {
+                return Err(BlobError::OutOfRange {
+                    start: range.start,
+                    end: range.end,
+                    len: blob_len,
+                });
+            }
+            // INVARIANT: s <= e <= part length, a usize.
+            pieces.push(bytes.slice(s as usize..e as usize));
+        }
+        if pieces.len() == 1 {
+            return Ok(pieces.swap_remove(0));
+        }
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        for p in pieces {
+            out.extend_from_slice(&p);
+        }
+        Ok(out.freeze())
+    }
+}
+
+fn share<E>(e: BlobError<E>) -> Shared<E> {
+    match e {
+        BlobError::NotFound => Shared::NotFound,
+        BlobError::PreconditionFailed => Shared::PreconditionFailed,
+        BlobError::OutOfRange { start, end, len } => Shared::OutOfRange { start, end, len },
+        BlobError::Backend(e) => Shared::Backend(Arc::new(e)),
+    }
+}
+
+fn unshare<E: std::error::Error + 'static>(e: Shared<E>) -> BlobError<CacheError<E>> {
+    match e {
+        Shared::NotFound => BlobError::NotFound,
+        Shared::PreconditionFailed => BlobError::PreconditionFailed,
+        Shared::OutOfRange { start, end, len } => BlobError::OutOfRange { start, end, len },
+        Shared::Backend(e) => BlobError::Backend(CacheError::Source(e)),
+    }
+}
+
+fn lift<E: std::error::Error + 'static>(e: BlobError<E>) -> BlobError<CacheError<E>> {
+    unshare(share(e))
+}
+
+impl<B: BlobSource> BlobSource for CachingSource<B> {
+    type Error = CacheError<B::Error>;
+
+    async fn stat(&self, key: &BlobKey) -> Result<BlobMeta, BlobError<Self::Error>> {
+        let meta = self.inner.stat(key).await.map_err(lift)?;
+        self.lock().lens.insert(key.clone(), meta.len);
+        Ok(meta)
+    }
+
+    async fn read_range(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+    ) -> Result<Bytes, BlobError<Self::Error>> {
+        if range.start >= range.end {
+            return self.inner.read_range(key, range, if_match).await.map_err(lift);
+        }
+        let blob_len = self.blob_len(key).await?;
+        if range.end > blob_len {
+            return Err(BlobError::OutOfRange {
+                start: range.start,
+                end: range.end,
+                len: blob_len,
+            });
+        }
+        let window = {
+            let mut st = self.lock();
+            self.classify(&mut st, key, &range)
+        };
+        self.read_parts(key, range, blob_len, if_match, window).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::source::MemSource;
+
+    /// Counts what the inner source is asked for.
+    #[derive(Debug, Default)]
+    struct Counting {
+        mem: MemSource,
+        requests: AtomicU64,
+        bytes: AtomicU64,
+        largest: AtomicU64,
+    }
+
+    impl BlobSource for Counting {
+        type Error = std::convert::Infallible;
+
+        async fn stat(&self, key: &BlobKey) -> Result<BlobMeta, BlobError<Self::Error>> {
+            self.mem.stat(key).await
+        }
+
+        async fn read_range(
+            &self,
+            key: &BlobKey,
+            range: Range<u64>,
+            if_match: Option<&ETag>,
+        ) -> Result<Bytes, BlobError<Self::Error>> {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(range.end - range.start, Ordering::Relaxed);
+            self.largest.fetch_max(range.end - range.start, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            self.mem.read_range(key, range, if_match).await
+        }
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn sequential_reads_prefetch_within_the_memory_bound_and_return_exact_bytes() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let blob = data(64 << 20);
+        let key = BlobKey::new("b");
+        let inner = Counting::default();
+        inner.mem.put(key.clone(), blob.clone());
+        let cfg = CacheConfig {
+            capacity: 8 << 20,
+            part_size: 1 << 20,
+            max_window: 4 << 20,
+            max_streams: 4,
+        };
+        let cache = CachingSource::new(inner, cfg, Arc::default());
+        rt.block_on(async {
+            let meta = cache.stat(&key).await.unwrap();
+            let step = 128 << 10;
+            let mut off = 0u64;
+            while off < meta.len {
+                let end = (off + step).min(meta.len);
+                let got = cache.read_range(&key, off..end, meta.etag.as_ref()).await.unwrap();
+                assert!(got[..] == blob[off as usize..end as usize], "bytes differ at {off}");
+                off = end;
+            }
+        });
+        let inner = cache.inner();
+        // The first 2 MiB as read (16 exact requests), then whole 1 MiB parts; nothing much twice.
+        assert!(
+            inner.requests.load(Ordering::Relaxed) <= 16 + 64,
+            "{}",
+            inner.requests.load(Ordering::Relaxed)
+        );
+        assert!(inner.bytes.load(Ordering::Relaxed) <= (64 << 20) + (2 << 20));
+        assert!(cache.high_water() <= 8 << 20, "high water {}", cache.high_water());
+        assert!(
+            cache.high_water() >= 3 << 20,
+            "no read-ahead happened: {}",
+            cache.high_water()
+        );
+    }
+
+    #[test]
+    fn random_reads_fetch_only_their_range() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let blob = data(32 << 20);
+        let key = BlobKey::new("b");
+        let inner = Counting::default();
+        inner.mem.put(key.clone(), blob.clone());
+        let cache = CachingSource::new(inner, CacheConfig::default(), Arc::default());
+        rt.block_on(async {
+            let meta = cache.stat(&key).await.unwrap();
+            // Distinct 2 MiB slots in shuffled order: no read continues another.
+            for i in 0..16u64 {
+                let off = ((i * 5) % 16) * (2 << 20) + 12_345;
+                assert!(off + 131_072 <= meta.len);
+                let got = cache.read_range(&key, off..off + 131_072, None).await.unwrap();
+                assert!(got[..] == blob[off as usize..off as usize + 131_072]);
+            }
+        });
+        assert_eq!(cache.inner().largest.load(Ordering::Relaxed), 131_072);
+        assert_eq!(cache.inner().bytes.load(Ordering::Relaxed), 16 * 131_072);
+    }
+}
