@@ -105,6 +105,13 @@ pub(crate) struct MountArgs {
     /// 127.0.0.1:9184.
     #[arg(long, value_name = "ADDR", help_heading = "Remote")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Azure Blob: authorize with a managed identity (IMDS bearer token, https only) instead of the URL's SAS
+    /// (the seed's `azure_url_private: true`).
+    #[arg(long, help_heading = "Remote")]
+    pub(crate) azure_managed_identity: bool,
+    /// Azure Blob: client id of the user-assigned managed identity (implies --azure-managed-identity).
+    #[arg(long, value_name = "ID", help_heading = "Remote")]
+    pub(crate) azure_client_id: Option<String>,
     /// Internal: run as the background daemon, reporting readiness on stdout.
     #[arg(long, hide = true)]
     pub(crate) daemon_child: bool,
@@ -203,6 +210,11 @@ impl MountArgs {
         opts.retry.request_timeout = secs(self.request_timeout, "--request-timeout")?;
         opts.retry.stall_timeout = opts.retry.request_timeout;
         opts.retry.budget = secs(self.retry_budget, "--retry-budget")?;
+        if self.azure_managed_identity || self.azure_client_id.is_some() {
+            opts.azure_auth = encfs::source::AzureAuth::ManagedIdentity {
+                client_id: self.azure_client_id.clone(),
+            };
+        }
         Ok(opts)
     }
 

@@ -11,11 +11,13 @@
 //! * [`MmapSource`]: a local file mapped read-only (zero-copy; `SIGBUS` if the file is truncated under it).
 //! * [`MemSource`]: bytes in memory, for tests and for wrapping in fault-injecting sources.
 //! * [`HttpSource`]: any HTTP(S) URL with `Range` support (plain servers, presigned and SAS URLs), with retries.
+//! * [`AzureSource`]: Azure Blob Storage (and Azurite) with a SAS, anonymously, or with a managed identity.
 //!
 //! [`open`] turns a path or URL into an [`AnySource`] (the CLI's `SOURCE`); a cache or prefetcher wraps a
 //! source and is itself generic over `B: BlobSource`.
 
 mod any;
+pub mod azure;
 mod file;
 pub mod http;
 mod mem;
@@ -29,6 +31,7 @@ use bytes::Bytes;
 
 pub use any::{AnySource, AnySourceError, LocalIo, SourceOptions, is_url, open};
 pub use file::{FileSource, FileSourceError};
+pub use azure::{AzureAuth, AzureSource};
 pub use http::{HttpSource, HttpSourceError, RetryPolicy};
 pub use mem::MemSource;
 pub use mmap::MmapSource;

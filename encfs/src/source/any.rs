@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::azure::{AzureAuth, AzureSource, is_azure_url};
 use super::http::{HttpSource, HttpSourceError, RetryPolicy};
 use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag, FileSource, FileSourceError, MmapSource};
 use crate::metrics::Metrics;
@@ -30,6 +31,8 @@ pub struct SourceOptions {
     pub retry: RetryPolicy,
     /// Counters the source updates (share them with a cache and a metrics endpoint).
     pub metrics: Arc<Metrics>,
+    /// How Azure Blob URLs are authorized (a managed identity also makes any URL an Azure one).
+    pub azure_auth: AzureAuth,
 }
 
 /// Errors of [`AnySource`]: the backend's own.
@@ -52,20 +55,29 @@ pub enum AnySource {
     File(FileSource),
     /// A local file mapped read-only.
     Mmap(MmapSource),
-    /// An HTTP(S) URL with Range support (plain, presigned, or Azure Blob with a SAS or public access).
+    /// An HTTP(S) URL with Range support (plain or presigned).
     Http(HttpSource),
+    /// An Azure Blob URL (SAS, anonymous or managed identity).
+    Azure(AzureSource),
 }
 
 /// Opens a source for `spec` and returns it with the [`BlobKey`] to read.
 ///
 /// **Stable API** (the CLI and the sidecar call it). `spec` is one of:
 ///
-/// * `http://...` or `https://...`: any URL that serves `Range` requests (SAS URLs, presigned URLs, plain
-///   servers, Azurite). The key is the URL as given.
+/// * `https://<account>.blob.core.windows.net/<container>/<blob>[?SAS]` or an Azurite URL
+///   `http://HOST:PORT/devstoreaccount1/<container>/<blob>[?SAS]`: Azure Blob ([`AzureSource`]), authorized by
+///   the SAS in the URL, anonymously, or with a managed identity ([`SourceOptions::azure_auth`]).
+/// * any other `http://...` or `https://...`: a URL that serves `Range` requests (presigned URLs, plain
+///   servers). The key is the URL as given.
 /// * anything else: a local file path (made absolute), read per [`SourceOptions::local_io`].
 ///
 /// Nothing is fetched here; the first request is the caller's `stat`.
 pub fn open(spec: &str, opts: &SourceOptions) -> Result<(AnySource, BlobKey), AnySourceError> {
+    if is_url(spec) && (is_azure_url(spec) || opts.azure_auth != AzureAuth::UrlOrAnonymous) {
+        let src = AzureSource::new(opts.retry.clone(), opts.metrics.clone(), opts.azure_auth.clone())?;
+        return Ok((AnySource::Azure(src), BlobKey::new(spec)));
+    }
     if is_url(spec) {
         let src = HttpSource::new(opts.retry.clone(), opts.metrics.clone())?;
         return Ok((AnySource::Http(src), BlobKey::new(spec)));
@@ -106,6 +118,7 @@ impl BlobSource for AnySource {
             Self::File(s) => lift(s.stat(key).await),
             Self::Mmap(s) => lift(s.stat(key).await),
             Self::Http(s) => lift(s.stat(key).await),
+            Self::Azure(s) => lift(s.stat(key).await),
         }
     }
 
@@ -119,6 +132,7 @@ impl BlobSource for AnySource {
             Self::File(s) => lift(s.read_range(key, range, if_match).await),
             Self::Mmap(s) => lift(s.read_range(key, range, if_match).await),
             Self::Http(s) => lift(s.read_range(key, range, if_match).await),
+            Self::Azure(s) => lift(s.read_range(key, range, if_match).await),
         }
     }
 }
@@ -131,8 +145,10 @@ mod tests {
     fn specs_pick_the_backend() {
         let opts = SourceOptions::default();
         let (s, k) = open("https://acct.blob.core.windows.net/c/model.img?sv=x", &opts).unwrap();
-        assert!(matches!(s, AnySource::Http(_)));
+        assert!(matches!(s, AnySource::Azure(_)));
         assert_eq!(k.as_str(), "https://acct.blob.core.windows.net/c/model.img?sv=x");
+        let (s, _) = open("https://example.org/model.img", &opts).unwrap();
+        assert!(matches!(s, AnySource::Http(_)));
         let (s, k) = open("rel/model.img", &opts).unwrap();
         assert!(matches!(s, AnySource::File(_)));
         assert!(k.as_str().starts_with('/') && k.as_str().ends_with("rel/model.img"));
