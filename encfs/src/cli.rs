@@ -34,6 +34,9 @@ pub(crate) enum Command {
     Mount(MountArgs),
     /// Unmount a cinfer-encfs mount (also cleans up the mountpoint of a killed daemon).
     Unmount(UnmountArgs),
+    /// The confidential sidecar: mount every filesystem of the seed's `EncfsSideCarArgs`, each only after
+    /// attested key release and verification; serve until SIGTERM, then unmount and exit 0.
+    Sidecar(crate::sidecar_main::SidecarArgs),
 }
 
 /// Arguments of `mount`.
