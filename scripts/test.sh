@@ -8,7 +8,6 @@ CINFER_PYTHON="$(bash scripts/pyenv.sh)"
 export CINFER_PYTHON
 # Dependencies (AES-GCM-SIV, SHA-256, onnx-sized streams) are optimized even in test builds: the end-to-end test
 # pushes a 512 MiB model through the crypto, which unoptimized crates would make take minutes.
-export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
 OPT=(--config 'profile.dev.package."*".opt-level=3' --config 'profile.dev.package."*".debug=false')
 echo "== cargo fmt --check" >&2
 cargo fmt --all --check
