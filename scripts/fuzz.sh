@@ -10,7 +10,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install -q cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
-for dir in encfs/fuzz attest/fuzz; do
+for dir in ${FUZZ_DIRS:-encfs/fuzz attest/fuzz}; do
   for t in $(cargo fuzz list --fuzz-dir "$dir"); do
     echo "== fuzz $dir $t (${secs}s)" >&2
     # Each target's fresh corpus lives in the target dir, not in the clone.

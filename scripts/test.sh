@@ -19,3 +19,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test "${OPT[@]}" --workspace --no-fail-fast --features init/netns_tests
 fi
+echo "== fuzz (image header, index, whole-image open, LUKS2 header: 10 s each)" >&2
+FUZZ_DIRS="encfs/fuzz" FUZZ_SECONDS=10 bash scripts/fuzz.sh
