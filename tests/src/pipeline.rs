@@ -4,14 +4,14 @@
 //! 2. signed and encrypted into an image (`cinfer-mkimage build --sign-key`), root digest pinned;
 //! 3. the attestation service + key broker (`cinfer-attest serve`, mock attester root trusted explicitly);
 //! 4. the model key imported with a release policy for the expected hostdata H (the policy digest);
-//! 5. key release through attestation (mock evidence carrying the container's host_data) and the FUSE mount
-//!    pinned to the root, with the signature checked;
+//! 5. the encfs sidecar (the seed's `EncfsSideCarArgs`): key release through attestation (mock evidence carrying
+//!    the container's host_data), the FUSE mount pinned to the root, with the signature checked;
 //! 6. Triton serving the repository from the mount (Python backend + onnxruntime);
 //! 7. the attested TLS server proxy in front of Triton, and the client proxy with the client policy for H.
 //!
 //! [`Options`] can make the evidence or the client policy disagree with H, for the negative paths.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,7 @@ pub struct Pipeline {
     // Processes, stopped in reverse order on drop (fields drop in declaration order: proxies first).
     client_proxy: Proc,
     server_proxy: Proc,
+    sidecar: Proc,
     _attest: Proc,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -229,47 +230,60 @@ impl Pipeline {
         )?;
         stage("key import with release policy for hostdata", t);
 
-        // 5. Attested key release + mount (pinned root, signature checked).
+        // 5. The encfs sidecar with the seed's EncfsSideCarArgs: attested key release (mock evidence carrying the
+        //    container's host_data), image opened with the root pinned and the signature checked, FUSE mount
+        //    exposed atomically at the mount point.
         let t = Instant::now();
         let mount = work.join("mnt");
-        std::fs::create_dir_all(&mount)?;
         let evidence_hd = opts.evidence_host_data.clone().unwrap_or_else(|| hostdata.clone());
-        let released = work.join("released.key");
-        let release_out = Command::new(&attest)
-            .args(["release-key", "--maa", &maa, "--vault", &maa, "--key", "model", "--out"])
-            .arg(&released)
-            .args(["--attester", "mock", "--mock-root"])
+        let args = serde_json::json!({"azure_filesystems": [{
+            "azure_url": image.display().to_string(),
+            "azure_url_private": false,
+            "mount_point": mount.display().to_string(),
+            "read_write": false,
+            "key": {"kid": "model", "kty": "oct-HSM", "authority": {"endpoint": maa}, "akv": {"endpoint": maa}},
+            "cinfer_expect_root": root,
+            "cinfer_signer_key": signer_pub.display().to_string(),
+        }]});
+        let args_file = work.join("EncfsSideCarArgs.json");
+        std::fs::write(&args_file, args.to_string())?;
+        let ready = work.join("ready");
+        let mut cmd = Command::new(&encfs);
+        cmd.arg("sidecar")
+            .arg("--args-file")
+            .arg(&args_file)
+            .args(["--attester", "mock", "--mock-root-dir"])
             .arg(&mock)
-            .args(["--host-data", &evidence_hd, "--measurement", MEASUREMENT])
-            .output()?;
-        let mounted = release_out.status.success();
-        std::fs::write(
-            logs.join("release-key.log"),
-            [&release_out.stdout[..], &release_out.stderr[..]].concat(),
-        )?;
-        if mounted {
-            run(
-                "cinfer-encfs mount",
-                Command::new(&encfs)
-                    .arg("mount")
-                    .arg(&image)
-                    .arg(&mount)
-                    .arg("--key-file")
-                    .arg(&released)
-                    .args(["--expect-root", &root])
-                    .arg("--signer-key")
-                    .arg(&signer_pub)
-                    .arg("--log-file")
-                    .arg(logs.join("encfs.log")),
-            )?;
-            let _ = std::fs::remove_file(&released);
-        } else if opts.verbose {
-            eprintln!(
-                "   key release refused: {}",
-                String::from_utf8_lossy(&release_out.stderr).trim()
-            );
+            .args([
+                "--mock-host-data",
+                &evidence_hd,
+                "--mock-measurement",
+                MEASUREMENT,
+                "--ready-dir",
+            ])
+            .arg(&ready);
+        let mut sidecar = Proc::spawn("encfs-sidecar", cmd, &logs)?;
+        let mut exited = false;
+        wait_for("the sidecar to mount or fail", Duration::from_secs(600), || {
+            if ready.join("ready").exists() || ready.join("filesystem-0.failed").exists() {
+                return Ok(true);
+            }
+            if sidecar.check_running().is_err() {
+                exited = true;
+                return Ok(true);
+            }
+            Ok(false)
+        })?;
+        let mounted = ready.join("ready").exists();
+        if !mounted {
+            if opts.verbose {
+                let why = std::fs::read_to_string(ready.join("filesystem-0.failed")).unwrap_or_default();
+                eprintln!("   sidecar did not mount (exited: {exited}): {}", why.trim());
+            }
+            // The model server still starts, on an empty repository: it must report the model not ready.
+            std::fs::create_dir_all(&mount)?;
         }
-        stage("attested key release + FUSE mount", t);
+        stage("encfs sidecar: attested key release + FUSE mount", t);
 
         // 6. Triton on the mount.
         let t = Instant::now();
@@ -347,6 +361,7 @@ impl Pipeline {
             triton,
             client_proxy,
             server_proxy,
+            sidecar,
             _attest: attest_proc,
             _tmp: if keep {
                 let _ = tmp.keep();
@@ -389,9 +404,7 @@ impl Pipeline {
             ("server-proxy".to_owned(), self.server_proxy.memory_kib()),
             ("client-proxy".to_owned(), self.client_proxy.memory_kib()),
         ];
-        if let Some(pid) = encfs_pid(&self.mount) {
-            v.push(("encfs".to_owned(), memory_of(pid)));
-        }
+        v.push(("encfs-sidecar".to_owned(), self.sidecar.memory_kib()));
         v
     }
 
@@ -403,13 +416,9 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        // Triton holds files of the mount open: stop it before unmounting.
+        // Triton holds files of the mount open: stop it before the sidecar unmounts (on SIGTERM).
         let _ = self.triton.proc.terminate(Duration::from_secs(10));
-        if self.mounted
-            && let Ok(encfs) = bin("cinfer-encfs")
-        {
-            let _ = Command::new(encfs).arg("unmount").arg(&self.mount).status();
-        }
+        let _ = self.sidecar.terminate(Duration::from_secs(20));
     }
 }
 
@@ -437,28 +446,4 @@ fn base64_std(data: &[u8]) -> String {
         }
     }
     s
-}
-
-/// The pid of the cinfer-encfs daemon serving `mount` (from /proc, matching its command line).
-fn encfs_pid(mount: &Path) -> Option<u32> {
-    let m = mount.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        (args.first()?.ends_with("cinfer-encfs") && args.iter().any(|a| a == &m)).then_some(pid)
-    })
-}
-
-fn memory_of(pid: u32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-    };
-    Some((field("VmHWM:")?, field("VmRSS:")?))
 }
