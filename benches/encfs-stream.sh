@@ -93,10 +93,13 @@ class H(http.server.SimpleHTTPRequestHandler):
         a, n = getattr(self, "_range", (0, None))
         if n is None:
             return super().copyfile(src, dst)
-        while n > 0:
-            sent = os.sendfile(dst.fileno(), src.fileno(), a, min(n, 8 << 20))
-            if sent <= 0: break
-            a += sent; n -= sent
+        try:
+            while n > 0:
+                sent = os.sendfile(dst.fileno(), src.fileno(), a, min(n, 8 << 20))
+                if sent <= 0: break
+                a += sent; n -= sent
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading (rclone cancels open-ended ranges)
 os.chdir(sys.argv[1])
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), H).serve_forever()
 EOF
@@ -117,7 +120,7 @@ enc=(); rc=()
 for i in $(seq "$REPS"); do
   "$ENCFS" mount "http://127.0.0.1:$PORT/model.img" "$work/mnt-enc" --key-file "$work/model.key"
   enc+=("$(read_mbs "$work/mnt-enc/model/weights.bin")")
-  pid=$(pgrep -f -- "--daemon-child" -n || true)
+  pid=$(pgrep -n -f 'cinfer-encfs mount .*daemon-child' || true)
   [[ -n "$pid" ]] && echo "  cinfer-encfs daemon peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$pid/status")"
   fusermount3 -u "$work/mnt-enc"
   rclone mount encweb: "$work/mnt-rc" --read-only --daemon --vfs-cache-mode off
