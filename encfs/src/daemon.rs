@@ -206,8 +206,8 @@ fn serve<B: BlobSource>(source: B, key: BlobKey, s: Setup<'_>, mut signals: Sign
         ready,
     } = s;
     // A legacy LUKS2 image (the seed's) is served from the same source, read-only, without integrity.
-    let reader = BlobReadAt::open(source, key.clone(), rt.handle().clone())
-        .with_context(|| format!("reading {image}"))?;
+    let reader =
+        BlobReadAt::open(source, key.clone(), rt.handle().clone()).with_context(|| format!("reading {image}"))?;
     let (session, root) = if reader.is_luks().with_context(|| format!("reading {image}"))? {
         if expect_root.is_some() {
             bail!("{image} is a legacy LUKS2 image: it has no root digest to pin (drop --expect-root, or convert it)");

@@ -30,8 +30,8 @@ use std::ops::Range;
 use bytes::Bytes;
 
 pub use any::{AnySource, AnySourceError, LocalIo, SourceOptions, is_url, open};
-pub use file::{FileSource, FileSourceError};
 pub use azure::{AzureAuth, AzureSource};
+pub use file::{FileSource, FileSourceError};
 pub use http::{HttpSource, HttpSourceError, RetryPolicy};
 pub use mem::MemSource;
 pub use mmap::MmapSource;

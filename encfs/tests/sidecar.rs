@@ -353,7 +353,10 @@ fn is_mountpoint(p: &Path) -> bool {
 #[test]
 fn whole_flow_mounts_after_release_and_refuses_otherwise() {
     // Never a silent pass: without FUSE this test fails and says why.
-    assert!(fuse_available(), "this test needs /dev/fuse, fusermount3 (Debian fuse3) and root");
+    assert!(
+        fuse_available(),
+        "this test needs /dev/fuse, fusermount3 (Debian fuse3) and root"
+    );
     let w = World::new();
     let base = w.dir.path().join("mnt");
     std::fs::create_dir(&base).unwrap();
