@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use base64::Engine as _;
 
 use crate::env::{bin, free_port, python, repo_root};
 use crate::proc::{Proc, http_status, run, wait_for};
@@ -205,7 +206,10 @@ impl Pipeline {
             format!("package policy\n# cinfer local deployment, image root {root}\nallow := true\n"),
         )?;
         let policy_b64 = work.join("security-policy.b64");
-        std::fs::write(&policy_b64, base64_std(&std::fs::read(&policy)?))?;
+        std::fs::write(
+            &policy_b64,
+            base64::engine::general_purpose::STANDARD.encode(std::fs::read(&policy)?),
+        )?;
         let hostdata = hex64(&run(
             "cinfer-deploy hostdata",
             Command::new(&deploy).arg("hostdata").arg(&policy_b64),
@@ -427,23 +431,4 @@ fn work_parent() -> PathBuf {
     std::env::var_os("CINFER_E2E_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)
-}
-
-fn base64_std(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |a, (i, &b)| a | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
 }

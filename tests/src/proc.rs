@@ -132,24 +132,8 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> anyhow::Re
     }
 }
 
-/// HTTP status of a plain GET to `127.0.0.1:port` + `path` (None when nothing answers).
-pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let line = String::from_utf8_lossy(&buf);
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Body of a plain GET to `127.0.0.1:port` + `path`.
-pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+/// Status and body of a plain HTTP/1.1 GET to `127.0.0.1:port` + `path`.
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -158,10 +142,22 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
+    let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).into_owned();
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default())
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status line")?;
+    Ok((
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    ))
+}
+
+/// HTTP status of a plain GET to `127.0.0.1:port` + `path` (None when nothing answers).
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).ok().map(|(status, _)| status)
 }

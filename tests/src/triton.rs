@@ -93,7 +93,7 @@ impl Triton {
 
     /// Successful inference count of `model` from Triton's statistics (0 if unknown).
     pub fn inference_count(&self, model: &str) -> anyhow::Result<u64> {
-        let body = crate::proc::http_get(self.http_port, &format!("/v2/models/{model}/stats"))?;
+        let (_, body) = crate::proc::http_get(self.http_port, &format!("/v2/models/{model}/stats"))?;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         Ok(v["model_stats"][0]["inference_count"].as_u64().unwrap_or(0))
     }
