@@ -142,6 +142,30 @@ pub(crate) enum Command {
     /// Imports the model key into AKV/mHSM or the local broker with a release policy for a container policy
     /// digest (host_data) and an attestation authority; prints the sidecar's key fields.
     ImportKey(mkimage::keys::ImportKeyArgs),
+    /// Uploads an image to Azure Blob Storage as a block blob: blocks staged in parallel, an interrupted upload
+    /// resumed, and the result verified (length, per-block and whole-blob MD5, committed block list). Prints
+    /// `size:`, `md5:` (base64) and `etag:` lines.
+    Upload {
+        /// The image.
+        image: PathBuf,
+        /// The blob URL with a SAS query allowing create/write/read (`https://<account>.blob.core.windows.net/
+        /// <container>/<blob>?<SAS>`, or path style `http://127.0.0.1:10000/<account>/<container>/<blob>?<SAS>`
+        /// for Azurite). Read from `CINFER_BLOB_URL` when absent, so the SAS stays out of shell history.
+        #[arg(env = "CINFER_BLOB_URL", hide_env_values = true)]
+        url: String,
+        /// Create the container first (the SAS must allow it, e.g. an account SAS); an existing one is fine.
+        #[arg(long)]
+        create_container: bool,
+        /// Bytes per block (suffixes k, M).
+        #[arg(long, default_value = "8M", value_parser = parse_size)]
+        block_size: u32,
+        /// Blocks in flight at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Replace an existing blob that holds different content.
+        #[arg(long)]
+        force: bool,
+    },
     /// Opens every chunk and checks every tag and file digest; prints the root.
     Verify {
         /// The image.

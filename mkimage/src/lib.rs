@@ -15,4 +15,5 @@ pub mod inspect;
 pub mod keyfile;
 pub mod keys;
 pub mod sign;
+pub mod upload;
 pub mod verify;
