@@ -439,6 +439,26 @@ impl<B: BlobSource> EncFs<B> {
     /// As [`Self::read`], into `out` (resized to the bytes read), so a caller can reuse one buffer per thread
     /// without zeroing it each time. On error `out` is empty and none of this read's plaintext is left in it.
     pub async fn read_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
+        let mut dropped = false;
+        let r = self.read_into_once(ino, offset, size, out, &mut dropped).await;
+        if dropped {
+            // The source dropped its cached copy of a range that failed authentication (the copy may be what
+            // went bad): fetch and open it once more.
+            return self.read_into_once(ino, offset, size, out, &mut false).await;
+        }
+        r
+    }
+
+    /// One attempt of [`Self::read_into`]; sets `dropped` if a range failed authentication and the source
+    /// dropped a cached copy of it ([`BlobSource::on_auth_failure`]).
+    async fn read_into_once(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+        dropped: &mut bool,
+    ) -> Result<(), FsError> {
         let i = self.entry_of(ino).inspect_err(|_| out.clear())?;
         let Some(fl) = self.image.layout.file(i).copied() else {
             out.clear();
@@ -480,6 +500,9 @@ impl<B: BlobSource> EncFs<B> {
             // Chunks that did open left plaintext in `out`; a failed read returns none of it.
             out.fill(0);
             out.clear();
+            if matches!(r, Err(FsError::ChunkAuth { .. })) {
+                *dropped = self.source.on_auth_failure(&self.key, sealed_range);
+            }
         }
         r
     }

@@ -129,4 +129,31 @@ pub trait BlobSource: Send + Sync + 'static {
         range: Range<u64>,
         if_match: Option<&ETag>,
     ) -> impl Future<Output = Result<Bytes, BlobError<Self::Error>>> + Send;
+
+    /// As [`Self::read_range`], into `buf` (cleared first, its allocation reused), so a caller that keeps
+    /// buffers (the part cache) reads a response body straight into memory it already owns. On error `buf`
+    /// holds no complete range. The default reads with [`Self::read_range`] and copies.
+    fn read_range_into(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        buf: &mut Vec<u8>,
+    ) -> impl Future<Output = Result<(), BlobError<Self::Error>>> + Send {
+        async move {
+            buf.clear();
+            let bytes = self.read_range(key, range, if_match).await?;
+            buf.extend_from_slice(&bytes);
+            Ok(())
+        }
+    }
+
+    /// Told by the reader that bytes of `range`, as this source returned them, failed authentication. A source
+    /// that keeps copies (memory or disk cache) drops every copy overlapping `range` and returns true, so that
+    /// reading the range again fetches it afresh; a source without copies returns false (the default), and a
+    /// new read would see the same bytes.
+    fn on_auth_failure(&self, key: &BlobKey, range: Range<u64>) -> bool {
+        let _ = (key, range);
+        false
+    }
 }

@@ -135,6 +135,21 @@ impl BlobSource for AnySource {
             Self::Azure(s) => lift(s.read_range(key, range, if_match).await),
         }
     }
+
+    async fn read_range_into(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), BlobError<AnySourceError>> {
+        match self {
+            Self::File(s) => lift(s.read_range_into(key, range, if_match, buf).await),
+            Self::Mmap(s) => lift(s.read_range_into(key, range, if_match, buf).await),
+            Self::Http(s) => lift(s.read_range_into(key, range, if_match, buf).await),
+            Self::Azure(s) => lift(s.read_range_into(key, range, if_match, buf).await),
+        }
+    }
 }
 
 #[cfg(test)]

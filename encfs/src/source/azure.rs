@@ -105,6 +105,17 @@ impl BlobSource for AzureSource {
         self.check(key)?;
         self.http.read_range(key, range, if_match).await
     }
+
+    async fn read_range_into(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), BlobError<HttpSourceError>> {
+        self.check(key)?;
+        self.http.read_range_into(key, range, if_match, buf).await
+    }
 }
 
 /// A managed-identity token for `https://storage.azure.com/`, fetched from IMDS and reused until 5 minutes before

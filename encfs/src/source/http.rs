@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rand::Rng;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -260,11 +260,13 @@ impl HttpSource {
         }
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the policy's budget is spent.
-    async fn with_retries<T, F, Fut>(&self, url: &str, mut attempt: F) -> Result<T>
+    /// Runs `attempt` until it succeeds, fails for good, or the policy's budget is spent. `state` (a body
+    /// buffer) is handed to each attempt and back; it is lost (reset to default) only if an attempt is cut off
+    /// by the budget.
+    async fn with_retries<S: Default, T, F, Fut>(&self, url: &str, state: &mut S, mut attempt: F) -> Result<T>
     where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Attempt<T>>,
+        F: FnMut(S) -> Fut,
+        Fut: Future<Output = (S, Attempt<T>)>,
     {
         let start = Instant::now();
         let deadline = start + self.policy.budget;
@@ -272,8 +274,11 @@ impl HttpSource {
         loop {
             n += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = match tokio::time::timeout(remaining, attempt()).await {
-                Ok(o) => o,
+            let outcome = match tokio::time::timeout(remaining, attempt(std::mem::take(state))).await {
+                Ok((st, o)) => {
+                    *state = st;
+                    o
+                }
                 Err(_) => Attempt::Retry {
                     err: HttpSourceError::Timeout {
                         url: redact(url),
@@ -326,7 +331,11 @@ impl HttpSource {
         }
     }
 
-    async fn stat_once(&self, url: &str) -> Attempt<BlobMeta> {
+    async fn stat_once(&self, url: &str) -> ((), Attempt<BlobMeta>) {
+        ((), self.stat_attempt(url).await)
+    }
+
+    async fn stat_attempt(&self, url: &str) -> Attempt<BlobMeta> {
         let resp = match self.send(url, 0..1, None).await {
             Ok(r) => r,
             Err(err) => return Attempt::Retry { err, after: None },
@@ -353,7 +362,26 @@ impl HttpSource {
         }
     }
 
-    async fn read_once(&self, url: &str, range: Range<u64>, if_match: Option<&ETag>) -> Attempt<Bytes> {
+    async fn read_once(
+        &self,
+        url: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        mut buf: Vec<u8>,
+    ) -> (Vec<u8>, Attempt<()>) {
+        buf.clear();
+        let outcome = self.read_attempt(url, range, if_match, &mut buf).await;
+        (buf, outcome)
+    }
+
+    /// One ranged `GET`, its body appended to `buf` (which the caller cleared).
+    async fn read_attempt(
+        &self,
+        url: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        buf: &mut Vec<u8>,
+    ) -> Attempt<()> {
         let want = range.end - range.start;
         let mut resp = match self.send(url, range.clone(), if_match).await {
             Ok(r) => r,
@@ -395,7 +423,7 @@ impl HttpSource {
             _ => return self.status_outcome(url, &resp, &range),
         }
         // INVARIANT: ranges are of one read, far below usize::MAX.
-        let mut buf = BytesMut::with_capacity(want as usize);
+        buf.reserve_exact((want as usize).saturating_sub(buf.capacity()));
         loop {
             match tokio::time::timeout(self.policy.stall_timeout, resp.chunk()).await {
                 Ok(Ok(Some(piece))) => {
@@ -434,7 +462,7 @@ impl HttpSource {
                 after: None,
             };
         }
-        Attempt::Done(buf.freeze())
+        Attempt::Done(())
     }
 }
 
@@ -443,10 +471,23 @@ impl BlobSource for HttpSource {
 
     async fn stat(&self, key: &BlobKey) -> Result<BlobMeta> {
         let url = key.as_str();
-        self.with_retries(url, || self.stat_once(url)).await
+        self.with_retries(url, &mut (), |()| self.stat_once(url)).await
     }
 
     async fn read_range(&self, key: &BlobKey, range: Range<u64>, if_match: Option<&ETag>) -> Result<Bytes> {
+        let mut buf = Vec::new();
+        self.read_range_into(key, range, if_match, &mut buf).await?;
+        Ok(Bytes::from(buf))
+    }
+
+    async fn read_range_into(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        buf.clear();
         if range.start > range.end {
             return Err(BlobError::OutOfRange {
                 start: range.start,
@@ -455,11 +496,16 @@ impl BlobSource for HttpSource {
             });
         }
         if range.start == range.end {
-            return Ok(Bytes::new());
+            return Ok(());
         }
         let url = key.as_str();
-        self.with_retries(url, || self.read_once(url, range.clone(), if_match))
-            .await
+        let r = self
+            .with_retries(url, buf, |b| self.read_once(url, range.clone(), if_match, b))
+            .await;
+        if r.is_err() {
+            buf.clear();
+        }
+        r
     }
 }
 
