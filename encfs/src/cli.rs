@@ -100,10 +100,21 @@ pub(crate) struct MountArgs {
     /// fails with EIO (seconds).
     #[arg(long, default_value_t = 120.0, value_name = "SECS", help_heading = "Remote")]
     pub(crate) retry_budget: f64,
-    /// Remote sources: memory bound of the ciphertext part cache and read-ahead windows, in MiB (sequential
-    /// reads prefetch into it, random reads fetch only their range).
+    /// Remote sources: memory budget of the daemon, in MiB. Ciphertext parts held and in flight (sequential
+    /// reads prefetch into them, random reads fetch only their range) get this minus 48 MiB set aside for FUSE
+    /// and HTTP buffers and the program, so peak RSS stays near this figure.
     #[arg(long, default_value_t = 256, value_name = "MIB", help_heading = "Remote")]
     pub(crate) cache_size: u64,
+    /// Remote sources: also keep fetched ciphertext in this directory (created if missing), so a restarted
+    /// daemon does not fetch it again. Never holds plaintext; keyed by the blob's URL (without query), ETag and
+    /// length, so a replaced blob is never served from it; short or corrupt files are dropped and fetched
+    /// again. Random reads are rounded out to 64 KiB blocks while it is on.
+    #[arg(long, value_name = "DIR", env = "CINFER_ENCFS_CACHE_DIR", value_parser = absolute_dir, help_heading = "Remote")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Remote sources: size bound of --cache-dir, in MiB (least recently used parts, and other blob versions
+    /// first, are removed to stay under it).
+    #[arg(long, default_value_t = 10240, value_name = "MIB", help_heading = "Remote")]
+    pub(crate) cache_dir_size: u64,
     /// Serve Prometheus metrics (bytes fetched, requests, retries, cache hits/misses) on this address, e.g.
     /// 127.0.0.1:9184.
     #[arg(long, value_name = "ADDR", help_heading = "Remote")]
@@ -221,6 +232,16 @@ impl MountArgs {
         Ok(opts)
     }
 
+    /// The part cache of remote sources: --cache-size as the memory budget, --cache-dir on disk.
+    pub(crate) fn cache_config(&self) -> encfs::cache::CacheConfig {
+        let mut cfg = encfs::cache::CacheConfig::for_budget(self.cache_size.saturating_mul(1 << 20));
+        cfg.disk = self.cache_dir.as_ref().map(|dir| encfs::cache::DiskConfig {
+            dir: dir.clone(),
+            limit: self.cache_dir_size.saturating_mul(1 << 20),
+        });
+        cfg
+    }
+
     /// The mount settings.
     pub(crate) fn mount_config(&self) -> MountConfig {
         MountConfig {
@@ -231,4 +252,9 @@ impl MountArgs {
             ..MountConfig::default()
         }
     }
+}
+
+/// Parses a directory argument into an absolute path (the background daemon leaves its working directory).
+fn absolute_dir(s: &str) -> Result<PathBuf, String> {
+    std::path::absolute(s).map_err(|e| format!("{s}: {e}"))
 }

@@ -166,11 +166,7 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
     }
     if encfs::source::is_url(spec) {
         // Remote: prefetch and cache ciphertext parts within --cache-size.
-        let cache = encfs::cache::CacheConfig {
-            capacity: args.cache_size.saturating_mul(1 << 20),
-            ..encfs::cache::CacheConfig::default()
-        };
-        let source = encfs::cache::CachingSource::new(source, cache, metrics);
+        let source = encfs::cache::CachingSource::new(source, args.cache_config(), metrics);
         return serve(source, key, setup, signals);
     }
     serve(source, key, setup, signals)

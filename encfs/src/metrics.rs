@@ -23,8 +23,14 @@ pub struct Metrics {
     pub cache_misses: AtomicU64,
     /// Bytes requested speculatively by the prefetcher.
     pub prefetch_bytes: AtomicU64,
-    /// Chunks that failed authentication.
+    /// Reads that failed authentication (a tampered or corrupted chunk; counted by the caching source).
     pub decrypt_failures: AtomicU64,
+    /// Bytes served from the on-disk cache.
+    pub disk_read_bytes: AtomicU64,
+    /// Bytes written to the on-disk cache.
+    pub disk_written_bytes: AtomicU64,
+    /// On-disk cache parts dropped because a file was short or corrupt.
+    pub disk_discarded: AtomicU64,
 }
 
 impl Metrics {
@@ -35,7 +41,7 @@ impl Metrics {
 
     /// The counters in the Prometheus text exposition format (version 0.0.4), prefixed `cinfer_encfs_`.
     pub fn render_prometheus(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 9] = [
+        let rows: [(&str, &str, &AtomicU64); 12] = [
             (
                 "source_requests_total",
                 "Range requests sent, retries included.",
@@ -74,8 +80,23 @@ impl Metrics {
             ),
             (
                 "decrypt_failures_total",
-                "Chunks that failed authentication.",
+                "Reads whose ciphertext failed authentication.",
                 &self.decrypt_failures,
+            ),
+            (
+                "cache_disk_read_bytes_total",
+                "Bytes served from the on-disk ciphertext cache.",
+                &self.disk_read_bytes,
+            ),
+            (
+                "cache_disk_written_bytes_total",
+                "Bytes written to the on-disk ciphertext cache.",
+                &self.disk_written_bytes,
+            ),
+            (
+                "cache_disk_discarded_total",
+                "On-disk cache parts dropped as short or corrupt.",
+                &self.disk_discarded,
             ),
         ];
         let mut out = String::new();

@@ -498,3 +498,192 @@ fn http_source_mount_prefetches_within_the_cache_size_and_serves_metrics() {
     assert!(value("prefetch_bytes_total") > 0);
     guard.unmount();
 }
+
+/// A free loopback address for `--metrics-addr`.
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// The value of counter `cinfer_encfs_<name>` served on `addr`.
+fn metric(addr: &str, name: &str) -> u64 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("cinfer_encfs_{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The image with one byte flipped halfway through (inside the big file's chunks, far from the index).
+fn tampered(image: &[u8]) -> (Vec<u8>, usize) {
+    let mut bad = image.to_vec();
+    let at = image.len() / 2;
+    bad[at] ^= 0x40;
+    (bad, at)
+}
+
+/// Waits until no daemon holds a lock in `cache_dir` (the previous daemon has exited, its disk writes done).
+fn wait_until_released(cache_dir: &Path) {
+    let free = || {
+        std::fs::read_dir(cache_dir).unwrap().flatten().all(|e| {
+            File::open(e.path().join("lock"))
+                .map(|f| f.try_lock().is_ok())
+                .unwrap_or(true)
+        })
+    };
+    assert!(
+        common::wait_for(Duration::from_secs(20), free),
+        "the previous daemon still holds the cache"
+    );
+}
+
+fn read_file(p: &Path) -> std::io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    File::open(p)?.read_to_end(&mut all)?;
+    Ok(all)
+}
+
+#[test]
+fn a_tampered_chunk_is_eio_and_counted_as_a_decrypt_failure() {
+    let (fx, data) = big_fixture();
+    let image = std::fs::read(&fx.image).unwrap();
+    let (bad, _) = tampered(&image);
+    let srv = RangeServer::start(bad);
+    let addr = free_addr();
+    let guard = mount_url(&fx, &srv.url, &["--metrics-addr", &addr]);
+    assert_eq!(metric(&addr, "decrypt_failures_total"), 0);
+    // The first MiB is intact; the whole file is not.
+    let f = File::open(fx.mnt.join("model/weights.bin")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, &data[..1 << 20]);
+    let err = read_file(&fx.mnt.join("model/weights.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(metric(&addr, "decrypt_failures_total") >= 1);
+    drop(f);
+    guard.unmount();
+}
+
+#[test]
+fn disk_cache_restart_refetches_nothing_and_a_replaced_blob_never_reads_it() {
+    let (fx, data) = big_fixture();
+    let image = std::fs::read(&fx.image).unwrap();
+    let srv = RangeServer::start(image.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let guard = mount_url(&fx, &srv.url, &["--cache-dir", dir]);
+    assert!(read_file(&fx.mnt.join("model/weights.bin")).unwrap() == data);
+    guard.unmount();
+    wait_until_released(cache.path());
+    assert!(srv.served() >= 16 << 20);
+
+    // Restart: header, index and every byte of the file come from disk; only 1-byte length probes are sent
+    // (the legacy-format check and the open each stat the blob).
+    let before = srv.served();
+    let addr = free_addr();
+    let guard = mount_url(&fx, &srv.url, &["--cache-dir", dir, "--metrics-addr", &addr]);
+    assert!(read_file(&fx.mnt.join("model/weights.bin")).unwrap() == data);
+    let refetched = srv.served() - before;
+    assert!(refetched <= 2, "{refetched} bytes refetched after a restart");
+    assert!(metric(&addr, "cache_disk_read_bytes_total") >= 16 << 20);
+    guard.unmount();
+    wait_until_released(cache.path());
+
+    // The blob is replaced (a tampered copy, new ETag): nothing of the old version's cache is used, so the
+    // bad bytes are fetched and refused, where a stale cache would have served the old ones.
+    let (bad, _) = tampered(&image);
+    srv.replace_blob(bad, "\"v2\"");
+    let before = srv.served();
+    let guard = mount_url(&fx, &srv.url, &["--cache-dir", dir]);
+    let err = read_file(&fx.mnt.join("model/weights.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        srv.served() - before >= 4 << 20,
+        "the replaced blob was read from the old cache"
+    );
+    guard.unmount();
+}
+
+#[test]
+fn disk_cache_drops_corrupt_and_truncated_files_and_fetches_them_again() {
+    let (fx, data) = big_fixture();
+    let srv = RangeServer::start(std::fs::read(&fx.image).unwrap());
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let guard = mount_url(&fx, &srv.url, &["--cache-dir", dir]);
+    assert!(read_file(&fx.mnt.join("model/weights.bin")).unwrap() == data);
+    guard.unmount();
+    wait_until_released(cache.path());
+    // Flip a byte in one part's data and truncate another's.
+    let id = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let f = std::fs::OpenOptions::new().write(true).open(id.join("3.d")).unwrap();
+    f.write_all_at(b"\xff\x00\xff", 100_000).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(id.join("5.d"))
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let before = srv.served();
+    let addr = free_addr();
+    let guard = mount_url(&fx, &srv.url, &["--cache-dir", dir, "--metrics-addr", &addr]);
+    assert!(read_file(&fx.mnt.join("model/weights.bin")).unwrap() == data);
+    let refetched = srv.served() - before;
+    assert!(
+        ((2 << 20)..=(6 << 20)).contains(&refetched),
+        "refetched {refetched} bytes for two bad parts"
+    );
+    assert!(metric(&addr, "cache_disk_discarded_total") >= 1);
+    assert_eq!(
+        metric(&addr, "decrypt_failures_total"),
+        0,
+        "a bad cache file reached the decryptor"
+    );
+    guard.unmount();
+}
+
+#[test]
+fn disk_cache_stays_within_its_size_bound() {
+    let (fx, data) = big_fixture();
+    let srv = RangeServer::start(std::fs::read(&fx.image).unwrap());
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let guard = mount_url(&fx, &srv.url, &["--cache-dir", dir, "--cache-dir-size", "4"]);
+    assert!(read_file(&fx.mnt.join("model/weights.bin")).unwrap() == data);
+    guard.unmount();
+    wait_until_released(cache.path());
+    let used: u64 = walk_bytes(cache.path());
+    assert!(used <= 4 << 20, "{used} bytes on disk for a 4 MiB bound");
+    assert!(used >= 2 << 20, "nothing was cached: {used}");
+}
+
+/// Allocated bytes of every file under `dir`.
+fn walk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                walk_bytes(&e.path())
+            } else {
+                m.blocks() * 512
+            }
+        })
+        .sum()
+}

@@ -12,19 +12,36 @@
 //! * Any other read is **random**: served from cached parts if they are all there, otherwise with one request
 //!   for exactly its range (no read-ahead, nothing evicted for it).
 //!
-//! Memory: parts held plus parts in flight never exceed [`CacheConfig::capacity`] (the `--cache-size`, 256 MiB
-//! by default) except for the parts a reader is waiting for right now; least recently used parts go first, and
-//! prefetch stops growing when nothing can be evicted. Only ciphertext is cached: every byte is still
-//! authenticated by the filesystem on every read.
+//! Memory: parts held plus parts in flight never exceed [`CacheConfig::capacity`] except for the parts a reader
+//! is waiting for right now; least recently used parts go first, and prefetch stops growing when nothing can
+//! be evicted. [`CacheConfig::for_budget`] turns the `--cache-size` (256 MiB by default) into that capacity
+//! after setting aside [`RESERVED`] for everything else the daemon holds (FUSE and HTTP buffers, reads being
+//! assembled or decrypted, the program), so the daemon's peak RSS stays near `--cache-size`. Part buffers
+//! come from a pool and go back to it when the last reader drops them, and response bodies are read straight
+//! into them ([`BlobSource::read_range_into`]): a long read reuses the same memory instead of faulting in
+//! fresh pages and fragmenting the allocator.
+//!
+//! With [`CacheConfig::disk`] (`--cache-dir`), parts and random reads (rounded out to 64 KiB blocks) are
+//! also written to a bounded on-disk cache keyed by the blob's pinned identity ([`disk`]), and read from it
+//! before the network. Only ciphertext is cached, in memory or on disk: every byte is still authenticated by
+//! the filesystem on every read, and a range that fails ([`BlobSource::on_auth_failure`]) is dropped from
+//! both, so reading it again fetches it afresh.
+
+pub mod disk;
+mod pool;
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::watch;
+use tracing::warn;
 
+use self::disk::{BLOCK, Lookup};
+pub use self::disk::{DiskConfig, DiskError, DiskStore};
+use self::pool::BufPool;
 use crate::metrics::Metrics;
 use crate::source::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
 
@@ -35,17 +52,22 @@ pub const SEQUENTIAL_AFTER: u64 = 2 << 20;
 /// Default memory bound: 256 MiB of ciphertext parts.
 pub const DEFAULT_CAPACITY: u64 = 256 << 20;
 
+/// Of a memory budget ([`CacheConfig::for_budget`]), what is set aside for everything but cached parts.
+pub const RESERVED: u64 = 48 << 20;
+
 /// Sizes of a [`CachingSource`].
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
-    /// Most bytes of parts held or in flight (the `--cache-size`).
+    /// Most bytes of parts held or in flight.
     pub capacity: u64,
-    /// Bytes per part (aligned in the blob).
+    /// Bytes per part (aligned in the blob; rounded to a multiple of 64 KiB, at most 4 MiB).
     pub part_size: u64,
     /// Largest read-ahead window of one sequential stream.
     pub max_window: u64,
     /// Sequential streams tracked at once.
     pub max_streams: usize,
+    /// The on-disk ciphertext cache, if any.
+    pub disk: Option<DiskConfig>,
 }
 
 impl Default for CacheConfig {
@@ -55,6 +77,18 @@ impl Default for CacheConfig {
             part_size: 2 << 20,
             max_window: 64 << 20,
             max_streams: 16,
+            disk: None,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The defaults, with parts held within `budget` bytes minus [`RESERVED`] (at least 8 MiB): the
+    /// `--cache-size`, a bound on the whole daemon's memory rather than on the parts alone.
+    pub fn for_budget(budget: u64) -> Self {
+        Self {
+            capacity: budget.saturating_sub(RESERVED).max(8 << 20),
+            ..Self::default()
         }
     }
 }
@@ -127,6 +161,12 @@ pub struct CachingSource<B: BlobSource> {
     state: Arc<Mutex<Inner<B::Error>>>,
     metrics: Arc<Metrics>,
     high_water: Arc<AtomicU64>,
+    /// Part buffers.
+    pool: Arc<BufPool>,
+    /// Buffers of reads that span parts.
+    joins: Arc<BufPool>,
+    /// The disk cache of each blob, opened at its first `stat` (None: not configured, or could not open).
+    disks: Mutex<HashMap<BlobKey, Option<Arc<DiskStore>>>>,
 }
 
 impl<B: BlobSource> std::fmt::Debug for CachingSource<B> {
@@ -141,12 +181,12 @@ impl<B: BlobSource> CachingSource<B> {
     /// Wraps `inner`; counters go to `metrics`.
     pub fn new(inner: B, config: CacheConfig, metrics: Arc<Metrics>) -> Self {
         let mut config = config;
-        config.part_size = config.part_size.max(64 << 10);
+        config.part_size = config.part_size.clamp(BLOCK, 64 * BLOCK) / BLOCK * BLOCK;
         config.capacity = config.capacity.max(2 * config.part_size);
         config.max_window = config.max_window.clamp(config.part_size, config.capacity / 2);
+        let parts = usize::try_from(config.capacity / config.part_size).unwrap_or(usize::MAX);
         Self {
             inner: Arc::new(inner),
-            config,
             state: Arc::new(Mutex::new(Inner {
                 parts: HashMap::new(),
                 used: 0,
@@ -156,7 +196,56 @@ impl<B: BlobSource> CachingSource<B> {
             })),
             metrics,
             high_water: Arc::default(),
+            pool: BufPool::new(parts),
+            joins: BufPool::new(16),
+            disks: Mutex::new(HashMap::new()),
+            config,
         }
+    }
+
+    /// The disk cache of `key`, if one is open.
+    pub fn disk(&self, key: &BlobKey) -> Option<Arc<DiskStore>> {
+        self.disks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+            .flatten()
+    }
+
+    /// Opens the disk cache for `key` at `meta` once (a blob without an ETag gets none).
+    async fn open_disk(&self, key: &BlobKey, meta: &BlobMeta) {
+        let Some(cfg) = &self.config.disk else { return };
+        if self.disks.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key) {
+            return;
+        }
+        let shown = crate::source::http::redact(key.as_str());
+        let store = match &meta.etag {
+            None => {
+                warn!(blob = %shown, "the source gives no ETag: no disk cache (a replaced blob could not be told apart)");
+                None
+            }
+            Some(etag) => {
+                let (cfg, part, len) = (cfg.clone(), self.config.part_size, meta.len);
+                let id = disk::identity(&shown, etag.as_str(), len);
+                match tokio::task::spawn_blocking(move || DiskStore::open(&cfg, &id, len, part)).await {
+                    Ok(Ok(s)) => Some(Arc::new(s)),
+                    Ok(Err(e)) => {
+                        warn!(blob = %shown, "no disk cache: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        warn!(blob = %shown, "no disk cache: {e}");
+                        None
+                    }
+                }
+            }
+        };
+        self.disks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_insert(store);
     }
 
     /// The wrapped source.
@@ -182,9 +271,7 @@ impl<B: BlobSource> CachingSource<B> {
         if let Some(len) = self.lock().lens.get(key) {
             return Ok(*len);
         }
-        let meta = self.inner.stat(key).await.map_err(lift)?;
-        self.lock().lens.insert(key.clone(), meta.len);
-        Ok(meta.len)
+        Ok(self.stat(key).await?.len)
     }
 
     /// Classifies a read: the read-ahead window (bytes past its end) for a sequential one, `None` for random.
@@ -272,22 +359,69 @@ impl<B: BlobSource> CachingSource<B> {
         );
         st.used += len;
         self.high_water.fetch_max(st.used, Ordering::Relaxed);
-        let inner = self.inner.clone();
-        let state = self.state.clone();
-        let key = key.clone();
-        let etag = if_match.cloned();
-        tokio::spawn(async move {
-            let r = inner.read_range(&key, range, etag.as_ref()).await.map_err(share);
-            if r.is_err() {
-                // A failed part is forgotten, so the next read tries again.
-                let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(p) = st.parts.remove(&(key, i)) {
-                    st.used -= p.len;
-                }
-            }
-            let _ = tx.send(Some(r));
-        });
+        let fetch = PartFetch {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+            pool: self.pool.clone(),
+            disk: self.disk(key),
+            metrics: self.metrics.clone(),
+            key: key.clone(),
+            etag: if_match.cloned(),
+        };
+        tokio::spawn(fetch.run(i, range, tx));
         Some(rx)
+    }
+
+    /// A random read: exactly its range from the source, or, with a disk cache, from disk when every block is
+    /// there, else fetched rounded out to whole blocks and stored.
+    async fn read_direct(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        blob_len: u64,
+        if_match: Option<&ETag>,
+    ) -> Result<Bytes, BlobError<CacheError<B::Error>>> {
+        let Some(disk) = self.disk(key) else {
+            return self.inner.read_range(key, range, if_match).await.map_err(lift);
+        };
+        let ps = self.config.part_size;
+        // The parts a blob range touches, each with the range's offsets within it.
+        let pieces = |r: &Range<u64>| -> Vec<(u64, Range<u64>)> {
+            (r.start / ps..=(r.end - 1) / ps)
+                .map(|p| (p, r.start.max(p * ps) - p * ps..r.end.min((p + 1) * ps) - p * ps))
+                .collect()
+        };
+        if pieces(&range).into_iter().all(|(p, r)| disk.has(p, r)) {
+            let (d, want) = (disk.clone(), pieces(&range));
+            let len = (range.end - range.start) as usize;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::with_capacity(len);
+                let all = want.into_iter().all(|(p, r)| d.read(p, r, &mut out) == Lookup::Hit);
+                (all, out)
+            })
+            .await;
+            match read {
+                Ok((true, out)) => {
+                    Metrics::add(&self.metrics.disk_read_bytes, out.len() as u64);
+                    return Ok(Bytes::from(out));
+                }
+                Ok((false, _)) => Metrics::add(&self.metrics.disk_discarded, 1),
+                Err(_) => {}
+            }
+        }
+        let wide = range.start / BLOCK * BLOCK..range.end.div_ceil(BLOCK).saturating_mul(BLOCK).min(blob_len);
+        let got = self.inner.read_range(key, wide.clone(), if_match).await.map_err(lift)?;
+        let out = got.slice((range.start - wide.start) as usize..(range.end - wide.start) as usize);
+        let (metrics, stored) = (self.metrics.clone(), got);
+        let parts = pieces(&wide);
+        tokio::task::spawn_blocking(move || {
+            for (p, r) in parts {
+                let at = (p * ps + r.start - wide.start) as usize;
+                disk.write(p, r.start, &stored[at..at + (r.end - r.start) as usize]);
+                Metrics::add(&metrics.disk_written_bytes, r.end - r.start);
+            }
+        });
+        Ok(out)
     }
 
     async fn read_parts(
@@ -356,7 +490,7 @@ impl<B: BlobSource> CachingSource<B> {
             }
         };
         if direct {
-            return self.inner.read_range(key, range, if_match).await.map_err(lift);
+            return self.read_direct(key, range, blob_len, if_match).await;
         }
         let mut pieces = Vec::with_capacity(wanted.len());
         for (i, mut rx) in wanted {
@@ -385,11 +519,84 @@ impl<B: BlobSource> CachingSource<B> {
         if pieces.len() == 1 {
             return Ok(pieces.swap_remove(0));
         }
-        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut out = self.joins.take((range.end - range.start) as usize);
         for p in pieces {
             out.extend_from_slice(&p);
         }
-        Ok(out.freeze())
+        Ok(BufPool::freeze(&self.joins, out))
+    }
+}
+
+/// What the background fetch of one part needs.
+struct PartFetch<B: BlobSource> {
+    inner: Arc<B>,
+    state: Arc<Mutex<Inner<B::Error>>>,
+    pool: Arc<BufPool>,
+    disk: Option<Arc<DiskStore>>,
+    metrics: Arc<Metrics>,
+    key: BlobKey,
+    etag: Option<ETag>,
+}
+
+impl<B: BlobSource> PartFetch<B> {
+    /// Fills part `i` (blob `range`) from disk or the source into a pooled buffer, publishes it on `tx`, then
+    /// stores a fetched part on disk.
+    async fn run(self, i: u64, range: Range<u64>, tx: watch::Sender<PartResult<B::Error>>) {
+        let len = range.end - range.start;
+        // INVARIANT: a part is at most 4 MiB.
+        let mut buf = self.pool.take(len as usize);
+        let mut from_disk = false;
+        if let Some(d) = self.disk.clone().filter(|d| d.has(i, 0..len)) {
+            let read = tokio::task::spawn_blocking(move || {
+                let r = d.read(i, 0..len, &mut buf);
+                (r, buf)
+            })
+            .await;
+            buf = match read {
+                Ok((Lookup::Hit, b)) => {
+                    Metrics::add(&self.metrics.disk_read_bytes, len);
+                    from_disk = true;
+                    b
+                }
+                Ok((r, mut b)) => {
+                    if r == Lookup::Discarded {
+                        Metrics::add(&self.metrics.disk_discarded, 1);
+                    }
+                    b.clear();
+                    b
+                }
+                Err(_) => self.pool.take(len as usize),
+            };
+        }
+        let r = if from_disk {
+            Ok(())
+        } else {
+            self.inner
+                .read_range_into(&self.key, range, self.etag.as_ref(), &mut buf)
+                .await
+                .map_err(share)
+        };
+        let r = match r {
+            Ok(()) => Ok(BufPool::freeze(&self.pool, buf)),
+            Err(e) => {
+                // A failed part is forgotten, so the next read tries again.
+                self.pool.give(buf);
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(p) = st.parts.remove(&(self.key.clone(), i)) {
+                    st.used -= p.len;
+                }
+                Err(e)
+            }
+        };
+        let stored = r.as_ref().ok().cloned();
+        let _ = tx.send(Some(r));
+        if let (false, Some(d), Some(bytes)) = (from_disk, self.disk, stored) {
+            let metrics = self.metrics;
+            tokio::task::spawn_blocking(move || {
+                d.write(i, 0, &bytes);
+                Metrics::add(&metrics.disk_written_bytes, bytes.len() as u64);
+            });
+        }
     }
 }
 
@@ -421,7 +628,33 @@ impl<B: BlobSource> BlobSource for CachingSource<B> {
     async fn stat(&self, key: &BlobKey) -> Result<BlobMeta, BlobError<Self::Error>> {
         let meta = self.inner.stat(key).await.map_err(lift)?;
         self.lock().lens.insert(key.clone(), meta.len);
+        self.open_disk(key, &meta).await;
         Ok(meta)
+    }
+
+    /// Counts a decryption failure and drops every cached copy (memory and disk) of the parts overlapping
+    /// `range`, so the next read fetches them again.
+    fn on_auth_failure(&self, key: &BlobKey, range: Range<u64>) -> bool {
+        Metrics::add(&self.metrics.decrypt_failures, 1);
+        if range.start >= range.end {
+            return false;
+        }
+        let ps = self.config.part_size;
+        let mut dropped = false;
+        {
+            let mut st = self.lock();
+            for i in range.start / ps..=(range.end - 1) / ps {
+                let done = st.parts.get(&(key.clone(), i)).is_some_and(|p| p.rx.borrow().is_some());
+                if done && let Some(p) = st.parts.remove(&(key.clone(), i)) {
+                    st.used -= p.len;
+                    dropped = true;
+                }
+            }
+        }
+        if let Some(d) = self.disk(key) {
+            dropped |= d.discard(range);
+        }
+        dropped
     }
 
     async fn read_range(
@@ -505,6 +738,7 @@ mod tests {
             part_size: 1 << 20,
             max_window: 4 << 20,
             max_streams: 4,
+            disk: None,
         };
         let cache = CachingSource::new(inner, cfg, Arc::default());
         rt.block_on(async {
