@@ -17,6 +17,7 @@ pub mod config;
 pub mod metrics;
 pub mod ready;
 pub mod release;
+pub mod toml_config;
 
 use std::future::Future;
 use std::os::unix::fs::MetadataExt as _;

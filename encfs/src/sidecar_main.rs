@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use encfs::sidecar::config::SidecarConfig;
 use encfs::sidecar::release::Backoff;
+use encfs::sidecar::toml_config::{AttesterChoice, AttesterSection, SidecarFile};
 use encfs::sidecar::{SidecarOptions, run};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -21,10 +22,14 @@ pub(crate) struct SidecarArgs {
     /// Read `EncfsSideCarArgs` (base64 or JSON) from this file instead.
     #[arg(long, value_name = "PATH", conflicts_with = "sidecar_args")]
     pub(crate) args_file: Option<PathBuf>,
-    /// Evidence source: `snp` (the SEV-SNP guest device; fails without it) or `mock` (testing only: needs
-    /// --mock-root-dir).
-    #[arg(long, value_enum, default_value_t = AttesterKind::Snp, env = "CINFER_ENCFS_ATTESTER")]
-    pub(crate) attester: AttesterKind,
+    /// cinfer's own config file (TOML, strict: unknown fields are errors), instead of `EncfsSideCarArgs`; its
+    /// `[attester]` section applies unless the flags below override it. Format: `docs/SIDECAR.md`.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["sidecar_args", "args_file"])]
+    pub(crate) config: Option<PathBuf>,
+    /// Evidence source: `snp` (the SEV-SNP guest device; fails without it; the default) or `mock` (testing only:
+    /// needs --mock-root-dir).
+    #[arg(long, value_enum, env = "CINFER_ENCFS_ATTESTER")]
+    pub(crate) attester: Option<AttesterKind>,
     /// With `--attester mock`: the mock root directory written by `cinfer-attest mock-init --out DIR`.
     #[arg(long, value_name = "DIR", env = "CINFER_ENCFS_MOCK_ROOT_DIR")]
     pub(crate) mock_root_dir: Option<PathBuf>,
@@ -72,30 +77,42 @@ fn hex_array<const N: usize>(name: &str, s: Option<&String>) -> anyhow::Result<[
 }
 
 impl SidecarArgs {
-    fn config(&self) -> anyhow::Result<SidecarConfig> {
+    /// The filesystems, and the attester section of a `--config` file.
+    fn config(&self) -> anyhow::Result<(SidecarConfig, Option<AttesterSection>)> {
+        if let Some(p) = &self.config {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let file = SidecarFile::parse(&text).with_context(|| p.display().to_string())?;
+            return file.into_config().with_context(|| p.display().to_string());
+        }
         let value = match (&self.sidecar_args, &self.args_file) {
             (_, Some(p)) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
             (Some(v), None) => v.clone(),
-            (None, None) => bail!("no configuration: set EncfsSideCarArgs (or --args / --args-file)"),
+            (None, None) => bail!("no configuration: set EncfsSideCarArgs (or --args / --args-file / --config)"),
         };
-        Ok(SidecarConfig::from_env_value(&value)?)
+        Ok((SidecarConfig::from_env_value(&value)?, None))
     }
 
-    fn attester(&self) -> anyhow::Result<Arc<dyn attest::evidence::Attester>> {
-        match self.attester {
+    /// The evidence source: the flags, else the config file's `[attester]`, else the SEV-SNP device.
+    fn attester(&self, file: Option<AttesterSection>) -> anyhow::Result<Arc<dyn attest::evidence::Attester>> {
+        let file = file.unwrap_or_default();
+        let kind = self.attester.unwrap_or(match file.kind {
+            AttesterChoice::Snp => AttesterKind::Snp,
+            AttesterChoice::Mock => AttesterKind::Mock,
+        });
+        let mock_root_dir = self.mock_root_dir.as_ref().or(file.mock_root_dir.as_ref());
+        match kind {
             AttesterKind::Snp => {
-                if self.mock_root_dir.is_some() {
-                    bail!("--mock-root-dir is only valid with --attester mock");
+                if mock_root_dir.is_some() {
+                    bail!("a mock root directory is only valid with the mock attester");
                 }
                 Ok(Arc::new(
                     attest::evidence::SnpDeviceAttester::open().context("opening the SEV-SNP guest device")?,
                 ))
             }
             AttesterKind::Mock => {
-                let dir = self
-                    .mock_root_dir
-                    .as_ref()
-                    .context("--attester mock needs --mock-root-dir DIR (from `cinfer-attest mock-init --out DIR`)")?;
+                let dir = mock_root_dir.context(
+                    "the mock attester needs --mock-root-dir DIR (from `cinfer-attest mock-init --out DIR`)",
+                )?;
                 warn!(
                     "!!! MOCK ATTESTER: evidence is NOT from SEV-SNP hardware; keys are released only by services that \
                      explicitly trust this mock root. Never use this in production. !!!"
@@ -103,8 +120,14 @@ impl SidecarArgs {
                 let root = attest::evidence::MockRoot::load(dir)
                     .with_context(|| format!("loading mock root {}", dir.display()))?;
                 let config = attest::evidence::MockConfig {
-                    host_data: hex_array("--mock-host-data", self.mock_host_data.as_ref())?,
-                    measurement: hex_array("--mock-measurement", self.mock_measurement.as_ref())?,
+                    host_data: hex_array(
+                        "mock host_data",
+                        self.mock_host_data.as_ref().or(file.mock_host_data.as_ref()),
+                    )?,
+                    measurement: hex_array(
+                        "mock measurement",
+                        self.mock_measurement.as_ref().or(file.mock_measurement.as_ref()),
+                    )?,
                     ..Default::default()
                 };
                 Ok(Arc::new(attest::evidence::MockAttester::new(&root, config)?))
@@ -115,8 +138,8 @@ impl SidecarArgs {
 
 /// Runs the sidecar until SIGTERM/SIGINT; exit 0 after a clean unmount.
 pub(crate) fn run_sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
-    let attester = args.attester()?;
+    let (config, attester_section) = args.config()?;
+    let attester = args.attester(attester_section)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("cinfer-sidecar-rt")

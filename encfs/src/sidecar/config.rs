@@ -34,6 +34,9 @@ pub enum ConfigError {
     /// No filesystems.
     #[error("EncfsSideCarArgs has no azure_filesystems")]
     Empty,
+    /// cinfer's own config file is not valid TOML of its shape (unknown fields included).
+    #[error("sidecar config file: {0}")]
+    Toml(String),
 }
 
 /// A secret string from the config (a bearer token): zeroized on drop, redacted in `Debug`.
