@@ -31,10 +31,11 @@ use attest::keywrap::KeyDerivation;
 use attest::secret::SecretBytes;
 use tracing::{error, info, warn};
 
+use crate::cache::{CacheConfig, CachingSource};
 use crate::format::ModelKey;
 use crate::fs::{EncFs, EncFsConfig, OpenError};
 use crate::fuse::{MountConfig, MountSession};
-use crate::source::{AnySource, BlobKey, SourceOptions};
+use crate::source::{AnySource, AzureAuth, BlobKey, BlobSource, SourceOptions};
 
 use self::config::{FilesystemSpec, SidecarConfig};
 use self::ready::{FsState, Status};
@@ -210,13 +211,20 @@ async fn bring_up(
     let label = spec.index.to_string();
     let (hidden, mp) = paths(spec)?;
     prepare_mount_point(&mp)?;
-    if spec.url_private {
-        warn!(
-            filesystem = spec.index,
-            "azure_url_private: managed-identity blob access is not supported yet; the URL must carry a SAS or be public"
-        );
-    }
-    let (source, blob) = open_source(&spec.url, &SourceOptions::default())?;
+    // The sources share the sidecar's counters (served at /metrics); `azure_url_private` fetches the blob with a
+    // managed-identity token (the seed's meaning), for the user-assigned identity when one is configured.
+    let source_opts = SourceOptions {
+        metrics: status.sources.clone(),
+        azure_auth: if spec.url_private {
+            AzureAuth::ManagedIdentity {
+                client_id: identity.map(str::to_owned),
+            }
+        } else {
+            AzureAuth::UrlOrAnonymous
+        },
+        ..SourceOptions::default()
+    };
+    let (source, blob) = open_source(&spec.url, &source_opts)?;
     let maa = AttestationClient::new(&spec.authority).map_err(|e| StepError::from_client(Step::Token, &e))?;
     // A local broker (`http://`, e.g. `cinfer-attest serve`) signs release responses with its token keys:
     // pin its JWKS. AKV/mHSM responses are checked against the system CAs for the vault's host name.
@@ -245,6 +253,29 @@ async fn bring_up(
     let model_key =
         ModelKey::from_slice(released.expose()).map_err(|e| StepError::fatal(Step::Unwrap, e.to_string()))?;
     drop(released);
+    if matches!(source, AnySource::Http(_) | AnySource::Azure(_)) {
+        // Remote: prefetch and cache ciphertext parts within the filesystem's cache budget.
+        let budget = spec.cache_mb.unwrap_or(DEFAULT_CACHE_MB).saturating_mul(1 << 20);
+        let source = CachingSource::new(source, CacheConfig::for_budget(budget), status.sources.clone());
+        return open_and_mount(source, blob, model_key, spec, (hidden, mp), mount_cfg, rt).await;
+    }
+    open_and_mount(source, blob, model_key, spec, (hidden, mp), mount_cfg, rt).await
+}
+
+/// Default memory budget of a remote filesystem's cache, MiB (the `--cache-size` default of `mount`).
+pub const DEFAULT_CACHE_MB: u64 = 256;
+
+/// Opens the image with the released key (header, index, root pin), checks the signature if configured, mounts it
+/// on the hidden directory and exposes it at the mount point. Returns the mount and the image root (hex).
+async fn open_and_mount<B: BlobSource>(
+    source: B,
+    blob: BlobKey,
+    model_key: ModelKey,
+    spec: &FilesystemSpec,
+    (hidden, mp): (PathBuf, PathBuf),
+    mount_cfg: &MountConfig,
+    rt: tokio::runtime::Handle,
+) -> Result<(Mounted, String), StepError> {
     let ids = std::fs::metadata("/proc/self")
         .map(|m| (m.uid(), m.gid()))
         .unwrap_or((0, 0));

@@ -82,7 +82,7 @@ pub struct SeedFilesystem {
     /// Image location: a local path, `file://` URL, or (with the remote sources) an HTTP(S)/Azure Blob URL.
     #[serde(default)]
     pub azure_url: String,
-    /// Seed: fetch the blob with a managed-identity token. Passed on to the source.
+    /// Seed: fetch the blob with a managed-identity token (IMDS; https only).
     #[serde(default)]
     pub azure_url_private: bool,
     /// Where the filesystem appears (a symlink to the hidden mount next to it).
@@ -106,7 +106,7 @@ pub struct SeedFilesystem {
     /// cinfer: the model signer's public key (PEM file path) for the signature gate.
     #[serde(default)]
     pub cinfer_signer_key: Option<String>,
-    /// cinfer: cache size in MiB for remote sources (advisory until the cache lands).
+    /// cinfer: memory budget in MiB of a remote image's part cache (default 256).
     #[serde(default)]
     pub cinfer_cache_mb: Option<u64>,
     /// Unknown fields (warned about).

@@ -32,6 +32,9 @@ pub struct Status {
     ready_dir: Option<PathBuf>,
     /// Metrics served at `/metrics`.
     pub metrics: Metrics,
+    /// The image sources' counters (bytes fetched, requests, retries, cache hits/misses, decrypt failures), shared
+    /// by every filesystem's source and cache and served at `/metrics` after [`Status::metrics`].
+    pub sources: Arc<crate::metrics::Metrics>,
 }
 
 impl Status {
@@ -41,6 +44,7 @@ impl Status {
             entries: Mutex::new(mount_points.into_iter().map(|m| (m, FsState::Starting)).collect()),
             ready_dir,
             metrics: Metrics::default(),
+            sources: Arc::default(),
         }
     }
 
@@ -158,7 +162,11 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>) {
                     )
                 }
                 "/status" => (200, "application/json", format!("{}\n", status.json())),
-                "/metrics" => (200, "text/plain; version=0.0.4", status.metrics.render()),
+                "/metrics" => (
+                    200,
+                    "text/plain; version=0.0.4",
+                    format!("{}{}", status.metrics.render(), status.sources.render_prometheus()),
+                ),
                 "/healthz" | "/live" => (200, "text/plain", "ok\n".into()),
                 _ => (404, "text/plain", "not found\n".into()),
             };
