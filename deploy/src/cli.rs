@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Exit status: 0 success; 1 error (config, policy file, or a rendered output failed its structural check); 2 usage.
@@ -29,6 +29,78 @@ pub(crate) enum Command {
         /// Base64 policy (`--print-policy` output), or an ARM template / parameters file holding `ccePolicy`.
         policy: PathBuf,
     },
+    /// Runs the whole pipeline on this machine as processes (mock attester, Azurite, encfs sidecar, Triton,
+    /// attested proxies), prints where to send requests, runs one example inference, then serves until Ctrl-C.
+    #[command(after_help = LOCAL_AFTER_HELP)]
+    Local(LocalArgs),
+}
+
+const LOCAL_AFTER_HELP: &str = "\
+Exit status: 0 after Ctrl-C (SIGINT) or SIGTERM with everything stopped and unmounted, or after --once; 1 error
+(a stage failed: the message names it and shows the end of its log); 130 interrupted while starting.
+Needs: the workspace binaries next to this one (or CINFER_BIN_DIR), the Python environment of scripts/pyenv.sh
+(or CINFER_PYTHON), Azurite for the default image store (scripts/azurite.sh, or CINFER_AZURITE), /dev/fuse.
+Ports 0 mean any free port. Without --config, the proxy ports are the config defaults (15006, health 15021,
+model server 8000).";
+
+/// Where `cinfer-deploy local` serves the image from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StoreArg {
+    /// Azurite (Azure Blob API, uploaded with `cinfer-mkimage upload`, read with a SAS).
+    Azurite,
+    /// A local HTTP server with Range support.
+    Http,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LocalArgs {
+    /// Exit after the example inference instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Also build `classifier_large` with N MiB of weights, to stream a large model through the mount.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) large_mb: u32,
+    /// Serve this Triton model repository instead of generating the example classifier.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) models: Option<PathBuf>,
+    /// Where the encrypted image is served from.
+    #[arg(long, value_enum, default_value = "azurite")]
+    pub(crate) image_store: StoreArg,
+    /// Work directory (image, keys, logs, mount point); kept. Default: a temporary directory, removed on exit.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) work: Option<PathBuf>,
+    /// Keep the temporary work directory.
+    #[arg(long)]
+    pub(crate) keep: bool,
+    /// A deployment config: its `[proxy]` ports are used (TOML, or YAML when it ends in .yaml/.yml).
+    #[arg(short, long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Ports (0: any free port).
+    #[command(flatten)]
+    pub(crate) ports: LocalPorts,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Ports")]
+pub(crate) struct LocalPorts {
+    /// Server proxy (attested TLS), where requests go [default: config proxy.port, 15006].
+    #[arg(long, value_name = "PORT")]
+    pub(crate) proxy_port: Option<u16>,
+    /// Server proxy health [default: config proxy.health_port, 15021].
+    #[arg(long, value_name = "PORT")]
+    pub(crate) health_port: Option<u16>,
+    /// Model server (Triton) HTTP on loopback [default: config proxy.upstream_port, 8000].
+    #[arg(long, value_name = "PORT")]
+    pub(crate) model_server_port: Option<u16>,
+    /// Client proxy, the clients' http_proxy.
+    #[arg(long, value_name = "PORT", default_value_t = 15001)]
+    pub(crate) client_proxy_port: u16,
+    /// Attestation service + key broker.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub(crate) attest_port: u16,
+    /// Image store (Azurite or the HTTP range server).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub(crate) store_port: u16,
 }
 
 #[derive(Debug, Subcommand)]

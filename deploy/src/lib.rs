@@ -14,11 +14,14 @@
 //! The security policy itself comes from Microsoft's `az confcom acipolicygen`/`katapolicygen`, run on the
 //! rendered template: rendering never depends on the policy, so the policy measures exactly what is deployed.
 //! Every output is checked by [`validate`] before it is written; golden files pin the exact bytes.
+//!
+//! [`local`] runs the whole pipeline on one machine as processes (`cinfer-deploy local`).
 
 pub mod aci;
 pub mod canonical;
 pub mod config;
 pub mod k8s;
+pub mod local;
 pub mod policy;
 pub mod render;
 pub mod sidecar;

@@ -1,6 +1,8 @@
-//! `cinfer-deploy`: renders ACI and Kubernetes deployments and their policies (see `cinfer-deploy --help`).
+//! `cinfer-deploy`: renders ACI and Kubernetes deployments and their policies, and runs the whole pipeline on
+//! this machine (`local`); see `cinfer-deploy --help`.
 
 mod cli;
+mod local_cmd;
 
 use std::process::ExitCode;
 
@@ -15,7 +17,17 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CINFER_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::Local(args) = &cli.command {
+        return match local_cmd::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("cinfer-deploy: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cinfer-deploy: error: {e:#}");
@@ -29,6 +41,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hostdata { policy } => {
             println!("{}", read_policy(&policy)?.host_data());
         }
+        Command::Local(_) => unreachable!("handled in main"),
         Command::Render { target } => {
             let (args, aci) = match &target {
                 Target::Aci(args) => (args, true),

@@ -1,45 +1,50 @@
 //! The acceptance test of the whole product: an unmodified Triton client, through the attested proxy pair, gets
 //! the classifier's answer from a real Triton server whose model was never in plaintext outside the "TEE" (the
-//! FUSE mount after attested key release) — and the negative paths refuse what they must.
+//! FUSE mount after attested key release, the image read from Azurite) — and the negative paths refuse what
+//! they must. It drives `deploy::local::Pipeline`, the code `cinfer-deploy local` runs.
 //!
 //! One test function runs the scenarios in sequence, since each needs a whole stack (Triton takes seconds to
 //! start) and the machine has two cores.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use cinfer_tests::pipeline::{Options, Pipeline};
-
-fn show(p: &Pipeline) {
-    for (name, d) in &p.stages {
-        eprintln!("   {name}: {:.2}s", d.as_secs_f64());
-    }
-}
+use cinfer_tests::{env_u32, show_stages};
+use deploy::local::{ImageStore, Options, Pipeline};
 
 #[test]
 fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
-    let large_mb: u32 = std::env::var("CINFER_E2E_LARGE_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
-    let load_secs: u32 = std::env::var("CINFER_E2E_LOAD_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let large_mb = env_u32("CINFER_E2E_LARGE_MB", 512);
+    let load_secs = env_u32("CINFER_E2E_LOAD_SECS", 60);
 
-    // Happy path, with the large model streamed through the mount too.
+    // Happy path through Azurite, with the large model streamed through the mount too.
     let p = Pipeline::start(&Options {
         large_mb,
-        verbose: true,
+        store: ImageStore::Azurite,
         ..Default::default()
     })
     .unwrap();
-    show(&p);
+    show_stages(&p.stages);
     assert!(
         p.mounted,
-        "the key must be released for the expected hostdata; see {}",
+        "the key must be released for the expected hostdata ({:?}); see {}",
+        p.mount_failure,
         p.logs().display()
     );
-    for model in ["classifier", "classifier_large"] {
+    assert!(
+        p.image_url.contains("/devstoreaccount1/models/"),
+        "the image must be read from Azurite: {}",
+        p.image_url
+    );
+    assert!(
+        !p.image_url.contains("sig="),
+        "a SAS leaked into a shown URL: {}",
+        p.image_url
+    );
+    let mut models = vec!["classifier"];
+    if large_mb > 0 {
+        models.push("classifier_large");
+    }
+    for model in models {
         let (ok, out) = p.client("infer", model, &[]).unwrap();
         eprintln!("{model}: {out}");
         assert!(
@@ -61,16 +66,24 @@ fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
         .unwrap();
     eprintln!("load: {out}");
     let after = p.memory();
-    eprintln!("memory (peak KiB, current KiB) before load: {before:?}\nafter load: {after:?}");
+    eprintln!("memory before load (name, (peak KiB, current KiB)): {before:?}");
+    eprintln!("memory after load: {after:?}");
     assert!(ok, "errors under load: {out}");
     let stats: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(stats["errors"], 0);
     assert!(stats["requests"].as_u64().unwrap() > 0);
+    eprintln!(
+        "load figures: {} req/s, p50 {} ms, p99 {} ms over {} s with {} clients",
+        stats["req_per_s"], stats["p50_ms"], stats["p99_ms"], stats["seconds"], stats["concurrency"]
+    );
     for (name, mem) in &after {
-        let (peak, _) = mem.unwrap_or((0, 0));
+        let (peak, rss) = mem.unwrap_or((0, 0));
+        eprintln!("  RSS {name}: peak {} MiB, now {} MiB", peak / 1024, rss / 1024);
         assert!(peak < 4 << 20, "{name} peaked at {peak} KiB: memory not bounded");
     }
-    drop(p);
+    let work = p.work.clone();
+    p.shutdown().unwrap();
+    assert!(!work.exists(), "the temporary work directory is removed");
 
     // A client policy pinning another hostdata: the client proxy refuses, Triton sees no request.
     let other = "00".repeat(32);
@@ -80,7 +93,8 @@ fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
     })
     .unwrap();
     assert!(p.mounted);
-    let before = p.triton.inference_count("classifier").unwrap();
+    let triton = p.triton().unwrap();
+    let before = triton.inference_count("classifier").unwrap();
     let (ok, out) = p.client("refused", "classifier", &[]).unwrap();
     eprintln!("wrong client policy: {out}");
     assert!(
@@ -89,7 +103,7 @@ fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
     );
     assert!(out.contains("policy"), "the refusal must name the failed check: {out}");
     assert_eq!(
-        p.triton.inference_count("classifier").unwrap(),
+        triton.inference_count("classifier").unwrap(),
         before,
         "Triton saw a request"
     );
@@ -102,12 +116,13 @@ fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
     })
     .unwrap();
     assert!(!p.mounted, "a key was released to evidence with the wrong hostdata");
+    eprintln!("wrong evidence: {:?}", p.mount_failure);
     assert!(
         std::fs::read_dir(&p.mount).unwrap().next().is_none(),
         "something is visible at the mount point"
     );
     assert!(
-        !p.triton.model_ready("classifier"),
+        !p.triton().unwrap().model_ready("classifier"),
         "Triton reports a model that cannot have been loaded"
     );
 }

@@ -7,9 +7,10 @@
   streaming a large model through the mount.
 
 Each model is served by Triton's Python backend, which runs onnxruntime on ``1/model.onnx`` read from the
-repository (the FUSE mount in the tests). Usage: make_models.py OUT_DIR [--large-mb 512] [--input-npy FILE]
+repository (the FUSE mount in the tests). Usage: make_models.py OUT_DIR [--large-mb 512] [--input-npy FILE] [--input-json FILE]
 """
 import argparse
+import json
 import os
 import sys
 
@@ -143,12 +144,18 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--large-mb", type=int, default=0, help="also write classifier_large with this many MiB of weights")
     ap.add_argument("--input-npy", help="write the test input (a mug picture, batch of 1) here")
+    ap.add_argument("--input-json", help="write the same input as a KServe V2 JSON inference request (for curl)")
     a = ap.parse_args()
     write_model(a.out, "classifier", 0)
     if a.large_mb:
         write_model(a.out, "classifier_large", a.large_mb)
     if a.input_npy:
         np.save(a.input_npy, picture(1)[None])
+    if a.input_json:
+        x = picture(1)[None]
+        req = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
+        with open(a.input_json, "w") as f:
+            json.dump(req, f)
     return 0
 
 

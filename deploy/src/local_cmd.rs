@@ -1,0 +1,146 @@
+//! `cinfer-deploy local`: starts [`deploy::local::Pipeline`] with progress on stderr, prints where to send
+//! requests and the example inference on stdout, then serves until SIGINT/SIGTERM (or exits with `--once`).
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use deploy::DeployConfig;
+use deploy::config::ProxyPorts;
+use deploy::local::{Cancel, ImageStore, LocalError, Options, Pipeline, Ports, StageEvent};
+
+use crate::cli::{LocalArgs, StoreArg};
+
+/// Runs the command; the exit code follows `cinfer-deploy local --help`.
+pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
+    let cancel = Cancel::on_signals().context("installing the Ctrl-C handler")?;
+    let opts = options(args, cancel.clone())?;
+    let store = match opts.store {
+        ImageStore::Http => "local HTTP range server",
+        _ => "Azurite",
+    };
+    eprintln!(
+        "== cinfer local: model -> signed, encrypted image -> {store} -> attested key release -> FUSE mount -> \
+         Triton -> attested TLS proxies"
+    );
+    let p = match Pipeline::start(&opts) {
+        Ok(p) => p,
+        Err(LocalError::Interrupted) => {
+            eprintln!("interrupted while starting: everything started so far is stopped");
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => return Err(e).context("starting the local pipeline"),
+    };
+    if !p.mounted {
+        bail!(
+            "the model key was not released to the sidecar ({}); logs in {}",
+            p.mount_failure.as_deref().unwrap_or("unknown"),
+            p.logs().display()
+        );
+    }
+    let first = p.model_names.first().cloned().unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "\nready: attested TLS endpoint {}  (send requests through the client proxy)",
+        p.endpoint
+    )?;
+    writeln!(out, "  http_proxy   {}", p.http_proxy)?;
+    writeln!(out, "  models       {}", p.model_names.join(", "))?;
+    writeln!(
+        out,
+        "  image        {} ({:.1} MiB, root {})",
+        p.image_url,
+        p.image_size as f64 / (1024.0 * 1024.0),
+        p.root
+    )?;
+    writeln!(out, "  hostdata     {}", p.hostdata)?;
+    writeln!(out, "  work dir     {} (logs in logs/)", p.work.display())?;
+    if let Some(cmd) = p.client_shell_command(&first) {
+        writeln!(out, "client:\n  {cmd}")?;
+    }
+    writeln!(out, "or with curl (KServe V2):\n  {}", p.curl_command(&first))?;
+    if p.example.is_some() {
+        writeln!(
+            out,
+            "\nexample inference: tritonclient -> client proxy -> attested TLS -> server proxy -> Triton -> FUSE mount"
+        )?;
+        out.flush()?;
+        for model in &p.model_names {
+            let line = p.example_inference(model).context("the example inference")?;
+            writeln!(out, "{model}: {line}")?;
+            out.flush()?;
+        }
+    }
+    writeln!(out, "\nstage timings:")?;
+    for (name, d) in &p.stages {
+        writeln!(out, "  {:>7.2}s  {name}", d.as_secs_f64())?;
+    }
+    let total: f64 = p.stages.iter().map(|(_, d)| d.as_secs_f64()).sum();
+    writeln!(out, "  {total:>7.2}s  total")?;
+    if args.once {
+        out.flush()?;
+        drop(out);
+        p.shutdown().context("stopping")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "\nserving; Ctrl-C stops everything")?;
+    out.flush()?;
+    drop(out);
+    serve(p, &cancel)
+}
+
+/// Waits for Ctrl-C while watching the processes; then stops everything.
+fn serve(mut p: Pipeline, cancel: &Cancel) -> anyhow::Result<ExitCode> {
+    while !cancel.is_cancelled() {
+        if let Err(e) = p.check_running() {
+            let _ = p.shutdown();
+            return Err(e).context("a process of the pipeline stopped");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("stopping: proxies, Triton, encfs sidecar (unmount), attestation service, image store");
+    let work = p.work.clone();
+    p.shutdown().context("stopping")?;
+    println!("stopped; nothing left mounted under {}", work.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn options(args: &LocalArgs, cancel: Cancel) -> anyhow::Result<Options> {
+    let proxy = match &args.config {
+        Some(path) => DeployConfig::load(path)?.proxy,
+        None => ProxyPorts::default(),
+    };
+    let progress = Arc::new(|ev: &StageEvent| match ev {
+        StageEvent::Start { index, total, name } => {
+            eprint!("[{index}/{total}] {name} ...");
+            let _ = std::io::stderr().flush();
+        }
+        StageEvent::Done { took, .. } => eprintln!(" {:.2}s", took.as_secs_f64()),
+        _ => {}
+    });
+    let keep = args.keep || args.work.is_some();
+    Ok(Options {
+        large_mb: args.large_mb,
+        models: args.models.clone(),
+        store: match args.image_store {
+            StoreArg::Azurite => ImageStore::Azurite,
+            StoreArg::Http => ImageStore::Http,
+        },
+        work_dir: args.work.clone(),
+        keep,
+        ports: Ports {
+            attest: args.ports.attest_port,
+            store: args.ports.store_port,
+            model_server: args.ports.model_server_port.unwrap_or(proxy.upstream_port),
+            server_proxy: args.ports.proxy_port.unwrap_or(proxy.port),
+            health: args.ports.health_port.unwrap_or(proxy.health_port),
+            client_proxy: args.ports.client_proxy_port,
+        },
+        cancel,
+        progress: Some(progress),
+        ..Default::default()
+    })
+}
