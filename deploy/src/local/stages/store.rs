@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::process::Command;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use super::Ctx;
 use crate::local::azurite::{Azurite, SasOptions, account_sas};
 use crate::local::error::{LocalError, Result};
-use crate::local::http::{Body, redact};
+use crate::local::http::redact;
 use crate::local::proc::run;
 use crate::local::range_server::RangeServer;
 
@@ -55,39 +55,32 @@ pub(crate) fn azurite(ctx: &Ctx, image: &Path, port: u16) -> Result<Stored> {
         .map_err(LocalError::io(format!("reading {}", image.display())))?
         .len();
     let upload_url = format!("{}?{}", az.blob_url(CONTAINER, BLOB), account_sas(&SasOptions::full()));
-    let etag = if mkimage_has_upload(&ctx.mkimage) {
-        let out = run(
-            "cinfer-mkimage upload",
-            Command::new(&ctx.mkimage)
-                .arg("upload")
-                .arg(image)
-                .arg(&upload_url)
-                .arg("--create-container"),
-        )
-        .map_err(|e| match e {
-            // The command line holds the SAS: say which upload failed without it.
-            LocalError::CommandFailed { status, output, .. } => LocalError::CommandFailed {
-                what: format!("cinfer-mkimage upload {}", redact(&upload_url)),
-                status,
-                output,
-            },
-            other => other,
-        })?;
-        let field = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-        let uploaded: Option<u64> = field("size:").and_then(|s| s.parse().ok());
-        if uploaded != Some(size) {
-            return Err(LocalError::Unexpected {
-                what: "cinfer-mkimage upload (size)".into(),
-                got: out,
-            });
-        }
-        field("etag:").unwrap_or_default().to_owned()
-    } else {
-        // Until `cinfer-mkimage upload` is in this build: one Put Blob request.
-        warn!("cinfer-mkimage has no `upload` subcommand: uploading with a plain Put Blob request");
-        az.create_container(CONTAINER, false)?;
-        az.put_blob(CONTAINER, BLOB, Body::File(image))?
-    };
+    let out = run(
+        "cinfer-mkimage upload",
+        Command::new(&ctx.mkimage)
+            .arg("upload")
+            .arg(image)
+            .arg(&upload_url)
+            .arg("--create-container"),
+    )
+    .map_err(|e| match e {
+        // The command line holds the SAS: say which upload failed without it.
+        LocalError::CommandFailed { status, output, .. } => LocalError::CommandFailed {
+            what: format!("cinfer-mkimage upload {}", redact(&upload_url)),
+            status,
+            output,
+        },
+        other => other,
+    })?;
+    // `cinfer-mkimage upload` verifies length and MD5 itself; check that it reports the size we built.
+    let field = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+    if field("size:").and_then(|s| s.parse::<u64>().ok()) != Some(size) {
+        return Err(LocalError::Unexpected {
+            what: "cinfer-mkimage upload (size)".into(),
+            got: out,
+        });
+    }
+    let etag = field("etag:").unwrap_or_default().to_owned();
     info!(url = %az.blob_url(CONTAINER, BLOB), size, %etag, "image uploaded to Azurite");
     let url = format!(
         "{}?{}",
@@ -114,11 +107,4 @@ pub(crate) fn http(image: &Path, port: u16) -> Result<Stored> {
         size,
         etag: String::new(),
     })
-}
-
-fn mkimage_has_upload(mkimage: &Path) -> bool {
-    Command::new(mkimage)
-        .args(["upload", "--help"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
