@@ -118,3 +118,56 @@ fn bad_policy_file_is_an_error_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not standard base64"));
     assert!(!out_dir.exists());
 }
+
+/// `local` checks its fixed ports before starting anything: a taken port (here the config's `proxy.port`, then
+/// the same port given on the command line) is an error that names it, and nothing runs.
+#[test]
+fn local_refuses_a_taken_port_before_starting() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cinfer.toml");
+    let example = std::fs::read_to_string(path("examples/cinfer.toml")).unwrap();
+    std::fs::write(&config, example.replace("port = 15006", &format!("port = {port}"))).unwrap();
+    let work = dir.path().join("work");
+    let work_s = work.to_str().unwrap();
+    // Other fixed ports free, so that only the one under test can be taken.
+    let others = [
+        "--health-port",
+        "0",
+        "--model-server-port",
+        "0",
+        "--client-proxy-port",
+        "0",
+    ];
+    let mut args = vec!["local", "--once", "-c", config.to_str().unwrap(), "--work", work_s];
+    args.extend(others);
+    let out = deploy(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {port} (server proxy) is already in use")),
+        "{stderr}"
+    );
+    assert!(!work.exists(), "a stage ran: {}", work.display());
+
+    let p = port.to_string();
+    let mut args = vec![
+        "local",
+        "--once",
+        "--work",
+        work_s,
+        "--health-port",
+        "0",
+        "--model-server-port",
+        "0",
+    ];
+    args.extend(["--proxy-port", "0", "--client-proxy-port", &p]);
+    let out = deploy(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {port} (client proxy) is already in use")),
+        "{stderr}"
+    );
+}

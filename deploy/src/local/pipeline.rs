@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::env::{bin, python};
+use super::env::{bin, port_or_free, python};
 use super::error::{LocalError, Result};
 use super::proc::{Proc, run, wait_for};
 use super::scripts;
@@ -278,6 +278,7 @@ impl Timer {
 impl Pipeline {
     /// Runs every stage; returns with the client proxy ready to take requests.
     pub fn start(opts: &Options) -> Result<Self> {
+        check_ports(&opts.ports)?;
         let (work, tmp) = match &opts.work_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(LocalError::io(format!("creating {}", dir.display())))?;
@@ -629,6 +630,31 @@ impl Drop for Pipeline {
         }
         drop(self.tmp.take());
     }
+}
+
+/// Fails fast, before any stage runs, when a fixed port is taken or given twice.
+fn check_ports(p: &Ports) -> Result<()> {
+    let fixed = [
+        (p.attest, "attestation service"),
+        (p.store, "image store"),
+        (p.model_server, "model server HTTP"),
+        (p.server_proxy, "server proxy"),
+        (p.health, "server proxy health"),
+        (p.client_proxy, "client proxy"),
+    ];
+    for (i, &(port, what)) in fixed.iter().enumerate() {
+        if port == 0 {
+            continue;
+        }
+        if let Some((_, other)) = fixed[..i].iter().find(|(q, _)| *q == port) {
+            return Err(LocalError::PortInUse {
+                port,
+                what: format!("{what}, also given for the {other}"),
+            });
+        }
+        port_or_free(port, what)?;
+    }
+    Ok(())
 }
 
 /// Mount points at or under `dir` (from `/proc/self/mountinfo`).
