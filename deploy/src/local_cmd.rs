@@ -51,9 +51,9 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "  models       {}", p.model_names.join(", "))?;
     writeln!(
         out,
-        "  image        {} ({:.1} MiB, root {})",
+        "  image        {} ({}, root {})",
         p.image_url,
-        p.image_size as f64 / (1024.0 * 1024.0),
+        size(p.image_size),
         p.root
     )?;
     writeln!(out, "  hostdata     {}", p.hostdata)?;
@@ -72,6 +72,20 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
             let line = p.example_inference(model).context("the example inference")?;
             writeln!(out, "{model}: {line}")?;
             out.flush()?;
+        }
+    } else {
+        writeln!(
+            out,
+            "\nexample request: model metadata through client proxy -> attested TLS -> server proxy -> Triton"
+        )?;
+        for model in &p.model_names {
+            let r = p
+                .get_through_proxies(&format!("/v2/models/{model}"))
+                .context("the example request")?;
+            writeln!(out, "{model}: HTTP {} {}", r.status, r.body.trim())?;
+            if r.status != 200 {
+                bail!("the model server answered HTTP {} for {model}", r.status);
+            }
         }
     }
     writeln!(out, "\nstage timings:")?;
@@ -106,6 +120,15 @@ fn serve(mut p: Pipeline, cancel: &Cancel) -> anyhow::Result<ExitCode> {
     p.shutdown().context("stopping")?;
     println!("stopped; nothing left mounted under {}", work.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A byte count for people.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30)),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20)),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
+    }
 }
 
 fn options(args: &LocalArgs, cancel: Cancel) -> anyhow::Result<Options> {

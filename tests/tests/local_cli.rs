@@ -65,6 +65,38 @@ fn local_once_prints_the_answer_and_exits() {
     );
 }
 
+/// `--models DIR`: the user's Triton repository is served instead of the example, and the example request (model
+/// metadata through the attested proxies) answers.
+#[test]
+fn local_once_serves_a_given_model_repository() {
+    let dir = tempfile_dir().join("repo");
+    let script = dir.parent().unwrap().join("make_models.py");
+    std::fs::write(&script, deploy::local::scripts::MAKE_MODELS).unwrap();
+    let st = Command::new(deploy::local::env::python().unwrap())
+        .arg(&script)
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = deploy_local()
+        .args(["--once", "--image-store", "http", "--models"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "exit {}", out.status);
+    assert!(
+        stdout.contains("classifier: HTTP 200 {\"name\":\"classifier\""),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("COFFEE MUG"),
+        "the example ran instead of the given repository"
+    );
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
+
 /// Serving from Azurite until SIGINT: the printed curl command works, then Ctrl-C stops every child, unmounts
 /// and exits 0.
 #[test]
@@ -169,7 +201,9 @@ fn tempfile_dir() -> std::path::PathBuf {
     let parent = std::env::var_os("CINFER_E2E_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let dir = parent.join(format!("cinfer-local-cli.{}", std::process::id()));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = parent.join(format!("cinfer-local-cli.{}.{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::canonicalize(dir).unwrap()
 }

@@ -518,6 +518,31 @@ impl Pipeline {
         }
     }
 
+    /// A GET of `path` on the attested endpoint through the client proxy (absolute-form, as `http_proxy` clients
+    /// send it): what a client sees.
+    pub fn get_through_proxies(&self, path: &str) -> Result<super::http::Response> {
+        let port = self
+            .http_proxy
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| LocalError::Unexpected {
+                what: "client proxy URL".into(),
+                got: self.http_proxy.clone(),
+            })?;
+        let target = format!("http://{}{path}", self.endpoint);
+        super::http::send(
+            port,
+            &super::http::Request {
+                method: "GET",
+                target: &target,
+                headers: &[],
+                body: super::http::Body::Bytes(&[]),
+            },
+            Duration::from_secs(30),
+        )
+    }
+
     /// Fails if a process of the pipeline has exited.
     pub fn check_running(&mut self) -> Result<()> {
         if let Some(p) = &mut self.proxies {
