@@ -8,6 +8,7 @@
 #   CINFER_BIN_DIR     where the release binaries are (default: $CARGO_TARGET_DIR/release or target/release)
 #   CINFER_IMAGE_TAG   tag of the built images (default: dev); images are named localhost/cinfer-<IMAGE>:<tag>
 #   CINFER_DEBIAN_MIRROR  debootstrap mirror (default: http://deb.debian.org/debian)
+#   CINFER_BUILDAH_ROOT   a storage directory of its own (default: buildah's; tests use a temporary one)
 # Needs root, buildah and debootstrap (apt-get install buildah debootstrap). An image whose binary is missing is
 # reported as SKIP; a build or --help failure fails the script. The base image is made once and reused.
 set -euo pipefail
@@ -19,6 +20,9 @@ tag=${CINFER_IMAGE_TAG:-dev}
 mirror=${CINFER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 base=localhost/cinfer-base:bookworm
 bah=(buildah --storage-driver vfs)
+if [ -n "${CINFER_BUILDAH_ROOT:-}" ]; then
+  bah+=(--root "$CINFER_BUILDAH_ROOT/storage" --runroot "$CINFER_BUILDAH_ROOT/run")
+fi
 
 declare -A binary=([init]=cinfer-init [encfs]=cinfer-encfs [proxy]=cinfer-proxy [client-proxy]=cinfer-proxy
                    [attest]=cinfer-attest)

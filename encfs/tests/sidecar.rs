@@ -1,5 +1,6 @@
 //! The confidential sidecar: the seed's `EncfsSideCarArgs`, and the whole flow on one machine (mock attester,
-//! the local attestation service and key broker, real FUSE mounts of the `cinfer-encfs sidecar` binary).
+//! the local attestation service and key broker, the image in Azurite, real FUSE mounts of the
+//! `cinfer-encfs sidecar` binary).
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,6 +19,8 @@ use attest::secret::SecretBytes;
 use attest::service::{RunningService, ServiceConfig};
 use attest::verify::TrustStore;
 use base64::Engine as _;
+use deploy::local::azurite::{Azurite, SasOptions, account_sas};
+use deploy::local::http::Body;
 use encfs::format::ModelKey;
 use encfs::sidecar::config::SidecarConfig;
 use encfs::sidecar::release::{Step, StepError};
@@ -133,8 +136,11 @@ struct World {
     mock_root_dir: PathBuf,
     root: MockRoot,
     image: PathBuf,
+    /// Where the sidecar reads the image (`azure_url`): the local file, or its blob in Azurite.
+    image_url: String,
     image_root: String,
     content: Vec<u8>,
+    _azurite: Option<Azurite>,
 }
 
 fn release_policy(authority: &str, host_data: &[u8; 32]) -> ReleasePolicy {
@@ -203,18 +209,36 @@ impl World {
             dir,
             mock_root_dir,
             root,
+            image_url: format!("file://{}", image.display()),
             image,
             image_root: hex::encode(built.root),
             content,
+            _azurite: None,
         }
+    }
+
+    /// Uploads the image to a fresh Azurite and points the sidecar at the blob with a read-only SAS (what an
+    /// operator puts in `azure_url`).
+    fn serve_from_azurite(&mut self) {
+        let az = Azurite::start().unwrap();
+        az.create_container("models", false).unwrap();
+        az.put_blob("models", "model.img", Body::File(&self.image)).unwrap();
+        self.image_url = format!(
+            "{}?{}",
+            az.blob_url("models", "model.img"),
+            account_sas(&SasOptions::read_only())
+        );
+        // The local copy is gone: every byte the sidecar serves comes from the blob.
+        std::fs::remove_file(&self.image).unwrap();
+        self._azurite = Some(az);
     }
 
     fn args_json(&self, mount_point: &Path, extra: &str) -> String {
         format!(
-            r#"{{"azure_filesystems":[{{"azure_url":"file://{}","azure_url_private":false,"mount_point":"{}",{extra}
+            r#"{{"azure_filesystems":[{{"azure_url":"{}","azure_url_private":false,"mount_point":"{}",{extra}
                "key":{{"kid":"model-key","kty":"oct-HSM","authority":{{"endpoint":"{u}"}},"akv":{{"endpoint":"{u}"}}}},
                "key_derivation":{{"salt":"","label":""}}}}]}}"#,
-            self.image.display(),
+            self.image_url,
             mount_point.display(),
             u = self.svc.url
         )
@@ -250,19 +274,59 @@ fn free_port() -> u16 {
 }
 
 fn start_sidecar(w: &World, mount_point: &Path, extra: &str, host_data: &[u8; 32], tag: &str) -> Sidecar {
-    let ready_dir = w.dir.path().join(format!("ready-{tag}"));
-    let port = free_port();
     let b64 = base64::engine::general_purpose::STANDARD.encode(w.args_json(mount_point, extra));
-    let child = common::encfs_bin()
-        .arg("sidecar")
+    let mut cmd = common::encfs_bin();
+    cmd.arg("sidecar")
         .args(["--attester", "mock", "--mock-root-dir"])
         .arg(&w.mock_root_dir)
         .args(["--mock-host-data", &hex::encode(host_data)])
+        .env("EncfsSideCarArgs", b64);
+    spawn_sidecar(w, cmd, mount_point, tag)
+}
+
+/// The same sidecar configured by cinfer's own TOML file (`--config`), attester included: no flags, no env.
+fn start_sidecar_toml(w: &World, mount_point: &Path, host_data: &[u8; 32], tag: &str) -> Sidecar {
+    let file = w.dir.path().join(format!("sidecar-{tag}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"[attester]
+kind = "mock"
+mock_root_dir = "{}"
+mock_host_data = "{}"
+
+[[filesystems]]
+mount_point = "{}"
+url = "{}"
+expect_root = "{}"
+cache_mb = 64
+key = {{ kid = "model-key", kty = "oct-HSM", authority = "{u}", vault = "{u}" }}
+"#,
+            w.mock_root_dir.display(),
+            hex::encode(host_data),
+            mount_point.display(),
+            w.image_url,
+            w.image_root,
+            u = w.svc.url
+        ),
+    )
+    .unwrap();
+    let mut cmd = common::encfs_bin();
+    cmd.arg("sidecar")
+        .arg("--config")
+        .arg(&file)
+        .env_remove("EncfsSideCarArgs");
+    spawn_sidecar(w, cmd, mount_point, tag)
+}
+
+fn spawn_sidecar(w: &World, mut cmd: Command, mount_point: &Path, tag: &str) -> Sidecar {
+    let ready_dir = w.dir.path().join(format!("ready-{tag}"));
+    let port = free_port();
+    let child = cmd
         .arg("--ready-dir")
         .arg(&ready_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--release-attempts", "2"])
-        .env("EncfsSideCarArgs", b64)
         .env("CINFER_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -344,6 +408,13 @@ impl Sidecar {
     }
 }
 
+/// The value of an unlabelled counter in Prometheus text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
 fn is_mountpoint(p: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let p = p.to_string_lossy();
@@ -357,15 +428,21 @@ fn whole_flow_mounts_after_release_and_refuses_otherwise() {
         fuse_available(),
         "this test needs /dev/fuse, fusermount3 (Debian fuse3) and root"
     );
-    let w = World::new();
+    let mut w = World::new();
+    w.serve_from_azurite();
     let base = w.dir.path().join("mnt");
     std::fs::create_dir(&base).unwrap();
     let mount_point = base.join("models");
     let hidden = base.join(".filesystem-0");
 
-    // 1. host_data = H: released, verified, mounted, byte-exact; ready file, /ready and metrics.
+    // 1. host_data = H: released, verified, mounted, byte-exact from the blob; ready file, /ready and metrics.
+    //    Round 0 is configured by the seed's EncfsSideCarArgs, round 1 by cinfer's TOML file (after a SIGTERM).
     for round in 0..2 {
-        let mut sc = start_sidecar(&w, &mount_point, "", &HOST_DATA, &format!("ok{round}"));
+        let mut sc = if round == 0 {
+            start_sidecar(&w, &mount_point, "", &HOST_DATA, "ok0")
+        } else {
+            start_sidecar_toml(&w, &mount_point, &HOST_DATA, "ok1")
+        };
         let took = sc.wait_ready();
         eprintln!("round {round}: start -> ready in {} ms", took.as_millis());
         assert!(
@@ -404,6 +481,9 @@ fn whole_flow_mounts_after_release_and_refuses_otherwise() {
             metrics.contains("cinfer_encfs_mounted{filesystem=\"0\"} 1"),
             "{metrics}"
         );
+        // The image came from Azurite through the part cache: at least the whole image was fetched, by ranges.
+        let fetched = metric(&metrics, "cinfer_encfs_source_bytes_fetched_total");
+        assert!(fetched >= w.content.len() as u64, "fetched {fetched} bytes:\n{metrics}");
         // SIGTERM: unmount everything, exit 0 (then the next round restarts cleanly).
         sc.sigterm();
         let (ok, log) = sc.wait_exit();
@@ -540,6 +620,7 @@ fn bench_start_to_ready_10gib() {
         .await
         .unwrap();
     });
+    w.image_url = format!("file://{}", big.display());
     w.image = big;
     let base = w.dir.path().join("bench");
     std::fs::create_dir(&base).unwrap();
