@@ -193,6 +193,23 @@ fn local_stops_everything_on_sigint() {
     );
     let left: Vec<u32> = children.into_iter().filter(|&c| alive(c)).collect();
     assert!(left.is_empty(), "children left running: {left:?}");
+
+    // The same --work directory again: the second run starts over from what the first left (image, key, store
+    // data, ready files), without clobbering errors.
+    let out = deploy_local()
+        .args(["--once", "--image-store", "http", "--work"])
+        .arg(&work)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "second run in {}: {}\n{stdout}",
+        work.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("classifier: 1.000000 (1) = COFFEE MUG"), "{stdout}");
+    assert!(mounts_under(&work).is_empty());
     let _ = std::fs::remove_dir_all(&work);
 }
 

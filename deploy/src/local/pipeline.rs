@@ -299,6 +299,7 @@ impl Pipeline {
                 (tmp.path().to_path_buf(), Some(tmp))
             }
         };
+        clear_previous_run(&work, opts.models.is_none())?;
         let logs = work.join("logs");
         std::fs::create_dir_all(&logs).map_err(LocalError::io(format!("creating {}", logs.display())))?;
         let ctx = Ctx {
@@ -655,6 +656,34 @@ impl Drop for Pipeline {
         }
         drop(self.tmp.take());
     }
+}
+
+/// What a previous run in the same `--work` directory left and this one makes anew: keys, image, store data,
+/// broker state, ready files, and the generated example repository when it is generated again (a previous
+/// `--large-mb` model must not linger). The Triton copy and the logs (appended) stay. A mount still there is an
+/// error.
+fn clear_previous_run(work: &Path, generate: bool) -> Result<()> {
+    let mounted = mounts_under(work);
+    if !mounted.is_empty() {
+        return Err(LocalError::Unexpected {
+            what: format!("work directory {}", work.display()),
+            got: format!("still mounted by an earlier run: {mounted:?} (fusermount3 -u them)"),
+        });
+    }
+    let generated: &[&str] = if generate { &["models"] } else { &[] };
+    for name in ["ready", "azurite", "attest-state", "mock"].iter().chain(generated) {
+        let p = work.join(name);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).map_err(LocalError::io(format!("removing {}", p.display())))?;
+        }
+    }
+    for name in ["model.img", "model.key", "signer.pem", "signer.pub.pem", "admin.token"] {
+        let p = work.join(name);
+        if p.is_file() {
+            std::fs::remove_file(&p).map_err(LocalError::io(format!("removing {}", p.display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Fails fast, before any stage runs, when a fixed port is taken or given twice.
