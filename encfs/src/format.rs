@@ -35,7 +35,7 @@ mod keys;
 mod layout;
 mod memory;
 
-pub use chunk::{OpenedChunk, chunk_aad, chunk_nonce, open_chunk_into, seal_chunk};
+pub use chunk::{OpenedChunk, chunk_aad, chunk_nonce, open_chunk_into, seal_chunk, seal_chunk_detached};
 pub use error::FormatError;
 pub use header::{
     AEAD_AES_256_GCM_SIV, DEFAULT_CHUNK_SIZE, HEADER_LEN, Header, KDF_HKDF_SHA256, MAGIC, MAX_CHUNK_SIZE,

@@ -1,12 +1,13 @@
 //! `build`: model directory → encrypted image.
 //!
-//! The pipeline is walk → read + hash (one thread, in file order) → seal (one worker per core) → write. Every
-//! chunk's position in the image follows from the file sizes, which the walk already knows, so workers write
-//! sealed chunks straight to their final offsets in any order, and memory stays bounded by the channel depth
-//! whatever the model size. The index and header are written last; the image is built under a temporary name
+//! The pipeline is walk → read (one thread, in file order) → hash (one thread, in file order) → seal in place (one
+//! worker per core) → write; the three stages overlap (`seal.rs`). Every chunk's position in the image follows from
+//! the file sizes, which the walk already knows, so workers write sealed chunks straight to their final offsets in
+//! any order, and memory stays bounded by a fixed ring of batch buffers whatever the model size. The index and header are written last; the image is built under a temporary name
 //! and renamed into place only when complete, so a failed build leaves nothing behind.
 
 mod pipeline;
+mod seal;
 mod walk;
 
 use std::io::Read;

@@ -30,13 +30,20 @@ pub fn chunk_nonce(index: u64) -> Nonce {
 
 /// Seals `buf` (plaintext of chunk `index`) in place and appends the tag.
 pub fn seal_chunk(keys: &ImageKeys, index: u64, buf: &mut Vec<u8>) {
+    let tag = seal_chunk_detached(keys, index, buf);
+    buf.extend_from_slice(&tag);
+}
+
+/// Seals `plain` (plaintext of chunk `index`) in place and returns the tag that must follow it. The result is
+/// byte for byte what [`seal_chunk`] writes; it lets a builder seal chunks inside a larger buffer laid out as
+/// the image is (each chunk followed by room for its tag) without copying them.
+pub fn seal_chunk_detached(keys: &ImageKeys, index: u64, plain: &mut [u8]) -> [u8; TAG_LEN] {
     let aad = chunk_aad(keys.image_id(), index);
     // INVARIANT: chunks are at most 16 MiB, far below GCM-SIV's 2^36-byte limit.
-    let tag = keys
-        .chunk_cipher()
-        .encrypt_inout_detached(&chunk_nonce(index), &aad, buf.as_mut_slice().into())
-        .expect("chunk shorter than 2^36 bytes");
-    buf.extend_from_slice(&tag);
+    keys.chunk_cipher()
+        .encrypt_inout_detached(&chunk_nonce(index), &aad, plain.into())
+        .expect("chunk shorter than 2^36 bytes")
+        .into()
 }
 
 /// Opens sealed chunk `index` from `sealed` into `out` (which must be exactly `sealed.len() - 16` bytes).

@@ -1,23 +1,16 @@
-//! The build pipeline: read + hash in file order, seal on every core, write at computed offsets.
+//! The build pipeline: walk, lay out, run the data pass ([`super::seal`]), then seal the index and header.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::seal::SealPass;
+use super::{BuildError, BuildOptions, Tree, Walked, walk};
 use encfs::format::{
-    EntryKind, HEADER_LEN, Header, IMAGE_ID_LEN, ImageKeys, Index, Layout, ModelKey, TAG_LEN, root_digest, seal_chunk,
-    seal_index,
+    EntryKind, HEADER_LEN, Header, IMAGE_ID_LEN, ImageKeys, Index, Layout, ModelKey, TAG_LEN, root_digest, seal_index,
 };
 use encfs::signature::{self, ManifestOptions};
-use sha2::{Digest, Sha256};
-
-use super::{BuildError, BuildOptions, Tree, Walked, walk};
-
-/// Plaintext bytes handed to a sealing worker at once (rounded to whole chunks).
-const BATCH_BYTES: usize = 1 << 20;
 
 /// What a finished build produced.
 #[derive(Clone, Debug)]
@@ -36,13 +29,6 @@ pub struct BuildSummary {
     pub bytes: u64,
     /// The embedded OMS signature bundle, when the build signed.
     pub signature: Option<Vec<u8>>,
-}
-
-/// A run of consecutive chunks of one file, handed from the reader to a sealing worker.
-struct Batch {
-    first_chunk: u64,
-    image_offset: u64,
-    plain: Vec<u8>,
 }
 
 /// The model directory on disk, as a [`Tree`].
@@ -125,7 +111,21 @@ pub fn build_tree(
     }
 
     let tmp = TempImage::create(&opts.output)?;
-    let digests = seal_all(tree, opts, &keys, &walked, &layout, &tmp, progress)?;
+    let sealers = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let digests = SealPass {
+        keys: &keys,
+        walked: &walked,
+        layout: &layout,
+        chunk_size: opts.chunk_size as usize,
+        sealers,
+        write_at: &|buf, offset| tmp.write_at(buf, offset),
+        progress,
+    }
+    .run(tree)?;
     for (i, digest) in digests {
         if let EntryKind::File { sha256, .. } = &mut walked[i].entry.kind {
             *sha256 = digest;
@@ -173,156 +173,6 @@ pub fn build_tree(
         bytes,
         signature: bundle,
     })
-}
-
-/// Reads every file in order (hashing it), while workers seal and write the chunks. Returns each file's digest.
-fn seal_all(
-    tree: &dyn Tree,
-    opts: &BuildOptions,
-    keys: &ImageKeys,
-    walked: &[Walked],
-    layout: &Layout,
-    tmp: &TempImage,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<Vec<(usize, [u8; 32])>, BuildError> {
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
-    let cs = opts.chunk_size as usize;
-    let batch_chunks = (BATCH_BYTES / cs).max(1);
-    let (tx, rx) = crossbeam_channel::bounded::<Batch>(threads * 2);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<BuildError>> = Mutex::new(None);
-    let fail = |e: BuildError| {
-        failed.store(true, Ordering::SeqCst);
-        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(e);
-    };
-
-    let mut digests = Vec::new();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let rx = rx.clone();
-            let fail = &fail;
-            let failed = &failed;
-            s.spawn(move || {
-                let mut out = Vec::with_capacity(batch_chunks * (cs + TAG_LEN));
-                let mut chunk = Vec::with_capacity(cs + TAG_LEN);
-                for b in rx.iter() {
-                    if failed.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    out.clear();
-                    for (n, plain) in b.plain.chunks(cs).enumerate() {
-                        chunk.clear();
-                        chunk.extend_from_slice(plain);
-                        seal_chunk(keys, b.first_chunk + n as u64, &mut chunk);
-                        out.extend_from_slice(&chunk);
-                    }
-                    if let Err(e) = tmp.write_at(&out, b.image_offset) {
-                        fail(e);
-                    }
-                }
-            });
-        }
-        drop(rx);
-        let mut done = 0u64;
-        for (i, w) in walked.iter().enumerate() {
-            let (Some(path), Some(fl)) = (&w.path, layout.file(i)) else {
-                continue;
-            };
-            match read_file(
-                tree,
-                path,
-                fl.size,
-                fl.first_chunk,
-                fl.data_offset,
-                cs,
-                batch_chunks,
-                &tx,
-                &failed,
-                |n| {
-                    done += n;
-                    progress(done);
-                },
-            ) {
-                Ok(d) => digests.push((i, d)),
-                Err(e) => {
-                    fail(e);
-                    break;
-                }
-            }
-            if failed.load(Ordering::Relaxed) {
-                break;
-            }
-        }
-        drop(tx);
-    });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(digests),
-    }
-}
-
-/// Reads one file in batches of whole chunks, hashing it and sending the batches to the workers.
-#[allow(clippy::too_many_arguments)]
-fn read_file(
-    tree: &dyn Tree,
-    path: &Path,
-    size: u64,
-    first_chunk: u64,
-    data_offset: u64,
-    cs: usize,
-    batch_chunks: usize,
-    tx: &crossbeam_channel::Sender<Batch>,
-    failed: &AtomicBool,
-    mut progress: impl FnMut(u64),
-) -> Result<[u8; 32], BuildError> {
-    let rerr = |source| BuildError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = tree.open(path, size)?;
-    let mut hasher = Sha256::new();
-    let mut remaining = size;
-    let mut chunk = first_chunk;
-    let mut offset = data_offset;
-    while remaining > 0 {
-        if failed.load(Ordering::Relaxed) {
-            break;
-        }
-        let want = remaining.min((batch_chunks * cs) as u64) as usize;
-        let mut plain = vec![0u8; want];
-        f.read_exact(&mut plain).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => BuildError::Changed(path.to_owned()),
-            _ => rerr(e),
-        })?;
-        hasher.update(&plain);
-        let n_chunks = want.div_ceil(cs) as u64;
-        let sealed_len = want as u64 + n_chunks * TAG_LEN as u64;
-        progress(want as u64);
-        if tx
-            .send(Batch {
-                first_chunk: chunk,
-                image_offset: offset,
-                plain,
-            })
-            .is_err()
-        {
-            break;
-        }
-        chunk += n_chunks;
-        offset += sealed_len;
-        remaining -= want as u64;
-    }
-    // A file that grew since the walk would be silently cut: refuse it.
-    let mut probe = [0u8; 1];
-    if f.read(&mut probe).map_err(rerr)? != 0 {
-        return Err(BuildError::Changed(path.to_owned()));
-    }
-    Ok(hasher.finalize().into())
 }
 
 /// The image under construction: a temporary file next to the output, removed on drop unless committed.
