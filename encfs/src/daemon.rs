@@ -239,7 +239,19 @@ fn serve<B: BlobSource>(source: B, key: BlobKey, s: Setup<'_>, mut signals: Sign
             encfs::gate::run(&fs, signer, args.verify.mode(), rt.handle())
                 .with_context(|| format!("refusing to mount {image}"))?;
         }
-        let session = fuse::mount(Arc::new(fs), rt.handle().clone(), mountpoint, &args.mount_config())
+        let mut mount_config = args.mount_config();
+        if !encfs::source::is_url(image) {
+            // A remote image's part cache fetches ahead on its own; a local file gets decrypt-ahead.
+            mount_config.read_ahead = encfs::fs::readahead::ReadAheadConfig::LOCAL;
+        }
+        if let Ok(v) = std::env::var("CINFER_UNSTABLE_READ_AHEAD_STREAMS") {
+            mount_config.read_ahead.max_streams = v.parse().context("CINFER_UNSTABLE_READ_AHEAD_STREAMS")?;
+            warn!(
+                value = mount_config.read_ahead.max_streams,
+                "CINFER_UNSTABLE_READ_AHEAD_STREAMS is set"
+            );
+        }
+        let session = fuse::mount(Arc::new(fs), rt.handle().clone(), mountpoint, &mount_config)
             .with_context(|| format!("mounting on {}", mountpoint.display()))?;
         (session, root)
     };

@@ -11,7 +11,10 @@
 //! and tests drive it directly.
 //!
 //! Large reads are decrypted in parallel (rayon's global pool, one thread per core), because a single
-//! sequential reader leaves only one or two kernel requests in flight.
+//! sequential reader leaves only one or two kernel requests in flight; [`readahead`] also starts a sequential
+//! reader's next read before the kernel asks for it.
+
+pub mod readahead;
 
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
@@ -408,6 +411,12 @@ impl<B: BlobSource> EncFs<B> {
             Some(_) => Ok(self.attr_of(i)),
             None => Err(FsError::NotFile),
         }
+    }
+
+    /// Size of regular file `ino`, or `None` if it is not one.
+    pub fn file_size(&self, ino: u64) -> Option<u64> {
+        let i = self.entry_of(ino).ok()?;
+        self.image.layout.file(i).map(|fl| fl.size)
     }
 
     /// Totals for `statfs`.

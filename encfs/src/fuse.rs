@@ -5,7 +5,8 @@
 //! which would otherwise flood the log) and the read gets `EIO` with no data.
 //!
 //! Performance settings (see `perf-anchors.md` §3.3–3.4): several request threads, each with its own cloned
-//! `/dev/fuse` fd; `max_background` 64; reads of up to 1 MiB (`max_read`); `FOPEN_KEEP_CACHE` on every open,
+//! `/dev/fuse` fd; `max_background` 64; reads of up to 1 MiB (`max_read`), served through decrypt-ahead for
+//! sequential readers when configured ([`ReadAhead`], one file handle per open); `FOPEN_KEEP_CACHE` on every open,
 //! since the image is immutable and pinned, so the page cache survives close and reopen; and long attribute
 //! and entry TTLs for the same reason. The kernel's readahead can only be raised after the mount, through
 //! the bdi in sysfs ([`MountSession::set_read_ahead_kb`]).
@@ -16,6 +17,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use fuser::{
 };
 use tracing::{debug, error, info, instrument, warn};
 
+use crate::fs::readahead::{ReadAhead, ReadAheadConfig};
 use crate::fs::{Attr, EncFs, FileKind, FsError};
 use crate::source::BlobSource;
 
@@ -54,6 +57,9 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Source name shown in `/proc/mounts`.
     pub fs_name: String,
+    /// Decrypt-ahead for sequential readers ([`ReadAhead`]); off by default, the daemon turns it on for local
+    /// images ([`ReadAheadConfig::LOCAL`]).
+    pub read_ahead: ReadAheadConfig,
 }
 
 impl Default for MountConfig {
@@ -64,15 +70,18 @@ impl Default for MountConfig {
             max_background: 64,
             allow_other: false,
             fs_name: "cinfer-encfs".into(),
+            read_ahead: ReadAheadConfig::default(),
         }
     }
 }
 
-/// The `fuser` filesystem: an [`EncFs`] plus the runtime its async reads run on.
+/// The `fuser` filesystem: an [`EncFs`], read through [`ReadAhead`] on the runtime its async reads run on.
 pub struct FuseFs<B: BlobSource> {
     fs: Arc<EncFs<B>>,
-    rt: tokio::runtime::Handle,
+    reads: ReadAhead<B>,
     max_background: u16,
+    /// The next file handle (one per open, so read-ahead can follow each reader).
+    next_fh: AtomicU64,
     /// Chunk indices already logged as failing authentication.
     logged_bad_chunks: Mutex<HashSet<u64>>,
 }
@@ -85,11 +94,17 @@ impl<B: BlobSource> std::fmt::Debug for FuseFs<B> {
 
 impl<B: BlobSource> FuseFs<B> {
     /// Wraps `fs`; async operations are driven on `rt` (blocking the calling FUSE thread until done).
-    pub fn new(fs: Arc<EncFs<B>>, rt: tokio::runtime::Handle, max_background: u16) -> Self {
+    pub fn new(
+        fs: Arc<EncFs<B>>,
+        rt: tokio::runtime::Handle,
+        max_background: u16,
+        read_ahead: ReadAheadConfig,
+    ) -> Self {
         Self {
+            reads: ReadAhead::new(Arc::clone(&fs), rt, read_ahead),
             fs,
-            rt,
             max_background,
+            next_fh: AtomicU64::new(1),
             logged_bad_chunks: Mutex::new(HashSet::new()),
         }
     }
@@ -199,9 +214,26 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
             return;
         }
         match self.fs.open_file(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => reply.opened(
+                FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed)),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(self.fail("open", ino.0, &e)),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.reads.release(fh.0);
+        reply.ok();
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, size))]
@@ -209,7 +241,7 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -218,13 +250,11 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
     ) {
         // One buffer per request thread, reused: no allocation or page faults per read.
         READ_BUF.with_borrow_mut(|buf| {
-            match self
-                .rt
-                .block_on(self.fs.read_into(ino.0, offset, size.min(MAX_READ), buf))
-            {
-                Ok(()) => reply.data(buf),
-                Err(e) => reply.error(self.fail("read", ino.0, &e)),
-            }
+            self.reads
+                .read(fh.0, ino.0, offset, size.min(MAX_READ), buf, |r| match r {
+                    Ok(data) => reply.data(data),
+                    Err(e) => reply.error(self.fail("read", ino.0, &e)),
+                });
         });
     }
 
@@ -313,7 +343,7 @@ pub fn mount<B: BlobSource>(
     mountpoint: &Path,
     cfg: &MountConfig,
 ) -> io::Result<MountSession> {
-    mount_filesystem(FuseFs::new(fs, rt, cfg.max_background), mountpoint, cfg)
+    mount_filesystem(FuseFs::new(fs, rt, cfg.max_background, cfg.read_ahead), mountpoint, cfg)
 }
 
 /// Mounts any read-only `fuser` filesystem with the same options, threads and session handling as [`mount`]
