@@ -49,6 +49,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 mkdir -p "$work/plain/model" "$work/serve/rc" "$work/mnt-enc" "$work/mnt-rc" "$work/nginx"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -104,6 +105,13 @@ cold_read() { # file -> seconds of a cold sequential dd
   calc "$t1-$t0"
 }
 daemon_pid() { pgrep -n -f "cinfer-encfs mount .* $1 .*daemon-child"; }
+unmount_enc() { # unmounts the encfs mount and waits for its daemon to exit (it frees the metrics port)
+  local p
+  p=$(daemon_pid "$work/mnt-enc" || true)
+  fusermount3 -u "$work/mnt-enc"
+  [[ -n "$p" ]] && while kill -0 "$p" 2>/dev/null; do sleep 0.05; done
+  return 0
+}
 cpu_s() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
 hwm_mib() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status"; }
 mbs() { calc "round($SIZE_MIB*1048576/1e6/$1)"; }
@@ -149,7 +157,7 @@ EOF
     c0=$(cpu_s "$pid")
     s=$(cold_read "$work/mnt-enc/model/weights.bin")
     enc+=("$(mbs "$s")"); cpu+=("$(calc "round(($(cpu_s "$pid")-$c0)/($SIZE_MIB/1024),2)")")
-    fusermount3 -u "$work/mnt-enc"
+    unmount_enc
     rclone mount encweb: "$work/mnt-rc" --read-only --daemon --vfs-cache-mode off
     for _ in $(seq 100); do [[ -e "$work/mnt-rc/weights.bin" ]] && break; sleep 0.1; done
     rc+=("$(mbs "$(cold_read "$work/mnt-rc/weights.bin")")")
@@ -170,7 +178,7 @@ if [[ " ${sections[*]} " == *" memory "* ]]; then
       pid=$(daemon_pid "$work/mnt-enc")
       r=$(mbs "$(cold_read "$work/mnt-enc/model/weights.bin")")
       h=$(hwm_mib "$pid")
-      fusermount3 -u "$work/mnt-enc"
+      unmount_enc
       if [[ $mode == 256 ]]; then b+=("$r"); bh+=("$h"); else u+=("$r"); uh+=("$h"); fi
     done
     echo "rep $i: 256M ${b[-1]} MB/s peak RSS ${bh[-1]} MiB; unbounded ${u[-1]} MB/s peak RSS ${uh[-1]} MiB; load $(cut -d' ' -f1 /proc/loadavg)"
@@ -241,7 +249,7 @@ t=time.perf_counter(); f=open(sys.argv[1],'rb'); f.read(1); print(round((time.pe
       # shellcheck disable=SC2086
       "$ENCFS" mount "$SURL" "$work/mnt-enc" --key-file "$work/model.key" --metrics-addr "127.0.0.1:$MPORT" $EXTRA
       tt+=("$(ttfb_ms "$work/mnt-enc/model/weights.bin")")
-      fusermount3 -u "$work/mnt-enc"
+      unmount_enc
       # shellcheck disable=SC2086
       "$ENCFS" mount "$SURL" "$work/mnt-enc" --key-file "$work/model.key" --metrics-addr "127.0.0.1:$MPORT" $EXTRA
       f0=$(metric source_bytes_fetched_total)
@@ -249,7 +257,7 @@ t=time.perf_counter(); f=open(sys.argv[1],'rb'); f.read(1); print(round((time.pe
       s=$(cold_read "$work/mnt-enc/model/weights.bin")
       r1=$(cat "/sys/class/net/$VH/statistics/rx_bytes")
       f1=$(metric source_bytes_fetched_total)
-      fusermount3 -u "$work/mnt-enc"
+      unmount_enc
       bytes=$((SIZE_MIB * 1048576))
       gbit+=("$(calc "round($bytes*8/1e9/$s,3)")")
       wire+=("$(calc "round(($r1-$r0)/$bytes,4)")")
@@ -308,7 +316,7 @@ EOF
     # shellcheck disable=SC2086
     "$ENCFS" mount "$base/model.img?$sas" "$work/mnt-enc" --key-file "$work/model.key" $EXTRA
     s=$(cold_read "$work/mnt-enc/model/weights.bin")
-    fusermount3 -u "$work/mnt-enc"
+    unmount_enc
     e+=("$(calc "round($AZ_MIB*1048576/1e6/$s)")")
     r+=("$(calc "round($len/1e6/$(raw_s "$conc"))")")
     echo "rep $i: cinfer-encfs ${e[-1]} MB/s, raw ranged GETs ${r[-1]} MB/s; load $(cut -d' ' -f1 /proc/loadavg)"

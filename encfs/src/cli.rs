@@ -235,6 +235,13 @@ impl MountArgs {
     /// The part cache of remote sources: --cache-size as the memory budget, --cache-dir on disk.
     pub(crate) fn cache_config(&self) -> encfs::cache::CacheConfig {
         let mut cfg = encfs::cache::CacheConfig::for_budget(self.cache_size.saturating_mul(1 << 20));
+        if let Some(n) = std::env::var("CINFER_UNSTABLE_MAX_REQUESTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            tracing::warn!(value = n, "CINFER_UNSTABLE_MAX_REQUESTS is set");
+            cfg.max_requests = n;
+        }
         cfg.disk = self.cache_dir.as_ref().map(|dir| encfs::cache::DiskConfig {
             dir: dir.clone(),
             limit: self.cache_dir_size.saturating_mul(1 << 20),

@@ -66,6 +66,9 @@ pub struct CacheConfig {
     pub max_window: u64,
     /// Sequential streams tracked at once.
     pub max_streams: usize,
+    /// Part requests in flight at once (more wait their turn, in order): enough to fill a long fat link, few
+    /// enough that the part a reader needs next is not starved by the ones behind it.
+    pub max_requests: usize,
     /// The on-disk ciphertext cache, if any.
     pub disk: Option<DiskConfig>,
 }
@@ -77,6 +80,7 @@ impl Default for CacheConfig {
             part_size: 2 << 20,
             max_window: 64 << 20,
             max_streams: 16,
+            max_requests: 8,
             disk: None,
         }
     }
@@ -167,6 +171,8 @@ pub struct CachingSource<B: BlobSource> {
     joins: Arc<BufPool>,
     /// The disk cache of each blob, opened at its first `stat` (None: not configured, or could not open).
     disks: Mutex<HashMap<BlobKey, Option<Arc<DiskStore>>>>,
+    /// Permits for part requests to the source (FIFO, so parts are fetched in the order they were asked for).
+    requests: Arc<tokio::sync::Semaphore>,
 }
 
 impl<B: BlobSource> std::fmt::Debug for CachingSource<B> {
@@ -199,6 +205,7 @@ impl<B: BlobSource> CachingSource<B> {
             pool: BufPool::new(parts),
             joins: BufPool::new(16),
             disks: Mutex::new(HashMap::new()),
+            requests: Arc::new(tokio::sync::Semaphore::new(config.max_requests.max(1))),
             config,
         }
     }
@@ -365,6 +372,7 @@ impl<B: BlobSource> CachingSource<B> {
             pool: self.pool.clone(),
             disk: self.disk(key),
             metrics: self.metrics.clone(),
+            requests: self.requests.clone(),
             key: key.clone(),
             etag: if_match.cloned(),
         };
@@ -534,6 +542,7 @@ struct PartFetch<B: BlobSource> {
     pool: Arc<BufPool>,
     disk: Option<Arc<DiskStore>>,
     metrics: Arc<Metrics>,
+    requests: Arc<tokio::sync::Semaphore>,
     key: BlobKey,
     etag: Option<ETag>,
 }
@@ -571,6 +580,8 @@ impl<B: BlobSource> PartFetch<B> {
         let r = if from_disk {
             Ok(())
         } else {
+            // The semaphore is never closed; without a permit the request goes ahead anyway.
+            let _permit = self.requests.acquire().await.ok();
             self.inner
                 .read_range_into(&self.key, range, self.etag.as_ref(), &mut buf)
                 .await
@@ -738,6 +749,7 @@ mod tests {
             part_size: 1 << 20,
             max_window: 4 << 20,
             max_streams: 4,
+            max_requests: 8,
             disk: None,
         };
         let cache = CachingSource::new(inner, cfg, Arc::default());
