@@ -13,11 +13,12 @@
 #             bytes (encfs metrics) ÷ bytes read, time to first byte (open + read 1 byte). The namespace and
 #             devices are removed on exit, also on failure.
 #   azurite   B9: the image in Azurite (scripts/azurite.sh), cinfer-encfs by SAS URL vs a raw ranged-GET client
-#             (curl, parallel 2 MiB ranges) at the same concurrency.
+#             (Python http.client, 2 MiB ranges, AZ_CONC keep-alive connections) at the same concurrency (8).
 #
 # Needs root, fuse3, nginx (installed here if missing: apt nginx-light), rclone (apt), iproute2 (shaped),
 # node + npm (azurite), and release binaries: CARGO_TARGET_DIR=... cargo build --release -p encfs -p mkimage
-# Env: SIZE_MIB (2048), AZ_MIB (512), REPS (5), BIN_DIR (target/release), EXTRA (extra mount flags for encfs).
+# Env: SIZE_MIB (2048), AZ_MIB (512), REPS (5), BIN_DIR (target/release), EXTRA (extra mount flags for encfs),
+# DELAYS (one-way delays in ms for `shaped`, "1 25"), AZ_CONC (raw client concurrency for `azurite`, 8).
 set -euo pipefail
 SIZE_MIB=${SIZE_MIB:-2048}
 AZ_MIB=${AZ_MIB:-512}
@@ -216,6 +217,7 @@ if [[ " ${sections[*]} " == *" shaped "* ]]; then
     ip link del "$VH" 2>/dev/null || true
     how="TUN delay line (benches/netdelay.py; no netem in this kernel)"
     link_up() {
+      rm -f "$work/netdelay.out"
       python3 "$here/netdelay.py" "$VH" "$VS" "$1" 1e9 > "$work/netdelay.out" 2>> "$work/netdelay.log" &
       link_pid=$!
       pids+=("$link_pid")
@@ -235,7 +237,7 @@ import time,sys
 t=time.perf_counter(); f=open(sys.argv[1],'rb'); f.read(1); print(round((time.perf_counter()-t)*1e3,2))" "$1"
   }
   metric() { curl -fs "http://127.0.0.1:$MPORT/metrics" | awk -v n="cinfer_encfs_$1" '$1==n {print $2}'; }
-  for d in 1 25; do
+  for d in ${DELAYS:-1 25}; do
     link_up "$d"
     wait_http "$SURL"
     # RTT: the TCP handshake time of a fresh connection (median of 3).
@@ -296,21 +298,39 @@ EOF
   curl -fs -X PUT -T "$work/az.img" "$base/model.img?$sas" -H 'x-ms-version: 2019-12-12' -H 'x-ms-blob-type: BlockBlob'
   len=$(stat -c %s "$work/az.img")
   rm -f "$work/azplain/model/weights.bin"
-  raw_s() { # concurrency -> seconds for the whole blob in 2 MiB ranged GETs
-    local cfg="$work/curl.cfg" a=0 part=$((2 << 20))
-    : > "$cfg"
-    while ((a < len)); do
-      printf 'url = "%s"\nrange = %d-%d\noutput = /dev/null\n' "$base/model.img?$sas" "$a" $((a + part - 1)) >> "$cfg"
-      a=$((a + part))
-    done
-    local t0 t1
-    t0=$(date +%s.%N)
-    curl -fs -Z --parallel-max "$1" -H 'x-ms-version: 2021-08-06' -K "$cfg"
-    t1=$(date +%s.%N)
-    calc "$t1-$t0"
+  raw_s() { # concurrency -> seconds for the whole blob in 2 MiB ranged GETs (keep-alive connections, one per worker)
+    python3 - "$base/model.img?$sas" "$len" "$1" <<'PYEOF'
+import http.client, sys, threading, time, urllib.parse
+url, total, conc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+u = urllib.parse.urlsplit(url)
+path = u.path + "?" + u.query
+part = 2 << 20
+todo = list(range(0, total, part))
+lock = threading.Lock()
+got = [0]
+def worker():
+    c = http.client.HTTPConnection(u.hostname, u.port)
+    while True:
+        with lock:
+            if not todo:
+                return
+            a = todo.pop(0)
+        c.request("GET", path, headers={"Range": "bytes=%d-%d" % (a, min(a + part, total) - 1), "x-ms-version": "2021-08-06"})
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 206, r.status
+        with lock:
+            got[0] += len(body)
+t = time.monotonic()
+ts = [threading.Thread(target=worker) for _ in range(conc)]
+for x in ts: x.start()
+for x in ts: x.join()
+assert got[0] == total, (got[0], total)
+print(time.monotonic() - t)
+PYEOF
   }
   conc=${AZ_CONC:-8}
-  echo "## azurite: ${AZ_MIB} MiB image, cinfer-encfs (cold dd) vs curl ranged GETs (2 MiB, parallel $conc)"
+  echo "## azurite: ${AZ_MIB} MiB image, cinfer-encfs (cold dd) vs raw ranged GETs (2 MiB, $conc connections)"
   e=(); r=()
   for i in $(seq "$REPS"); do
     # shellcheck disable=SC2086

@@ -274,7 +274,7 @@ impl DiskStore {
         let mut others = 0;
         if let Ok(entries) = fs::read_dir(&self.root) {
             for e in entries.flatten() {
-                if e.path() != self.dir && e.path().is_dir() {
+                if e.path() != self.dir && is_identity_dir(&e.path()) {
                     others += dir_bytes(&e.path());
                 }
             }
@@ -307,7 +307,7 @@ impl DiskStore {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|e| e.path() != self.dir && e.path().is_dir())
+                .filter(|e| e.path() != self.dir && is_identity_dir(&e.path()))
                 .map(|e| {
                     (
                         e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH),
@@ -518,6 +518,16 @@ impl DiskStore {
     }
 }
 
+/// True for a directory this cache made (a hex identity name, with a lock file): nothing else in the cache
+/// directory is ever counted or removed.
+fn is_identity_dir(p: &Path) -> bool {
+    let named = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.len() == 40 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+    named && p.is_dir() && p.join("lock").is_file()
+}
+
 fn block_mask(range: &std::ops::Range<u64>) -> u64 {
     if range.start >= range.end {
         return 0;
@@ -641,6 +651,8 @@ mod tests {
                 s.write(p, 0, &blob[(p * part) as usize..((p + 1) * part) as usize]);
             }
         }
+        std::fs::create_dir(tmp.path().join("unrelated")).unwrap();
+        std::fs::write(tmp.path().join("unrelated/data"), vec![1u8; 1 << 20]).unwrap();
         let small = DiskConfig { limit: 5 << 20, ..big };
         let new = identity("http://x/b", "\"new\"", blob_len);
         let s = DiskStore::open(&small, &new, blob_len, part).unwrap();
@@ -649,6 +661,10 @@ mod tests {
             assert!(dir_bytes(tmp.path()) <= 5 << 20 || dir_bytes(&tmp.path().join(&new)) <= 5 << 20);
         }
         assert!(!tmp.path().join(&old).exists(), "the other version was removed");
+        assert!(
+            tmp.path().join("unrelated").is_dir(),
+            "a directory the cache did not make was removed"
+        );
         assert!(s.used() <= 5 << 20, "used {}", s.used());
         assert!(dir_bytes(&tmp.path().join(&new)) <= (5 << 20) + (64 << 10));
         // The most recent parts are the ones kept.
