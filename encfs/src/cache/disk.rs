@@ -651,8 +651,8 @@ mod tests {
                 s.write(p, 0, &blob[(p * part) as usize..((p + 1) * part) as usize]);
             }
         }
-        std::fs::create_dir(tmp.path().join("unrelated")).unwrap();
-        std::fs::write(tmp.path().join("unrelated/data"), vec![1u8; 1 << 20]).unwrap();
+        fs::create_dir(tmp.path().join("unrelated")).unwrap();
+        fs::write(tmp.path().join("unrelated/data"), vec![1u8; 1 << 20]).unwrap();
         let small = DiskConfig { limit: 5 << 20, ..big };
         let new = identity("http://x/b", "\"new\"", blob_len);
         let s = DiskStore::open(&small, &new, blob_len, part).unwrap();
