@@ -7,8 +7,9 @@ bash scripts/setup.sh
 CINFER_PYTHON="$(bash scripts/pyenv.sh)"
 export CINFER_PYTHON
 # Dependencies (AES-GCM-SIV, SHA-256, onnx-sized streams) are optimized even in test builds: the end-to-end test
-# pushes a 512 MiB model through the crypto, which unoptimized crates would make take minutes.
-OPT=(--config 'profile.dev.package."*".opt-level=3' --config 'profile.dev.package."*".debug=false')
+# pushes a 512 MiB model through the crypto, which unoptimized crates would make take minutes. --locked: the
+# committed Cargo.lock is what is tested.
+OPT=(--locked --config 'profile.dev.package."*".opt-level=3' --config 'profile.dev.package."*".debug=false')
 echo "== cargo fmt --check" >&2
 cargo fmt --all --check
 echo "== cargo clippy" >&2
