@@ -371,14 +371,7 @@ fn upload(image: &std::path::Path, url: &str, opts: &mkimage::upload::UploadOpti
     let size = std::fs::metadata(image)
         .with_context(|| format!("reading {}", image.display()))?
         .len();
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(size);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
+    let bar = std::io::stderr().is_terminal().then(|| byte_bar(size));
     let progress = |n: u64| {
         if let Some(b) = &bar {
             b.inc(n);
@@ -426,10 +419,15 @@ fn progress_bar(src: &std::path::Path) -> anyhow::Result<Option<indicatif::Progr
             _ => None,
         })
         .sum();
+    Ok(Some(byte_bar(total)))
+}
+
+/// A progress bar over `total` bytes, with the rate and the time left.
+fn byte_bar(total: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    Ok(Some(bar))
+    bar
 }
