@@ -103,7 +103,7 @@ pub(crate) struct MountArgs {
     /// Remote sources: memory budget of the daemon, in MiB. Ciphertext parts held and in flight (sequential
     /// reads prefetch into them, random reads fetch only their range) get this minus 48 MiB set aside for FUSE
     /// and HTTP buffers and the program, so peak RSS stays near this figure.
-    #[arg(long, default_value_t = 256, value_name = "MIB", help_heading = "Remote")]
+    #[arg(long, default_value_t = encfs::cache::DEFAULT_BUDGET_MIB, value_name = "MIB", help_heading = "Remote")]
     pub(crate) cache_size: u64,
     /// Remote sources: also keep fetched ciphertext in this directory (created if missing), so a restarted
     /// daemon does not fetch it again. Never holds plaintext; keyed by the blob's URL (without query), ETag and

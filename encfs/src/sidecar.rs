@@ -255,15 +255,15 @@ async fn bring_up(
     drop(released);
     if matches!(source, AnySource::Http(_) | AnySource::Azure(_)) {
         // Remote: prefetch and cache ciphertext parts within the filesystem's cache budget.
-        let budget = spec.cache_mb.unwrap_or(DEFAULT_CACHE_MB).saturating_mul(1 << 20);
+        let budget = spec
+            .cache_mb
+            .unwrap_or(crate::cache::DEFAULT_BUDGET_MIB)
+            .saturating_mul(1 << 20);
         let source = CachingSource::new(source, CacheConfig::for_budget(budget), status.sources.clone());
         return open_and_mount(source, blob, model_key, spec, (hidden, mp), mount_cfg, rt).await;
     }
     open_and_mount(source, blob, model_key, spec, (hidden, mp), mount_cfg, rt).await
 }
-
-/// Default memory budget of a remote filesystem's cache, MiB (the `--cache-size` default of `mount`).
-pub const DEFAULT_CACHE_MB: u64 = 256;
 
 /// Opens the image with the released key (header, index, root pin), checks the signature if configured, mounts it
 /// on the hidden directory and exposes it at the mount point. Returns the mount and the image root (hex).

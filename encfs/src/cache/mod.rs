@@ -52,6 +52,10 @@ pub const SEQUENTIAL_AFTER: u64 = 2 << 20;
 /// Default memory bound: 256 MiB of ciphertext parts.
 pub const DEFAULT_CAPACITY: u64 = 256 << 20;
 
+/// Default memory budget of a daemon reading a remote image, MiB ([`CacheConfig::for_budget`]): the default of
+/// `mount --cache-size` and of the sidecar's `cinfer_cache_mb`.
+pub const DEFAULT_BUDGET_MIB: u64 = 256;
+
 /// Of a memory budget ([`CacheConfig::for_budget`]), what is set aside for everything but cached parts.
 pub const RESERVED: u64 = 48 << 20;
 
