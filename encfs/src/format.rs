@@ -27,6 +27,7 @@
 //! Nothing in this module does I/O or runs async: callers hand it bytes.
 
 mod chunk;
+mod cipher;
 mod codec;
 mod error;
 mod header;
@@ -36,6 +37,7 @@ mod layout;
 mod memory;
 
 pub use chunk::{OpenedChunk, chunk_aad, chunk_nonce, open_chunk_into, seal_chunk, seal_chunk_detached};
+pub use cipher::NONCE_LEN;
 pub use error::FormatError;
 pub use header::{
     AEAD_AES_256_GCM_SIV, DEFAULT_CHUNK_SIZE, HEADER_LEN, Header, KDF_HKDF_SHA256, MAGIC, MAX_CHUNK_SIZE,

@@ -1,10 +1,7 @@
 //! Sealing and opening single chunks. Plaintext leaves this module only inside an [`OpenedChunk`] or a buffer
 //! that was authenticated as a whole.
 
-use aes_gcm_siv::aead::AeadInOut;
-use aes_gcm_siv::aead::inout::InOutBuf;
-use aes_gcm_siv::{Nonce, Tag};
-
+use super::cipher::NONCE_LEN;
 use super::{FormatError, IMAGE_ID_LEN, ImageKeys, TAG_LEN};
 
 const CHUNK_AAD_LABEL: &[u8] = b"cinfer-image-v1 chunk\0";
@@ -22,8 +19,8 @@ pub fn chunk_aad(image_id: &[u8; IMAGE_ID_LEN], index: u64) -> [u8; CHUNK_AAD_LE
 }
 
 /// The nonce of chunk `index`: the index as u64 little-endian followed by four zero bytes.
-pub fn chunk_nonce(index: u64) -> Nonce {
-    let mut n = Nonce::default();
+pub fn chunk_nonce(index: u64) -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
     n[..8].copy_from_slice(&index.to_le_bytes());
     n
 }
@@ -39,11 +36,7 @@ pub fn seal_chunk(keys: &ImageKeys, index: u64, buf: &mut Vec<u8>) {
 /// the image is (each chunk followed by room for its tag) without copying them.
 pub fn seal_chunk_detached(keys: &ImageKeys, index: u64, plain: &mut [u8]) -> [u8; TAG_LEN] {
     let aad = chunk_aad(keys.image_id(), index);
-    // INVARIANT: chunks are at most 16 MiB, far below GCM-SIV's 2^36-byte limit.
-    keys.chunk_cipher()
-        .encrypt_inout_detached(&chunk_nonce(index), &aad, plain.into())
-        .expect("chunk shorter than 2^36 bytes")
-        .into()
+    keys.chunk_cipher().seal(&chunk_nonce(index), &aad, plain)
 }
 
 /// Opens sealed chunk `index` from `sealed` into `out` (which must be exactly `sealed.len() - 16` bytes).
@@ -56,13 +49,9 @@ pub fn open_chunk_into(keys: &ImageKeys, index: u64, sealed: &[u8], out: &mut [u
         .checked_sub(TAG_LEN)
         .ok_or(FormatError::ChunkAuthFailed { index })?;
     let (ct, tag) = sealed.split_at(split);
-    let buf = InOutBuf::new(ct, out).map_err(|_| FormatError::ChunkAuthFailed { index })?;
+    let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| FormatError::ChunkAuthFailed { index })?;
     let aad = chunk_aad(keys.image_id(), index);
-    let tag = Tag::try_from(tag).map_err(|_| FormatError::ChunkAuthFailed { index })?;
-    match keys
-        .chunk_cipher()
-        .decrypt_inout_detached(&chunk_nonce(index), &aad, buf, &tag)
-    {
+    match keys.chunk_cipher().open(&chunk_nonce(index), &aad, ct, tag, out) {
         Ok(()) => Ok(()),
         Err(_) => {
             out.fill(0);

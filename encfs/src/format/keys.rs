@@ -6,6 +6,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::cipher::ChunkCipher;
 use super::header::KEY_CHECK_LEN;
 use super::{FormatError, HEADER_LEN, Header, IMAGE_ID_LEN, TAG_LEN};
 
@@ -60,7 +61,7 @@ impl std::fmt::Debug for ModelKey {
 
 /// The keys of one image, derived from the model key and the image id.
 pub struct ImageKeys {
-    chunk: Aes256GcmSiv,
+    chunk: ChunkCipher,
     index: Aes256GcmSiv,
     check: [u8; KEY_CHECK_LEN],
     image_id: [u8; IMAGE_ID_LEN],
@@ -85,7 +86,7 @@ impl ImageKeys {
         hk.expand(LABEL_INDEX, &mut index[..]).expect("32-byte HKDF output");
         hk.expand(LABEL_CHECK, &mut check).expect("32-byte HKDF output");
         Self {
-            chunk: Aes256GcmSiv::new(&Key::<Aes256GcmSiv>::from(*chunk)),
+            chunk: ChunkCipher::new(&chunk),
             index: Aes256GcmSiv::new(&Key::<Aes256GcmSiv>::from(*index)),
             check,
             image_id: *image_id,
@@ -111,7 +112,7 @@ impl ImageKeys {
         }
     }
 
-    pub(crate) fn chunk_cipher(&self) -> &Aes256GcmSiv {
+    pub(crate) fn chunk_cipher(&self) -> &ChunkCipher {
         &self.chunk
     }
 
