@@ -19,7 +19,7 @@ use fuser::{
 
 const FILE_INO: u64 = 2;
 const NAME: &str = "zero.bin";
-const MAX_READ: u32 = 16 << 20;
+const MAX_READ: u32 = 1 << 20;
 const TTL: Duration = Duration::from_secs(3600);
 static ZEROS: [u8; MAX_READ as usize] = [0; MAX_READ as usize];
 

@@ -68,7 +68,7 @@ pub(crate) struct MountArgs {
     pub(crate) threads: usize,
     /// Kernel readahead for the mount in KiB, set through sysfs after mounting when possible (root, writable
     /// /sys); 0 keeps the kernel default (128 KiB).
-    #[arg(long, default_value_t = 1024, value_name = "KIB", help_heading = "Tuning")]
+    #[arg(long, default_value_t = encfs::fuse::DEFAULT_READ_AHEAD_KB, value_name = "KIB", help_heading = "Tuning")]
     pub(crate) read_ahead_kb: u32,
     /// Asynchronous requests the kernel may keep in flight.
     #[arg(long, default_value_t = 64, help_heading = "Tuning")]

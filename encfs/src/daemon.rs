@@ -240,8 +240,9 @@ fn serve<B: BlobSource>(source: B, key: BlobKey, s: Setup<'_>, mut signals: Sign
                 .with_context(|| format!("refusing to mount {image}"))?;
         }
         let mut mount_config = args.mount_config();
-        if !encfs::source::is_url(image) {
-            // A remote image's part cache fetches ahead on its own; a local file gets decrypt-ahead.
+        if !encfs::source::is_url(image) && args.read_ahead_kb <= fuse::DECRYPT_AHEAD_MAX_WINDOW_KB {
+            // A remote image's part cache fetches ahead on its own; a local file read through a small kernel
+            // window gets decrypt-ahead (a larger window keeps several READs in flight by itself).
             mount_config.read_ahead = encfs::fs::readahead::ReadAheadConfig::LOCAL;
         }
         if let Ok(v) = std::env::var("CINFER_UNSTABLE_READ_AHEAD_STREAMS") {

@@ -448,12 +448,30 @@ impl<B: BlobSource> EncFs<B> {
     /// As [`Self::read`], into `out` (resized to the bytes read), so a caller can reuse one buffer per thread
     /// without zeroing it each time. On error `out` is empty and none of this read's plaintext is left in it.
     pub async fn read_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
+        self.read_into_split(ino, offset, size, out, true).await
+    }
+
+    /// As [`Self::read_into`], but opens all chunks on the calling thread. For reads made ahead of their READ
+    /// ([`readahead`]): those already run beside the reader, and handing half of the chunks to another thread
+    /// would only add wake-ups.
+    pub async fn read_ahead_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
+        self.read_into_split(ino, offset, size, out, false).await
+    }
+
+    async fn read_into_split(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+        split: bool,
+    ) -> Result<(), FsError> {
         let mut dropped = false;
-        let r = self.read_into_once(ino, offset, size, out, &mut dropped).await;
+        let r = self.read_into_once(ino, offset, size, out, split, &mut dropped).await;
         if dropped {
             // The source dropped its cached copy of a range that failed authentication (the copy may be what
             // went bad): fetch and open it once more.
-            return self.read_into_once(ino, offset, size, out, &mut false).await;
+            return self.read_into_once(ino, offset, size, out, split, &mut false).await;
         }
         r
     }
@@ -466,6 +484,7 @@ impl<B: BlobSource> EncFs<B> {
         offset: u64,
         size: u32,
         out: &mut Vec<u8>,
+        split: bool,
         dropped: &mut bool,
     ) -> Result<(), FsError> {
         let i = self.entry_of(ino).inspect_err(|_| out.clear())?;
@@ -504,7 +523,7 @@ impl<B: BlobSource> EncFs<B> {
         }
         // INVARIANT: end - offset <= size, a u32. Only growth is zero-filled; the rest is overwritten below.
         out.resize((end - offset) as usize, 0);
-        let r = self.decrypt_into(&fl, chunks, offset, sealed_range.start, &sealed, out);
+        let r = self.decrypt_into(&fl, chunks, offset, sealed_range.start, &sealed, out, split);
         if r.is_err() {
             // Chunks that did open left plaintext in `out`; a failed read returns none of it.
             out.fill(0);
@@ -517,7 +536,9 @@ impl<B: BlobSource> EncFs<B> {
     }
 
     /// Opens chunks `chunks` of file `fl` from `sealed` (which starts at image offset `sealed_start`) and
-    /// writes plaintext bytes `[offset, offset + out.len())` of the file into `out`.
+    /// writes plaintext bytes `[offset, offset + out.len())` of the file into `out`; with `split`, large reads
+    /// are spread over the rayon pool.
+    #[allow(clippy::too_many_arguments)]
     fn decrypt_into(
         &self,
         fl: &FileLayout,
@@ -526,6 +547,7 @@ impl<B: BlobSource> EncFs<B> {
         sealed_start: u64,
         sealed: &[u8],
         out: &mut [u8],
+        split: bool,
     ) -> Result<(), FsError> {
         let cs = self.image.header.chunk_size;
         let mut jobs: Vec<Job<'_>> = Vec::with_capacity((chunks.end - chunks.start) as usize);
@@ -548,7 +570,7 @@ impl<B: BlobSource> EncFs<B> {
         }
         let keys = &self.keys;
         let parts = rayon::current_num_threads().min(jobs.len());
-        if jobs.len() < self.config.parallel_min_chunks.max(2) || parts < 2 {
+        if !split || jobs.len() < self.config.parallel_min_chunks.max(2) || parts < 2 {
             return jobs.into_iter().try_for_each(|j| j.run(keys));
         }
         // Split into one contiguous run per core: this thread opens the first run while pool threads open the

@@ -29,7 +29,7 @@ use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerifi
 use attest::evidence::Attester;
 use attest::keywrap::KeyDerivation;
 use attest::secret::SecretBytes;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cache::{CacheConfig, CachingSource};
 use crate::format::ModelKey;
@@ -318,6 +318,10 @@ async fn open_and_mount<B: BlobSource>(
     };
     let session = tokio::task::block_in_place(|| crate::fuse::mount(Arc::new(fs), rt, &hidden, &cfg))
         .map_err(|e| StepError::fatal(Step::Mount, format!("mounting on {}: {e}", hidden.display())))?;
+    match session.set_read_ahead_kb(crate::fuse::DEFAULT_READ_AHEAD_KB) {
+        Ok(()) => debug!(kb = crate::fuse::DEFAULT_READ_AHEAD_KB, "readahead raised"),
+        Err(e) => warn!("could not raise readahead (needs root and a writable /sys): {e}"),
+    }
     let mounted = Mounted {
         index: spec.index,
         session,

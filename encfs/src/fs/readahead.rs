@@ -194,7 +194,7 @@ impl<B: BlobSource> ReadAhead<B> {
             });
             let fs = Arc::clone(&self.fs);
             self.rt.spawn(async move {
-                let r = fs.read_into(ino, next, size, &mut buf).await.map(|()| buf);
+                let r = fs.read_ahead_into(ino, next, size, &mut buf).await.map(|()| buf);
                 // The READ may have gone elsewhere (or the handle was released): then nobody listens.
                 let _ = tx.send(r);
             });

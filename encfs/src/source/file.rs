@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
@@ -34,9 +34,63 @@ pub enum FileSourceError {
 /// future (they complete on first poll), which is cheap for files in the page cache or on tmpfs; callers on an
 /// async runtime should treat them as blocking. The [`ETag`] is the file's device, inode, size and mtime, so a
 /// file modified in place fails reads pinned to the old tag.
+///
+/// Read buffers are recycled: a returned [`Bytes`] gives its buffer back to the source when dropped, so a stream of
+/// 1 MiB reads allocates and zero-fills nothing after the first few (they hold ciphertext only).
 #[derive(Debug, Default)]
 pub struct FileSource {
     files: RwLock<HashMap<BlobKey, Arc<File>>>,
+    spare: Arc<Spare>,
+}
+
+/// Buffers returned by dropped reads, for the next reads.
+#[derive(Debug, Default)]
+struct Spare(Mutex<Vec<Vec<u8>>>);
+
+impl Spare {
+    /// Buffers kept at most (enough for the reads in flight on all request threads).
+    const MAX: usize = 32;
+    /// Larger buffers are not kept (reads of the index or of unusual sizes).
+    const MAX_CAPACITY: usize = 4 << 20;
+
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = match spare.iter().position(|b| b.capacity() >= len) {
+            Some(i) => spare.swap_remove(i),
+            None => spare.pop().unwrap_or_default(),
+        };
+        drop(spare);
+        // Shrinking keeps the bytes; only growth is zero-filled, and every byte is overwritten by the read.
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        if buf.capacity() <= Self::MAX_CAPACITY {
+            let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if spare.len() < Self::MAX {
+                spare.push(buf);
+            }
+        }
+    }
+}
+
+/// A read's buffer, as the owner behind a [`Bytes`]; goes back to [`Spare`] on drop.
+struct Pooled {
+    buf: Vec<u8>,
+    spare: Arc<Spare>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.spare.put(std::mem::take(&mut self.buf));
+    }
 }
 
 type Result<T> = std::result::Result<T, BlobError<FileSourceError>>;
@@ -80,9 +134,12 @@ impl FileSource {
             return Err(out_of_range());
         }
         let len = usize::try_from(range.end - range.start).map_err(|_| out_of_range())?;
-        let mut buf = vec![0u8; len];
-        match file.read_exact_at(&mut buf, range.start) {
-            Ok(()) => Ok(Bytes::from(buf)),
+        let mut buf = Pooled {
+            buf: self.spare.take(len),
+            spare: Arc::clone(&self.spare),
+        };
+        match file.read_exact_at(&mut buf.buf, range.start) {
+            Ok(()) => Ok(Bytes::from_owner(buf)),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(out_of_range()),
             Err(e) => Err(io_err("reading", key, e)),
         }
@@ -171,5 +228,39 @@ mod tests {
             block_on(src.read_range(&key, 0..1, meta.etag.as_ref())),
             Err(BlobError::PreconditionFailed)
         ));
+    }
+
+    #[test]
+    fn recycled_buffers_never_mix_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let data: Vec<u8> = (0..3usize << 20).map(|i| (i * 7 + i / 4093) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let src = FileSource::new();
+        let key = BlobKey::new(path.to_str().unwrap());
+        // Large, small, large again, with some results kept alive while later reads reuse dropped buffers.
+        let ranges = [
+            (0usize, 1usize << 20),
+            (5, 17),
+            (1 << 20, 2 << 20),
+            (100, 1 << 20),
+            (3 << 19, 3 << 20),
+        ];
+        let mut kept = Vec::new();
+        for round in 0..4 {
+            for (k, &(a, b)) in ranges.iter().enumerate() {
+                let got = block_on(src.read_range(&key, a as u64..b as u64, None)).unwrap();
+                assert_eq!(&got[..], &data[a..b], "round {round}, {a}..{b}");
+                if (round + k) % 3 == 0 {
+                    kept.push((a, b, got));
+                }
+            }
+        }
+        for (a, b, got) in &kept {
+            assert_eq!(&got[..], &data[*a..*b], "kept {a}..{b}");
+        }
+        drop(kept);
+        let spare = src.spare.0.lock().unwrap();
+        assert!(!spare.is_empty() && spare.len() <= Spare::MAX);
     }
 }
