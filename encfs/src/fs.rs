@@ -185,6 +185,8 @@ pub struct EncFs<B: BlobSource> {
     /// Number of subdirectories of each directory entry.
     subdirs: Vec<u32>,
     config: EncFsConfig,
+    /// Reads being decrypted right now (for the split decision in [`Self::decrypt_into`]).
+    decrypting: std::sync::atomic::AtomicUsize,
 }
 
 impl<B: BlobSource> std::fmt::Debug for EncFs<B> {
@@ -277,6 +279,7 @@ impl<B: BlobSource> EncFs<B> {
             children,
             subdirs,
             config,
+            decrypting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -570,7 +573,11 @@ impl<B: BlobSource> EncFs<B> {
         }
         let keys = &self.keys;
         let parts = rayon::current_num_threads().min(jobs.len());
-        if !split || jobs.len() < self.config.parallel_min_chunks.max(2) || parts < 2 {
+        // Split only when no other read is being decrypted: with the kernel keeping two READs in flight (2 MiB
+        // readahead), each already has a core, and splitting both would only add hand-offs (measured: ~8 % more
+        // daemon CPU per GiB for no throughput).
+        let busy = Busy::enter(&self.decrypting);
+        if !split || busy.others > 0 || jobs.len() < self.config.parallel_min_chunks.max(2) || parts < 2 {
             return jobs.into_iter().try_for_each(|j| j.run(keys));
         }
         // Split into one contiguous run per core: this thread opens the first run while pool threads open the
@@ -590,6 +597,26 @@ impl<B: BlobSource> EncFs<B> {
             mine = jobs.into_iter().try_for_each(|j| j.run(keys));
         });
         results.into_iter().fold(mine, Result::and)
+    }
+}
+
+/// Counts a read as being decrypted while alive.
+struct Busy<'a> {
+    count: &'a std::sync::atomic::AtomicUsize,
+    /// Reads that were being decrypted when this one started.
+    others: usize,
+}
+
+impl<'a> Busy<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        let others = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self { count, others }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
