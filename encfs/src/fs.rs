@@ -10,9 +10,10 @@
 //! they are stable for the life of the image. This module knows nothing of FUSE: [`crate::fuse`] adapts it,
 //! and tests drive it directly.
 //!
-//! Large reads are decrypted in parallel (rayon's global pool, one thread per core), because a single
-//! sequential reader leaves only one or two kernel requests in flight; [`readahead`] also starts a sequential
-//! reader's next read before the kernel asks for it.
+//! A read of many chunks that finds no other read being decrypted is split over rayon's global pool (one thread
+//! per core); with the kernel keeping two READs in flight (2 MiB readahead) each READ already has a core.
+//! [`readahead`] starts a sequential reader's next read before the kernel asks for it, for mounts whose kernel
+//! window keeps only one READ in flight.
 
 pub mod readahead;
 
@@ -40,7 +41,10 @@ pub struct EncFsConfig {
     pub uid: u32,
     /// Group reported for every entry.
     pub gid: u32,
-    /// Reads covering at least this many chunks are decrypted in parallel.
+    /// Reads covering at least this many chunks are decrypted in parallel (when no other read is being
+    /// decrypted). The default, 32, keeps a FUSE READ of 64 KiB chunks (at most 17) on one thread: with the
+    /// kernel keeping two READs in flight, splitting them measured ~5 % more daemon CPU and no more throughput,
+    /// for local and remote images alike; images of small chunks still split their 1 MiB READs.
     pub parallel_min_chunks: usize,
 }
 
@@ -49,7 +53,7 @@ impl Default for EncFsConfig {
         Self {
             uid: 0,
             gid: 0,
-            parallel_min_chunks: 4,
+            parallel_min_chunks: 32,
         }
     }
 }

@@ -154,6 +154,28 @@ fn a_tampered_chunk_fails_only_reads_that_touch_it() {
 }
 
 #[test]
+fn a_tampered_chunk_fails_a_read_decrypted_in_parallel() {
+    // 64 chunks of 4 KiB: a whole-file read covers more than `parallel_min_chunks` (32) and is split over the
+    // rayon pool; a bad chunk in any run fails the whole read.
+    let data = pattern(64 * 4096, 6);
+    let mut tree = TreeBuilder::new();
+    tree.file("f", Content::Bytes(data.clone()));
+    let (fs, image, key) = open(&tree, 4096);
+    let f = ino_of(&fs, "f");
+    assert_eq!(block_on(fs.read(f, 0, 64 * 4096)).unwrap(), data);
+    for bad in [3usize, 40, 63] {
+        let mut img = image.clone();
+        img[4096 + bad * (4096 + 16) + 7] ^= 0x80;
+        let fs = open_bytes(img, &key).unwrap();
+        let f = ino_of(&fs, "f");
+        match block_on(fs.read(f, 0, 64 * 4096)) {
+            Err(FsError::ChunkAuth { index }) if index == bad as u64 => {}
+            other => panic!("chunk {bad}: expected ChunkAuth, got {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn open_refuses_bad_images_with_typed_errors() {
     let mut tree = TreeBuilder::new();
     tree.file("f", Content::Bytes(pattern(9000, 6)));
