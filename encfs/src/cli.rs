@@ -242,6 +242,17 @@ impl MountArgs {
             tracing::warn!(value = n, "CINFER_UNSTABLE_MAX_REQUESTS is set");
             cfg.max_requests = n;
         }
+        if let Some(n) = std::env::var("CINFER_UNSTABLE_SPLIT").ok().and_then(|v| v.parse().ok()) {
+            tracing::warn!(value = n, "CINFER_UNSTABLE_SPLIT is set");
+            cfg.split.max = n;
+        }
+        if let Some(n) = std::env::var("CINFER_UNSTABLE_SPLIT_MIN_KIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            tracing::warn!(value = n, "CINFER_UNSTABLE_SPLIT_MIN_KIB is set");
+            cfg.split.min = n << 10;
+        }
         cfg.disk = self.cache_dir.as_ref().map(|dir| encfs::cache::DiskConfig {
             dir: dir.clone(),
             limit: self.cache_dir_size.saturating_mul(1 << 20),

@@ -9,8 +9,10 @@
 //!   contiguously is **sequential**: its window grows with the run, from one part up
 //!   to [`CacheConfig::max_window`], and every part from the read to the window's end is requested at once, so
 //!   several range requests are in flight, each fetched in the background while the reader decrypts.
-//! * Any other read is **random**: served from cached parts if they are all there, otherwise with one request
-//!   for exactly its range (no read-ahead, nothing evicted for it).
+//! * Any other read is **random**: served from cached parts if they are all there, otherwise fetched exactly
+//!   (no read-ahead, nothing evicted for it), cut into a few concurrent requests ([`CacheConfig::split`]) so a
+//!   cold read is not held up by the small windows of new or idle connections; the first `stat` of a blob opens
+//!   that many connections ahead, so the first read after mount takes one round trip.
 //!
 //! Memory: parts held plus parts in flight never exceed [`CacheConfig::capacity`] except for the parts a reader
 //! is waiting for right now; least recently used parts go first, and prefetch stops growing when nothing can
@@ -29,6 +31,7 @@
 
 pub mod disk;
 mod pool;
+mod split;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -42,6 +45,8 @@ use tracing::warn;
 use self::disk::{BLOCK, Lookup};
 pub use self::disk::{DiskConfig, DiskError, DiskStore};
 use self::pool::BufPool;
+pub use self::split::Split;
+use self::split::SplitError;
 use crate::metrics::Metrics;
 use crate::source::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
 
@@ -59,6 +64,11 @@ pub const DEFAULT_BUDGET_MIB: u64 = 256;
 /// Of a memory budget ([`CacheConfig::for_budget`]), what is set aside for everything but cached parts.
 pub const RESERVED: u64 = 48 << 20;
 
+/// Default cut of a cold random read: up to 4 requests of at least 32 KiB. A 128 KiB READ (the kernel's first
+/// of a file) becomes four 32 KiB requests, each within the 64 KiB a new Linux connection may receive in its
+/// first round trip.
+pub const DEFAULT_SPLIT: Split = Split { max: 4, min: 32 << 10 };
+
 /// Sizes of a [`CachingSource`].
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
@@ -73,6 +83,9 @@ pub struct CacheConfig {
     /// Part requests in flight at once (more wait their turn, in order): enough to fill a long fat link, few
     /// enough that the part a reader needs next is not starved by the ones behind it.
     pub max_requests: usize,
+    /// How a random read that misses is cut into concurrent requests (each of at least `split.min` bytes, at
+    /// most `split.max` of them); also how many connections the first `stat` of a blob opens.
+    pub split: Split,
     /// The on-disk ciphertext cache, if any.
     pub disk: Option<DiskConfig>,
 }
@@ -85,6 +98,7 @@ impl Default for CacheConfig {
             max_window: 64 << 20,
             max_streams: 16,
             max_requests: 8,
+            split: DEFAULT_SPLIT,
             disk: None,
         }
     }
@@ -108,6 +122,9 @@ pub enum CacheError<E: std::error::Error + 'static> {
     /// The source failed.
     #[error(transparent)]
     Source(Arc<E>),
+    /// A request's task ended without an answer (it panicked, or the runtime is shutting down).
+    #[error("a request task ended without an answer: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// A part's outcome, shareable between every reader waiting for it.
@@ -384,6 +401,21 @@ impl<B: BlobSource> CachingSource<B> {
         Some(rx)
     }
 
+    /// `range` from the source, cut per [`CacheConfig::split`].
+    async fn fetch_split(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+    ) -> Result<Bytes, BlobError<CacheError<B::Error>>> {
+        split::read(&self.inner, key, range, if_match, self.config.split)
+            .await
+            .map_err(|e| match e {
+                SplitError::Source(e) => lift(e),
+                SplitError::Task(e) => BlobError::Backend(CacheError::Task(e)),
+            })
+    }
+
     /// A random read: exactly its range from the source, or, with a disk cache, from disk when every block is
     /// there, else fetched rounded out to whole blocks and stored.
     async fn read_direct(
@@ -394,7 +426,7 @@ impl<B: BlobSource> CachingSource<B> {
         if_match: Option<&ETag>,
     ) -> Result<Bytes, BlobError<CacheError<B::Error>>> {
         let Some(disk) = self.disk(key) else {
-            return self.inner.read_range(key, range, if_match).await.map_err(lift);
+            return self.fetch_split(key, range, if_match).await;
         };
         let ps = self.config.part_size;
         // The parts a blob range touches, each with the range's offsets within it.
@@ -422,7 +454,7 @@ impl<B: BlobSource> CachingSource<B> {
             }
         }
         let wide = range.start / BLOCK * BLOCK..range.end.div_ceil(BLOCK).saturating_mul(BLOCK).min(blob_len);
-        let got = self.inner.read_range(key, wide.clone(), if_match).await.map_err(lift)?;
+        let got = self.fetch_split(key, wide.clone(), if_match).await?;
         let out = got.slice((range.start - wide.start) as usize..(range.end - wide.start) as usize);
         let (metrics, stored) = (self.metrics.clone(), got);
         let parts = pieces(&wide);
@@ -640,7 +672,13 @@ fn lift<E: std::error::Error + 'static>(e: BlobError<E>) -> BlobError<CacheError
 impl<B: BlobSource> BlobSource for CachingSource<B> {
     type Error = CacheError<B::Error>;
 
+    /// The wrapped source's `stat`. The first one of a blob also opens, in the background, a connection per
+    /// piece of a split read ([`CacheConfig::split`]) with one-byte reads, and runs the split-read code once.
     async fn stat(&self, key: &BlobKey) -> Result<BlobMeta, BlobError<Self::Error>> {
+        if self.config.split.max > 1 && !self.lock().lens.contains_key(key) {
+            let (inner, key, n) = (self.inner.clone(), key.clone(), self.config.split.max);
+            tokio::spawn(async move { split::warm_up(&inner, &key, n).await });
+        }
         let meta = self.inner.stat(key).await.map_err(lift)?;
         self.lock().lens.insert(key.clone(), meta.len);
         self.open_disk(key, &meta).await;
@@ -704,13 +742,17 @@ mod tests {
     use super::*;
     use crate::source::MemSource;
 
-    /// Counts what the inner source is asked for.
+    /// Counts what the inner source is asked for. With `gate`, every read also waits (up to two seconds) until
+    /// that many reads are in flight together, and counts it in `alone` if they never are.
     #[derive(Debug, Default)]
     struct Counting {
         mem: MemSource,
         requests: AtomicU64,
         bytes: AtomicU64,
         largest: AtomicU64,
+        ranges: Mutex<Vec<Range<u64>>>,
+        gate: Option<tokio::sync::Barrier>,
+        alone: AtomicU64,
     }
 
     impl BlobSource for Counting {
@@ -729,6 +771,14 @@ mod tests {
             self.requests.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(range.end - range.start, Ordering::Relaxed);
             self.largest.fetch_max(range.end - range.start, Ordering::Relaxed);
+            self.ranges.lock().unwrap().push(range.clone());
+            if let Some(gate) = &self.gate
+                && tokio::time::timeout(std::time::Duration::from_secs(2), gate.wait())
+                    .await
+                    .is_err()
+            {
+                self.alone.fetch_add(1, Ordering::Relaxed);
+            }
             tokio::task::yield_now().await;
             self.mem.read_range(key, range, if_match).await
         }
@@ -754,6 +804,7 @@ mod tests {
             max_window: 4 << 20,
             max_streams: 4,
             max_requests: 8,
+            split: DEFAULT_SPLIT,
             disk: None,
         };
         let cache = CachingSource::new(inner, cfg, Arc::default());
@@ -769,9 +820,9 @@ mod tests {
             }
         });
         let inner = cache.inner();
-        // The first 2 MiB as read (16 exact requests), then whole 1 MiB parts; nothing much twice.
+        // The first 2 MiB as read (16 exact reads, 4 requests each), then whole 1 MiB parts; nothing much twice.
         assert!(
-            inner.requests.load(Ordering::Relaxed) <= 16 + 64,
+            inner.requests.load(Ordering::Relaxed) <= 4 + 16 * 4 + 64,
             "{}",
             inner.requests.load(Ordering::Relaxed)
         );
@@ -785,7 +836,7 @@ mod tests {
     }
 
     #[test]
-    fn random_reads_fetch_only_their_range() {
+    fn random_reads_fetch_exactly_their_range_in_pieces_of_at_least_the_minimum() {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
@@ -795,6 +846,7 @@ mod tests {
         let inner = Counting::default();
         inner.mem.put(key.clone(), blob.clone());
         let cache = CachingSource::new(inner, CacheConfig::default(), Arc::default());
+        let mut want = Vec::new();
         rt.block_on(async {
             let meta = cache.stat(&key).await.unwrap();
             // Distinct 2 MiB slots in shuffled order: no read continues another.
@@ -803,9 +855,67 @@ mod tests {
                 assert!(off + 131_072 <= meta.len);
                 let got = cache.read_range(&key, off..off + 131_072, None).await.unwrap();
                 assert!(got[..] == blob[off as usize..off as usize + 131_072]);
+                want.push(off..off + 131_072);
             }
         });
-        assert_eq!(cache.inner().largest.load(Ordering::Relaxed), 131_072);
-        assert_eq!(cache.inner().bytes.load(Ordering::Relaxed), 16 * 131_072);
+        // Besides the first stat's one-byte warm-up reads (at offset 0), the requests tile exactly the ranges
+        // read, each in four pieces of 32 KiB.
+        let mut got: Vec<Range<u64>> = cache.inner().ranges.lock().unwrap().clone();
+        got.retain(|r| r.start >= 12_345);
+        got.sort_by_key(|r| r.start);
+        assert_eq!(got.len(), 16 * 4, "{got:?}");
+        assert!(got.iter().all(|r| r.end - r.start == 32 << 10), "{got:?}");
+        let mut merged: Vec<Range<u64>> = Vec::new();
+        for r in got {
+            match merged.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => merged.push(r),
+            }
+        }
+        want.sort_by_key(|r| r.start);
+        assert_eq!(merged, want);
+    }
+
+    #[test]
+    fn the_first_stat_warms_up_connections_and_a_cold_read_sends_its_pieces_at_once() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        let blob = data(4 << 20);
+        let key = BlobKey::new("b");
+        // Every request waits until four are in flight: requests sent one after another would time out.
+        let inner = Counting {
+            gate: Some(tokio::sync::Barrier::new(DEFAULT_SPLIT.max)),
+            ..Counting::default()
+        };
+        inner.mem.put(key.clone(), blob.clone());
+        let cache = CachingSource::new(inner, CacheConfig::default(), Arc::default());
+        let counting = |n| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while cache.inner().requests.load(Ordering::Relaxed) < n && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            cache.inner().requests.load(Ordering::Relaxed)
+        };
+        let meta = rt.block_on(cache.stat(&key)).unwrap();
+        // The stat starts one tiny request per connection a split read will use, together, in the background.
+        assert_eq!(counting(4), 4);
+        assert!(cache.inner().largest.load(Ordering::Relaxed) <= 1);
+        // The kernel's first READ of a file (128 KiB, here two sealed 64 KiB chunks): four requests at once,
+        // none larger than a quarter of it.
+        let range = 4096..4096 + 2 * 65_552;
+        let got = rt
+            .block_on(cache.read_range(&key, range.clone(), meta.etag.as_ref()))
+            .unwrap();
+        assert!(got[..] == blob[range.start as usize..range.end as usize]);
+        assert_eq!(cache.inner().requests.load(Ordering::Relaxed), 8);
+        assert_eq!(cache.inner().largest.load(Ordering::Relaxed), 65_552 / 2);
+        assert_eq!(
+            cache.inner().alone.load(Ordering::Relaxed),
+            0,
+            "requests ran one after another"
+        );
     }
 }

@@ -348,10 +348,15 @@ impl HttpSource {
         };
         let etag = etag_of(resp.headers());
         match resp.status() {
-            StatusCode::PARTIAL_CONTENT => match total_len(resp.headers()) {
-                Some(len) => Attempt::Done(BlobMeta { len, etag }),
-                None => bad("206 without a Content-Range total length".into()),
-            },
+            StatusCode::PARTIAL_CONTENT => {
+                let len = total_len(resp.headers());
+                // Read the one-byte body, so the connection goes back to the pool for the reads that follow.
+                self.drain(resp).await;
+                match len {
+                    Some(len) => Attempt::Done(BlobMeta { len, etag }),
+                    None => bad("206 without a Content-Range total length".into()),
+                }
+            }
             // An empty blob cannot satisfy bytes=0-0.
             StatusCode::RANGE_NOT_SATISFIABLE => Attempt::Done(BlobMeta {
                 len: total_len(resp.headers()).unwrap_or(0),
@@ -360,6 +365,15 @@ impl HttpSource {
             StatusCode::OK => bad("the server ignores Range requests (answered 200 to a range)".into()),
             _ => self.status_outcome(url, &resp, &(0..1)),
         }
+    }
+
+    /// Reads and discards a small response body (up to [`DRAIN_MAX`] bytes; a larger one is dropped, which
+    /// closes its connection), so the connection can be reused. Errors are ignored.
+    async fn drain(&self, mut resp: reqwest::Response) {
+        if resp.content_length().is_none_or(|n| n > DRAIN_MAX) {
+            return;
+        }
+        while let Ok(Ok(Some(_))) = tokio::time::timeout(self.policy.stall_timeout, resp.chunk()).await {}
     }
 
     async fn read_once(
@@ -383,10 +397,12 @@ impl HttpSource {
         buf: &mut Vec<u8>,
     ) -> Attempt<()> {
         let want = range.end - range.start;
+        let t0 = Instant::now();
         let mut resp = match self.send(url, range.clone(), if_match).await {
             Ok(r) => r,
             Err(err) => return Attempt::Retry { err, after: None },
         };
+        let headers_at = t0.elapsed();
         let shown = || redact(url);
         let bad = |reason: String| {
             Attempt::Fail(BlobError::Backend(HttpSourceError::BadResponse {
@@ -452,6 +468,13 @@ impl HttpSource {
                 }
             }
         }
+        debug!(
+            start = range.start,
+            len = want,
+            headers_ms = headers_at.as_secs_f64() * 1e3,
+            body_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "ranged GET"
+        );
         if buf.len() as u64 != want {
             return Attempt::Retry {
                 err: HttpSourceError::ShortBody {
@@ -465,6 +488,9 @@ impl HttpSource {
         Attempt::Done(())
     }
 }
+
+/// Largest response body [`HttpSource::drain`] reads to keep a connection.
+const DRAIN_MAX: u64 = 64 << 10;
 
 impl BlobSource for HttpSource {
     type Error = HttpSourceError;
