@@ -46,7 +46,6 @@ use self::disk::{BLOCK, Lookup};
 pub use self::disk::{DiskConfig, DiskError, DiskStore};
 use self::pool::BufPool;
 pub use self::split::Split;
-use self::split::SplitError;
 use crate::metrics::Metrics;
 use crate::source::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
 
@@ -122,9 +121,6 @@ pub enum CacheError<E: std::error::Error + 'static> {
     /// The source failed.
     #[error(transparent)]
     Source(Arc<E>),
-    /// A request's task ended without an answer (it panicked, or the runtime is shutting down).
-    #[error("a request task ended without an answer: {0}")]
-    Task(#[source] tokio::task::JoinError),
 }
 
 /// A part's outcome, shareable between every reader waiting for it.
@@ -408,12 +404,9 @@ impl<B: BlobSource> CachingSource<B> {
         range: Range<u64>,
         if_match: Option<&ETag>,
     ) -> Result<Bytes, BlobError<CacheError<B::Error>>> {
-        split::read(&self.inner, key, range, if_match, self.config.split)
+        split::read(&*self.inner, key, range, if_match, self.config.split)
             .await
-            .map_err(|e| match e {
-                SplitError::Source(e) => lift(e),
-                SplitError::Task(e) => BlobError::Backend(CacheError::Task(e)),
-            })
+            .map_err(lift)
     }
 
     /// A random read: exactly its range from the source, or, with a disk cache, from disk when every block is
@@ -677,7 +670,7 @@ impl<B: BlobSource> BlobSource for CachingSource<B> {
     async fn stat(&self, key: &BlobKey) -> Result<BlobMeta, BlobError<Self::Error>> {
         if self.config.split.max > 1 && !self.lock().lens.contains_key(key) {
             let (inner, key, n) = (self.inner.clone(), key.clone(), self.config.split.max);
-            tokio::spawn(async move { split::warm_up(&inner, &key, n).await });
+            tokio::spawn(async move { split::warm_up(&*inner, &key, n).await });
         }
         let meta = self.inner.stat(key).await.map_err(lift)?;
         self.lock().lens.insert(key.clone(), meta.len);

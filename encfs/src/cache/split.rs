@@ -10,10 +10,9 @@
 //! with its retries and `If-Match` pin.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::task::JoinSet;
+use futures_util::future::try_join_all;
 use tracing::debug;
 
 use crate::source::{BlobError, BlobKey, BlobSource, ETag};
@@ -45,48 +44,23 @@ pub(crate) fn pieces(range: Range<u64>, split: Split) -> Vec<Range<u64>> {
         .collect()
 }
 
-/// Why a split read failed: the source's error, or a piece's task that did not finish.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SplitError<E: std::error::Error + 'static> {
-    /// A piece failed in the source.
-    #[error(transparent)]
-    Source(BlobError<E>),
-    /// A piece's task panicked or was cancelled (the runtime is shutting down).
-    #[error(transparent)]
-    Task(tokio::task::JoinError),
-}
-
-/// Reads `range` of `key` from `source` as [`pieces`] fetched concurrently (one task each), and returns the
-/// bytes in order. One piece is read in place, without a task.
+/// Reads `range` of `key` from `source` as [`pieces`] requested concurrently, and returns the bytes in order.
+/// The pieces run on the calling task (no hand-off to other threads before the requests go out); the first
+/// error ends the read and drops the pieces still in flight.
 pub(crate) async fn read<B: BlobSource>(
-    source: &Arc<B>,
+    source: &B,
     key: &BlobKey,
     range: Range<u64>,
     if_match: Option<&ETag>,
     split: Split,
-) -> Result<Bytes, SplitError<B::Error>> {
+) -> Result<Bytes, BlobError<B::Error>> {
     let pieces = pieces(range.clone(), split);
     if pieces.len() < 2 {
-        return source
-            .read_range(key, range, if_match)
-            .await
-            .map_err(SplitError::Source);
+        return source.read_range(key, range, if_match).await;
     }
-    let mut tasks = JoinSet::new();
-    for (i, piece) in pieces.iter().cloned().enumerate() {
-        let (source, key, tag) = (source.clone(), key.clone(), if_match.cloned());
-        tasks.spawn(async move { (i, source.read_range(&key, piece, tag.as_ref()).await) });
-    }
-    let mut got: Vec<Option<Bytes>> = vec![None; pieces.len()];
-    while let Some(done) = tasks.join_next().await {
-        // An error ends the read; dropping the set aborts the pieces still in flight.
-        let (i, r) = done.map_err(SplitError::Task)?;
-        got[i] = Some(r.map_err(SplitError::Source)?);
-    }
-    let len = (range.end - range.start) as usize;
-    let mut out = Vec::with_capacity(len);
+    let got = try_join_all(pieces.iter().map(|p| source.read_range(key, p.clone(), if_match))).await?;
+    let mut out = Vec::with_capacity((range.end - range.start) as usize);
     for (piece, bytes) in pieces.iter().zip(got) {
-        let bytes = bytes.unwrap_or_default();
         if bytes.len() as u64 != piece.end - piece.start {
             // A source returns exactly its range; the filesystem checks the length again and fails the read.
             break;
@@ -100,7 +74,7 @@ pub(crate) async fn read<B: BlobSource>(
 /// alongside the first `stat`: it opens `n` connections that then wait in the source's pool (so the first real
 /// read pays no TCP or TLS handshake) and runs this module's code once (so the first read does not wait for it
 /// to be paged in either). Best effort: a failure is only logged, the reads that follow report their own.
-pub(crate) async fn warm_up<B: BlobSource>(source: &Arc<B>, key: &BlobKey, n: usize) {
+pub(crate) async fn warm_up<B: BlobSource>(source: &B, key: &BlobKey, n: usize) {
     let split = Split { max: n, min: 1 };
     if let Err(e) = read(source, key, 0..n as u64, None, split).await {
         debug!("warming up connections: {e}");
