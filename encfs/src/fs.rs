@@ -152,8 +152,16 @@ pub struct Attr {
     pub gid: u32,
     /// Modification time (also reported as access and change time).
     pub mtime: SystemTime,
-    /// Preferred I/O size: the image's chunk size.
+    /// Preferred I/O size ([`preferred_io_size`]): a quarter of the image's chunk size, at least 4 KiB.
     pub blksize: u32,
+}
+
+/// The `st_blksize` of files with `chunk_size`-byte chunks: a quarter chunk, at least 4 KiB (16 KiB for 64 KiB
+/// chunks). Buffered readers (stdio, Python's `open`) read one such block at a time, and the kernel makes the
+/// first read of a file a READ of up to four times its size: so opening a file and reading a byte asks for one
+/// chunk, not two (a chunk-sized block made it 128 KiB: twice the bytes on the wire before the first byte).
+pub fn preferred_io_size(chunk_size: u32) -> u32 {
+    (chunk_size / 4).max(4096)
 }
 
 /// One directory entry returned by [`EncFs::readdir`].
@@ -372,7 +380,7 @@ impl<B: BlobSource> EncFs<B> {
             uid: self.config.uid,
             gid: self.config.gid,
             mtime,
-            blksize: self.image.header.chunk_size,
+            blksize: preferred_io_size(self.image.header.chunk_size),
         }
     }
 

@@ -9,7 +9,7 @@ mod common;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -342,7 +342,7 @@ fn http_source_mount_reads_byte_exact_and_fetches_only_what_is_read() {
 }
 
 #[test]
-fn http_source_first_read_after_mount_is_split_over_connections_opened_at_mount() {
+fn http_source_first_read_after_mount_fetches_one_chunk_split_over_connections_opened_at_mount() {
     let (fx, data) = big_fixture();
     let srv = RangeServer::start(std::fs::read(&fx.image).unwrap());
     let guard = mount_url(&fx, &srv.url, &[]);
@@ -354,20 +354,20 @@ fn http_source_first_read_after_mount_is_split_over_connections_opened_at_mount(
     );
     std::thread::sleep(Duration::from_millis(100));
     let (conns, answered) = (srv.connections(), srv.sizes_after(0).len());
-    // What Python's `open(p, 'rb').read(1)` does: one 64 KiB read, which the kernel turns into a 128 KiB READ.
-    let mut buf = vec![0u8; 64 << 10];
-    File::open(fx.mnt.join("model/weights.bin"))
-        .unwrap()
-        .read_exact(&mut buf)
-        .unwrap();
-    assert!(buf[..] == data[..64 << 10]);
-    // Small requests (each fits in a new connection's first window) on the connections already open: the read
-    // waits for one round trip, not for handshakes or for windows to grow.
+    // What Python's `open(p, 'rb').read(1)` does: one read of st_blksize bytes (its buffer).
+    let mut f = File::open(fx.mnt.join("model/weights.bin")).unwrap();
+    let blksize = f.metadata().unwrap().blksize();
+    assert_eq!(blksize, u64::from(CS / 4));
+    let mut buf = vec![0u8; blksize as usize];
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf[..] == data[..buf.len()]);
+    // The kernel asked for one chunk, fetched as small requests (each fits in a new connection's first window)
+    // on the connections already open: the read waits for one round trip, not for handshakes or for windows.
     let sizes = srv.sizes_after(answered);
-    assert!(sizes.len() >= 2, "{sizes:?}");
-    assert!(sizes.iter().all(|&n| n <= 33 << 10), "{sizes:?}");
-    assert!(sizes.iter().sum::<u64>() >= 2 * (64 << 10), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<u64>(), u64::from(CS) + 16, "{sizes:?}");
+    assert_eq!(sizes, [u64::from(CS / 2) + 8; 2], "{sizes:?}");
     assert_eq!(srv.connections(), conns, "the first read opened new connections");
+    drop(f);
     guard.unmount();
 }
 
