@@ -30,7 +30,7 @@
 //! both, so reading it again fetches it afresh.
 
 pub mod disk;
-mod pool;
+pub(crate) mod pool;
 mod split;
 
 use std::collections::HashMap;

@@ -31,6 +31,16 @@ impl BufPool {
         buf
     }
 
+    /// A buffer of exactly `len` bytes to be overwritten (by a read): a free one if there is one. Only the part
+    /// beyond what the buffer held before is zero-filled, so a stream of same-size reads zero-fills nothing.
+    /// The old bytes it may hold are whatever the pool's users put there (ciphertext, for this crate's sources).
+    pub(crate) fn take_len(&self, len: usize) -> Vec<u8> {
+        let got = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut buf = got.unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
     /// Returns `buf` to the pool (or frees it when the pool is full).
     pub(crate) fn give(&self, buf: Vec<u8>) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());

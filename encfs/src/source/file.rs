@@ -5,11 +5,12 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
 use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
+use crate::cache::pool::BufPool;
 
 /// Errors of [`FileSource`].
 #[derive(Debug, thiserror::Error)]
@@ -37,63 +38,25 @@ pub enum FileSourceError {
 ///
 /// Read buffers are recycled: a returned [`Bytes`] gives its buffer back to the source when dropped, so a stream of
 /// 1 MiB reads allocates and zero-fills nothing after the first few (they hold ciphertext only).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FileSource {
     files: RwLock<HashMap<BlobKey, Arc<File>>>,
-    spare: Arc<Spare>,
-}
-
-/// Buffers returned by dropped reads, for the next reads.
-#[derive(Debug, Default)]
-struct Spare(Mutex<Vec<Vec<u8>>>);
-
-impl Spare {
-    /// Buffers kept at most (enough for the reads in flight on all request threads).
-    const MAX: usize = 32;
-    /// Larger buffers are not kept (reads of the index or of unusual sizes).
-    const MAX_CAPACITY: usize = 4 << 20;
-
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let mut buf = match spare.iter().position(|b| b.capacity() >= len) {
-            Some(i) => spare.swap_remove(i),
-            None => spare.pop().unwrap_or_default(),
-        };
-        drop(spare);
-        // Shrinking keeps the bytes; only growth is zero-filled, and every byte is overwritten by the read.
-        buf.resize(len, 0);
-        buf
-    }
-
-    fn put(&self, buf: Vec<u8>) {
-        if buf.capacity() <= Self::MAX_CAPACITY {
-            let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            if spare.len() < Self::MAX {
-                spare.push(buf);
-            }
-        }
-    }
-}
-
-/// A read's buffer, as the owner behind a [`Bytes`]; goes back to [`Spare`] on drop.
-struct Pooled {
-    buf: Vec<u8>,
-    spare: Arc<Spare>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.spare.put(std::mem::take(&mut self.buf));
-    }
+    spare: Arc<BufPool>,
 }
 
 type Result<T> = std::result::Result<T, BlobError<FileSourceError>>;
+
+/// Read buffers kept for reuse (enough for the reads in flight on all request threads).
+const SPARE_BUFFERS: usize = 32;
+
+impl Default for FileSource {
+    fn default() -> Self {
+        Self {
+            files: RwLock::default(),
+            spare: BufPool::new(SPARE_BUFFERS),
+        }
+    }
+}
 
 impl FileSource {
     /// A source with no files open yet.
@@ -134,12 +97,9 @@ impl FileSource {
             return Err(out_of_range());
         }
         let len = usize::try_from(range.end - range.start).map_err(|_| out_of_range())?;
-        let mut buf = Pooled {
-            buf: self.spare.take(len),
-            spare: Arc::clone(&self.spare),
-        };
-        match file.read_exact_at(&mut buf.buf, range.start) {
-            Ok(()) => Ok(Bytes::from_owner(buf)),
+        let mut buf = self.spare.take_len(len);
+        match file.read_exact_at(&mut buf, range.start) {
+            Ok(()) => Ok(BufPool::freeze(&self.spare, buf)),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(out_of_range()),
             Err(e) => Err(io_err("reading", key, e)),
         }
@@ -260,7 +220,12 @@ mod tests {
             assert_eq!(&got[..], &data[*a..*b], "kept {a}..{b}");
         }
         drop(kept);
-        let spare = src.spare.0.lock().unwrap();
-        assert!(!spare.is_empty() && spare.len() <= Spare::MAX);
+        // A dropped read gives its buffer back: the next read reuses the same allocation.
+        let first = block_on(src.read_range(&key, 0..1 << 20, None)).unwrap();
+        let ptr = first.as_ptr();
+        drop(first);
+        let second = block_on(src.read_range(&key, 7..(1 << 20) - 5, None)).unwrap();
+        assert_eq!(second.as_ptr(), ptr, "the buffer is reused");
+        assert_eq!(&second[..], &data[7..(1 << 20) - 5]);
     }
 }
