@@ -332,6 +332,22 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         }
     }
 
+    /// No ioctls: `ENOTTY`, as a regular file on a disk filesystem answers (Python's `open` asks `TCGETS` of
+    /// every file; fuser's default would log a warning for each).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // Permission bits are enforced by the kernel (`default_permissions`); this only checks existence.
         match self.fs.getattr(ino.0) {

@@ -487,6 +487,15 @@ fn tree_shapes_names_symlinks_and_stat_attributes() {
         std::fs::metadata(m.join("nope")).unwrap_err().kind(),
         std::io::ErrorKind::NotFound
     );
+    // Terminal ioctls (which Python's `open` and `stty` issue) get ENOTTY, as from a disk filesystem, and leave
+    // no "not implemented" warning in the log.
+    let stty = Command::new("stty").arg("-F").arg(m.join("secret")).output().unwrap();
+    let err = String::from_utf8_lossy(&stty.stderr);
+    assert!(
+        !stty.status.success() && err.contains("Inappropriate ioctl"),
+        "stty: {err}"
+    );
+    assert!(!fx.log().contains("Not Implemented"), "{}", fx.log());
 }
 
 #[test]
