@@ -35,6 +35,7 @@ use crate::cache::{CacheConfig, CachingSource};
 use crate::format::ModelKey;
 use crate::fs::{EncFs, EncFsConfig, OpenError};
 use crate::fuse::{MountConfig, MountSession};
+use crate::legacy::mount::BlobReadAt;
 use crate::source::{AnySource, AzureAuth, BlobKey, BlobSource, SourceOptions};
 
 use self::config::{FilesystemSpec, SidecarConfig};
@@ -279,6 +280,19 @@ async fn open_and_mount<B: BlobSource>(
     let ids = std::fs::metadata("/proc/self")
         .map(|m| (m.uid(), m.gid()))
         .unwrap_or((0, 0));
+    // A legacy LUKS2 image (what the seed's users have in blob storage) is served from the same source.
+    let reader = tokio::task::block_in_place(|| BlobReadAt::open(source, blob.clone(), rt.clone()))
+        .and_then(|r| tokio::task::block_in_place(|| r.is_luks()).map(|luks| (r, luks)))
+        .map_err(|e| StepError {
+            step: Step::Source,
+            transient: false,
+            message: format!("{}: {e}", redact(blob.as_str())),
+        })?;
+    let (reader, luks) = reader;
+    if luks {
+        return mount_legacy(reader, model_key, spec, (hidden, mp), mount_cfg, ids);
+    }
+    let source = reader.into_source();
     let config = EncFsConfig {
         uid: ids.0,
         gid: ids.1,
@@ -309,15 +323,65 @@ async fn open_and_mount<B: BlobSource>(
         tokio::task::block_in_place(|| crate::gate::run(fs_ref, &key, crate::gate::VerifyMode::Manifest, &handle))
             .map_err(|e| StepError::fatal(Step::Signature, error_chain(&e)))?;
     }
-    clean_stale(&hidden);
-    std::fs::create_dir_all(&hidden)
-        .map_err(|e| StepError::fatal(Step::Mount, format!("creating {}: {e}", hidden.display())))?;
-    let cfg = MountConfig {
-        fs_name: format!("cinfer-encfs:{}", redact(&spec.url)).replace([',', ' ', '\t', '\n'], "_"),
-        ..mount_cfg.clone()
-    };
+    let cfg = prepare_hidden(spec, &hidden, mount_cfg)?;
     let session = tokio::task::block_in_place(|| crate::fuse::mount(Arc::new(fs), rt, &hidden, &cfg))
         .map_err(|e| StepError::fatal(Step::Mount, format!("mounting on {}: {e}", hidden.display())))?;
+    Ok((finish_mount(spec, session, (hidden, mp))?, root))
+}
+
+/// Mounts a legacy LUKS2 (`aes-xts-plain64` + ext4) image: the released key is its passphrase. Such an image has
+/// no root digest and no signature, so a filesystem that pins either is refused rather than mounted unchecked.
+fn mount_legacy<B: BlobSource>(
+    reader: BlobReadAt<B>,
+    model_key: ModelKey,
+    spec: &FilesystemSpec,
+    (hidden, mp): (PathBuf, PathBuf),
+    mount_cfg: &MountConfig,
+    (uid, gid): (u32, u32),
+) -> Result<(Mounted, String), StepError> {
+    if spec.expect_root.is_some() {
+        return Err(StepError::fatal(
+            Step::RootPin,
+            "the image is a legacy LUKS2 image: it has no root digest to pin (drop expect_root, or convert it with \
+             `cinfer-mkimage convert`)",
+        ));
+    }
+    if spec.signer_key.is_some() {
+        return Err(StepError::fatal(
+            Step::Signature,
+            "the image is a legacy LUKS2 image: it carries no model signature (convert it with a signed build)",
+        ));
+    }
+    let cfg = prepare_hidden(spec, &hidden, mount_cfg)?;
+    let (session, uuid) = tokio::task::block_in_place(|| {
+        crate::legacy::mount::mount(reader, model_key.expose(), uid, gid, &hidden, &cfg)
+    })
+    .map_err(|e| StepError::fatal(Step::Index, format!("legacy LUKS2 image: {}", error_chain(&e))))?;
+    drop(model_key);
+    info!(filesystem = spec.index, uuid = %uuid, "legacy LUKS2 image mounted (no integrity: XTS)");
+    Ok((
+        finish_mount(spec, session, (hidden, mp))?,
+        format!("legacy-luks2:{uuid}"),
+    ))
+}
+
+/// Makes an empty hidden directory to mount on, and the mount settings for `spec`.
+fn prepare_hidden(spec: &FilesystemSpec, hidden: &Path, mount_cfg: &MountConfig) -> Result<MountConfig, StepError> {
+    clean_stale(hidden);
+    std::fs::create_dir_all(hidden)
+        .map_err(|e| StepError::fatal(Step::Mount, format!("creating {}: {e}", hidden.display())))?;
+    Ok(MountConfig {
+        fs_name: format!("cinfer-encfs:{}", redact(&spec.url)).replace([',', ' ', '\t', '\n'], "_"),
+        ..mount_cfg.clone()
+    })
+}
+
+/// Raises the new mount's readahead and exposes it at the mount point; unmounts it again if that fails.
+fn finish_mount(
+    spec: &FilesystemSpec,
+    session: MountSession,
+    (hidden, mp): (PathBuf, PathBuf),
+) -> Result<Mounted, StepError> {
     match session.set_read_ahead_kb(crate::fuse::DEFAULT_READ_AHEAD_KB) {
         Ok(()) => debug!(kb = crate::fuse::DEFAULT_READ_AHEAD_KB, "readahead raised"),
         Err(e) => warn!("could not raise readahead (needs root and a writable /sys): {e}"),
@@ -333,7 +397,7 @@ async fn open_and_mount<B: BlobSource>(
         mounted.unmount();
         return Err(StepError::fatal(Step::Mount, msg));
     }
-    Ok((mounted, root))
+    Ok(mounted)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "fixtures/legacy_fixture.rs"]
+mod legacy_fixture;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -157,13 +159,36 @@ fn release_policy(authority: &str, host_data: &[u8; 32]) -> ReleasePolicy {
 }
 
 impl World {
+    /// The service with an authenticated cinfer image of a small model tree.
     fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let content = common::pattern(3 * 1024 * 1024 + 17, 7);
+        let mut tree = TreeBuilder::new();
+        tree.dir("weights")
+            .file("weights/model.bin", Content::Bytes(content.clone()))
+            .file("config.json", Content::Bytes(b"{\"layers\": 2}".to_vec()));
+        let key = ModelKey::generate();
+        let image = dir.path().join("model.img");
+        let mut f = std::fs::File::create(&image).unwrap();
+        let built = tree.write_image(&mut f, &key, 64 * 1024).unwrap();
+        f.flush().unwrap();
+        drop(f);
+        Self::with_image(dir, image, &key, hex::encode(built.root), content)
+    }
+
+    /// The service with `image` (in `dir`), whose key `key` is imported with a policy for HOST_DATA.
+    fn with_image(
+        dir: tempfile::TempDir,
+        image: PathBuf,
+        key: &ModelKey,
+        image_root: String,
+        content: Vec<u8>,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
         let root = MockRoot::generate(attest::report::Generation::Milan).unwrap();
         let mock_root_dir = dir.path().join("mock-root");
         root.save(&mock_root_dir).unwrap();
@@ -176,19 +201,6 @@ impl World {
                 ..Default::default()
             }))
             .unwrap();
-
-        // The image.
-        let content = common::pattern(3 * 1024 * 1024 + 17, 7);
-        let mut tree = TreeBuilder::new();
-        tree.dir("weights")
-            .file("weights/model.bin", Content::Bytes(content.clone()))
-            .file("config.json", Content::Bytes(b"{\"layers\": 2}".to_vec()));
-        let key = ModelKey::generate();
-        let image = dir.path().join("model.img");
-        let mut f = std::fs::File::create(&image).unwrap();
-        let built = tree.write_image(&mut f, &key, 64 * 1024).unwrap();
-        f.flush().unwrap();
-        drop(f);
 
         // Import the key with a policy for HOST_DATA.
         rt.block_on(async {
@@ -211,7 +223,7 @@ impl World {
             root,
             image_url: format!("file://{}", image.display()),
             image,
-            image_root: hex::encode(built.root),
+            image_root,
             content,
             _azurite: None,
         }
@@ -526,6 +538,54 @@ fn whole_flow_mounts_after_release_and_refuses_otherwise() {
     assert!(is_mountpoint(&hidden));
     sc.sigterm();
     assert!(sc.wait_exit().0);
+}
+
+#[test]
+fn legacy_luks2_image_from_a_blob_mounts_and_a_root_pin_on_it_is_refused() {
+    assert!(
+        fuse_available(),
+        "this test needs /dev/fuse, fusermount3 (Debian fuse3) and root"
+    );
+    // A seed-style image (real cryptsetup luksFormat + mkfs.ext4), its 32-byte key file as the released key.
+    let fx = legacy_fixture::make(4096, "pbkdf2", None);
+    let key = ModelKey::from_slice(&std::fs::read(&fx.key).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("legacy.img");
+    std::fs::copy(&fx.image, &image).unwrap();
+    let mut w = World::with_image(dir, image, &key, String::new(), Vec::new());
+    w.serve_from_azurite();
+    let base = w.dir.path().join("mnt");
+    std::fs::create_dir(&base).unwrap();
+    let mount_point = base.join("models");
+    let hidden = base.join(".filesystem-0");
+
+    let mut sc = start_sidecar(&w, &mount_point, "", &HOST_DATA, "legacy");
+    sc.wait_ready();
+    let mut got = legacy_fixture::disk_tree(&mount_point);
+    got.retain(|k, _| !k.starts_with(b"lost+found"));
+    assert!(
+        got == legacy_fixture::disk_tree(&fx.src),
+        "the mounted tree differs from the source"
+    );
+    let ready: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sc.ready_dir.join("filesystem-0.ready")).unwrap()).unwrap();
+    assert!(ready["root"].as_str().unwrap().starts_with("legacy-luks2:"), "{ready}");
+    sc.sigterm();
+    let (ok, log) = sc.wait_exit();
+    assert!(ok, "sidecar exit after SIGTERM: {log}");
+    assert!(
+        log.contains("XTS gives no integrity"),
+        "the no-integrity warning: {log}"
+    );
+    assert!(!is_mountpoint(&hidden), "still mounted after SIGTERM");
+
+    // A legacy image has no root digest: a pinned filesystem is refused, not mounted unchecked.
+    let pin = format!("\"cinfer_expect_root\":\"{}\",", "ab".repeat(32));
+    let mut sc = start_sidecar(&w, &mount_point, &pin, &HOST_DATA, "legacy-pin");
+    let (ok, log) = sc.wait_exit();
+    assert!(!ok, "{log}");
+    assert!(log.contains("legacy LUKS2") && log.contains("no root digest"), "{log}");
+    assert!(!is_mountpoint(&hidden));
 }
 
 #[test]
