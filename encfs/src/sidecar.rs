@@ -320,7 +320,7 @@ async fn open_and_mount<B: BlobSource>(
             .map_err(|e| StepError::fatal(Step::Signature, format!("{}: {e}", path.display())))?;
         let handle = rt.clone();
         let fs_ref = &fs;
-        tokio::task::block_in_place(|| crate::gate::run(fs_ref, &key, crate::gate::VerifyMode::Manifest, &handle))
+        tokio::task::block_in_place(|| crate::gate::run(fs_ref, &key, spec.verify, &handle))
             .map_err(|e| StepError::fatal(Step::Signature, error_chain(&e)))?;
     }
     let cfg = prepare_hidden(spec, &hidden, mount_cfg)?;

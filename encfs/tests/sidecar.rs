@@ -7,6 +7,8 @@
 mod common;
 #[path = "fixtures/legacy_fixture.rs"]
 mod legacy_fixture;
+#[path = "fixtures/signed_image.rs"]
+mod signed_image;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -111,6 +113,13 @@ fn config_refuses_read_write_and_warns_on_unknown_fields() {
 
     let bad_root = SEED_EXAMPLE.replace("\"read_write\": false,", "\"cinfer_expect_root\": \"xyz\",");
     assert!(SidecarConfig::from_json(bad_root.as_bytes()).is_err());
+    assert_eq!(cfg.filesystems[0].verify, encfs::gate::VerifyMode::Manifest);
+    let full = SEED_EXAMPLE.replace("\"read_write\": false,", "\"cinfer_verify\": \"full\",");
+    let full = SidecarConfig::from_json(full.as_bytes()).unwrap();
+    assert_eq!(full.filesystems[0].verify, encfs::gate::VerifyMode::Full);
+    let bad_verify = SEED_EXAMPLE.replace("\"read_write\": false,", "\"cinfer_verify\": \"some\",");
+    let e = SidecarConfig::from_json(bad_verify.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("cinfer_verify"), "{e}");
     // Base64url is not what the seed accepts.
     assert!(SidecarConfig::from_env_value("e30_-").is_err());
     let empty = SidecarConfig::from_json(b"{\"azure_filesystems\": []}").unwrap_err();
@@ -586,6 +595,62 @@ fn legacy_luks2_image_from_a_blob_mounts_and_a_root_pin_on_it_is_refused() {
     assert!(!ok, "{log}");
     assert!(log.contains("legacy LUKS2") && log.contains("no root digest"), "{log}");
     assert!(!is_mountpoint(&hidden));
+}
+
+#[test]
+fn the_signature_gate_checks_content_only_in_full_verify_mode() {
+    assert!(
+        fuse_available(),
+        "this test needs /dev/fuse, fusermount3 (Debian fuse3) and root"
+    );
+    let signer = encfs::signature::SigningKey::from_pem(signed_image::SIGNER, None)
+        .unwrap()
+        .verifying_key()
+        .to_pem();
+    // (image signed how, verify mode, whether the sidecar mounts it)
+    let cases = [
+        (signed_image::Sign::Exact, "full", true),
+        (signed_image::Sign::LyingIndex, "full", false),
+        // The manifest check alone trusts the index's digests: the content lie goes unnoticed (the trade-off
+        // for starting without reading the whole model).
+        (signed_image::Sign::LyingIndex, "manifest", true),
+    ];
+    for (i, (how, mode, mounts)) in cases.into_iter().enumerate() {
+        let key = ModelKey::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("model.img");
+        std::fs::write(&image, signed_image::image(&key, how)).unwrap();
+        let signer_file = dir.path().join("signer.pub");
+        std::fs::write(&signer_file, &signer).unwrap();
+        let w = World::with_image(dir, image, &key, String::new(), Vec::new());
+        let base = w.dir.path().join("mnt");
+        std::fs::create_dir(&base).unwrap();
+        let mount_point = base.join("models");
+        let extra = format!(
+            "\"cinfer_signer_key\":\"{}\",\"cinfer_verify\":\"{mode}\",",
+            signer_file.display()
+        );
+        let mut sc = start_sidecar(&w, &mount_point, &extra, &HOST_DATA, &format!("sig{i}"));
+        if mounts {
+            sc.wait_ready();
+            assert_eq!(
+                std::fs::read(mount_point.join("labels.txt")).unwrap(),
+                b"a\nb\n",
+                "case {i}"
+            );
+            sc.sigterm();
+            let (ok, log) = sc.wait_exit();
+            assert!(ok, "case {i}: {log}");
+        } else {
+            let (ok, log) = sc.wait_exit();
+            assert!(!ok, "case {i}: a lying index must be refused in full mode: {log}");
+            assert!(
+                log.contains("signature") && log.contains("1/model.onnx"),
+                "case {i}: {log}"
+            );
+            assert!(!is_mountpoint(&base.join(".filesystem-0")));
+        }
+    }
 }
 
 #[test]

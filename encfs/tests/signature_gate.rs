@@ -4,94 +4,19 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+#[path = "fixtures/signed_image.rs"]
+mod signed_image;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-use encfs::format::{EntryKind, HEADER_LEN, Header, Index, ModelKey, OpenedImage, TAG_LEN, seal_index};
+use signed_image::{OTHER, SIGNER, Sign, image};
+
+use encfs::format::ModelKey;
 use encfs::fs::{EncFs, EncFsConfig};
 use encfs::gate::{self, GateError};
-use encfs::signature::{self, ManifestOptions, SignatureError, SigningKey};
+use encfs::signature::{self, SignatureError, SigningKey};
 use encfs::source::{BlobKey, MemSource};
-use encfs::testing::{Content, TreeBuilder};
-
-/// Test-only signing keys (P-256, PKCS#8).
-const SIGNER: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgCwTchiUstGAz7JBD
-Cb9r5SsZPh1qXSY/RCmxHsAOT7WhRANCAATpbDiztBVNUAS+cnwGOH5Oah1DruSK
-PAeESPwAtjofdQCSbTuIcGCYpltkl+Gud5xFFiLT6tLeBReptkoGVpVM
------END PRIVATE KEY-----
-";
-const OTHER: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg4VoS5+/nZa6yERMc
-KiHdQu/5XqxhwfrD5znk3y3x8JihRANCAASIKWV+ZSUkUvpE2cl/vkguuaBfq/Wo
-5GNY5MubR7+BYEYMI/OJNfo2jJIcKqjqNstaqjJ0QE9sJc45jFEA2Tei
------END PRIVATE KEY-----
-";
-
-const CHUNK: u32 = 4096;
-
-fn tree() -> TreeBuilder {
-    let mut t = TreeBuilder::new();
-    t.file("config.pbtxt", Content::Bytes(b"name: \"m\"\n".to_vec()));
-    t.file(
-        "1/model.onnx",
-        Content::Bytes((0..200_000u32).map(|i| (i * 7 + i / 13) as u8).collect()),
-    );
-    t.file("1/empty", Content::Bytes(Vec::new()));
-    t.file("labels.txt", Content::Bytes(b"a\nb\n".to_vec()));
-    t
-}
-
-/// How to make the test image's signature.
-enum Sign {
-    /// No signature extension.
-    None,
-    /// Sign exactly the index's files and digests.
-    Exact,
-    /// Sign with `1/model.onnx`'s digest changed (the manifest disagrees with the index).
-    WrongDigest,
-    /// Sign without `labels.txt` (an unsigned file in the image).
-    WithoutLabels,
-    /// Change `1/model.onnx`'s digest in the index and sign that (the content disagrees with the signed index).
-    LyingIndex,
-}
-
-/// Builds the tree into an image, then rewrites its index with the signature (and changes) asked for.
-fn image(key: &ModelKey, how: Sign) -> Vec<u8> {
-    let mut img = Vec::new();
-    tree().write_image(&mut img, key, CHUNK).unwrap();
-    let hb: [u8; HEADER_LEN] = img[..HEADER_LEN].try_into().unwrap();
-    let offset = Header::decode(&hb).unwrap().index_offset as usize;
-    let (opened, keys) = OpenedImage::open(&hb, &img[offset..], key, None, Some(img.len() as u64)).unwrap();
-    let mut index: Index = opened.index;
-    let model = index.entries.iter().position(|e| e.name == b"model.onnx").unwrap();
-    if let Sign::LyingIndex = how
-        && let EntryKind::File { sha256, .. } = &mut index.entries[model].kind
-    {
-        sha256[0] ^= 1;
-    }
-    let sk = SigningKey::from_pem(SIGNER, None).unwrap();
-    let mut files = signature::index_files(&index, false, &[]).unwrap();
-    match how {
-        Sign::None => {}
-        Sign::Exact | Sign::LyingIndex => {}
-        Sign::WrongDigest => files.iter_mut().find(|f| f.path == "1/model.onnx").unwrap().sha256[5] ^= 1,
-        Sign::WithoutLabels => files.retain(|f| f.path != "labels.txt"),
-    }
-    if !matches!(how, Sign::None) {
-        let bundle = signature::sign(&sk, "m", &files, &ManifestOptions::default());
-        index.extensions.push(signature::signature_extension(bundle));
-    }
-    let mut header = opened.header;
-    let data_end = header.index_offset as usize;
-    header.index_len = (index.encode().len() + TAG_LEN) as u64;
-    let hb = header.encode().unwrap();
-    let sealed = seal_index(&keys, &hb, &index);
-    let mut out = hb.to_vec();
-    out.extend_from_slice(&img[HEADER_LEN..data_end]);
-    out.extend_from_slice(&sealed);
-    out
-}
 
 fn verifying(pem: &str) -> signature::VerifyingKey {
     SigningKey::from_pem(pem, None).unwrap().verifying_key()

@@ -109,6 +109,10 @@ pub struct SeedFilesystem {
     /// cinfer: memory budget in MiB of a remote image's part cache (default 256).
     #[serde(default)]
     pub cinfer_cache_mb: Option<u64>,
+    /// cinfer: how much the signature gate checks before mounting: `manifest` (default: the signature and the
+    /// index's digests) or `full` (also every file's content, read and hashed through the decrypting path).
+    #[serde(default)]
+    pub cinfer_verify: Option<String>,
     /// Unknown fields (warned about).
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -216,6 +220,8 @@ pub struct FilesystemSpec {
     pub signer_key: Option<PathBuf>,
     /// Cache size, MiB.
     pub cache_mb: Option<u64>,
+    /// What the signature gate checks (when a signer key is set).
+    pub verify: crate::gate::VerifyMode,
 }
 
 /// The parsed configuration and the warnings it produced.
@@ -310,6 +316,15 @@ impl SidecarConfig {
             if !fs.key_derivation.salt.is_empty() && hex::decode(&fs.key_derivation.salt).is_err() {
                 return Err(invalid("key_derivation.salt is not hex".into()));
             }
+            let verify = match fs.cinfer_verify.as_deref().map(str::trim) {
+                None | Some("manifest") => crate::gate::VerifyMode::Manifest,
+                Some("full") => crate::gate::VerifyMode::Full,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "cinfer_verify must be \"manifest\" or \"full\", not {other:?}"
+                    )));
+                }
+            };
             let expect_root = match &fs.cinfer_expect_root {
                 None => None,
                 Some(h) => {
@@ -341,6 +356,7 @@ impl SidecarConfig {
                 expect_root,
                 signer_key: fs.cinfer_signer_key.map(PathBuf::from),
                 cache_mb: fs.cinfer_cache_mb,
+                verify,
             });
         }
         Ok(Self {

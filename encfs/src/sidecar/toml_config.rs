@@ -19,6 +19,7 @@
 //! url_private = false                   # true: managed-identity token instead of a SAS
 //! expect_root = "<64 hex>"              # pin the image (recommended)
 //! signer_key = "/etc/cinfer/signer.pub" # require a model signature by this key
+//! verify = "manifest"                  # or "full": also hash every file's content before mounting
 //! cache_mb = 256
 //! key = { kid = "model-key", kty = "oct-HSM", authority = "https://...", vault = "https://..." }
 //! # RSA-HSM keys also take: salt = "<hex>", label = "..."
@@ -95,6 +96,9 @@ pub struct FilesystemSection {
     /// Cache size in MiB for remote sources.
     #[serde(default)]
     pub cache_mb: Option<u64>,
+    /// What the signature gate checks: "manifest" (default) or "full" (also every file's content).
+    #[serde(default)]
+    pub verify: Option<String>,
     /// The key to release.
     pub key: KeySection,
 }
@@ -171,6 +175,7 @@ impl FilesystemSection {
             cinfer_expect_root: self.expect_root,
             cinfer_signer_key: self.signer_key,
             cinfer_cache_mb: self.cache_mb,
+            cinfer_verify: self.verify,
             ..Default::default()
         }
     }
@@ -193,6 +198,7 @@ mount_point = "/mnt/models"
 url = "https://acct.blob.core.windows.net/models/model.img?sv=1&sig=x"
 expect_root = "0101010101010101010101010101010101010101010101010101010101010101"
 cache_mb = 128
+verify = "full"
 key = { kid = "model-key", authority = "https://maa.example", vault = "https://vault.example" }
 
 [[filesystems]]
@@ -214,6 +220,8 @@ key = { kid = "k2/v1", kty = "RSA-HSM", authority = "a.example", vault = "v.exam
         assert_eq!(cfg.filesystems.len(), 2);
         let a = &cfg.filesystems[0];
         assert_eq!(a.expect_root, Some([1; 32]));
+        assert_eq!(a.verify, crate::gate::VerifyMode::Full);
+        assert_eq!(cfg.filesystems[1].verify, crate::gate::VerifyMode::Manifest);
         assert_eq!(
             (a.cache_mb, a.kid.as_str(), a.vault.as_str()),
             (Some(128), "model-key", "https://vault.example")
