@@ -12,8 +12,8 @@
 //!
 //! A read of many chunks that finds no other read being decrypted is split over rayon's global pool (one thread
 //! per core, started when an image is opened); with the kernel keeping two READs in flight (2 MiB readahead)
-//! each READ already has a core. [`readahead`] starts a sequential reader's next read before the kernel asks for it, for mounts whose kernel
-//! window keeps only one READ in flight.
+//! each READ already has a core. [`readahead`] starts a sequential reader's next read before the kernel asks for
+//! it, for mounts whose kernel window keeps only one READ in flight.
 
 pub mod readahead;
 

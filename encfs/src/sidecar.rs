@@ -281,14 +281,16 @@ async fn open_and_mount<B: BlobSource>(
         .map(|m| (m.uid(), m.gid()))
         .unwrap_or((0, 0));
     // A legacy LUKS2 image (what the seed's users have in blob storage) is served from the same source.
-    let reader = tokio::task::block_in_place(|| BlobReadAt::open(source, blob.clone(), rt.clone()))
-        .and_then(|r| tokio::task::block_in_place(|| r.is_luks()).map(|luks| (r, luks)))
-        .map_err(|e| StepError {
-            step: Step::Source,
-            transient: false,
-            message: format!("{}: {e}", redact(blob.as_str())),
-        })?;
-    let (reader, luks) = reader;
+    let (reader, luks) = tokio::task::block_in_place(|| {
+        let reader = BlobReadAt::open(source, blob.clone(), rt.clone())?;
+        let luks = reader.is_luks()?;
+        Ok::<_, std::io::Error>((reader, luks))
+    })
+    .map_err(|e| StepError {
+        step: Step::Source,
+        transient: false,
+        message: format!("{}: {e}", redact(blob.as_str())),
+    })?;
     if luks {
         return mount_legacy(reader, model_key, spec, (hidden, mp), mount_cfg, ids);
     }
