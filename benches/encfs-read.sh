@@ -23,7 +23,8 @@
 #
 # Usage: benches/encfs-read.sh [SIZE_MIB (1024)] [REPS (3)]
 # Env:   READ_AHEAD_KB (2048)  readahead for the encfs and null-FS mounts (the daemon's default --read-ahead-kb)
-#        ENCFS_THREADS (8)     FUSE request threads (--threads)
+#        ENCFS_THREADS         FUSE request threads (--threads; default as the daemon for a local image: one per
+#                              core, 2 to 16), also used by the null FS
 #        ENCFS_IO (pread)      how the daemon reads the image (--io pread|mmap)
 #        CARGO_TARGET_DIR      where release binaries are built (default: <repo>/target)
 #        CINFER_ENCFS, CINFER_MKIMAGE, CINFER_NULLFS   use these binaries instead of building
@@ -32,7 +33,8 @@ set -euo pipefail
 SIZE_MIB=${1:-1024}
 REPS=${2:-3}
 READ_AHEAD_KB=${READ_AHEAD_KB:-2048}
-ENCFS_THREADS=${ENCFS_THREADS:-8}
+NPROC=$(nproc)
+ENCFS_THREADS=${ENCFS_THREADS:-$((NPROC < 2 ? 2 : (NPROC > 16 ? 16 : NPROC)))}
 ENCFS_IO=${ENCFS_IO:-pread}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 

@@ -63,9 +63,10 @@ pub(crate) struct MountArgs {
     /// Let other users access the mount (non-root needs `user_allow_other` in /etc/fuse.conf).
     #[arg(long)]
     pub(crate) allow_other: bool,
-    /// FUSE request threads.
-    #[arg(long, default_value_t = 8, help_heading = "Tuning")]
-    pub(crate) threads: usize,
+    /// FUSE request threads [default: one per core (2 to 16) for a local image, whose reads are CPU-bound; 8 for
+    /// a URL, whose reads wait on the network]
+    #[arg(long, help_heading = "Tuning")]
+    pub(crate) threads: Option<usize>,
     /// Kernel readahead for the mount in KiB, set through sysfs after mounting when possible (root, writable
     /// /sys); 0 keeps the kernel default (128 KiB).
     #[arg(long, default_value_t = encfs::fuse::DEFAULT_READ_AHEAD_KB, value_name = "KIB", help_heading = "Tuning")]
@@ -263,7 +264,16 @@ impl MountArgs {
     /// The mount settings.
     pub(crate) fn mount_config(&self) -> MountConfig {
         MountConfig {
-            threads: self.threads.max(1),
+            threads: self
+                .threads
+                .unwrap_or_else(|| {
+                    if encfs::source::is_url(&self.image.to_string_lossy()) {
+                        MountConfig::default().threads
+                    } else {
+                        encfs::fuse::local_threads()
+                    }
+                })
+                .max(1),
             max_background: self.max_background.max(1),
             allow_other: self.allow_other,
             fs_name: format!("cinfer-encfs:{}", self.image_shown()).replace([',', ' ', '\t', '\n'], "_"),

@@ -47,6 +47,17 @@ pub const MAX_READ: u32 = 1 << 20;
 /// around (2 MiB per cold fault), which is why it is not larger.
 pub const DEFAULT_READ_AHEAD_KB: u32 = 2048;
 
+/// FUSE request threads for a mount of a local image file: one per core, at least 2 and at most 16.
+///
+/// Reading a local image is CPU-bound (decrypt and the kernel's copies), so more threads than cores only
+/// time-slice the READs the reader is waiting for, and leave cores idle meanwhile. On 2 cores a cold 1 GiB `dd`
+/// read ran at 2.62 GB/s with 2 threads, 2.52 with 3, 2.48 with 4 and 2.30 with 8 (interleaved fresh mounts).
+/// A remote source waits on the network instead and keeps [`MountConfig`]'s default of 8.
+pub fn local_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    cores.clamp(2, 16)
+}
+
 /// Decrypt-ahead pays off only when the kernel keeps a single READ in flight, i.e. with readahead windows up to
 /// this size (KiB).
 pub const DECRYPT_AHEAD_MAX_WINDOW_KB: u32 = 1024;
@@ -59,7 +70,7 @@ thread_local! {
 /// Mount settings; plain data, [`Default`] gives the tuned values.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
-    /// FUSE request threads.
+    /// FUSE request threads (default 8, for remote sources; see [`local_threads`] for local images).
     pub threads: usize,
     /// Give each request thread its own `/dev/fuse` fd (`FUSE_DEV_IOC_CLONE`).
     pub clone_fd: bool,
