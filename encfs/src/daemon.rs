@@ -17,7 +17,7 @@ use anyhow::{Context, anyhow, bail};
 use encfs::format::ModelKey;
 use encfs::fs::{EncFs, EncFsConfig};
 use encfs::fuse;
-use encfs::legacy::mount::{BlobReadAt, mount as legacy_mount};
+use encfs::legacy::mount::{BlobReadAt, check_demands, mount as legacy_mount};
 use encfs::source::{BlobKey, BlobSource};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -205,12 +205,7 @@ fn serve<B: BlobSource>(source: B, key: BlobKey, s: Setup<'_>, mut signals: Sign
     let reader =
         BlobReadAt::open(source, key.clone(), rt.handle().clone()).with_context(|| format!("reading {image}"))?;
     let (session, root) = if reader.is_luks().with_context(|| format!("reading {image}"))? {
-        if expect_root.is_some() {
-            bail!("{image} is a legacy LUKS2 image: it has no root digest to pin (drop --expect-root, or convert it)");
-        }
-        if signer.is_some() {
-            bail!("{image} is a legacy LUKS2 image: it carries no model signature (convert it with a signed build)");
-        }
+        check_demands(expect_root.is_some(), signer.is_some()).with_context(|| format!("refusing {image}"))?;
         let (session, uuid) = legacy_mount(
             reader,
             model_key.expose(),

@@ -35,7 +35,7 @@ use crate::cache::{CacheConfig, CachingSource};
 use crate::format::ModelKey;
 use crate::fs::{EncFs, EncFsConfig, OpenError};
 use crate::fuse::{MountConfig, MountSession};
-use crate::legacy::mount::BlobReadAt;
+use crate::legacy::mount::{BlobReadAt, Unverifiable, check_demands};
 use crate::source::{AnySource, AzureAuth, BlobKey, BlobSource, SourceOptions};
 
 use self::config::{FilesystemSpec, SidecarConfig};
@@ -341,19 +341,13 @@ fn mount_legacy<B: BlobSource>(
     mount_cfg: &MountConfig,
     (uid, gid): (u32, u32),
 ) -> Result<(Mounted, String), StepError> {
-    if spec.expect_root.is_some() {
-        return Err(StepError::fatal(
-            Step::RootPin,
-            "the image is a legacy LUKS2 image: it has no root digest to pin (drop expect_root, or convert it with \
-             `cinfer-mkimage convert`)",
-        ));
-    }
-    if spec.signer_key.is_some() {
-        return Err(StepError::fatal(
-            Step::Signature,
-            "the image is a legacy LUKS2 image: it carries no model signature (convert it with a signed build)",
-        ));
-    }
+    check_demands(spec.expect_root.is_some(), spec.signer_key.is_some()).map_err(|e| {
+        let step = match e {
+            Unverifiable::Signature => Step::Signature,
+            _ => Step::RootPin,
+        };
+        StepError::fatal(step, e.to_string())
+    })?;
     let cfg = prepare_hidden(spec, &hidden, mount_cfg)?;
     let (session, uuid) = tokio::task::block_in_place(|| {
         crate::legacy::mount::mount(reader, model_key.expose(), uid, gid, &hidden, &cfg)

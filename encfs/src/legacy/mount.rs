@@ -120,6 +120,34 @@ pub enum LegacyMountError {
     Mount(#[source] io::Error),
 }
 
+/// What a legacy image cannot prove: it has no root digest and no model signature, so a mount configured to pin
+/// the root or to check a signer refuses it ([`check_demands`]) instead of serving it unchecked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unverifiable {
+    /// A root pin is configured.
+    #[error(
+        "the image is a legacy LUKS2 image: it has no root digest to pin (drop the root pin, or convert it with \
+         `cinfer-mkimage convert`)"
+    )]
+    RootPin,
+    /// A model signer is configured.
+    #[error("the image is a legacy LUKS2 image: it carries no model signature (convert it with a signed build)")]
+    Signature,
+}
+
+/// Checks what the mount demands of a legacy image: refused if a root pin (`root_pinned`) or a model signer
+/// (`signer_set`) is configured; the daemon and the sidecar share this so both refuse the same way.
+pub fn check_demands(root_pinned: bool, signer_set: bool) -> Result<(), Unverifiable> {
+    if root_pinned {
+        Err(Unverifiable::RootPin)
+    } else if signer_set {
+        Err(Unverifiable::Signature)
+    } else {
+        Ok(())
+    }
+}
+
 /// Opens the legacy image `reader` with `passphrase` (the key file's or released key's bytes), logs the
 /// no-integrity warning once, walks the tree and mounts it read-only at `mountpoint` with the daemon's settings.
 /// Returns the session and the LUKS2 UUID.
@@ -503,5 +531,21 @@ impl<R: ReadAt + 'static> fuser::Filesystem for LegacyFs<R> {
                 reply.error(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A legacy image passes only when nothing is demanded of it, and each refusal names what it lacks.
+    #[test]
+    fn legacy_images_are_refused_when_a_root_pin_or_signer_is_configured() {
+        assert_eq!(check_demands(false, false), Ok(()));
+        assert_eq!(check_demands(true, false), Err(Unverifiable::RootPin));
+        assert_eq!(check_demands(false, true), Err(Unverifiable::Signature));
+        assert_eq!(check_demands(true, true), Err(Unverifiable::RootPin));
+        assert!(Unverifiable::RootPin.to_string().contains("no root digest"));
+        assert!(Unverifiable::Signature.to_string().contains("no model signature"));
     }
 }
