@@ -5,7 +5,11 @@
 //! `max_background` 64, 1 MiB `max_read`, `FOPEN_KEEP_CACHE`), so a cold read through it is what FUSE alone
 //! reaches on the machine, and the encfs figure can be stated as a fraction of it.
 //!
-//! Usage: `nullfs MOUNTPOINT SIZE_BYTES [THREADS]`; runs in the foreground until unmounted
+//! With a `BACKING` file, READs are answered with `pread`s of that file instead (a copy filesystem: FUSE plus
+//! reading the image, no crypto), which is the most any daemon reaches that has to read its image from where it
+//! lives, as encfs and gocryptfs both do.
+//!
+//! Usage: `nullfs MOUNTPOINT SIZE_BYTES [THREADS [BACKING]]`; runs in the foreground until unmounted
 //! (`fusermount3 -u MOUNTPOINT`). The benchmark raises the readahead in sysfs as it does for encfs.
 
 use std::ffi::OsStr;
@@ -25,6 +29,13 @@ static ZEROS: [u8; MAX_READ as usize] = [0; MAX_READ as usize];
 
 struct NullFs {
     size: u64,
+    /// Read replies from this file instead of the zero buffer.
+    backing: Option<std::fs::File>,
+}
+
+thread_local! {
+    /// One reply buffer per request thread for the copy filesystem.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl NullFs {
@@ -95,8 +106,18 @@ impl fuser::Filesystem for NullFs {
         reply: ReplyData,
     ) {
         let n = self.size.saturating_sub(offset).min(u64::from(size.min(MAX_READ)));
-        // INVARIANT: n <= MAX_READ, the buffer's length.
-        reply.data(&ZEROS[..n as usize]);
+        let Some(file) = &self.backing else {
+            // INVARIANT: n <= MAX_READ, the buffer's length.
+            reply.data(&ZEROS[..n as usize]);
+            return;
+        };
+        BUF.with_borrow_mut(|buf| {
+            buf.resize(n as usize, 0);
+            match std::os::unix::fs::FileExt::read_exact_at(file, buf, offset) {
+                Ok(()) => reply.data(buf),
+                Err(_) => reply.error(Errno::EIO),
+            }
+        });
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
@@ -123,12 +144,13 @@ fn main() -> io::Result<()> {
     let usage = || {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            "usage: nullfs MOUNTPOINT SIZE_BYTES [THREADS]",
+            "usage: nullfs MOUNTPOINT SIZE_BYTES [THREADS [BACKING]]",
         )
     };
     let mountpoint = args.next().ok_or_else(usage)?;
     let size: u64 = args.next().and_then(|s| s.parse().ok()).ok_or_else(usage)?;
     let threads: usize = args.next().map_or(Some(8), |s| s.parse().ok()).ok_or_else(usage)?;
+    let backing = args.next().map(std::fs::File::open).transpose()?;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -140,5 +162,5 @@ fn main() -> io::Result<()> {
     ];
     config.n_threads = Some(threads.max(1));
     config.clone_fd = true;
-    fuser::mount(NullFs { size }, mountpoint, &config)
+    fuser::mount(NullFs { size, backing }, mountpoint, &config)
 }
