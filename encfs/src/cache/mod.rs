@@ -404,9 +404,11 @@ impl<B: BlobSource> CachingSource<B> {
         range: Range<u64>,
         if_match: Option<&ETag>,
     ) -> Result<Bytes, BlobError<CacheError<B::Error>>> {
-        split::read(&*self.inner, key, range, if_match, self.config.split)
+        let len = (range.end - range.start) as usize;
+        let pieces = split::read(&*self.inner, key, range, if_match, self.config.split)
             .await
-            .map_err(lift)
+            .map_err(lift)?;
+        Ok(self.join(pieces, len))
     }
 
     /// A random read: exactly its range from the source, or, with a disk cache, from disk when every block is
@@ -553,14 +555,20 @@ impl<B: BlobSource> CachingSource<B> {
             // INVARIANT: s <= e <= part length, a usize.
             pieces.push(bytes.slice(s as usize..e as usize));
         }
+        Ok(self.join(pieces, (range.end - range.start) as usize))
+    }
+
+    /// The bytes of `pieces` in order, as one [`Bytes`]: the single piece itself, or a copy into a pooled buffer
+    /// of `len` bytes (the pieces' total, given by the caller).
+    fn join(&self, mut pieces: Vec<Bytes>, len: usize) -> Bytes {
         if pieces.len() == 1 {
-            return Ok(pieces.swap_remove(0));
+            return pieces.swap_remove(0);
         }
-        let mut out = self.joins.take((range.end - range.start) as usize);
-        for p in pieces {
-            out.extend_from_slice(&p);
+        let mut out = self.joins.take(len);
+        for p in &pieces {
+            out.extend_from_slice(p);
         }
-        Ok(BufPool::freeze(&self.joins, out))
+        BufPool::freeze(&self.joins, out)
     }
 }
 

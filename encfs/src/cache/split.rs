@@ -44,30 +44,19 @@ pub(crate) fn pieces(range: Range<u64>, split: Split) -> Vec<Range<u64>> {
         .collect()
 }
 
-/// Reads `range` of `key` from `source` as [`pieces`] requested concurrently, and returns the bytes in order.
-/// The pieces run on the calling task (no hand-off to other threads before the requests go out); the first
-/// error ends the read and drops the pieces still in flight.
+/// Reads `range` of `key` from `source` as [`pieces`] requested concurrently, and returns their bytes in order
+/// (the caller joins them). The pieces run on the calling task (no hand-off to other threads before the requests
+/// go out); the first error ends the read and drops the pieces still in flight.
 pub(crate) async fn read<B: BlobSource>(
     source: &B,
     key: &BlobKey,
     range: Range<u64>,
     if_match: Option<&ETag>,
     split: Split,
-) -> Result<Bytes, BlobError<B::Error>> {
-    let pieces = pieces(range.clone(), split);
-    if pieces.len() < 2 {
-        return source.read_range(key, range, if_match).await;
-    }
-    let got = try_join_all(pieces.iter().map(|p| source.read_range(key, p.clone(), if_match))).await?;
-    let mut out = Vec::with_capacity((range.end - range.start) as usize);
-    for (piece, bytes) in pieces.iter().zip(got) {
-        if bytes.len() as u64 != piece.end - piece.start {
-            // A source returns exactly its range; the filesystem checks the length again and fails the read.
-            break;
-        }
-        out.extend_from_slice(&bytes);
-    }
-    Ok(Bytes::from(out))
+) -> Result<Vec<Bytes>, BlobError<B::Error>> {
+    let pieces = pieces(range, split);
+    // A source returns exactly its range; a short piece makes the joined read short, and the filesystem fails it.
+    try_join_all(pieces.into_iter().map(|p| source.read_range(key, p, if_match))).await
 }
 
 /// Reads the first `n` bytes of `key` as a split read of `n` one-byte pieces, and forgets them. Run at mount,
