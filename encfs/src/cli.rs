@@ -268,7 +268,7 @@ impl MountArgs {
                 .threads
                 .unwrap_or_else(|| {
                     if encfs::source::is_url(&self.image.to_string_lossy()) {
-                        MountConfig::default().threads
+                        encfs::fuse::REMOTE_THREADS
                     } else {
                         encfs::fuse::local_threads()
                     }

@@ -53,7 +53,7 @@ pub(crate) struct SidecarArgs {
     #[arg(long)]
     pub(crate) allow_other: bool,
     /// FUSE request threads per mount.
-    #[arg(long, default_value_t = 8, help_heading = "Tuning")]
+    #[arg(long, default_value_t = encfs::fuse::REMOTE_THREADS, help_heading = "Tuning")]
     pub(crate) threads: usize,
 }
 
