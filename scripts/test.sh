@@ -2,6 +2,14 @@
 # Runs every check and test of the workspace: format, lints, unit/integration tests (with real FUSE mounts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Regenerating golden files or the frozen format vector is never a test run: those variables make the tests rewrite
+# their expectations (and fail), so refuse them here.
+for v in CINFER_UPDATE_GOLDEN CINFER_UPDATE_VECTORS; do
+  if [ -n "${!v+x}" ]; then
+    echo "test.sh: $v is set: unset it (it rewrites expected outputs; see deploy/tests/render.rs)" >&2
+    exit 2
+  fi
+done
 bash scripts/setup.sh
 # Python peers (model_signing, tritonclient, ...) live in a cached venv; tests find it through CINFER_PYTHON.
 CINFER_PYTHON="$(bash scripts/pyenv.sh)"

@@ -41,13 +41,31 @@ def make_client(url: str, proxy: str | None, timeout: float = 60.0):
     return client
 
 
+_SIGNATURES: dict[str, tuple[str, int, str]] = {}
+
+
+def signature(client, model: str) -> tuple[str, int, str]:
+    """(input name, input rank, output name) of ``model`` from its metadata, fetched once: the python layout declares
+    [-1, 3, 64, 64] -> [-1, 4], a standard (seed) repository e.g. [3, 64, 64] -> [4] (with reshapes)."""
+    if model not in _SIGNATURES:
+        meta = client.get_model_metadata(model)
+        _SIGNATURES[model] = (meta["inputs"][0]["name"], len(meta["inputs"][0]["shape"]), meta["outputs"][0]["name"])
+    return _SIGNATURES[model]
+
+
 def infer_once(client, model: str, x: np.ndarray) -> np.ndarray:
+    """Infers the batch of one ``x`` (1 x 3 x 64 x 64), sent without its batch dim where the model declares none;
+    returns the output as a batch of one (1 x classes)."""
     import tritonclient.http as httpclient
 
-    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    in_name, rank, out_name = signature(client, model)
+    if rank == x.ndim - 1:
+        x = x[0]
+    inp = httpclient.InferInput(in_name, list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
-    out = httpclient.InferRequestedOutput("probs", binary_data=True)
-    return client.infer(model, [inp], outputs=[out]).as_numpy("probs")
+    out = httpclient.InferRequestedOutput(out_name, binary_data=True)
+    got = client.infer(model, [inp], outputs=[out]).as_numpy(out_name)
+    return got.reshape(1, -1)
 
 
 def reference(onnx_path: str, x: np.ndarray) -> np.ndarray:
@@ -56,7 +74,7 @@ def reference(onnx_path: str, x: np.ndarray) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": x})[0]
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(1, -1)
 
 
 def main() -> int:

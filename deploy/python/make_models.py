@@ -6,8 +6,18 @@
 * ``classifier_large`` (with ``--large-mb N``): the same network with an extra N-MiB linear layer, to exercise
   streaming a large model through the mount.
 
-Each model is served by Triton's Python backend, which runs onnxruntime on ``1/model.onnx`` read from the
-repository (the FUSE mount in the tests). Usage: make_models.py OUT_DIR [--large-mb 512] [--input-npy FILE] [--input-json FILE]
+Two layouts:
+
+* ``--layout python`` (default): each model is served by Triton's Python backend, whose ``1/model.py`` runs
+  onnxruntime on ``1/model.onnx`` read from the repository (the FUSE mount in the tests).
+* ``--layout seed``: a standard Triton repository like NVIDIA's ``densenet_onnx`` example: ``platform:
+  "onnxruntime_onnx"``, ``max_batch_size: 0``, an input of dims [3, 64, 64] and an output of dims [4], both with a
+  ``reshape`` to the ONNX model's [1, 3, 64, 64] and [1, 4], a ``label_filename``, and no ``model.py`` (served by
+  Triton's onnxruntime backend, or by ``onnxruntime_backend.py`` installed as a Python-based backend).
+
+``--broken NAME`` adds a model NAME (in the same layout) whose ``1/model.onnx`` is not an ONNX file, so Triton
+marks it UNAVAILABLE. Usage: make_models.py OUT_DIR [--layout python|seed] [--large-mb 512] [--broken NAME]
+[--input-npy FILE] [--input-json FILE]
 """
 import argparse
 import json
@@ -102,6 +112,29 @@ output [ {{ name: "probs", data_type: TYPE_FP32, dims: [ -1, {classes} ], label_
 instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
 """
 
+SEED_CONFIG = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [
+  {{
+    name: "input"
+    data_type: TYPE_FP32
+    format: FORMAT_NCHW
+    dims: [ 3, {size}, {size} ]
+    reshape {{ shape: [ 1, 3, {size}, {size} ] }}
+  }}
+]
+output [
+  {{
+    name: "probs"
+    data_type: TYPE_FP32
+    dims: [ {classes} ]
+    reshape {{ shape: [ 1, {classes} ] }}
+    label_filename: "labels.txt"
+  }}
+]
+"""
+
 MODEL_PY = '''"""Triton Python backend: runs onnxruntime on the ONNX file next to this script (read from the mount)."""
 import os
 
@@ -127,14 +160,19 @@ class TritonPythonModel:
 '''
 
 
-def write_model(repo: str, name: str, large_mb: int) -> None:
+def write_model(repo: str, name: str, large_mb: int, layout: str = "python", broken: bool = False) -> None:
     d = os.path.join(repo, name)
     os.makedirs(os.path.join(d, "1"), exist_ok=True)
-    onnx.save(build(large_mb), os.path.join(d, "1", "model.onnx"))
-    with open(os.path.join(d, "1", "model.py"), "w") as f:
-        f.write(MODEL_PY)
+    if broken:  # not an ONNX file: onnxruntime refuses it and Triton marks the model UNAVAILABLE
+        with open(os.path.join(d, "1", "model.onnx"), "wb") as f:
+            f.write(np.random.default_rng(7).bytes(4096))
+    else:
+        onnx.save(build(large_mb), os.path.join(d, "1", "model.onnx"))
+    if layout == "python":
+        with open(os.path.join(d, "1", "model.py"), "w") as f:
+            f.write(MODEL_PY)
     with open(os.path.join(d, "config.pbtxt"), "w") as f:
-        f.write(CONFIG.format(name=name, size=SIZE, classes=len(LABELS)))
+        f.write((CONFIG if layout == "python" else SEED_CONFIG).format(name=name, size=SIZE, classes=len(LABELS)))
     with open(os.path.join(d, "labels.txt"), "w") as f:
         f.write("\n".join(LABELS) + "\n")
 
@@ -145,14 +183,18 @@ def main() -> int:
     ap.add_argument("--large-mb", type=int, default=0, help="also write classifier_large with this many MiB of weights")
     ap.add_argument("--input-npy", help="write the test input (a mug picture, batch of 1) here")
     ap.add_argument("--input-json", help="write the same input as a KServe V2 JSON inference request (for curl)")
+    ap.add_argument("--layout", choices=["python", "seed"], default="python", help="repository layout (see above)")
+    ap.add_argument("--broken", metavar="NAME", help="also write a model NAME whose model.onnx is garbage")
     a = ap.parse_args()
-    write_model(a.out, "classifier", 0)
+    write_model(a.out, "classifier", 0, a.layout)
     if a.large_mb:
-        write_model(a.out, "classifier_large", a.large_mb)
+        write_model(a.out, "classifier_large", a.large_mb, a.layout)
+    if a.broken:
+        write_model(a.out, a.broken, 0, a.layout, broken=True)
     if a.input_npy:
         np.save(a.input_npy, picture(1)[None])
     if a.input_json:
-        x = picture(1)[None]
+        x = picture(1)[None] if a.layout == "python" else picture(1)  # the seed config's input has no batch dim
         req = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
         with open(a.input_json, "w") as f:
             json.dump(req, f)

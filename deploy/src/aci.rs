@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::config::{DeployConfig, Resource};
 use crate::policy::SecurityPolicy;
-use crate::sidecar::EncfsSideCarArgs;
+use crate::sidecar::args_for;
 
 /// The ARM API version of `Microsoft.ContainerInstance/containerGroups` used (confidential SKU, init containers,
 /// security contexts).
@@ -83,7 +83,7 @@ pub fn template(config: &DeployConfig) -> Value {
                         "image": config.images.encfs,
                         "command": config.expand(&config.commands.encfs),
                         "environmentVariables": [
-                            { "name": "EncfsSideCarArgs", "value": EncfsSideCarArgs::from_config(config).to_base64() },
+                            { "name": sidecar_args::ENV_VAR, "value": args_for(config).to_base64() },
                         ],
                         "volumeMounts": mount,
                         "resources": requests(&config.resources.encfs),

@@ -133,6 +133,16 @@ pub struct Model {
     /// Root digest printed by `cinfer-mkimage build` (64 hex); pins the image content when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_root: Option<String>,
+    /// The model signer's public key: a PEM file (relative to the config file) or the PEM itself. The sidecar
+    /// mounts only an image signed by this key; the PEM is rendered into `EncfsSideCarArgs`, so it is measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_key: Option<String>,
+    /// What the sidecar's signature gate checks before mounting: `manifest` (default) or `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<sidecar_args::VerifyMode>,
+    /// Memory budget in MiB of the sidecar's cache of image parts (its default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_mb: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -237,8 +247,11 @@ impl Default for Commands {
                 "tritonserver",
                 "--model-repository={mount_point}",
                 "--http-port={upstream_port}",
+                "--http-address=127.0.0.1",
                 "--allow-grpc=false",
+                "--grpc-address=127.0.0.1",
                 "--allow-metrics=false",
+                "--exit-on-error=false",
             ]),
             encfs: s(&["/usr/local/bin/cinfer-encfs", "sidecar"]),
             proxy: s(&[
@@ -357,8 +370,28 @@ impl DeployConfig {
                 source,
             })?
         };
+        let mut config = config;
+        config.resolve_signer_key(path.parent().unwrap_or(Path::new(".")))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Replaces a `model.signer_key` path (relative to `base`) by the PEM it names, so what is rendered is the key
+    /// itself.
+    pub fn resolve_signer_key(&mut self, base: &Path) -> Result<(), ConfigError> {
+        let Some(value) = &self.model.signer_key else {
+            return Ok(());
+        };
+        if is_pem(value) {
+            return Ok(());
+        }
+        let path = base.join(value.trim());
+        let pem = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        self.model.signer_key = Some(pem.trim().to_owned());
+        Ok(())
     }
 
     /// Checks what serde cannot: the version, names, hosts, ports and hex fields.
@@ -404,6 +437,14 @@ impl DeployConfig {
             && (root.len() != 64 || hex::decode(root).is_err())
         {
             return bad("model.expect_root must be 64 hex digits".to_owned());
+        }
+        if let Some(pem) = &self.model.signer_key
+            && !(is_pem(pem) && pem.contains("PUBLIC KEY-----"))
+        {
+            return bad("model.signer_key must be a PEM public key (or a file holding one)".to_owned());
+        }
+        if self.model.cache_mb == Some(0) {
+            return bad("model.cache_mb must be at least 1".to_owned());
         }
         if let Some(kd) = &self.model.key_derivation
             && hex::decode(&kd.salt).is_err()
@@ -459,6 +500,10 @@ impl DeployConfig {
             })
             .collect()
     }
+}
+
+fn is_pem(s: &str) -> bool {
+    s.trim_start().starts_with("-----BEGIN ")
 }
 
 fn is_dns_label(s: &str) -> bool {

@@ -9,7 +9,7 @@ use crate::config::DeployConfig;
 use crate::policy::{
     HostData, SecurityPolicy, SignerJwk, client_policy_hostdata, client_policy_signer, maa_policy, release_policy,
 };
-use crate::sidecar::EncfsSideCarArgs;
+use crate::sidecar::args_for;
 use crate::{aci, k8s};
 
 /// One rendered file.
@@ -93,7 +93,7 @@ pub fn render_k8s(config: &DeployConfig, policy: Option<&SecurityPolicy>, signer
 }
 
 fn add_common(bundle: &mut Bundle, config: &DeployConfig, policy: Option<&SecurityPolicy>, signer: Option<&SignerJwk>) {
-    let args: Value = serde_json::from_str(&EncfsSideCarArgs::from_config(config).to_json()).unwrap_or_default();
+    let args: Value = serde_json::from_str(&args_for(config).to_json()).unwrap_or_default();
     bundle.add("encfs-sidecar-args.json", to_json_pretty(&args));
     let Some(policy) = policy else {
         bundle.notes.push(

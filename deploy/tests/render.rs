@@ -1,6 +1,7 @@
 //! Golden files and structural checks for the renderers, from the example config and a real security policy.
 //!
-//! Regenerate the golden files with `CINFER_UPDATE_GOLDEN=1 cargo nextest run -p deploy` and review the diff.
+//! Regenerate the golden files with `CINFER_UPDATE_GOLDEN=1 cargo nextest run -p deploy --test render`: the tests
+//! rewrite them and then fail, so a run with the variable set never passes; review the diff, run again without it.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -29,14 +30,17 @@ fn signer() -> SignerJwk {
     SignerJwk::from_pem(&std::fs::read_to_string(manifest_dir().join("tests/data/policy-signer.pem")).unwrap()).unwrap()
 }
 
-/// Compares every file of `bundle` with `tests/golden/<name>/`, or rewrites that directory when
-/// `CINFER_UPDATE_GOLDEN=1`.
+/// Compares every file of `bundle` with `tests/golden/<name>/`. With `CINFER_UPDATE_GOLDEN` set (any value), it
+/// rewrites that directory and fails: regenerating is never a passing test.
 fn golden(bundle: &Bundle, name: &str) {
     let dir = manifest_dir().join("tests/golden").join(name);
-    if std::env::var_os("CINFER_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+    if std::env::var_os("CINFER_UPDATE_GOLDEN").is_some() {
         let _ = std::fs::remove_dir_all(&dir);
         bundle.write(&dir).unwrap();
-        return;
+        panic!(
+            "CINFER_UPDATE_GOLDEN is set: rewrote {}; review the diff and run again without it",
+            dir.display()
+        );
     }
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -47,13 +51,13 @@ fn golden(bundle: &Bundle, name: &str) {
     rendered.sort();
     assert_eq!(
         rendered, on_disk,
-        "file set of {name} differs (CINFER_UPDATE_GOLDEN=1 regenerates)"
+        "file set of {name} differs (CINFER_UPDATE_GOLDEN=1 rewrites the golden files)"
     );
     for file in &bundle.files {
         let want = std::fs::read_to_string(dir.join(&file.name)).unwrap();
         assert!(
             file.contents == want,
-            "{name}/{} differs from the golden file (CINFER_UPDATE_GOLDEN=1 regenerates)\n--- rendered\n{}",
+            "{name}/{} differs from the golden file (CINFER_UPDATE_GOLDEN=1 rewrites the golden files)\n--- rendered\n{}",
             file.name,
             file.contents
         );

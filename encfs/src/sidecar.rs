@@ -315,11 +315,12 @@ async fn open_and_mount<B: BlobSource>(
         })?;
     drop(model_key);
     let root = hex::encode(fs.root());
-    if let Some(path) = &spec.signer_key {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| StepError::fatal(Step::Signature, format!("{}: {e}", path.display())))?;
+    if let Some(signer) = &spec.signer_key {
+        let pem = signer
+            .pem()
+            .map_err(|e| StepError::fatal(Step::Signature, format!("{signer}: {e}")))?;
         let key = crate::signature::VerifyingKey::from_pem(&pem)
-            .map_err(|e| StepError::fatal(Step::Signature, format!("{}: {e}", path.display())))?;
+            .map_err(|e| StepError::fatal(Step::Signature, format!("{signer}: {e}")))?;
         let handle = rt.clone();
         let fs_ref = &fs;
         tokio::task::block_in_place(|| crate::gate::run(fs_ref, &key, spec.verify, &handle))

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 pub(crate) struct SidecarArgs {
     /// The seed's `EncfsSideCarArgs`: standard base64 of its JSON (or the JSON itself). Several filesystems are
     /// mounted in parallel, each only after attested key release and verification.
-    #[arg(long = "args", env = "EncfsSideCarArgs", value_name = "B64", hide_env_values = true)]
+    #[arg(long = "args", env = sidecar_args::ENV_VAR, value_name = "B64", hide_env_values = true)]
     pub(crate) sidecar_args: Option<String>,
     /// Read `EncfsSideCarArgs` (base64 or JSON) from this file instead.
     #[arg(long, value_name = "PATH", conflicts_with = "sidecar_args")]

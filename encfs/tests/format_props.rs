@@ -246,6 +246,10 @@ fn frozen_vector_decodes_and_the_encoder_has_not_drifted() {
         std::fs::write(vector_path("v1-small.img"), &built).unwrap();
         let (o, _) = open(&built, &ModelKey::new(VECTOR_KEY)).unwrap();
         std::fs::write(vector_path("v1-small.root"), format!("{}\n", hex::encode(o.root))).unwrap();
+        panic!(
+            "CINFER_UPDATE_VECTORS is set: rewrote tests/vectors/v1-small.img and .root; a format change needs a new \
+             format version: review, then run again without it"
+        );
     }
     let frozen = std::fs::read(vector_path("v1-small.img")).unwrap();
     assert!(

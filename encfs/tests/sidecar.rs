@@ -83,33 +83,48 @@ fn seed_example_parses_into_the_expected_config() {
     );
     assert_eq!(fs.label, "Model Encryption Key");
     assert_eq!(fs.expect_root, None);
-    // raw_key is ignored with a warning; no unknown fields otherwise.
-    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
-    assert!(cfg.warnings[0].contains("raw_key"));
+    // raw_key and certcache are seed fields the sidecar does not use: warnings (unknown fields would be errors).
+    assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
+    assert!(cfg.warnings.iter().any(|w| w.contains("raw_key")), "{:?}", cfg.warnings);
+    assert!(
+        cfg.warnings.iter().any(|w| w.contains("certcache")),
+        "{:?}",
+        cfg.warnings
+    );
     // The JSON itself (not base64) is accepted too, with the same result.
     let cfg2 = SidecarConfig::from_env_value(SEED_EXAMPLE).unwrap();
     assert_eq!(cfg2.filesystems[0].kid, "model-key");
 }
 
 #[test]
-fn config_refuses_read_write_and_warns_on_unknown_fields() {
+fn config_refuses_read_write_and_unknown_fields() {
     let rw = SEED_EXAMPLE.replace("\"read_write\": false", "\"read_write\": true");
     let e = SidecarConfig::from_json(rw.as_bytes()).unwrap_err().to_string();
     assert!(e.contains("azure_filesystems[0]") && e.contains("read-only"), "{e}");
 
-    let extra = SEED_EXAMPLE
-        .replace(
-            "\"read_write\": false,",
-            "\"read_write\": false, \"new_seed_field\": 1, \"cinfer_expect_root\": \"%R%\",",
-        )
-        .replace("%R%", &"ab".repeat(32));
-    let cfg = SidecarConfig::from_json(extra.as_bytes()).unwrap();
-    assert!(
-        cfg.warnings.iter().any(|w| w.contains("new_seed_field")),
-        "{:?}",
-        cfg.warnings
+    // An unknown field is refused, naming it and where it is: a misspelt pin must not mount unpinned.
+    let extra = SEED_EXAMPLE.replace(
+        "\"read_write\": false,",
+        &format!("\"read_write\": false, \"cinfer_expect_rot\": \"{}\",", "ab".repeat(32)),
     );
+    let e = SidecarConfig::from_json(extra.as_bytes()).unwrap_err().to_string();
+    assert!(
+        e.contains("unknown field `cinfer_expect_rot`") && e.contains("azure_filesystems[0]"),
+        "{e}"
+    );
+    let pinned = SEED_EXAMPLE.replace(
+        "\"read_write\": false,",
+        &format!(
+            "\"read_write\": false, \"cinfer_expect_root\": \"{}\",",
+            "ab".repeat(32)
+        ),
+    );
+    let cfg = SidecarConfig::from_json(pinned.as_bytes()).unwrap();
     assert_eq!(cfg.filesystems[0].expect_root, Some([0xab; 32]));
+    // The name earlier renders wrote is the same pin.
+    let legacy = pinned.replace("cinfer_expect_root", "expect_root");
+    let legacy = SidecarConfig::from_json(legacy.as_bytes()).unwrap();
+    assert_eq!(legacy.filesystems[0].expect_root, Some([0xab; 32]));
 
     let bad_root = SEED_EXAMPLE.replace("\"read_write\": false,", "\"cinfer_expect_root\": \"xyz\",");
     assert!(SidecarConfig::from_json(bad_root.as_bytes()).is_err());

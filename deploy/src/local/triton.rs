@@ -1,6 +1,11 @@
 //! The model server: a real Triton Inference Server, the `tritonserver` binary that PyPI's `nvidia-pytriton`
-//! bundles, run directly on a model repository (the FUSE mount). Its Python backend runs each model's
-//! `model.py`, which loads the ONNX file next to it with onnxruntime.
+//! bundles, run directly on a model repository (the FUSE mount).
+//!
+//! Backends: that build ships only the Python backend. Models with a `model.py` run on it as they are; standard
+//! ONNX models (`platform: "onnxruntime_onnx"` / `backend: "onnxruntime"`, no `model.py`) run on
+//! `backends/onnxruntime/model.py`, a Python-based backend of ours ([`scripts::ONNXRUNTIME_BACKEND`]) that Triton
+//! picks when it finds no `libtriton_onnxruntime.so`. Other backends (TensorRT, PyTorch, TensorFlow, OpenVINO, ...)
+//! are not available locally.
 //!
 //! Two environment details make the bundled server work outside PyTriton: the Python backend stub for the
 //! running interpreter's version is copied into `backends/python/`, and the stub must load *this* interpreter's
@@ -15,6 +20,7 @@ use super::env::{free_port, port_or_free, python};
 use super::error::{LocalError, Result};
 use super::http;
 use super::proc::{Proc, run, wait_for};
+use super::scripts;
 use super::shutdown::Cancel;
 
 /// A running Triton server.
@@ -59,6 +65,11 @@ fn prepare(work: &Path) -> Result<(PathBuf, Vec<(String, String)>)> {
         std::fs::copy(&stub, dir.join("backends/python/triton_python_backend_stub"))
             .map_err(LocalError::io(format!("copying {}", stub.display())))?;
     }
+    // Installed on every start, so the backend is always this build's.
+    let ort = dir.join("backends/onnxruntime");
+    std::fs::create_dir_all(&ort).map_err(LocalError::io(format!("creating {}", ort.display())))?;
+    std::fs::write(ort.join("model.py"), scripts::ONNXRUNTIME_BACKEND)
+        .map_err(LocalError::io(format!("writing {}", ort.join("model.py").display())))?;
     let venv_bin = py.parent().map(Path::to_path_buf).unwrap_or_default();
     let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
     let ld = format!("{libs}:{base_prefix}/lib");

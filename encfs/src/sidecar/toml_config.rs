@@ -29,10 +29,11 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::config::{
-    ConfigError, SecretString, SeedAkv, SeedArgs, SeedAuthority, SeedFilesystem, SeedKeyBlob, SeedKeyDerivation,
-    SidecarConfig,
+use sidecar_args::{
+    Akv, Authority, AzureFilesystem, AzureInfo, EncfsSideCarArgs, Identity, KeyBlob, KeyDerivation, VerifyMode,
 };
+
+use super::config::{ConfigError, SecretString, SidecarConfig};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -98,7 +99,7 @@ pub struct FilesystemSection {
     pub cache_mb: Option<u64>,
     /// What the signature gate checks: "manifest" (default) or "full" (also every file's content).
     #[serde(default)]
-    pub verify: Option<String>,
+    pub verify: Option<VerifyMode>,
     /// The key to release.
     pub key: KeySection,
 }
@@ -135,48 +136,48 @@ impl SidecarFile {
 
     /// The validated configuration (the same checks as for the seed's format) and the attester section.
     pub fn into_config(self) -> Result<(SidecarConfig, Option<AttesterSection>), ConfigError> {
-        let seed = SeedArgs {
-            azure_info: self
-                .identity_client_id
-                .map(|id| serde_json::json!({ "identity": { "client_id": id } })),
-            azure_filesystems: self.filesystems.into_iter().map(FilesystemSection::into_seed).collect(),
-            extra: Default::default(),
+        let args = EncfsSideCarArgs {
+            azure_info: AzureInfo {
+                certcache: None,
+                identity: self.identity_client_id.map(|client_id| Identity { client_id }),
+            },
+            azure_filesystems: self.filesystems.into_iter().map(FilesystemSection::into_args).collect(),
         };
-        Ok((SidecarConfig::from_seed(seed)?, self.attester))
+        Ok((SidecarConfig::from_args(args)?, self.attester))
     }
 }
 
 impl FilesystemSection {
-    fn into_seed(self) -> SeedFilesystem {
-        SeedFilesystem {
+    fn into_args(self) -> AzureFilesystem {
+        let kd = (!self.key.salt.is_empty() || !self.key.label.is_empty()).then_some(KeyDerivation {
+            salt: self.key.salt,
+            label: self.key.label,
+        });
+        AzureFilesystem {
             azure_url: self.url,
             azure_url_private: self.url_private,
             mount_point: self.mount_point,
             read_write: false,
-            key: SeedKeyBlob {
+            key: KeyBlob {
                 kid: self.key.kid,
                 kty: self.key.kty,
-                authority: SeedAuthority {
+                key_ops: Vec::new(),
+                authority: Authority {
                     endpoint: self.key.authority,
                     ..Default::default()
                 },
-                akv: SeedAkv {
+                akv: Akv {
                     endpoint: self.key.vault,
                     bearer_token: self.key.bearer_token,
                     ..Default::default()
                 },
-                ..Default::default()
             },
-            key_derivation: SeedKeyDerivation {
-                salt: self.key.salt,
-                label: self.key.label,
-                ..Default::default()
-            },
+            key_derivation: kd,
+            raw_key: None,
             cinfer_expect_root: self.expect_root,
             cinfer_signer_key: self.signer_key,
             cinfer_cache_mb: self.cache_mb,
             cinfer_verify: self.verify,
-            ..Default::default()
         }
     }
 }
