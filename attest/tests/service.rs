@@ -1,5 +1,6 @@
 //! Service behaviour over loopback: signed policies and x-ms-policy-signer, policy hot reload, policy
-//! update authentication, durable key store across restarts.
+//! update and key import authentication (disabled without an admin token), durable key store across restarts,
+//! `x-ms-compliance-status` only for listed launch measurements.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
@@ -345,4 +346,203 @@ async fn broker_accepts_tokens_from_a_configured_external_authority() {
     assert_eq!(key.expose(), &[0x44; 32]);
     b.stop().await.unwrap();
     a.stop().await.unwrap();
+}
+
+/// The `(status, error.code, error.message)` of a service answer.
+async fn answer(r: reqwest::Response) -> (u16, String, String) {
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    let field = |f: &str| body["error"][f].as_str().unwrap_or_default().to_owned();
+    (status, field("code"), field("message"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_token_key_import_and_policy_update_are_forbidden_whatever_token_is_sent() {
+    let root = root();
+    let svc = RunningService::start(ServiceConfig {
+        trust: trust(&root),
+        admin_token: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let policy_url = format!("{}/policies/SevSnpVm?api-version=2022-08-01", svc.url);
+    let key_url = format!("{}/keys/k?api-version=7.4", svc.url);
+    let before: serde_json::Value = http.get(&policy_url).send().await.unwrap().json().await.unwrap();
+    let deny = "version=1.0; authorizationrules { [type==\"x-ms-sevsnpvm-vmpl\", value==7] => permit(); };";
+    let release = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        br#"{"version":"1.0.0","anyOf":[{"authority":"x","allOf":[{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}]}]}"#,
+    );
+    let import = serde_json::json!({
+        "key": {"kty": "oct-HSM", "k": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "key_ops": ["encrypt"]},
+        "release_policy": {"contentType": "application/json; charset=utf-8", "data": release},
+    });
+    // No token, a made-up token, and a token that would be "right" anywhere: all refused by the disabled check.
+    for token in [None, Some("wrong"), Some("admin")] {
+        let with = |rb: reqwest::RequestBuilder| match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        };
+        for (what, rb) in [
+            ("policy update", with(http.put(&policy_url).body(deny))),
+            ("key import", with(http.put(&key_url).json(&import))),
+        ] {
+            let (status, code, message) = answer(rb.send().await.unwrap()).await;
+            assert_eq!(
+                (status, code.as_str(), message.as_str()),
+                (
+                    403,
+                    "Forbidden",
+                    "administration is disabled (no admin token configured)"
+                ),
+                "{what} with token {token:?}"
+            );
+        }
+    }
+    // Nothing changed: no key, the same policy, and attestation still permitted.
+    assert_eq!(http.get(&key_url).send().await.unwrap().status(), 404);
+    let after: serde_json::Value = http.get(&policy_url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(before, after);
+    let att = MockAttester::new(&root, MockConfig::default()).unwrap();
+    AttestationClient::new(&svc.url)
+        .unwrap()
+        .attest_with(&att, b"{}")
+        .await
+        .unwrap();
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_import_refuses_a_missing_or_wrong_admin_token_and_creates_nothing() {
+    let root = root();
+    let svc = RunningService::start(ServiceConfig {
+        trust: trust(&root),
+        admin_token: Some(SecretBytes::from_slice(b"key-admin")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let jwks = AttestationClient::new(&svc.url).unwrap().jwks().await.unwrap();
+    let policy = ReleasePolicy::from_json(
+        format!(
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#,
+            svc.url
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let import = |auth: VaultAuth| {
+        let client = KeyReleaseClient::new(&svc.url, auth, ResponseVerification::Pinned(jwks.clone())).unwrap();
+        let policy = policy.clone();
+        async move { client.import_oct("k", &[7; 32], &policy).await }
+    };
+    for (auth, detail) in [
+        (VaultAuth::None, "missing bearer token"),
+        (
+            VaultAuth::Bearer(SecretBytes::from_slice(b"key-admi")),
+            "invalid bearer token",
+        ),
+        (
+            VaultAuth::Bearer(SecretBytes::from_slice(b"key-admiN")),
+            "invalid bearer token",
+        ),
+    ] {
+        match import(auth).await.unwrap_err() {
+            attest::error::ClientError::Status { status, body, .. } => {
+                assert_eq!(status, 401, "{body}");
+                assert!(body.contains(detail), "{body}");
+            }
+            e => panic!("expected HTTP 401, got {e}"),
+        }
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let key_url = format!("{}/keys/k?api-version=7.4", svc.url);
+    assert_eq!(reqwest::get(&key_url).await.unwrap().status(), 404);
+    import(VaultAuth::Bearer(SecretBytes::from_slice(b"key-admin")))
+        .await
+        .unwrap();
+    assert_eq!(reqwest::get(&key_url).await.unwrap().status(), 200);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_listed_launch_measurement_is_an_azure_compliant_uvm() {
+    let root = root();
+    let listed = [0xc3u8; 48];
+    let mut unlisted = listed;
+    unlisted[47] ^= 1;
+    let admin = SecretBytes::from_slice(b"compliance-admin");
+    let svc = RunningService::start(ServiceConfig {
+        trust: trust(&root),
+        // Upper case: the list is matched without regard to hex case.
+        compliant_measurements: vec![hex::encode_upper(listed)],
+        admin_token: Some(admin.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let maa = AttestationClient::new(&svc.url).unwrap();
+    let jwks = maa.jwks().await.unwrap();
+    let policy = ReleasePolicy::from_json(
+        format!(
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-compliance-status","equals":"azure-compliant-uvm"}}]}}]}}"#,
+            svc.url
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    KeyReleaseClient::new(
+        &svc.url,
+        VaultAuth::Bearer(admin),
+        ResponseVerification::Pinned(jwks.clone()),
+    )
+    .unwrap()
+    .import_oct("uvm-key", &[0x5c; 32], &policy)
+    .await
+    .unwrap();
+    let vault = KeyReleaseClient::new(&svc.url, VaultAuth::None, ResponseVerification::Pinned(jwks.clone())).unwrap();
+    let rk = RuntimeKey::generate().unwrap();
+    let token_for = |measurement: [u8; 48]| {
+        let att = MockAttester::new(
+            &root,
+            MockConfig {
+                measurement,
+                ..MockConfig::default()
+            },
+        )
+        .unwrap();
+        let (maa, rd) = (&maa, rk.runtime_data());
+        async move { maa.attest_with(&att, &rd).await.unwrap() }
+    };
+    let check = TokenCheck::issuer(svc.url.clone());
+
+    let token = token_for(listed).await;
+    let claims = verify_token(&token, &jwks, &check).unwrap();
+    assert_eq!(claims["x-ms-sevsnpvm-launchmeasurement"], hex::encode(listed));
+    assert_eq!(claims["x-ms-compliance-status"], "azure-compliant-uvm");
+    let key = vault.release(&KeyRef::parse("uvm-key"), &token, &rk).await.unwrap();
+    assert_eq!(
+        key.to_model_key(&KeyDerivation::default()).unwrap().expose(),
+        &[0x5c; 32]
+    );
+
+    // One bit away from the listed measurement: verified and attested, but not compliant, so not released.
+    let token = token_for(unlisted).await;
+    let claims = verify_token(&token, &jwks, &check).unwrap();
+    assert_eq!(claims["x-ms-sevsnpvm-launchmeasurement"], hex::encode(unlisted));
+    assert!(claims.get("x-ms-compliance-status").is_none(), "{claims:?}");
+    match vault.release(&KeyRef::parse("uvm-key"), &token, &rk).await.unwrap_err() {
+        attest::error::ClientError::Status { status, body, .. } => {
+            assert_eq!(status, 403, "{body}");
+            assert!(
+                body.contains("release policy: not satisfied") && body.contains("x-ms-compliance-status"),
+                "{body}"
+            );
+        }
+        e => panic!("expected HTTP 403, got {e}"),
+    }
+    svc.stop().await.unwrap();
 }
