@@ -5,7 +5,8 @@ infer: sends the mug picture to MODEL at URL, prints the seed-style result line;
 output with onnxruntime on the *plaintext* model and exits 0 only if they are equal.
 load:  CONCURRENCY clients for DURATION seconds; prints one JSON line of figures (requests, errors, req/s, p50,
 p99 in ms). Exit 1 if any request failed.
-refused: expects the request to be refused by the client proxy (HTTP 502 naming the check); prints the check.
+refused: expects the request to be refused by the client proxy: tritonclient fails, and a plain request through the
+         proxy gets HTTP 502 with ``x-cinfer-atls-check: <--expect-check>`` (default ``policy``); prints the check.
 
 The proxy comes from ``$http_proxy`` (or ``--proxy``), as for any client that honours it.
 """
@@ -88,6 +89,7 @@ def main() -> int:
     ap.add_argument("--labels", help="labels.txt of the plaintext model")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--expect-check", default="policy", help="refused: the check the client proxy must name")
     a = ap.parse_args()
     x = np.load(a.input).astype(np.float32)
 
@@ -108,17 +110,27 @@ def main() -> int:
         return 0 if same else 1
 
     if a.mode == "refused":
-        import tritonclient.utils as tu
+        # The stock client must fail, and the client proxy's answer must be the refusal naming the check: a 502
+        # with `x-cinfer-atls-check: <check>` (any other failure is not the refusal this mode is about).
+        import http.client
 
         try:
             infer_once(make_client(a.url, a.proxy), a.model, x)
-        except tu.InferenceServerException as e:
-            print(f"refused: {e}")
+            print("NOT refused: the request went through")
+            return 1
+        except Exception as e:  # noqa: BLE001  (a 502 with a text body surfaces as a decode error in tritonclient)
+            print(f"tritonclient failed: {type(e).__name__}: {str(e)[:200]}")
+        p = urllib.parse.urlparse(a.proxy if "://" in a.proxy else "http://" + a.proxy)
+        conn = http.client.HTTPConnection(p.hostname, p.port, timeout=60)
+        conn.request("GET", f"http://{a.url}/v2/models/{a.model}")
+        r = conn.getresponse()
+        body = r.read().decode(errors="replace")
+        check = r.getheader("x-cinfer-atls-check")
+        print(json.dumps({"status": r.status, "check": check, "body": body[:300]}))
+        if r.status == 502 and check == a.expect_check:
+            print(f"refused: {check}")
             return 0
-        except Exception as e:  # a 502 with a non-JSON body surfaces as a decode error in tritonclient
-            print(f"refused: {type(e).__name__}: {e}")
-            return 0
-        print("NOT refused: the request went through")
+        print(f"NOT the expected refusal: want 502 with x-cinfer-atls-check: {a.expect_check}")
         return 1
 
     latencies: list[float] = []

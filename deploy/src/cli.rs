@@ -37,7 +37,10 @@ pub(crate) enum Command {
 
 const LOCAL_AFTER_HELP: &str = "\
 Exit status: 0 after Ctrl-C (SIGINT) or SIGTERM with everything stopped and unmounted, or after --once; 1 error
-(a stage failed: the message names it and shows the end of its log); 130 interrupted while starting.
+(a stage failed: the message names it and shows the end of its log; with --once, also a model Triton could not
+load: its name and Triton's reason are printed); 130 interrupted while starting.
+What runs is the rendered deployment (`render aci` of --config or the example config) with only its addresses
+substituted; the rendered files are in <work>/rendered and docs/DEPLOY.md lists the substitutions.
 Needs: the workspace binaries next to this one (or CINFER_BIN_DIR), the Python environment of scripts/pyenv.sh
 (or CINFER_PYTHON), Azurite for the default image store (scripts/azurite.sh, or CINFER_AZURITE), /dev/fuse.
 Ports 0 mean any free port. Without --config, the proxy ports are the config defaults (15006, health 15021,
@@ -72,7 +75,9 @@ pub(crate) struct LocalArgs {
     /// Keep the temporary work directory.
     #[arg(long)]
     pub(crate) keep: bool,
-    /// A deployment config: its `[proxy]` ports are used (TOML, or YAML when it ends in .yaml/.yml).
+    /// The deployment config to render and run (TOML, or YAML when it ends in .yaml/.yml) [default: the example
+    /// config, deploy/examples/cinfer.toml]. Its pin and signer are set to the image built here; its `[proxy]`
+    /// ports are the default local ports.
     #[arg(short, long)]
     pub(crate) config: Option<PathBuf>,
     /// Ports (0: any free port).

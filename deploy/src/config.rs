@@ -352,6 +352,22 @@ impl Default for KubernetesOptions {
 }
 
 impl DeployConfig {
+    /// The example config (`deploy/examples/cinfer.toml`, embedded with its signer key): what `cinfer-deploy
+    /// local` renders when no config is given.
+    pub fn example() -> Result<Self, ConfigError> {
+        let path = Path::new("deploy/examples/cinfer.toml");
+        let mut config: Self =
+            toml::from_str(include_str!("../examples/cinfer.toml")).map_err(|source| ConfigError::Toml {
+                path: path.into(),
+                source,
+            })?;
+        if config.model.signer_key.as_deref() == Some("model-signer.pub.pem") {
+            config.model.signer_key = Some(include_str!("../examples/model-signer.pub.pem").trim().to_owned());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Reads and checks a config file; `.yaml`/`.yml` is YAML, anything else TOML.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -24,6 +24,7 @@ pub mod http;
 pub mod pipeline;
 pub mod proc;
 pub mod range_server;
+pub mod rendered;
 pub mod scripts;
 pub mod shutdown;
 mod stages;

@@ -40,7 +40,26 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
             p.logs().display()
         );
     }
-    let first = p.model_names.first().cloned().unwrap_or_default();
+    let serving: Vec<String> = p
+        .model_names
+        .iter()
+        .filter(|m| !p.failed_models.iter().any(|(f, _)| f == *m))
+        .cloned()
+        .collect();
+    if !p.failed_models.is_empty() && (args.once || serving.is_empty()) {
+        let list: Vec<String> = p.failed_models.iter().map(|(m, r)| format!("{m}: {r}")).collect();
+        let logs = p.logs();
+        p.shutdown().context("stopping")?;
+        bail!(
+            "Triton could not load {} of {} models (everything is stopped; logs in {}):
+  {}",
+            list.len(),
+            list.len() + serving.len(),
+            logs.display(),
+            list.join("\n  ")
+        );
+    }
+    let first = serving.first().cloned().unwrap_or_default();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -48,7 +67,10 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
         p.endpoint
     )?;
     writeln!(out, "  http_proxy   {}", p.http_proxy)?;
-    writeln!(out, "  models       {}", p.model_names.join(", "))?;
+    writeln!(out, "  models       {}", serving.join(", "))?;
+    for (model, reason) in &p.failed_models {
+        writeln!(out, "  FAILED       {model}: {reason}")?;
+    }
     writeln!(
         out,
         "  image        {} ({}, root {})",
@@ -58,6 +80,30 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(out, "  hostdata     {}", p.hostdata)?;
     writeln!(out, "  work dir     {} (logs in logs/)", p.work.display())?;
+    writeln!(
+        out,
+        "  rendered     {} (cinfer-deploy render aci)",
+        p.rendered.display()
+    )?;
+    for note in &p.config_notes {
+        writeln!(out, "  config       {note}")?;
+    }
+    writeln!(
+        out,
+        "processes, from the rendered deployment (only addresses substituted):"
+    )?;
+    for l in &p.launched {
+        writeln!(out, "  {:<14} <- {}", l.process, l.source)?;
+        let subs: Vec<String> = l
+            .substituted
+            .iter()
+            .map(|s| format!("{} {} -> {}", s.what, s.rendered, s.local))
+            .collect();
+        writeln!(out, "  {:<14}    substituted: {}", "", subs.join("; "))?;
+        if !l.added.is_empty() {
+            writeln!(out, "  {:<14}    added (local platform): {}", "", l.added.join(" "))?;
+        }
+    }
     if let Some(cmd) = p.client_shell_command(&first) {
         writeln!(out, "client:\n  {cmd}")?;
     }
@@ -68,7 +114,7 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
             "\nexample inference: tritonclient -> client proxy -> attested TLS -> server proxy -> Triton -> FUSE mount"
         )?;
         out.flush()?;
-        for model in &p.model_names {
+        for model in &serving {
             let line = p.example_inference(model).context("the example inference")?;
             writeln!(out, "{model}: {line}")?;
             out.flush()?;
@@ -78,7 +124,7 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
             out,
             "\nexample request: model metadata through client proxy -> attested TLS -> server proxy -> Triton"
         )?;
-        for model in &p.model_names {
+        for model in &serving {
             let r = p
                 .get_through_proxies(&format!("/v2/models/{model}"))
                 .context("the example request")?;
@@ -142,6 +188,10 @@ fn options(args: &LocalArgs, cancel: Cancel) -> anyhow::Result<Options> {
             let _ = std::io::stderr().flush();
         }
         StageEvent::Done { took, .. } => eprintln!(" {:.2}s", took.as_secs_f64()),
+        StageEvent::ModelFailed { name, reason } => {
+            eprint!("\n  model {name} failed to load: {reason}\n  ...");
+            let _ = std::io::stderr().flush();
+        }
         _ => {}
     });
     let keep = args.keep || args.work.is_some();
@@ -162,6 +212,7 @@ fn options(args: &LocalArgs, cancel: Cancel) -> anyhow::Result<Options> {
             health: args.ports.health_port.unwrap_or(proxy.health_port),
             client_proxy: args.ports.client_proxy_port,
         },
+        config: args.config.clone(),
         cancel,
         progress: Some(progress),
         ..Default::default()

@@ -37,7 +37,7 @@ pub(crate) struct SidecarArgs {
     #[arg(long, value_name = "HEX", env = "CINFER_ENCFS_MOCK_HOST_DATA")]
     pub(crate) mock_host_data: Option<String>,
     /// With `--attester mock`: the launch measurement (96 hex digits; default zeros).
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", env = "CINFER_ENCFS_MOCK_MEASUREMENT")]
     pub(crate) mock_measurement: Option<String>,
     /// Directory for readiness files: `filesystem-<i>.ready` (JSON: mount point, root), `filesystem-<i>.failed`
     /// (JSON: step, error) and `ready` once all are mounted.

@@ -85,6 +85,44 @@ fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
     p.shutdown().unwrap();
     assert!(!work.exists(), "the temporary work directory is removed");
 
+    // A standard Triton repository (the seed's layout: platform onnxruntime_onnx, no model.py) with >= 32 MiB of
+    // weights, served by the local Triton's onnxruntime backend from the mount; answers equal onnxruntime's.
+    let base = tempfile::tempdir().unwrap();
+    let repo = base.path().join("repo");
+    let npy = base.path().join("mug.npy");
+    let script = base.path().join("make_models.py");
+    std::fs::write(&script, deploy::local::scripts::MAKE_MODELS).unwrap();
+    let st = std::process::Command::new(deploy::local::env::python().unwrap())
+        .arg(&script)
+        .arg(&repo)
+        .args(["--layout", "seed", "--large-mb", "32", "--input-npy"])
+        .arg(&npy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let config = std::fs::read_to_string(repo.join("classifier_large/config.pbtxt")).unwrap();
+    assert!(config.contains("platform: \"onnxruntime_onnx\""), "{config}");
+    assert!(!repo.join("classifier_large/1/model.py").exists());
+    let weights = std::fs::metadata(repo.join("classifier_large/1/model.onnx"))
+        .unwrap()
+        .len();
+    assert!(weights >= 32 << 20, "{weights} bytes of weights");
+    let p = Pipeline::start(&Options {
+        models: Some(repo),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(p.mounted, "{:?}", p.mount_failure);
+    assert!(p.failed_models.is_empty(), "{:?}", p.failed_models);
+    for model in ["classifier", "classifier_large"] {
+        let (ok, out) = p.client_on("infer", model, &npy, &[]).unwrap();
+        eprintln!("seed layout {model}: {out}");
+        assert!(ok, "{out}");
+        assert!(out.contains("(1) = COFFEE MUG"), "{out}");
+        assert!(out.contains("\"equal_to_plaintext_onnxruntime\": true"), "{out}");
+    }
+    drop(p);
+
     // A client policy pinning another hostdata: the client proxy refuses, Triton sees no request.
     let other = "00".repeat(32);
     let p = Pipeline::start(&Options {
@@ -99,9 +137,12 @@ fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
     eprintln!("wrong client policy: {out}");
     assert!(
         ok,
-        "the request went through a client policy for another hostdata:\n{out}"
+        "not refused by the client policy (502 with x-cinfer-atls-check: policy) for another hostdata:\n{out}"
     );
-    assert!(out.contains("policy"), "the refusal must name the failed check: {out}");
+    assert!(
+        out.contains("refused: policy"),
+        "the refusal must name the failed check: {out}"
+    );
     assert_eq!(
         triton.inference_count("classifier").unwrap(),
         before,
@@ -117,6 +158,13 @@ fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
     .unwrap();
     assert!(!p.mounted, "a key was released to evidence with the wrong hostdata");
     eprintln!("wrong evidence: {:?}", p.mount_failure);
+    let failure: serde_json::Value = serde_json::from_str(p.mount_failure.as_deref().unwrap()).unwrap();
+    assert_eq!(failure["step"], "release", "refused at key release: {failure}");
+    let error = failure["error"].as_str().unwrap();
+    assert!(
+        error.contains("HTTP 403") && error.contains("release policy") && error.contains("x-ms-sevsnpvm-hostdata"),
+        "the release policy's hostdata claim is what refused: {error}"
+    );
     assert!(
         std::fs::read_dir(&p.mount).unwrap().next().is_none(),
         "something is visible at the mount point"

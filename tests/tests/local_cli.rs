@@ -54,6 +54,30 @@ fn local_once_prints_the_answer_and_exits() {
         stderr.contains("[8/8] attested TLS server proxy + client proxy ..."),
         "{stderr}"
     );
+    // What ran is the rendered deployment: each process names the rendered container it came from, and the
+    // rendered sidecar arguments carry the pin of the image built here.
+    for (process, container) in [
+        ("encfs-sidecar", "containers[1] \"encfs\""),
+        ("triton", "containers[0] \"model-server\""),
+        ("server-proxy", "containers[2] \"proxy\""),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(process)
+                    && l.ends_with(&format!("rendered/template.json {container}"))),
+            "{process} from {container}: {stdout}"
+        );
+    }
+    let root = stdout
+        .lines()
+        .find_map(|l| l.split("root ").nth(1))
+        .map(|r| r.trim_end_matches(')').to_owned())
+        .unwrap();
+    assert!(
+        stdout.contains(&format!("[model] expect_root = {root} (the image built here")),
+        "{stdout}"
+    );
     let work = stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("work dir"))
@@ -65,19 +89,28 @@ fn local_once_prints_the_answer_and_exits() {
     );
 }
 
-/// `--models DIR`: the user's Triton repository is served instead of the example, and the example request (model
-/// metadata through the attested proxies) answers.
-#[test]
-fn local_once_serves_a_given_model_repository() {
-    let dir = tempfile_dir().join("repo");
+/// Writes a seed-style repository (`platform: "onnxruntime_onnx"`, no `model.py`) into `dir` with
+/// `make_models.py`, plus the `extra` arguments (e.g. `--broken NAME`).
+fn seed_repo(dir: &std::path::Path, extra: &[&str]) {
     let script = dir.parent().unwrap().join("make_models.py");
     std::fs::write(&script, deploy::local::scripts::MAKE_MODELS).unwrap();
     let st = Command::new(deploy::local::env::python().unwrap())
         .arg(&script)
-        .arg(&dir)
+        .arg(dir)
+        .args(["--layout", "seed"])
+        .args(extra)
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+/// `--models DIR` with a standard Triton repository: served instead of the example, and the example request
+/// (model metadata through the attested proxies) answers with the repository's platform.
+#[test]
+fn local_once_serves_a_given_model_repository() {
+    let dir = tempfile_dir().join("repo");
+    seed_repo(&dir, &[]);
+    assert!(!dir.join("classifier/1/model.py").exists());
     let out = deploy_local()
         .args(["--once", "--image-store", "http", "--models"])
         .arg(&dir)
@@ -87,7 +120,7 @@ fn local_once_serves_a_given_model_repository() {
     eprintln!("{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "exit {}", out.status);
     assert!(
-        stdout.contains("classifier: HTTP 200 {\"name\":\"classifier\""),
+        stdout.contains("classifier: HTTP 200 {\"name\":\"classifier\"") && stdout.contains("onnxruntime_onnx"),
         "{stdout}"
     );
     assert!(
@@ -95,6 +128,109 @@ fn local_once_serves_a_given_model_repository() {
         "the example ran instead of the given repository"
     );
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
+
+/// A model Triton cannot load is reported by name with Triton's reason within seconds: serving mode keeps
+/// serving the models that loaded and shows the failed one; `--once` exits non-zero and stops everything.
+#[test]
+fn local_reports_a_model_that_fails_to_load() {
+    let base = tempfile_dir();
+    let dir = base.join("repo");
+    seed_repo(&dir, &["--broken", "broken_model"]);
+    let work = base.join("work");
+
+    let mut child = deploy_local()
+        .args(["--image-store", "http", "--models"])
+        .arg(&dir)
+        .arg("--work")
+        .arg(&work)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("| {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut lines: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !lines.iter().any(|l| l.starts_with("serving;")) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => lines.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("cinfer-deploy local did not start serving: {lines:#?}");
+            }
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("model broken_model failed to load:") && l.contains("INVALID_PROTOBUF")),
+        "the failure is reported while loading, with Triton's reason: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim_start().starts_with("FAILED") && l.contains("broken_model: ")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.trim() == "models       classifier"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("classifier: HTTP 200")),
+        "the model that loaded is served: {lines:#?}"
+    );
+    let st = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    assert!(st.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(mounts_under(&work).is_empty());
+
+    let children_before: Vec<u32> = descendants(std::process::id());
+    let t = Instant::now();
+    let out = deploy_local()
+        .args(["--once", "--image-store", "http", "--models"])
+        .arg(&dir)
+        .arg("--work")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(1), "--once with a failed model: {stderr}");
+    assert!(
+        stderr.contains("Triton could not load 1 of 2 models")
+            && stderr.contains("broken_model: ")
+            && stderr.contains("INVALID_PROTOBUF"),
+        "{stderr}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(300), "took {:?}", t.elapsed());
+    assert!(
+        mounts_under(&work).is_empty(),
+        "left mounted: {:?}",
+        mounts_under(&work)
+    );
+    let left: Vec<u32> = descendants(std::process::id())
+        .into_iter()
+        .filter(|p| !children_before.contains(p) && alive(*p))
+        .collect();
+    assert!(left.is_empty(), "processes left running: {left:?}");
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// Serving from Azurite until SIGINT: the printed curl command works, then Ctrl-C stops every child, unmounts

@@ -4,11 +4,16 @@
 //! 2. signed and encrypted into an image (`cinfer-mkimage build --sign-key`), root digest pinned;
 //! 3. the image in a blob store: uploaded to Azurite (`cinfer-mkimage upload`), or a local HTTP range server;
 //! 4. the attestation service + key broker (`cinfer-attest serve`, mock attester root trusted explicitly);
-//! 5. the model key imported with a release policy for the expected hostdata H (the policy digest);
-//! 6. the encfs sidecar (the seed's `EncfsSideCarArgs`): key release through attestation (mock evidence carrying
-//!    the container's host_data), the FUSE mount of the image's URL, root pinned, signature checked;
-//! 7. Triton serving the repository from the mount (Python backend + onnxruntime);
-//! 8. the attested TLS server proxy in front of Triton, and the client proxy with the client policy for H.
+//! 5. the deployment rendered (`render aci` of the example config or the user's, pinned to this image and its
+//!    signer) into `work/rendered/`, and the model key imported with its release policy for the hostdata H;
+//! 6. the rendered `encfs` container: key release through attestation (mock evidence carrying the container's
+//!    host_data), the FUSE mount of the image's URL, root pinned and signature checked as rendered;
+//! 7. the rendered `model-server` container: Triton serving the repository from the mount (Python backend, and
+//!    a Python-based onnxruntime backend for standard ONNX models); a model that fails to load is reported;
+//! 8. the rendered `proxy` container (attested TLS in front of Triton), and the client proxy with the rendered
+//!    client policy for H.
+//!
+//! The rendered containers run with only their addresses changed ([`super::rendered::localize`]).
 //!
 //! [`Options`] can make the evidence or the client policy disagree with H, for the negative paths. Dropping a
 //! [`Pipeline`] (or [`Pipeline::shutdown`]) stops everything in reverse order: the proxies, Triton (it holds
@@ -23,15 +28,17 @@ use tracing::{info, warn};
 
 use super::env::{bin, port_or_free, python};
 use super::error::{LocalError, Result};
-use super::proc::{Proc, run, wait_for};
+use super::proc::{Proc, run};
+use super::rendered::{Addresses, LocalCommand, Platform, localize, localize_release_policy};
 use super::scripts;
 use super::shutdown::Cancel;
 use super::stages::image::{self, ExampleInput};
 use super::stages::keys::{self, Authority};
-use super::stages::proxies::{self, Proxies, ProxyInput, ProxyPorts};
-use super::stages::sidecar::{self, Sidecar, SidecarInput};
+use super::stages::proxies::{self, ClientPolicy, Proxies, ProxyInput};
+use super::stages::render;
+use super::stages::sidecar::{self, Sidecar};
 use super::stages::store::{self, Store, Stored};
-use super::stages::{Ctx, hex64};
+use super::stages::{Ctx, MEASUREMENT, hex64};
 use super::triton::Triton;
 
 /// Where the encrypted image is served from.
@@ -82,6 +89,26 @@ pub enum StageEvent {
         /// How long it took.
         took: Duration,
     },
+    /// Triton marked a model unavailable.
+    ModelFailed {
+        /// The model.
+        name: String,
+        /// Triton's reason.
+        reason: String,
+    },
+}
+
+/// A process of the pipeline started from the rendered deployment.
+#[derive(Clone, Debug)]
+pub struct Launched {
+    /// The process's name in the logs.
+    pub process: String,
+    /// The rendered container it came from, e.g. `template.json containers[1] "encfs"`.
+    pub source: String,
+    /// What was substituted (addresses only).
+    pub substituted: Vec<super::rendered::Substitution>,
+    /// What this machine added (the mock attester, ...).
+    pub added: Vec<String>,
 }
 
 /// A progress callback.
@@ -107,6 +134,8 @@ pub struct Options {
     pub evidence_host_data: Option<String>,
     /// hostdata the client policy pins (default: the expected H).
     pub client_host_data: Option<String>,
+    /// The deployment config to render (TOML or YAML); None: the example config.
+    pub config: Option<PathBuf>,
     /// Set to stop a start in progress.
     pub cancel: Cancel,
     /// Called when a stage starts and ends.
@@ -124,6 +153,7 @@ impl std::fmt::Debug for Options {
             .field("ports", &self.ports)
             .field("evidence_host_data", &self.evidence_host_data)
             .field("client_host_data", &self.client_host_data)
+            .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
@@ -133,7 +163,7 @@ const STAGES: [&str; 8] = [
     "sign + encrypt (cinfer-mkimage build)",
     "image store: Azurite + upload (cinfer-mkimage upload)",
     "attestation service + key broker (cinfer-attest serve)",
-    "key import with release policy for hostdata",
+    "render the deployment (ACI) + key import with its release policy",
     "encfs sidecar: attested key release + FUSE mount",
     "Triton loads the model from the mount",
     "attested TLS server proxy + client proxy",
@@ -153,6 +183,15 @@ pub struct Pipeline {
     pub models: PathBuf,
     /// Names of its models.
     pub model_names: Vec<String>,
+
+    /// Models Triton marked unavailable, with its reason.
+    pub failed_models: Vec<(String, String)>,
+    /// The rendered deployment (`work/rendered`).
+    pub rendered: PathBuf,
+    /// What local mode set in the config before rendering (the pin and signer of the image built here).
+    pub config_notes: Vec<String>,
+    /// The processes started from the rendered deployment.
+    pub launched: Vec<Launched>,
     /// The example's input (None with a user repository).
     pub example: Option<ExampleInput>,
     /// The mount point Triton reads.
@@ -341,63 +380,109 @@ impl Pipeline {
         let authority = timer.run(STAGES[3], || keys::start_authority(&ctx, opts.ports.attest))?;
         let (authority_url, mock) = (authority.url.clone(), authority.mock.clone());
         up.authority = Some(authority);
-        let hostdata = timer.run(STAGES[4], || {
-            let h = keys::host_data(&ctx, &img.root)?;
-            if let Some(a) = &up.authority {
-                keys::import_key(&ctx, a, &img.key, &h)?;
-            }
-            Ok(h)
-        })?;
-        let evidence_hd = opts.evidence_host_data.clone().unwrap_or_else(|| hostdata.clone());
-        let client_hd = opts.client_host_data.clone().unwrap_or_else(|| hostdata.clone());
-        let sc = timer.run(STAGES[5], || {
-            sidecar::start(
-                &ctx,
-                &SidecarInput {
-                    url: &url,
-                    authority: &authority_url,
-                    mock: &mock,
-                    root: &img.root,
-                    signer_pub: &img.signer_pub,
-                    evidence_host_data: &evidence_hd,
+        let rendered = timer.run(STAGES[4], || {
+            let r = render::render(&ctx, opts.config.as_deref(), &img.root, &img.signer_pub)?;
+            let policy = localize_release_policy(
+                &r.json("release-policy.json")?,
+                &Addresses {
+                    authority_url: authority_url.clone(),
+                    ..Default::default()
                 },
             )
+            .0;
+            let release = work.join("release-policy.json");
+            std::fs::write(&release, policy.to_string())
+                .map_err(LocalError::io(format!("writing {}", release.display())))?;
+            if let Some(a) = &up.authority {
+                keys::import_key(&ctx, a, &r.config.model.key_id, &img.key, &release)?;
+            }
+            Ok(r)
+        })?;
+        let hostdata = rendered.hostdata.clone();
+        let evidence_hd = opts.evidence_host_data.clone().unwrap_or_else(|| hostdata.clone());
+        let client_hd = opts.client_host_data.clone();
+        let leaf = Path::new(&rendered.config.model.mount_point)
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "models".into());
+        let addresses = Addresses {
+            programs: vec![
+                ("tritonserver".into(), work.join("tritonserver/bin/tritonserver")),
+                ("cinfer-encfs".into(), ctx.encfs.clone()),
+                ("cinfer-proxy".into(), ctx.proxy.clone()),
+            ],
+            blob_url: url,
+            authority_url: authority_url.clone(),
+            mount_point: work.join("mnt").join(leaf),
+            model_server_port: port_or_free(opts.ports.model_server, "model server HTTP")?,
+            proxy_port: port_or_free(opts.ports.server_proxy, "server proxy")?,
+            health_port: port_or_free(opts.ports.health, "server proxy health")?,
+        };
+        let mut platform = Platform {
+            mock_root: mock,
+            host_data: evidence_hd,
+            measurement: MEASUREMENT.to_owned(),
+            ready_dir: work.join("ready"),
+            ..Default::default()
+        };
+        let mut launched = Vec::new();
+        let mut launch = |process: &str, cmd: &LocalCommand| {
+            launched.push(Launched {
+                process: process.to_owned(),
+                source: format!("{}/{}", rendered.dir.display(), cmd.source),
+                substituted: cmd.substituted.clone(),
+                added: cmd.added.clone(),
+            });
+        };
+        let sc = timer.run(STAGES[5], || {
+            let cmd = localize(rendered.container("encfs")?, &addresses, &platform)?;
+            launch("encfs-sidecar", &cmd);
+            sidecar::start(&ctx, &cmd, addresses.mount_point.clone(), platform.ready_dir.clone())
         })?;
         let (mount, mounted, mount_failure) = (sc.mount.clone(), sc.mounted, sc.failure.clone());
         if let Some(why) = &mount_failure {
             warn!(%why, "the sidecar did not mount the image");
         }
         up.sidecar = Some(sc);
-        let triton = timer.run(STAGES[6], || {
-            let triton = Triton::start(&mount, &work, &ctx.logs, opts.ports.model_server, &ctx.cancel)?;
+        let progress = opts.progress.clone();
+        let (triton, failed_models) = timer.run(STAGES[6], || {
+            let (dir, env) = super::triton::prepare(&work)?;
+            platform.backend_dir = dir.join("backends");
+            platform.triton_env = env;
+            let cmd = localize(rendered.container("model-server")?, &addresses, &platform)?;
+            launch("triton", &cmd);
+            let mut triton = Triton::start(&cmd, addresses.model_server_port, &ctx.logs, &ctx.cancel)?;
+            let mut failed = Vec::new();
             if mounted {
-                for name in &model_names {
-                    wait_for(
-                        &format!("model {name} to be ready in Triton"),
-                        Duration::from_secs(600),
-                        &ctx.cancel,
-                        || Ok(triton.model_ready(name)),
-                    )?;
-                }
+                failed = triton.wait_models(&model_names, Duration::from_secs(600), &ctx.cancel, |name, reason| {
+                    info!(model = name, %reason, "Triton could not load the model");
+                    if let Some(p) = &progress {
+                        p(&StageEvent::ModelFailed {
+                            name: name.to_owned(),
+                            reason: reason.to_owned(),
+                        });
+                    }
+                })?;
             }
-            Ok(triton)
+            Ok((triton, failed))
         })?;
-        let upstream_port = triton.http_port();
         up.triton = Some(triton);
+        let client_policy_file = rendered.dir.join("client-policy-hostdata.json");
         let proxies = timer.run(STAGES[7], || {
+            let cmd = localize(rendered.container("proxy")?, &addresses, &platform)?;
+            launch("server-proxy", &cmd);
             proxies::start(
                 &ctx,
-                ProxyPorts {
-                    server: opts.ports.server_proxy,
-                    health: opts.ports.health,
-                    client: opts.ports.client_proxy,
-                },
                 &ProxyInput {
-                    upstream_port,
+                    server: &cmd,
+                    server_port: addresses.proxy_port,
+                    health_port: addresses.health_port,
+                    client_port: opts.ports.client_proxy,
                     authority: &authority_url,
-                    mock: &mock,
-                    evidence_host_data: &evidence_hd,
-                    client_host_data: &client_hd,
+                    client_policy: match &client_hd {
+                        Some(h) => ClientPolicy::HostData(h),
+                        None => ClientPolicy::File(&client_policy_file),
+                    },
                 },
             )
         })?;
@@ -421,6 +506,10 @@ impl Pipeline {
             work,
             models,
             model_names,
+            failed_models,
+            rendered: rendered.dir.clone(),
+            config_notes: rendered.notes.clone(),
+            launched,
             example,
             mount,
             mounted,
@@ -447,7 +536,12 @@ impl Pipeline {
         let Some(example) = &self.example else {
             return Err(LocalError::NoModels(self.models.clone()));
         };
-        let mut cmd = self.client_command(mode, model, &example.npy);
+        self.client_on(mode, model, &example.npy, extra)
+    }
+
+    /// [`Pipeline::client`] with a given `.npy` input (for a user's repository of the example's shape).
+    pub fn client_on(&self, mode: &str, model: &str, input: &Path, extra: &[&str]) -> Result<(bool, String)> {
+        let mut cmd = self.client_command(mode, model, input);
         cmd.arg("--reference-onnx")
             .arg(self.models.join(model).join("1/model.onnx"))
             .args(extra);

@@ -4,6 +4,7 @@
 pub(crate) mod image;
 pub(crate) mod keys;
 pub(crate) mod proxies;
+pub(crate) mod render;
 pub(crate) mod sidecar;
 pub(crate) mod store;
 

@@ -16,12 +16,29 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::env::{free_port, port_or_free, python};
+use super::env::python;
 use super::error::{LocalError, Result};
 use super::http;
 use super::proc::{Proc, run, wait_for};
+use super::rendered::LocalCommand;
 use super::scripts;
 use super::shutdown::Cancel;
+
+/// A model in Triton's repository index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelState {
+    /// Its name.
+    pub name: String,
+    /// `READY`, `UNAVAILABLE`, `LOADING`, ...
+    pub state: String,
+    /// Why it is unavailable (Triton's message, without the Python backend's traceback).
+    pub reason: String,
+}
+
+/// Triton's reason without the traceback the Python backend's stub appends (`\n\nAt:\n  file(line): ...`).
+fn reason(r: &str) -> String {
+    r.split("\n\nAt:\n").next().unwrap_or_default().trim().to_owned()
+}
 
 /// A running Triton server.
 #[derive(Debug)]
@@ -30,8 +47,9 @@ pub struct Triton {
     http_port: u16,
 }
 
-/// Copies the bundled server into `work/tritonserver` with the right Python stub; returns (server dir, env).
-fn prepare(work: &Path) -> Result<(PathBuf, Vec<(String, String)>)> {
+/// Copies the bundled server into `work/tritonserver` with the right Python stub and our `onnxruntime` backend;
+/// returns (server dir, the environment it needs).
+pub fn prepare(work: &Path) -> Result<(PathBuf, Vec<(String, String)>)> {
     let py = python()?;
     let info = run(
         "python (locate nvidia-pytriton)",
@@ -77,29 +95,72 @@ fn prepare(work: &Path) -> Result<(PathBuf, Vec<(String, String)>)> {
 }
 
 impl Triton {
-    /// Starts Triton on `repo` with its HTTP endpoint on `http_port` (0: a free port) and waits until it is
-    /// live. Models that fail to load (or an empty repository) leave it running with those models not ready.
-    pub fn start(repo: &Path, work: &Path, log_dir: &Path, http_port: u16, cancel: &Cancel) -> Result<Self> {
-        let (dir, env) = prepare(work)?;
-        let http_port = port_or_free(http_port, "model server HTTP")?;
-        let (grpc_port, metrics_port) = (free_port()?, free_port()?);
-        let mut cmd = Command::new(dir.join("bin/tritonserver"));
-        cmd.arg(format!("--model-repository={}", repo.display()))
-            .arg(format!("--backend-directory={}", dir.join("backends").display()))
-            .arg("--http-address=127.0.0.1")
-            .arg(format!("--http-port={http_port}"))
-            .arg("--grpc-address=127.0.0.1")
-            .arg(format!("--grpc-port={grpc_port}"))
-            .arg(format!("--metrics-port={metrics_port}"))
-            .arg("--exit-on-error=false")
-            .arg("--log-verbose=0")
-            .envs(env);
-        let mut proc = Proc::spawn("triton", cmd, log_dir)?;
+    /// Starts the (localized, rendered) model server command, whose HTTP endpoint is `http_port`, and waits until
+    /// it is live. Models that fail to load (or an empty repository) leave it running with those models not ready.
+    pub fn start(cmd: &LocalCommand, http_port: u16, log_dir: &Path, cancel: &Cancel) -> Result<Self> {
+        let mut proc = Proc::spawn("triton", cmd.command(), log_dir)?;
         wait_for("Triton to come up", Duration::from_secs(300), cancel, || {
             proc.check_running()?;
             Ok(http::status(http_port, "/v2/health/live") == Some(200))
         })?;
         Ok(Self { proc, http_port })
+    }
+
+    /// Every model of the repository with its state and, when unavailable, Triton's reason
+    /// (`POST /v2/repository/index`).
+    pub fn models(&self) -> Result<Vec<ModelState>> {
+        let r = http::send(
+            self.http_port,
+            &http::Request {
+                method: "POST",
+                target: "/v2/repository/index",
+                headers: &[("Content-Type", "application/json".to_owned())],
+                body: http::Body::Bytes(b"{}"),
+            },
+            Duration::from_secs(10),
+        )?;
+        let v: Vec<serde_json::Value> = serde_json::from_str(&r.body).map_err(|e| LocalError::Unexpected {
+            what: "Triton's repository index".into(),
+            got: format!("HTTP {}: {e}: {}", r.status, r.body),
+        })?;
+        Ok(v.iter()
+            .map(|m| ModelState {
+                name: m["name"].as_str().unwrap_or_default().to_owned(),
+                state: m["state"].as_str().unwrap_or_default().to_owned(),
+                reason: m["reason"].as_str().map(reason).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Waits until each of `names` is READY or UNAVAILABLE; calls `on_failed` as soon as one is unavailable, and
+    /// returns the failed ones (name, Triton's reason).
+    pub fn wait_models(
+        &mut self,
+        names: &[String],
+        timeout: Duration,
+        cancel: &Cancel,
+        mut on_failed: impl FnMut(&str, &str),
+    ) -> Result<Vec<(String, String)>> {
+        let mut failed: Vec<(String, String)> = Vec::new();
+        let mut ready: Vec<String> = Vec::new();
+        wait_for("the models to load in Triton", timeout, cancel, || {
+            self.proc.check_running()?;
+            for m in self.models()? {
+                if !names.contains(&m.name) || ready.contains(&m.name) || failed.iter().any(|(n, _)| *n == m.name) {
+                    continue;
+                }
+                match m.state.as_str() {
+                    "READY" => ready.push(m.name),
+                    "UNAVAILABLE" => {
+                        on_failed(&m.name, &m.reason);
+                        failed.push((m.name, m.reason));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(ready.len() + failed.len() >= names.len())
+        })?;
+        Ok(failed)
     }
 
     /// Its KServe V2 HTTP port on 127.0.0.1.

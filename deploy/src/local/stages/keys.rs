@@ -1,18 +1,14 @@
 //! The trust side: the attestation service + key broker (`cinfer-attest serve` with the mock SEV-SNP root
-//! trusted explicitly), the policy digest H of the local deployment's security policy, and the model key
-//! imported with a release policy that pins H.
+//! trusted explicitly), and the model key imported with the rendered release policy (which pins the hostdata).
 
 use std::process::Command;
 use std::time::Duration;
-
-use base64::Engine as _;
 
 use super::{Ctx, MEASUREMENT};
 use crate::local::env::port_or_free;
 use crate::local::error::{LocalError, Result};
 use crate::local::http;
 use crate::local::proc::{Proc, run, wait_for};
-use crate::policy::SecurityPolicy;
 
 /// The running attestation service and what the other stages need from it.
 #[derive(Debug)]
@@ -65,34 +61,22 @@ pub(crate) fn start_authority(ctx: &Ctx, port: u16) -> Result<Authority> {
     })
 }
 
-/// Writes the local deployment's security policy and returns its hostdata H (SHA-256 of the decoded policy, as
-/// the platform measures it). The policy names the image root, so another image means another H.
-pub(crate) fn host_data(ctx: &Ctx, root: &str) -> Result<String> {
-    let rego = format!("package policy\n# cinfer local deployment, image root {root}\nallow := true\n");
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&rego);
-    let path = ctx.work.join("security-policy.b64");
-    std::fs::write(&path, &b64).map_err(LocalError::io(format!("writing {}", path.display())))?;
-    let policy = SecurityPolicy::parse(&b64).map_err(|e| LocalError::Unexpected {
-        what: "the local security policy".into(),
-        got: e.to_string(),
-    })?;
-    Ok(policy.host_data().to_string())
-}
-
-/// Imports the model key into the broker as `model` with a release policy for `host_data`.
-pub(crate) fn import_key(ctx: &Ctx, auth: &Authority, key: &std::path::Path, host_data: &str) -> Result<()> {
-    let release = ctx.work.join("release-policy.json");
-    let policy = serde_json::json!({"version": "1.0.0", "anyOf": [{"authority": auth.url, "allOf": [
-        {"claim": "x-ms-sevsnpvm-hostdata", "equals": host_data},
-        {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"}]}]});
-    std::fs::write(&release, policy.to_string()).map_err(LocalError::io(format!("writing {}", release.display())))?;
+/// Imports the model key into the broker as `kid` with the release policy in `release` (the rendered one, its
+/// authority pointed at the local service).
+pub(crate) fn import_key(
+    ctx: &Ctx,
+    auth: &Authority,
+    kid: &str,
+    key: &std::path::Path,
+    release: &std::path::Path,
+) -> Result<()> {
     run(
         "cinfer-attest import-key",
         Command::new(&ctx.attest)
-            .args(["import-key", "--vault", &auth.url, "--name", "model", "--key-file"])
+            .args(["import-key", "--vault", &auth.url, "--name", kid, "--key-file"])
             .arg(key)
             .arg("--release-policy")
-            .arg(&release)
+            .arg(release)
             .arg("--token-file")
             .arg(&auth.admin_token),
     )?;

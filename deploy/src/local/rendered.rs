@@ -1,0 +1,576 @@
+//! What `cinfer-deploy local` runs is what `cinfer-deploy render aci` wrote: each container of the rendered
+//! container group becomes a local process with the rendered command, arguments and environment.
+//!
+//! [`localize`] is the one place where the rendered deployment is changed for this machine, and it changes only
+//! where things are:
+//!
+//! | rendered                                   | local                                              |
+//! |--------------------------------------------|----------------------------------------------------|
+//! | the program (`tritonserver`, `/usr/local/bin/cinfer-encfs`, `/usr/local/bin/cinfer-proxy`) | the bundled Triton, this build's binaries |
+//! | `--model-repository=<mount point>`          | the local mount point                              |
+//! | `--http-port=<upstream port>`               | the local model server port                        |
+//! | `--listen=` / `--health=` (`0.0.0.0:<port>`) | `127.0.0.1:<local port>`                          |
+//! | `--upstream=127.0.0.1:<upstream port>`      | `127.0.0.1:<local model server port>`              |
+//! | `--attestation-url=https://<authority>`    | the local attestation service (`http://127.0.0.1:…`) |
+//! | `EncfsSideCarArgs`: `azure_url`            | the local store's URL (its SAS authenticates, so `azure_url_private` is false) |
+//! | `EncfsSideCarArgs`: `key.authority.endpoint`, `key.akv.endpoint` | the local attestation service and key broker |
+//! | `EncfsSideCarArgs`: `mount_point`          | the local mount point                              |
+//! | release policy: `anyOf[].authority`        | the local attestation service                      |
+//!
+//! Everything else (the root pin, the signer key, the verify mode, the cache size, the key id, the identity,
+//! Triton's loopback binding, every other flag) is passed as rendered. What this machine lacks is *added*, never
+//! substituted, and listed with the substitutions ([`Platform`]): the mock SEV-SNP attester (root, host_data,
+//! measurement) for the sidecar and the server proxy, the sidecar's readiness directory, and the bundled
+//! Triton's backend directory and environment.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sidecar_args::EncfsSideCarArgs;
+
+use super::error::{LocalError, Result};
+use super::http::redact;
+
+/// One container of the rendered deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedContainer {
+    /// Its name (`model-server`, `encfs`, `proxy`).
+    pub name: String,
+    /// Where it was read: file and position, e.g. `template.json containers[1] "encfs"`.
+    pub source: String,
+    /// The rendered command (program and arguments).
+    pub command: Vec<String>,
+    /// The rendered environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// The containers of a rendered ACI template (`resources[0].properties.containers`), in order.
+pub fn aci_containers(template: &Value, file: &str) -> Result<Vec<RenderedContainer>> {
+    let bad = |got: &str| LocalError::Unexpected {
+        what: format!("the rendered {file}"),
+        got: got.to_owned(),
+    };
+    let containers = template
+        .pointer("/resources/0/properties/containers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("no resources[0].properties.containers"))?;
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = c["name"]
+                .as_str()
+                .ok_or_else(|| bad("a container without a name"))?
+                .to_owned();
+            let p = &c["properties"];
+            let env = p["environmentVariables"]
+                .as_array()
+                .map(|vars| {
+                    vars.iter()
+                        .filter_map(|v| Some((v["name"].as_str()?.to_owned(), v["value"].as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(RenderedContainer {
+                source: format!("{file} containers[{i}] {name:?}"),
+                name,
+                command: strings(p.get("command")),
+                env,
+            })
+        })
+        .collect()
+}
+
+/// Where things are on this machine: the only values [`localize`] puts into a rendered deployment.
+#[derive(Debug, Clone, Default)]
+pub struct Addresses {
+    /// Local programs by the file name of the rendered program (`tritonserver`, `cinfer-encfs`, `cinfer-proxy`).
+    pub programs: Vec<(String, PathBuf)>,
+    /// The image in the local store (may carry a SAS: never shown unredacted).
+    pub blob_url: String,
+    /// The local attestation service, which is also the key broker (`http://127.0.0.1:PORT`).
+    pub authority_url: String,
+    /// The local mount point.
+    pub mount_point: PathBuf,
+    /// The model server's HTTP port.
+    pub model_server_port: u16,
+    /// The server proxy's attested TLS port.
+    pub proxy_port: u16,
+    /// The server proxy's health port.
+    pub health_port: u16,
+}
+
+/// What this machine adds because it is not a confidential container (never a substitution).
+#[derive(Debug, Clone, Default)]
+pub struct Platform {
+    /// The mock attester's root (`cinfer-attest mock-init --out DIR`).
+    pub mock_root: PathBuf,
+    /// The host_data the mock evidence carries (what the platform would measure).
+    pub host_data: String,
+    /// The mock launch measurement.
+    pub measurement: String,
+    /// The sidecar's readiness directory.
+    pub ready_dir: PathBuf,
+    /// The bundled Triton's backend directory.
+    pub backend_dir: PathBuf,
+    /// The bundled Triton's environment (`PATH`, `LD_LIBRARY_PATH`).
+    pub triton_env: Vec<(String, String)>,
+}
+
+/// One value changed from the rendered deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Substitution {
+    /// What: a flag, a field of `EncfsSideCarArgs`, or `program`.
+    pub what: String,
+    /// The rendered value.
+    pub rendered: String,
+    /// The local value (URLs without their query).
+    pub local: String,
+}
+
+/// A rendered container, localized: what is run.
+#[derive(Debug, Clone)]
+pub struct LocalCommand {
+    /// The container's name.
+    pub name: String,
+    /// Where it was rendered.
+    pub source: String,
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments: the rendered ones, substituted, then the platform's additions.
+    pub args: Vec<String>,
+    /// Its environment: the rendered one, substituted, then the platform's additions.
+    pub env: Vec<(String, String)>,
+    /// Every rendered value that was changed.
+    pub substituted: Vec<Substitution>,
+    /// Every argument or variable added for this machine (values of secrets are not listed).
+    pub added: Vec<String>,
+}
+
+impl LocalCommand {
+    /// A `Command` running it.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+}
+
+/// Substitutes a rendered container's addresses with this machine's and adds what the platform lacks (see the
+/// module documentation for the exact list). Fails on a program it cannot run here, and on a sidecar argument
+/// set it cannot localize; it never drops a setting.
+pub fn localize(c: &RenderedContainer, a: &Addresses, platform: &Platform) -> Result<LocalCommand> {
+    let (rendered_program, rest) = c.command.split_first().ok_or_else(|| LocalError::Unexpected {
+        what: c.source.clone(),
+        got: "an empty command".into(),
+    })?;
+    let base = Path::new(rendered_program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let program = a
+        .programs
+        .iter()
+        .find(|(name, _)| name == base)
+        .map(|(_, p)| p.clone())
+        .ok_or_else(|| LocalError::Unexpected {
+            what: format!("{}: the program", c.source),
+            got: format!("{rendered_program} (local mode runs tritonserver, cinfer-encfs and cinfer-proxy)"),
+        })?;
+    let mut substituted = vec![Substitution {
+        what: "program".into(),
+        rendered: rendered_program.clone(),
+        local: program.display().to_string(),
+    }];
+    let mut args = Vec::with_capacity(rest.len());
+    let mut iter = rest.iter().peekable();
+    while let Some(arg) = iter.next() {
+        // `--flag=value`, or `--flag value` for the flags we substitute.
+        let (flag, value, joined) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned()), true),
+            _ if arg.starts_with("--") && local_value(arg, "", a).is_some() => {
+                (arg.clone(), iter.next().cloned(), false)
+            }
+            _ => (arg.clone(), None, true),
+        };
+        let Some(value) = value else {
+            args.push(flag);
+            continue;
+        };
+        let new = match local_value(&flag, &value, a) {
+            Some(local) if local != value => {
+                substituted.push(Substitution {
+                    what: flag.clone(),
+                    rendered: value,
+                    local: local.clone(),
+                });
+                local
+            }
+            _ => value,
+        };
+        if joined {
+            args.push(format!("{flag}={new}"));
+        } else {
+            args.push(flag);
+            args.push(new);
+        }
+    }
+    let mut env = Vec::with_capacity(c.env.len());
+    for (k, v) in &c.env {
+        if k == sidecar_args::ENV_VAR {
+            let (local, subs) = localize_sidecar_args(v, a)?;
+            substituted.extend(subs);
+            env.push((k.clone(), local.to_base64()));
+        } else {
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    let mut added = Vec::new();
+    match base {
+        "cinfer-encfs" => {
+            for (k, v) in [
+                ("CINFER_ENCFS_ATTESTER", "mock".to_owned()),
+                ("CINFER_ENCFS_MOCK_ROOT_DIR", platform.mock_root.display().to_string()),
+                ("CINFER_ENCFS_MOCK_HOST_DATA", platform.host_data.clone()),
+                ("CINFER_ENCFS_MOCK_MEASUREMENT", platform.measurement.clone()),
+                ("CINFER_ENCFS_READY_DIR", platform.ready_dir.display().to_string()),
+            ] {
+                added.push(format!("{k}={v}"));
+                env.push((k.to_owned(), v));
+            }
+        }
+        "cinfer-proxy" => {
+            let extra = [
+                "--attester=mock".to_owned(),
+                format!("--mock-root={}", platform.mock_root.display()),
+                format!("--mock-host-data={}", platform.host_data),
+                format!("--mock-measurement={}", platform.measurement),
+            ];
+            added.extend(extra.iter().cloned());
+            args.extend(extra);
+        }
+        "tritonserver" => {
+            let extra = format!("--backend-directory={}", platform.backend_dir.display());
+            added.push(extra.clone());
+            args.push(extra);
+            for (k, v) in &platform.triton_env {
+                added.push(format!("{k}=<bundled Triton's>"));
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        _ => {}
+    }
+    Ok(LocalCommand {
+        name: c.name.clone(),
+        source: c.source.clone(),
+        program,
+        args,
+        env,
+        substituted,
+        added,
+    })
+}
+
+/// The local value of an address flag, or None when `flag` is not one.
+fn local_value(flag: &str, rendered: &str, a: &Addresses) -> Option<String> {
+    Some(match flag {
+        "--model-repository" => a.mount_point.display().to_string(),
+        "--http-port" => a.model_server_port.to_string(),
+        "--listen" => format!("127.0.0.1:{}", a.proxy_port),
+        "--health" => format!("127.0.0.1:{}", a.health_port),
+        "--upstream" => format!("127.0.0.1:{}", a.model_server_port),
+        "--attestation-url" => a.authority_url.clone(),
+        _ => {
+            let _ = rendered;
+            return None;
+        }
+    })
+}
+
+/// `EncfsSideCarArgs` (base64) with its addresses substituted: each filesystem's blob URL (and
+/// `azure_url_private: false`, the SAS authenticates), authority, vault and mount point. One filesystem only.
+pub fn localize_sidecar_args(value: &str, a: &Addresses) -> Result<(EncfsSideCarArgs, Vec<Substitution>)> {
+    let mut args = EncfsSideCarArgs::from_env_value(value).map_err(|e| LocalError::Unexpected {
+        what: "the rendered EncfsSideCarArgs".into(),
+        got: e.to_string(),
+    })?;
+    if args.azure_filesystems.len() != 1 {
+        return Err(LocalError::Unexpected {
+            what: "the rendered EncfsSideCarArgs".into(),
+            got: format!(
+                "{} filesystems (local mode serves one image)",
+                args.azure_filesystems.len()
+            ),
+        });
+    }
+    let mut subs = Vec::new();
+    let mut sub = |what: &str, field: &mut String, local: &str, shown: String| {
+        if field != local {
+            subs.push(Substitution {
+                what: format!("{} {what}", sidecar_args::ENV_VAR),
+                rendered: redact(field),
+                local: shown,
+            });
+            *field = local.to_owned();
+        }
+    };
+    let fs = &mut args.azure_filesystems[0];
+    sub("azure_url", &mut fs.azure_url, &a.blob_url, redact(&a.blob_url));
+    let mount = a.mount_point.display().to_string();
+    sub("mount_point", &mut fs.mount_point, &mount, mount.clone());
+    let url = &a.authority_url;
+    sub(
+        "key.authority.endpoint",
+        &mut fs.key.authority.endpoint,
+        url,
+        url.clone(),
+    );
+    sub("key.akv.endpoint", &mut fs.key.akv.endpoint, url, url.clone());
+    if fs.azure_url_private {
+        fs.azure_url_private = false;
+        subs.push(Substitution {
+            what: format!("{} azure_url_private", sidecar_args::ENV_VAR),
+            rendered: "true".into(),
+            local: "false (the local store's URL carries a SAS)".into(),
+        });
+    }
+    Ok((args, subs))
+}
+
+/// The rendered release policy with each `anyOf[].authority` pointed at the local attestation service.
+pub fn localize_release_policy(policy: &Value, a: &Addresses) -> (Value, Vec<Substitution>) {
+    let mut policy = policy.clone();
+    let mut subs = Vec::new();
+    if let Some(any) = policy.get_mut("anyOf").and_then(Value::as_array_mut) {
+        for rule in any {
+            if let Some(auth) = rule.get_mut("authority")
+                && auth.as_str() != Some(&a.authority_url)
+            {
+                subs.push(Substitution {
+                    what: "release-policy.json anyOf[].authority".into(),
+                    rendered: auth.as_str().unwrap_or_default().to_owned(),
+                    local: a.authority_url.clone(),
+                });
+                *auth = Value::String(a.authority_url.clone());
+            }
+        }
+    }
+    (policy, subs)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{DeployConfig, render_aci};
+
+    fn addresses() -> Addresses {
+        Addresses {
+            programs: vec![
+                ("tritonserver".into(), "/w/tritonserver/bin/tritonserver".into()),
+                ("cinfer-encfs".into(), "/t/cinfer-encfs".into()),
+                ("cinfer-proxy".into(), "/t/cinfer-proxy".into()),
+            ],
+            blob_url: "http://127.0.0.1:10000/devstoreaccount1/models/model.img?sv=1&sig=SECRET".into(),
+            authority_url: "http://127.0.0.1:9000".into(),
+            mount_point: "/w/mnt/models".into(),
+            model_server_port: 18000,
+            proxy_port: 25006,
+            health_port: 25021,
+        }
+    }
+
+    fn platform() -> Platform {
+        Platform {
+            mock_root: "/w/mock".into(),
+            host_data: "ab".repeat(32),
+            measurement: "cd".repeat(48),
+            ready_dir: "/w/ready".into(),
+            backend_dir: "/w/tritonserver/backends".into(),
+            triton_env: vec![("LD_LIBRARY_PATH".into(), "/x".into())],
+        }
+    }
+
+    fn rendered() -> Vec<RenderedContainer> {
+        let config = DeployConfig::example().unwrap();
+        let bundle = render_aci(&config, None, None);
+        let template: Value = serde_json::from_str(bundle.file("template.json").unwrap()).unwrap();
+        aci_containers(&template, "template.json").unwrap()
+    }
+
+    fn subs(l: &LocalCommand) -> Vec<(String, String, String)> {
+        l.substituted
+            .iter()
+            .map(|s| (s.what.clone(), s.rendered.clone(), s.local.clone()))
+            .collect()
+    }
+
+    fn t(what: &str, rendered: &str, local: &str) -> (String, String, String) {
+        (what.into(), rendered.into(), local.into())
+    }
+
+    /// Exactly these values are substituted, and exactly these are added; everything else is as rendered.
+    #[test]
+    fn localize_substitutes_exactly_the_addresses() {
+        let c = rendered();
+        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["model-server", "encfs", "proxy"]);
+        let (a, p) = (addresses(), platform());
+
+        let triton = localize(&c[0], &a, &p).unwrap();
+        assert_eq!(
+            subs(&triton),
+            [
+                t("program", "tritonserver", "/w/tritonserver/bin/tritonserver"),
+                t("--model-repository", "/mnt/remote/models", "/w/mnt/models"),
+                t("--http-port", "8000", "18000"),
+            ]
+        );
+        assert_eq!(
+            triton.args,
+            [
+                "--model-repository=/w/mnt/models",
+                "--http-port=18000",
+                "--http-address=127.0.0.1",
+                "--allow-grpc=false",
+                "--grpc-address=127.0.0.1",
+                "--allow-metrics=false",
+                "--exit-on-error=false",
+                "--backend-directory=/w/tritonserver/backends",
+            ]
+        );
+        assert_eq!(
+            triton.added,
+            [
+                "--backend-directory=/w/tritonserver/backends",
+                "LD_LIBRARY_PATH=<bundled Triton's>"
+            ]
+        );
+
+        let encfs = localize(&c[1], &a, &p).unwrap();
+        let url = "https://cinfermodels.blob.core.windows.net/models/resnet50.img";
+        assert_eq!(
+            subs(&encfs),
+            [
+                t("program", "/usr/local/bin/cinfer-encfs", "/t/cinfer-encfs"),
+                t(
+                    "EncfsSideCarArgs azure_url",
+                    url,
+                    "http://127.0.0.1:10000/devstoreaccount1/models/model.img?<redacted>"
+                ),
+                t("EncfsSideCarArgs mount_point", "/mnt/remote/models", "/w/mnt/models"),
+                t(
+                    "EncfsSideCarArgs key.authority.endpoint",
+                    "sharedeus2.eus2.attest.azure.net",
+                    "http://127.0.0.1:9000"
+                ),
+                t(
+                    "EncfsSideCarArgs key.akv.endpoint",
+                    "cinfer-kv.vault.azure.net",
+                    "http://127.0.0.1:9000"
+                ),
+                t(
+                    "EncfsSideCarArgs azure_url_private",
+                    "true",
+                    "false (the local store's URL carries a SAS)"
+                ),
+            ]
+        );
+        assert_eq!(encfs.args, ["sidecar"]);
+        assert!(
+            !format!("{:?}", encfs.substituted).contains("SECRET"),
+            "a SAS in a listing"
+        );
+        // The localized arguments are the rendered ones with only those four fields (and the SAS mode) changed.
+        let rendered_args = EncfsSideCarArgs::from_env_value(&c[1].env[0].1).unwrap();
+        let local_args = EncfsSideCarArgs::from_env_value(&encfs.env[0].1).unwrap();
+        let mut expected = rendered_args;
+        let fs = &mut expected.azure_filesystems[0];
+        fs.azure_url = a.blob_url.clone();
+        fs.mount_point = "/w/mnt/models".into();
+        fs.key.authority.endpoint = a.authority_url.clone();
+        fs.key.akv.endpoint = a.authority_url.clone();
+        fs.azure_url_private = false;
+        assert_eq!(local_args, expected);
+        assert!(local_args.azure_filesystems[0].cinfer_expect_root.is_some());
+        assert!(local_args.azure_filesystems[0].cinfer_signer_key.is_some());
+        let added: Vec<&str> = encfs.added.iter().map(|s| s.split('=').next().unwrap()).collect();
+        assert_eq!(
+            added,
+            [
+                "CINFER_ENCFS_ATTESTER",
+                "CINFER_ENCFS_MOCK_ROOT_DIR",
+                "CINFER_ENCFS_MOCK_HOST_DATA",
+                "CINFER_ENCFS_MOCK_MEASUREMENT",
+                "CINFER_ENCFS_READY_DIR"
+            ]
+        );
+
+        let proxy = localize(&c[2], &a, &p).unwrap();
+        assert_eq!(
+            subs(&proxy),
+            [
+                t("program", "/usr/local/bin/cinfer-proxy", "/t/cinfer-proxy"),
+                t("--listen", "0.0.0.0:15006", "127.0.0.1:25006"),
+                t("--health", "0.0.0.0:15021", "127.0.0.1:25021"),
+                t("--upstream", "127.0.0.1:8000", "127.0.0.1:18000"),
+                t(
+                    "--attestation-url",
+                    "https://sharedeus2.eus2.attest.azure.net",
+                    "http://127.0.0.1:9000"
+                ),
+            ]
+        );
+        assert_eq!(
+            proxy.args[..5],
+            [
+                "server",
+                "--listen=127.0.0.1:25006",
+                "--health=127.0.0.1:25021",
+                "--upstream=127.0.0.1:18000",
+                "--attestation-url=http://127.0.0.1:9000"
+            ]
+        );
+        assert_eq!(proxy.added.len(), 4);
+    }
+
+    /// `--flag value` forms are substituted too; unknown programs are refused, not run as something else.
+    #[test]
+    fn localize_handles_split_flags_and_refuses_unknown_programs() {
+        let (a, p) = (addresses(), platform());
+        let c = RenderedContainer {
+            name: "proxy".into(),
+            source: "x".into(),
+            command: ["cinfer-proxy", "server", "--listen", "0.0.0.0:1", "--keep", "v"]
+                .map(String::from)
+                .to_vec(),
+            env: vec![("OTHER".into(), "kept".into())],
+        };
+        let l = localize(&c, &a, &p).unwrap();
+        assert_eq!(l.args[..5], ["server", "--listen", "127.0.0.1:25006", "--keep", "v"]);
+        assert_eq!(l.env[0], ("OTHER".into(), "kept".into()));
+        let other = RenderedContainer {
+            command: vec!["/bin/sh".into()],
+            ..c
+        };
+        let e = localize(&other, &a, &p).unwrap_err().to_string();
+        assert!(e.contains("/bin/sh"), "{e}");
+    }
+
+    #[test]
+    fn release_policy_authority_is_the_local_service() {
+        let policy = crate::policy::release_policy("maa.example", crate::HostData([7; 32]));
+        let (local, subs) = localize_release_policy(&policy, &addresses());
+        assert_eq!(local["anyOf"][0]["authority"], "http://127.0.0.1:9000");
+        assert_eq!(subs.len(), 1);
+        let mut back = local;
+        back["anyOf"][0]["authority"] = policy["anyOf"][0]["authority"].clone();
+        assert_eq!(back, policy, "only the authority changed");
+    }
+}
