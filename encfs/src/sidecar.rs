@@ -500,6 +500,8 @@ pub fn run(
             let i = m.index;
             m.unmount();
             status.metrics.unmounted(&i.to_string());
+            // Its ready file must not outlive the mount.
+            status.clear(i);
         }
         if let Some(s) = server {
             s.abort();

@@ -1,6 +1,7 @@
 //! The confidential sidecar: the seed's `EncfsSideCarArgs`, and the whole flow on one machine (mock attester,
 //! the local attestation service and key broker, the image in Azurite, real FUSE mounts of the
-//! `cinfer-encfs sidecar` binary).
+//! `cinfer-encfs sidecar` binary); release retries against a broker that fails on purpose ([`FlakyBroker`]);
+//! RSA-HSM keys derived by Python `cryptography` as the oracle.
 
 #![allow(clippy::unwrap_used)]
 
@@ -270,15 +271,72 @@ impl World {
     }
 
     fn args_json(&self, mount_point: &Path, extra: &str) -> String {
+        FsEntry {
+            extra,
+            ..self.fs_entry(mount_point)
+        }
+        .args_json()
+    }
+
+    /// The filesystem entry of [`Self::args_json`]: this world's image, its oct key from the service.
+    fn fs_entry<'a>(&'a self, mount_point: &'a Path) -> FsEntry<'a> {
+        FsEntry {
+            url: &self.image_url,
+            mount_point,
+            authority: &self.svc.url,
+            vault: &self.svc.url,
+            kid: "model-key",
+            kty: "oct-HSM",
+            salt: "",
+            label: "",
+            extra: "",
+        }
+    }
+}
+
+/// One entry of `EncfsSideCarArgs.azure_filesystems`.
+#[derive(Clone, Copy)]
+struct FsEntry<'a> {
+    url: &'a str,
+    mount_point: &'a Path,
+    authority: &'a str,
+    vault: &'a str,
+    kid: &'a str,
+    kty: &'a str,
+    salt: &'a str,
+    label: &'a str,
+    /// More members, each followed by a comma.
+    extra: &'a str,
+}
+
+impl FsEntry<'_> {
+    fn json(&self) -> String {
         format!(
-            r#"{{"azure_filesystems":[{{"azure_url":"{}","azure_url_private":false,"mount_point":"{}",{extra}
-               "key":{{"kid":"model-key","kty":"oct-HSM","authority":{{"endpoint":"{u}"}},"akv":{{"endpoint":"{u}"}}}},
-               "key_derivation":{{"salt":"","label":""}}}}]}}"#,
-            self.image_url,
-            mount_point.display(),
-            u = self.svc.url
+            r#"{{"azure_url":"{}","azure_url_private":false,"mount_point":"{}",{}
+               "key":{{"kid":"{}","kty":"{}","authority":{{"endpoint":"{}"}},"akv":{{"endpoint":"{}"}}}},
+               "key_derivation":{{"salt":"{}","label":"{}"}}}}"#,
+            self.url,
+            self.mount_point.display(),
+            self.extra,
+            self.kid,
+            self.kty,
+            self.authority,
+            self.vault,
+            self.salt,
+            self.label
         )
     }
+
+    /// `EncfsSideCarArgs` with this one filesystem.
+    fn args_json(&self) -> String {
+        args_json(&[*self])
+    }
+}
+
+/// `EncfsSideCarArgs` with these filesystems, in this order (`azure_filesystems[i]` mounts at `.filesystem-i`).
+fn args_json(entries: &[FsEntry<'_>]) -> String {
+    let entries: Vec<String> = entries.iter().map(FsEntry::json).collect();
+    format!(r#"{{"azure_filesystems":[{}]}}"#, entries.join(","))
 }
 
 /// A running sidecar; killed and its mounts detached on drop (also when a test fails).
@@ -310,14 +368,25 @@ fn free_port() -> u16 {
 }
 
 fn start_sidecar(w: &World, mount_point: &Path, extra: &str, host_data: &[u8; 32], tag: &str) -> Sidecar {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(w.args_json(mount_point, extra));
+    start_sidecar_with(w, &w.args_json(mount_point, extra), host_data, tag, 2)
+}
+
+/// A sidecar configured by `EncfsSideCarArgs` = `json`, with `attempts` per key release.
+fn start_sidecar_with(w: &World, json: &str, host_data: &[u8; 32], tag: &str, attempts: u32) -> Sidecar {
+    let config = SidecarConfig::from_json(json.as_bytes()).unwrap();
+    let hidden = config
+        .filesystems
+        .iter()
+        .map(|f| f.mount_point.parent().unwrap().join(format!(".filesystem-{}", f.index)))
+        .collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(json);
     let mut cmd = common::encfs_bin();
     cmd.arg("sidecar")
         .args(["--attester", "mock", "--mock-root-dir"])
         .arg(&w.mock_root_dir)
         .args(["--mock-host-data", &hex::encode(host_data)])
         .env("EncfsSideCarArgs", b64);
-    spawn_sidecar(w, cmd, mount_point, tag)
+    spawn_sidecar(w, cmd, hidden, tag, attempts)
 }
 
 /// The same sidecar configured by cinfer's own TOML file (`--config`), attester included: no flags, no env.
@@ -352,17 +421,18 @@ key = {{ kid = "model-key", kty = "oct-HSM", authority = "{u}", vault = "{u}" }}
         .arg("--config")
         .arg(&file)
         .env_remove("EncfsSideCarArgs");
-    spawn_sidecar(w, cmd, mount_point, tag)
+    let hidden = vec![mount_point.parent().unwrap().join(".filesystem-0")];
+    spawn_sidecar(w, cmd, hidden, tag, 2)
 }
 
-fn spawn_sidecar(w: &World, mut cmd: Command, mount_point: &Path, tag: &str) -> Sidecar {
+fn spawn_sidecar(w: &World, mut cmd: Command, hidden: Vec<PathBuf>, tag: &str, attempts: u32) -> Sidecar {
     let ready_dir = w.dir.path().join(format!("ready-{tag}"));
     let port = free_port();
     let child = cmd
         .arg("--ready-dir")
         .arg(&ready_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--release-attempts", "2"])
+        .args(["--release-attempts", &attempts.to_string()])
         .env("CINFER_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -371,7 +441,7 @@ fn spawn_sidecar(w: &World, mut cmd: Command, mount_point: &Path, tag: &str) -> 
         .unwrap();
     Sidecar {
         child: Some(child),
-        hidden: vec![mount_point.parent().unwrap().join(".filesystem-0")],
+        hidden,
         ready_dir,
         port,
     }
@@ -395,13 +465,19 @@ impl Sidecar {
 
     /// Waits for exit; returns (success, stderr).
     fn wait_exit(&mut self) -> (bool, String) {
+        let (code, err) = self.wait_exit_code();
+        (code == Some(0), err)
+    }
+
+    /// Waits for exit; returns (exit code, stderr).
+    fn wait_exit_code(&mut self) -> (Option<i32>, String) {
         let mut c = self.child.take().unwrap();
         let t = Instant::now();
         loop {
             if let Some(st) = c.try_wait().unwrap() {
                 let mut err = String::new();
                 c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                return (st.success(), err);
+                return (st.code(), err);
             }
             if t.elapsed() > Duration::from_secs(60) {
                 let _ = c.kill();
@@ -693,27 +769,424 @@ fn tampered_token_is_refused_as_final() {
         let token = maa.attest(&ev, &rd).await.unwrap();
         // The genuine token releases.
         vault.release(&KeyRef::parse("model-key"), &token, &rk).await.unwrap();
-        // Flip one character of the payload (claims) and of the signature: both refused, final.
+        // Claims rewritten to another host_data (keeping the signature), and the genuine claims with one
+        // character of the signature changed: the broker's token check refuses both with 403, and the sidecar
+        // treats that as final.
+        let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let parts: Vec<&str> = token.split('.').collect();
-        let flip = |s: &str| {
-            let mut b = s.as_bytes().to_vec();
-            let i = b.len() / 2;
-            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
-            String::from_utf8(b).unwrap()
-        };
+        let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(claims["x-ms-sevsnpvm-hostdata"], hex::encode(HOST_DATA));
+        claims["x-ms-sevsnpvm-hostdata"] = hex::encode([0x11; 32]).into();
+        let forged_claims = b64.encode(serde_json::to_vec(&claims).unwrap());
+        let mut sig = parts[2].as_bytes().to_vec();
+        let i = sig.len() / 2;
+        sig[i] = if sig[i] == b'A' { b'B' } else { b'A' };
         for tampered in [
-            format!("{}.{}.{}", parts[0], flip(parts[1]), parts[2]),
-            format!("{}.{}.{}", parts[0], parts[1], flip(parts[2])),
+            format!("{}.{forged_claims}.{}", parts[0], parts[2]),
+            format!("{}.{}.{}", parts[0], parts[1], String::from_utf8(sig).unwrap()),
         ] {
             let e = vault
                 .release(&KeyRef::parse("model-key"), &tampered, &rk)
                 .await
                 .unwrap_err();
+            match &e {
+                attest::error::ClientError::Status { status, body, .. } => {
+                    // The client keeps the message of the broker's `{"error":{"code","message"}}`.
+                    assert_eq!((*status, body.as_str()), (403, "token signature: invalid"));
+                }
+                e => panic!("expected the broker's 403, got {e}"),
+            }
             let se = StepError::from_client(Step::Release, &e);
-            assert_eq!(se.step, Step::Release, "{e}");
             assert!(!se.transient, "a tampered token is not retried: {e}");
+            assert!(se.message.contains("HTTP 403"), "{}", se.message);
         }
     });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// A key broker that fails on purpose
+
+/// What [`FlakyBroker`] answers to one key release request.
+#[derive(Clone, Debug)]
+enum Reply {
+    /// Pass it on to the real broker.
+    Forward,
+    /// Answer this status with an AKV-style error body.
+    Status(u16),
+    /// Wait until this file exists (60 s at most), then answer the status.
+    StatusOnceExists(u16, PathBuf),
+}
+
+/// A key broker in front of the real one: answers the release requests from a script (then forwards them) and
+/// records when each arrived; forwards everything else (the JWKS). One request per connection.
+struct FlakyBroker {
+    url: String,
+    releases: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+}
+
+impl FlakyBroker {
+    fn start(upstream: &str, script: Vec<Reply>) -> Self {
+        let upstream = upstream.strip_prefix("http://").unwrap().to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let releases = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = releases.clone();
+        // The thread ends with the test process; the broker is only reachable while the test runs.
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (head, body) = read_message(&mut conn);
+                let reply = if head.starts_with("POST ") && head.lines().next().unwrap().contains("/release") {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(Instant::now());
+                    script.get(seen.len() - 1).cloned().unwrap_or(Reply::Forward)
+                } else {
+                    Reply::Forward
+                };
+                let upstream = upstream.clone();
+                std::thread::spawn(move || {
+                    let answer = match reply {
+                        Reply::Forward => forward(&upstream, &head, &body),
+                        Reply::Status(code) => error_response(code),
+                        Reply::StatusOnceExists(code, path) => {
+                            assert!(
+                                common::wait_for(Duration::from_secs(60), || path.exists()),
+                                "{} never appeared",
+                                path.display()
+                            );
+                            error_response(code)
+                        }
+                    };
+                    let _ = conn.write_all(&answer);
+                });
+            }
+        });
+        Self { url, releases }
+    }
+
+    /// When each release request arrived.
+    fn releases(&self) -> Vec<Instant> {
+        self.releases.lock().unwrap().clone()
+    }
+}
+
+/// Reads one HTTP/1.1 message with a `Content-Length` (or none): (head without the blank line, body).
+fn read_message(conn: &mut impl std::io::Read) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed inside the head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed inside the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    (head, body)
+}
+
+/// `head` with `Connection: close` instead of any connection header, and the blank line.
+fn closing(head: &str) -> String {
+    let mut out: Vec<&str> = head
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    out.push("Connection: close");
+    format!("{}\r\n\r\n", out.join("\r\n"))
+}
+
+/// Sends the request to `upstream` and returns its whole response (read to the close).
+fn forward(upstream: &str, head: &str, body: &[u8]) -> Vec<u8> {
+    let mut up = std::net::TcpStream::connect(upstream).unwrap();
+    up.write_all(closing(head).as_bytes()).unwrap();
+    up.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp).unwrap();
+    let i = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let mut out = closing(std::str::from_utf8(&resp[..i]).unwrap()).into_bytes();
+    out.extend_from_slice(&resp[i + 4..]);
+    out
+}
+
+fn error_response(code: u16) -> Vec<u8> {
+    let body = format!(r#"{{"error":{{"code":"Injected{code}","message":"injected by the test broker"}}}}"#);
+    format!(
+        "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The documented release backoff (docs/SIDECAR.md): 250 ms before the second attempt, doubling.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+#[test]
+fn transient_release_failures_are_retried_with_the_documented_backoff_and_a_final_403_is_not() {
+    assert!(
+        fuse_available(),
+        "this test needs /dev/fuse, fusermount3 (Debian fuse3) and root"
+    );
+    let w = World::new();
+    let base = w.dir.path().join("mnt");
+    std::fs::create_dir(&base).unwrap();
+    let mount_point = base.join("models");
+    let hidden = base.join(".filesystem-0");
+
+    // 503 twice, then the real broker: mounted on the third attempt, after 250 ms and 500 ms of backoff.
+    let broker = FlakyBroker::start(&w.svc.url, vec![Reply::Status(503), Reply::Status(503)]);
+    let entry = FsEntry {
+        vault: &broker.url,
+        ..w.fs_entry(&mount_point)
+    };
+    let mut sc = start_sidecar_with(&w, &entry.args_json(), &HOST_DATA, "retry", 6);
+    sc.wait_ready();
+    assert!(is_mountpoint(&hidden));
+    assert_eq!(
+        std::fs::read(mount_point.join("config.json")).unwrap(),
+        b"{\"layers\": 2}"
+    );
+    let at = broker.releases();
+    assert_eq!(at.len(), 3, "release requests");
+    // Each gap is the backoff plus a fresh runtime key, evidence and token: at least the delay.
+    let gaps = [at[1] - at[0], at[2] - at[1]];
+    assert!(gaps[0] >= FIRST_RETRY_DELAY, "{gaps:?}");
+    assert!(gaps[1] >= 2 * FIRST_RETRY_DELAY, "{gaps:?}");
+    let (_, metrics) = sc.get("/metrics");
+    assert!(
+        metrics.contains("cinfer_encfs_key_releases_total{outcome=\"transient_error\"} 2")
+            && metrics.contains("cinfer_encfs_key_releases_total{outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    sc.sigterm();
+    let (ok, log) = sc.wait_exit();
+    assert!(ok, "{log}");
+    let retries: Vec<&str> = log.lines().filter(|l| l.contains("retrying")).collect();
+    assert_eq!(retries.len(), 2, "{log}");
+    for (line, (attempt, ms)) in retries.iter().zip([(1, 250), (2, 500)]) {
+        assert!(
+            line.contains("HTTP 503")
+                && line.contains(&format!("attempt={attempt}"))
+                && line.contains(&format!("retry_in_ms={ms}")),
+            "{line}"
+        );
+    }
+
+    // A 403 from the broker is final: one request, no retry, the release step named. (The broker would refuse
+    // retries too, so a sidecar that retried would fail here, not mount.)
+    let broker = FlakyBroker::start(&w.svc.url, vec![Reply::Status(403); 6]);
+    let entry = FsEntry {
+        vault: &broker.url,
+        ..w.fs_entry(&mount_point)
+    };
+    let mut sc = start_sidecar_with(&w, &entry.args_json(), &HOST_DATA, "denied", 6);
+    let (code, log) = sc.wait_exit_code();
+    assert_eq!(code, Some(1), "{log}");
+    assert_eq!(broker.releases().len(), 1, "{log}");
+    assert!(!log.contains("retrying"), "{log}");
+    assert!(
+        log.contains("azure_filesystems[0]") && log.contains("release failed") && log.contains("HTTP 403"),
+        "{log}"
+    );
+    let failed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sc.ready_dir.join("filesystem-0.failed")).unwrap()).unwrap();
+    assert_eq!(failed["step"], "release");
+    assert!(!is_mountpoint(&hidden));
+    assert!(std::fs::symlink_metadata(&mount_point).is_err());
+}
+
+#[test]
+fn a_filesystem_that_fails_for_good_unmounts_the_others_and_the_sidecar_exits_1_naming_it() {
+    assert!(
+        fuse_available(),
+        "this test needs /dev/fuse, fusermount3 (Debian fuse3) and root"
+    );
+    let w = World::new();
+    let base = w.dir.path().join("mnt");
+    std::fs::create_dir(&base).unwrap();
+    let (mp0, mp1) = (base.join("models"), base.join("more-models"));
+    let ready_dir = w.dir.path().join("ready-partial");
+    // Filesystem 1's key is refused only once filesystem 0 is mounted and ready, so there is a mount to undo.
+    let broker = FlakyBroker::start(
+        &w.svc.url,
+        vec![Reply::StatusOnceExists(403, ready_dir.join("filesystem-0.ready"))],
+    );
+    let json = args_json(&[
+        w.fs_entry(&mp0),
+        FsEntry {
+            vault: &broker.url,
+            ..w.fs_entry(&mp1)
+        },
+    ]);
+    let mut sc = start_sidecar_with(&w, &json, &HOST_DATA, "partial", 6);
+    assert_eq!(sc.ready_dir, ready_dir);
+    let (code, log) = sc.wait_exit_code();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("filesystem ready") && l.contains("filesystem=0")),
+        "filesystem 0 was never mounted: {log}"
+    );
+    let summary = format!(
+        "1 of 2 filesystem(s) failed:\nazure_filesystems[1] ({}): release failed",
+        mp1.display()
+    );
+    assert!(log.contains(&summary) && log.contains("HTTP 403"), "{log}");
+    assert!(!log.contains("azure_filesystems[0]"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("unmounted") && l.contains(&mp0.display().to_string())),
+        "{log}"
+    );
+    for (i, mp) in [&mp0, &mp1].into_iter().enumerate() {
+        let hidden = base.join(format!(".filesystem-{i}"));
+        assert!(!is_mountpoint(&hidden), "{} still mounted", hidden.display());
+        assert!(!hidden.exists(), "{} left behind", hidden.display());
+        assert!(std::fs::symlink_metadata(mp).is_err(), "{} left behind", mp.display());
+    }
+    // The ready dir no longer claims filesystem 0 is mounted; filesystem 1's failure names its step.
+    assert!(!ready_dir.join("filesystem-0.ready").exists());
+    assert!(!ready_dir.join("ready").exists());
+    let failed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ready_dir.join("filesystem-1.failed")).unwrap()).unwrap();
+    assert_eq!(failed["step"], "release");
+}
+
+/// Makes a fresh RSA-2048 key with Python `cryptography` and derives the seed's model key from it there, for
+/// each (salt hex, label): HKDF-SHA256 over the private exponent (big-endian, minimal), 32 bytes, with the
+/// label as info (empty = "Symmetric Encryption Key"). Returns the private JWK and the keys, in order.
+fn python_rsa_hsm_key(derivations: &[(&str, &str)]) -> (serde_json::Value, Vec<ModelKey>) {
+    const SCRIPT: &str = r#"
+import base64, json, sys
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+def be(i):
+    return i.to_bytes((i.bit_length() + 7) // 8, "big")
+
+def b64(i):
+    return base64.urlsafe_b64encode(be(i)).rstrip(b"=").decode()
+
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+n = key.private_numbers()
+jwk = {"kty": "RSA-HSM", "n": b64(n.public_numbers.n), "e": b64(n.public_numbers.e), "d": b64(n.d),
+       "p": b64(n.p), "q": b64(n.q), "dp": b64(n.dmp1), "dq": b64(n.dmq1), "qi": b64(n.iqmp),
+       "key_ops": ["encrypt", "decrypt"]}
+keys = []
+for salt, label in json.loads(sys.argv[1]):
+    info = (label or "Symmetric Encryption Key").encode()
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(salt), info=info)
+    keys.append(hkdf.derive(be(n.d)).hex())
+print(json.dumps({"jwk": jwk, "keys": keys}))
+"#;
+    let python = deploy::local::env::python().unwrap();
+    let out = Command::new(&python)
+        .args(["-c", SCRIPT])
+        .arg(serde_json::to_string(derivations).unwrap())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run `bash scripts/pyenv.sh` or set CINFER_PYTHON)",
+                python.display()
+            )
+        });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| ModelKey::from_slice(&hex::decode(k.as_str().unwrap()).unwrap()).unwrap())
+        .collect();
+    (v["jwk"].clone(), keys)
+}
+
+#[test]
+fn rsa_hsm_key_mounts_only_with_the_configured_salt_and_label() {
+    assert!(
+        fuse_available(),
+        "this test needs /dev/fuse, fusermount3 (Debian fuse3) and root"
+    );
+    let salt = "92a631483ca875aad7e2477da755d58cac3876b77d10bcdd7b33bfa11e7d8b8e";
+    let label = "Model Encryption Key";
+    // The right derivation, another label (here the default one), and a salt one bit off.
+    let other_salt = format!("93{}", &salt[2..]);
+    let derivations = [(salt, label), (salt, ""), (other_salt.as_str(), label)];
+    let (jwk, keys) = python_rsa_hsm_key(&derivations);
+    assert!(keys[0].expose() != keys[1].expose() && keys[0].expose() != keys[2].expose());
+
+    // The image is sealed with the key Python derived; the service holds only the RSA key (and, under the
+    // default kid, an unrelated oct key, so only the RSA path can open the image).
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("model.img");
+    let content = common::pattern(300 * 1024 + 5, 9);
+    let mut tree = TreeBuilder::new();
+    tree.file("weights/model.bin", Content::Bytes(content.clone()));
+    let mut f = std::fs::File::create(&image).unwrap();
+    let built = tree.write_image(&mut f, &keys[0], 64 * 1024).unwrap();
+    drop(f);
+    let w = World::with_image(dir, image, &ModelKey::generate(), hex::encode(built.root), content);
+    w.rt.block_on(async {
+        let jwks = AttestationClient::new(&w.svc.url).unwrap().jwks().await.unwrap();
+        KeyReleaseClient::new(
+            &w.svc.url,
+            VaultAuth::Bearer(SecretBytes::from_slice(ADMIN)),
+            ResponseVerification::Pinned(jwks),
+        )
+        .unwrap()
+        .import("rsa-key", jwk, &release_policy(&w.svc.url, &HOST_DATA))
+        .await
+        .unwrap();
+    });
+    let base = w.dir.path().join("mnt");
+    std::fs::create_dir(&base).unwrap();
+    let mount_point = base.join("models");
+    let hidden = base.join(".filesystem-0");
+    for (i, (salt, label)) in derivations.into_iter().enumerate() {
+        let entry = FsEntry {
+            kid: "rsa-key",
+            kty: "RSA-HSM",
+            salt,
+            label,
+            ..w.fs_entry(&mount_point)
+        };
+        let mut sc = start_sidecar_with(&w, &entry.args_json(), &HOST_DATA, &format!("rsa{i}"), 2);
+        if i == 0 {
+            sc.wait_ready();
+            assert!(
+                std::fs::read(mount_point.join("weights/model.bin")).unwrap() == w.content,
+                "content differs"
+            );
+            sc.sigterm();
+            let (ok, log) = sc.wait_exit();
+            assert!(ok, "{log}");
+        } else {
+            // Released, but derived into another key: the image's key check refuses it.
+            let (code, log) = sc.wait_exit_code();
+            assert_eq!(code, Some(1), "case {i}: {log}");
+            assert!(log.contains("key released"), "case {i}: {log}");
+            assert!(
+                log.contains("azure_filesystems[0]") && log.contains("index failed") && log.contains("wrong key"),
+                "case {i}: {log}"
+            );
+            assert!(!is_mountpoint(&hidden));
+        }
+    }
 }
 
 /// Start → ready of the sidecar binary for a 10 GiB image (sparse: only the index matters for mounting),
