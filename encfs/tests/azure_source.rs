@@ -77,11 +77,26 @@ fn azurite_anonymous_public_container_mounts_byte_exact_and_private_one_is_refus
     let guard = fx.mount_image(Path::new(&url), &[]);
     assert!(read_all(&fx.mnt.join("model/weights.bin")) == data);
     guard.unmount();
-    // Without a SAS, a private container is refused (403/404) and nothing is mounted.
-    let out = fx.mount_cmd(
-        Path::new(&az.blob_url("private", "model.img")),
-        &["--retry-budget", "5"],
+    // Without a SAS, the store refuses the private blob (Azurite: 403; Azure: 404): a final answer, so the mount
+    // fails at once, naming the blob and the status, and nothing is mounted.
+    let private = az.blob_url("private", "model.img");
+    let t = std::time::Instant::now();
+    let out = fx.mount_cmd(Path::new(&private), &["--retry-budget", "20"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("reading {private}")) && (err.contains("HTTP 403") || err.contains("blob not found")),
+        "{err}"
     );
-    assert!(!out.status.success());
+    // Well inside the 20 s retry budget: a refusal is not retried.
+    assert!(!err.contains("gave up"), "retried a refusal: {err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "retried a refusal: {err}"
+    );
     assert!(!common::is_mounted(&fx.mnt));
+    // The same blob with a SAS mounts: the refusal was the missing authorization.
+    let guard = fx.mount_image(Path::new(&format!("{private}?{}", sas())), &[]);
+    assert!(read_all(&fx.mnt.join("model/weights.bin")) == data);
+    guard.unmount();
 }
