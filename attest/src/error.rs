@@ -141,6 +141,68 @@ pub enum VerifyError {
     },
 }
 
+/// A UVM endorsement failed verification. The `Display` text starts with the name of the failed check.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndorsementError {
+    /// The COSE_Sign1, a header or the payload is malformed.
+    #[error("endorsement parse: {detail}")]
+    Parse {
+        /// Detail.
+        detail: String,
+    },
+    /// The protected signing time is after the verification time.
+    #[error("endorsement time: signed at {signed}, after the verification time {at}")]
+    Time {
+        /// Signing time.
+        signed: String,
+        /// Verification time.
+        at: String,
+    },
+    /// The x5chain is not a valid certificate path.
+    #[error("endorsement chain: {detail}")]
+    Chain {
+        /// Detail.
+        detail: String,
+    },
+    /// The `iss` did:x509 identifier is malformed or does not match the x5chain.
+    #[error("endorsement issuer: {detail}")]
+    Issuer {
+        /// Detail.
+        detail: String,
+    },
+    /// The signature is invalid.
+    #[error("endorsement signature: {detail}")]
+    Signature {
+        /// Detail.
+        detail: String,
+    },
+    /// The issuer and feed are not a configured trusted source (or the trust configuration is invalid).
+    #[error("endorsement trust: {detail}")]
+    Trust {
+        /// Detail.
+        detail: String,
+    },
+    /// The endorsed guest SVN is below the configured minimum for its feed.
+    #[error("endorsement svn: guest SVN {svn} of feed {feed:?} is below the minimum {minimum}")]
+    Svn {
+        /// Endorsed SVN.
+        svn: u64,
+        /// Configured minimum.
+        minimum: u64,
+        /// Feed.
+        feed: String,
+    },
+    /// The endorsed launch measurement is not the report's.
+    #[error("endorsement measurement: endorsed {endorsed} differs from the report's {report}")]
+    Measurement {
+        /// Endorsed measurement, hex.
+        endorsed: String,
+        /// Report measurement, hex.
+        report: String,
+    },
+}
+
 /// Verification of a JWT failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -62,6 +62,7 @@
 
 pub mod claims;
 pub mod client;
+pub mod endorsement;
 pub mod error;
 pub mod evidence;
 pub mod keystore;

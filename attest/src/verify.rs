@@ -249,7 +249,8 @@ fn verify_pss(issuer: &Certificate, subject: &Certificate, link: &'static str) -
     vk.verify(&tbs_der, &sig).map_err(|_| bad())
 }
 
-fn fmt_time(t: SystemTime) -> String {
+/// RFC 3339 text of a time (for error messages).
+pub(crate) fn fmt_time(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
