@@ -13,9 +13,12 @@ export RUSTC_BOOTSTRAP=1
 for dir in ${FUZZ_DIRS:-encfs/fuzz attest/fuzz}; do
   for t in $(cargo fuzz list --fuzz-dir "$dir"); do
     echo "== fuzz $dir $t (${secs}s)" >&2
-    # Each target's fresh corpus lives in the target dir, not in the clone.
+    # Each target's fresh corpus lives in the target dir, not in the clone; the committed seeds (`$dir/corpus/$t`,
+    # e.g. a real SNP report) are read as a second corpus.
     corpus="${CARGO_TARGET_DIR:-$PWD/target}/fuzz-corpus/$dir/$t"
     mkdir -p "$corpus"
-    cargo fuzz run --fuzz-dir "$dir" "$t" "$corpus" -- -max_total_time="$secs" -rss_limit_mb=2048 2>&1 | tail -n 3
+    seeds=()
+    if [ -d "$dir/corpus/$t" ]; then seeds=("$dir/corpus/$t"); fi
+    cargo fuzz run --fuzz-dir "$dir" "$t" "$corpus" "${seeds[@]}" -- -max_total_time="$secs" -rss_limit_mb=2048 2>&1 | tail -n 3
   done
 done

@@ -14,6 +14,10 @@ bash scripts/setup.sh
 # Python peers (model_signing, tritonclient, ...) live in a cached venv; tests find it through CINFER_PYTHON.
 CINFER_PYTHON="$(bash scripts/pyenv.sh)"
 export CINFER_PYTHON
+# Azurite (npm) for the blob-store tests, installed here before any test starts: tests that each found it missing
+# would run `npm install` into one folder at the same time. They find it through CINFER_AZURITE.
+CINFER_AZURITE="$(bash scripts/azurite.sh)"
+export CINFER_AZURITE
 # Dependencies (AES-GCM-SIV, SHA-256, onnx-sized streams) are optimized even in test builds: the end-to-end test
 # pushes a 512 MiB model through the crypto, which unoptimized crates would make take minutes. --locked: the
 # committed Cargo.lock is what is tested.
@@ -22,11 +26,17 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all --check
 echo "== cargo clippy" >&2
 cargo clippy "${OPT[@]}" --workspace --all-targets --features init/netns_tests -- -D warnings
+# The workspace build unifies features (encfs gets `fuse` and `aws-lc` from its neighbours), so the sets that ship
+# on their own are checked on their own: cinfer-encfs on RustCrypto's AES-GCM-SIV (no C build), and mkimage with
+# encfs's codec only (no FUSE on a model owner's machine).
+echo "== cargo clippy (shipped feature sets: encfs without aws-lc, mkimage without fuse)" >&2
+cargo clippy "${OPT[@]}" -p encfs --no-default-features --features fuse --all-targets -- -D warnings
+cargo clippy "${OPT[@]}" -p mkimage --all-targets -- -D warnings
 echo "== cargo nextest" >&2
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run "${OPT[@]}" --workspace --no-fail-fast --features init/netns_tests
 else
   cargo test "${OPT[@]}" --workspace --no-fail-fast --features init/netns_tests
 fi
-echo "== fuzz (image header, index, whole-image open, LUKS2 header: 10 s each)" >&2
-FUZZ_DIRS="encfs/fuzz" FUZZ_SECONDS=10 bash scripts/fuzz.sh
+echo "== fuzz (encfs: image header, index, whole-image open, LUKS2 header; attest: SNP report, THIM JSON, policies: 10 s each)" >&2
+FUZZ_DIRS="encfs/fuzz attest/fuzz" FUZZ_SECONDS=10 bash scripts/fuzz.sh
