@@ -28,23 +28,23 @@ pub(crate) struct SidecarArgs {
     pub(crate) config: Option<PathBuf>,
     /// Evidence source: `snp` (the SEV-SNP guest device; fails without it; the default) or `mock` (testing only:
     /// needs --mock-root-dir).
-    #[arg(long, value_enum, env = "CINFER_ENCFS_ATTESTER")]
+    #[arg(long, value_enum)]
     pub(crate) attester: Option<AttesterKind>,
     /// With `--attester mock`: the mock root directory written by `cinfer-attest mock-init --out DIR`.
-    #[arg(long, value_name = "DIR", env = "CINFER_ENCFS_MOCK_ROOT_DIR")]
+    #[arg(long, value_name = "DIR")]
     pub(crate) mock_root_dir: Option<PathBuf>,
     /// With `--attester mock`: the report's host_data (64 hex digits; default zeros).
-    #[arg(long, value_name = "HEX", env = "CINFER_ENCFS_MOCK_HOST_DATA")]
+    #[arg(long, value_name = "HEX")]
     pub(crate) mock_host_data: Option<String>,
     /// With `--attester mock`: the launch measurement (96 hex digits; default zeros).
-    #[arg(long, value_name = "HEX", env = "CINFER_ENCFS_MOCK_MEASUREMENT")]
+    #[arg(long, value_name = "HEX")]
     pub(crate) mock_measurement: Option<String>,
     /// Directory for readiness files: `filesystem-<i>.ready` (JSON: mount point, root), `filesystem-<i>.failed`
     /// (JSON: step, error) and `ready` once all are mounted.
-    #[arg(long, value_name = "DIR", env = "CINFER_ENCFS_READY_DIR")]
+    #[arg(long, value_name = "DIR")]
     pub(crate) ready_dir: Option<PathBuf>,
     /// Serve `/ready`, `/status` and `/metrics` (Prometheus) on this address, e.g. 127.0.0.1:9464.
-    #[arg(long, value_name = "ADDR", env = "CINFER_ENCFS_LISTEN")]
+    #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<String>,
     /// Attempts per key release when failures are transient (network, 5xx, 429); policy denials are final.
     #[arg(long, default_value_t = 6)]
@@ -186,4 +186,28 @@ pub(crate) fn run_sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
     };
     run(&rt, config, opts, shutdown)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Only `EncfsSideCarArgs` (the seed's contract; rendered deployments give it its literal value, so it is
+    /// measured) reaches the sidecar through the environment. The attester, its mock inputs, the readiness
+    /// directory and the status address come from the (measured) command line only.
+    #[test]
+    fn only_the_sidecar_arguments_come_from_the_environment() {
+        let cli = crate::cli::Cli::command();
+        let sidecar = cli
+            .find_subcommand("sidecar")
+            .unwrap_or_else(|| unreachable!("sidecar subcommand"));
+        let envs: Vec<String> = sidecar
+            .get_arguments()
+            .filter_map(|a| {
+                a.get_env()
+                    .map(|e| format!("--{}: {}", a.get_id(), e.to_string_lossy()))
+            })
+            .collect();
+        assert_eq!(envs, [format!("--sidecar_args: {}", sidecar_args::ENV_VAR)]);
+    }
 }

@@ -38,17 +38,11 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct PlanArgs {
     /// The server proxy's port: every inbound TCP connection not excluded lands there.
-    #[arg(
-        long,
-        env = "CINFER_INIT_PROXY_PORT",
-        default_value_t = 15006,
-        help_heading = "Inbound"
-    )]
+    #[arg(long, default_value_t = 15006, help_heading = "Inbound")]
     pub(crate) proxy_port: u16,
     /// A destination port reached directly (repeat or comma-separate), e.g. the proxy's health port.
     #[arg(
         long = "exclude-port",
-        env = "CINFER_INIT_EXCLUDE_PORTS",
         value_delimiter = ',',
         default_value = "15021",
         help_heading = "Inbound"
@@ -56,12 +50,7 @@ pub(crate) struct PlanArgs {
     pub(crate) exclude_ports: Vec<u16>,
     /// Restrict outbound connections: only these UIDs may open them (repeat or comma-separate); loopback and
     /// replies stay allowed. Without it, outbound traffic is not restricted.
-    #[arg(
-        long = "outbound-allow-uid",
-        env = "CINFER_INIT_OUTBOUND_ALLOW_UIDS",
-        value_delimiter = ',',
-        help_heading = "Outbound"
-    )]
+    #[arg(long = "outbound-allow-uid", value_delimiter = ',', help_heading = "Outbound")]
     pub(crate) outbound_allow_uids: Vec<u32>,
 }
 
@@ -72,15 +61,15 @@ pub(crate) struct CommonArgs {
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// Address families to change.
-    #[arg(long, value_enum, default_value_t = Families::Both, env = "CINFER_INIT_FAMILIES")]
+    #[arg(long, value_enum, default_value_t = Families::Both)]
     pub(crate) families: Families,
     /// The packet filter interface: iptables (chains CINFER_INBOUND/CINFER_OUTBOUND) or nftables (table
     /// `inet cinfer`, or `ip cinfer` with --families ipv4).
-    #[arg(long, value_enum, default_value_t = BackendKind::Iptables, env = "CINFER_INIT_BACKEND")]
+    #[arg(long, value_enum, default_value_t = BackendKind::Iptables)]
     pub(crate) backend: BackendKind,
     /// The iptables implementation: the system's `iptables-restore`, or explicitly nf_tables or legacy x_tables
     /// (for kernels without nf_tables). Use the one the rest of the system uses.
-    #[arg(long, value_enum, default_value_t = Iptables::System, env = "CINFER_INIT_IPTABLES")]
+    #[arg(long, value_enum, default_value_t = Iptables::System)]
     pub(crate) iptables: Iptables,
 }
 
@@ -151,5 +140,33 @@ impl PlanArgs {
                 allow_uids: self.outbound_allow_uids.clone(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    fn envs(cmd: &clap::Command, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(format!("{} --{}: {}", cmd.get_name(), a.get_id(), e.to_string_lossy()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            envs(sub, out);
+        }
+    }
+
+    /// Every option of `cinfer-init` is security-relevant (which port everything lands on, what is excluded, the
+    /// address families, who may connect out), so none comes from the environment: a host able to add an
+    /// environment variable must not drop the IPv6 redirect or widen the exclusions.
+    #[test]
+    fn no_option_falls_back_to_the_environment() {
+        let mut found = Vec::new();
+        envs(&Cli::command(), &mut found);
+        assert!(found.is_empty(), "flags that read the environment: {found:?}");
     }
 }

@@ -54,19 +54,19 @@ enum AttesterKind {
 #[derive(Debug, Args)]
 struct ServerArgs {
     /// Attested TLS listen address.
-    #[arg(long, env = "CINFER_PROXY_LISTEN", default_value = "0.0.0.0:8443")]
+    #[arg(long, default_value = "0.0.0.0:8443")]
     listen: String,
     /// Upstream (Triton HTTP).
-    #[arg(long, env = "CINFER_PROXY_UPSTREAM", default_value = "127.0.0.1:8000")]
+    #[arg(long, default_value = "127.0.0.1:8000")]
     upstream: String,
     /// Upstream for HTTP/2 prior-knowledge connections (Triton gRPC); default: --upstream.
-    #[arg(long, env = "CINFER_PROXY_GRPC_UPSTREAM")]
+    #[arg(long)]
     grpc_upstream: Option<String>,
     /// Plain-HTTP health listen address (exclude this port from the init redirect).
-    #[arg(long, env = "CINFER_PROXY_HEALTH")]
+    #[arg(long)]
     health: Option<String>,
     /// Attestation service (MAA or `cinfer-attest serve`).
-    #[arg(long, env = "CINFER_PROXY_ATTESTATION_URL")]
+    #[arg(long)]
     attestation_url: String,
     /// Evidence source.
     #[arg(long, value_enum, default_value_t = AttesterKind::Snp)]
@@ -105,11 +105,11 @@ struct ClientArgs {
     #[arg(long, env = "CINFER_PROXY_CLIENT_LISTEN", default_value = "127.0.0.1:15001")]
     listen: String,
     /// Client policy JSON (`generate-policy`).
-    #[arg(long, env = "CINFER_PROXY_POLICY")]
+    #[arg(long)]
     policy: PathBuf,
     /// Trusted attestation service: its JWKS is fetched once at start (unless --jwks) and pinned; its URL
     /// is the expected issuer (unless --issuer).
-    #[arg(long, env = "CINFER_PROXY_ATTESTATION_URL")]
+    #[arg(long)]
     attestation_url: Option<String>,
     /// Pinned token-signing keys (JWKS JSON file) instead of fetching them.
     #[arg(long)]
@@ -276,4 +276,40 @@ async fn client(a: ClientArgs) -> anyhow::Result<()> {
     proxy::client::run(listener, config, shutdown_signal())
         .await
         .context("serving")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// The environment variables a flag may fall back to. A security setting must come from the (measured)
+    /// command line: a host able to add environment to the container must not be able to redirect the
+    /// decrypted upstream, swap the attestation service or the client policy. Only these are safe:
+    /// `CINFER_PROXY_THREADS` tunes the runtime; `CINFER_PROXY_CLIENT_LISTEN` is the client proxy's local
+    /// address on the client's own machine.
+    const SAFE_ENV: &[&str] = &["CINFER_PROXY_THREADS", "CINFER_PROXY_CLIENT_LISTEN"];
+
+    fn envs(cmd: &clap::Command, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(format!("{} --{}: {}", cmd.get_name(), a.get_id(), e.to_string_lossy()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            envs(sub, out);
+        }
+    }
+
+    #[test]
+    fn security_settings_never_fall_back_to_the_environment() {
+        let mut found = Vec::new();
+        envs(&Cli::command(), &mut found);
+        let unsafe_env: Vec<&String> = found
+            .iter()
+            .filter(|f| !SAFE_ENV.iter().any(|s| f.ends_with(&format!(": {s}"))))
+            .collect();
+        assert!(unsafe_env.is_empty(), "flags that read the environment: {unsafe_env:?}");
+    }
 }

@@ -20,7 +20,7 @@
 //! Everything else (the root pin, the signer key, the verify mode, the cache size, the key id, the identity,
 //! Triton's loopback binding, every other flag) is passed as rendered. What this machine lacks is *added*, never
 //! substituted, and listed with the substitutions ([`Platform`]): the mock SEV-SNP attester (root, host_data,
-//! measurement) for the sidecar and the server proxy, the sidecar's readiness directory, and the bundled
+//! measurement, as flags) for the sidecar and the server proxy, the sidecar's readiness directory, and the bundled
 //! Triton's backend directory and environment.
 
 use std::path::{Path, PathBuf};
@@ -233,16 +233,15 @@ pub fn localize(c: &RenderedContainer, a: &Addresses, platform: &Platform) -> Re
     let mut added = Vec::new();
     match base {
         "cinfer-encfs" => {
-            for (k, v) in [
-                ("CINFER_ENCFS_ATTESTER", "mock".to_owned()),
-                ("CINFER_ENCFS_MOCK_ROOT_DIR", platform.mock_root.display().to_string()),
-                ("CINFER_ENCFS_MOCK_HOST_DATA", platform.host_data.clone()),
-                ("CINFER_ENCFS_MOCK_MEASUREMENT", platform.measurement.clone()),
-                ("CINFER_ENCFS_READY_DIR", platform.ready_dir.display().to_string()),
-            ] {
-                added.push(format!("{k}={v}"));
-                env.push((k.to_owned(), v));
-            }
+            let extra = [
+                "--attester=mock".to_owned(),
+                format!("--mock-root-dir={}", platform.mock_root.display()),
+                format!("--mock-host-data={}", platform.host_data),
+                format!("--mock-measurement={}", platform.measurement),
+                format!("--ready-dir={}", platform.ready_dir.display()),
+            ];
+            added.extend(extra.iter().cloned());
+            args.extend(extra);
         }
         "cinfer-proxy" => {
             let extra = [
@@ -482,7 +481,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(encfs.args, ["sidecar"]);
+        assert_eq!(encfs.args[0], "sidecar");
         assert!(
             !format!("{:?}", encfs.substituted).contains("SECRET"),
             "a SAS in a listing"
@@ -504,13 +503,19 @@ mod tests {
         assert_eq!(
             added,
             [
-                "CINFER_ENCFS_ATTESTER",
-                "CINFER_ENCFS_MOCK_ROOT_DIR",
-                "CINFER_ENCFS_MOCK_HOST_DATA",
-                "CINFER_ENCFS_MOCK_MEASUREMENT",
-                "CINFER_ENCFS_READY_DIR"
+                "--attester",
+                "--mock-root-dir",
+                "--mock-host-data",
+                "--mock-measurement",
+                "--ready-dir"
             ]
         );
+        assert_eq!(
+            encfs.args[1..],
+            encfs.added[..],
+            "only additions follow the rendered arguments"
+        );
+        assert_eq!(encfs.env.len(), 1, "the environment is the rendered one");
 
         let proxy = localize(&c[2], &a, &p).unwrap();
         assert_eq!(
