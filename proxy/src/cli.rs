@@ -126,6 +126,10 @@ struct ClientArgs {
     /// Close pooled connections idle this long, seconds.
     #[arg(long, default_value_t = 60)]
     pool_idle_secs: u64,
+    /// Accept a client policy that pins neither hostdata nor a policy signer, or does not pin a non-debuggable
+    /// guest. Such a policy trusts other SNP guests: testing only.
+    #[arg(long)]
+    dangerously_accept_weak_policy: bool,
 }
 
 #[derive(Debug, Args)]
@@ -249,6 +253,13 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
 async fn client(a: ClientArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&a.policy).with_context(|| format!("reading {}", a.policy.display()))?;
     let policy = ClientPolicy::from_json(&bytes)?;
+    match policy.require_pins() {
+        Ok(()) => {}
+        Err(e) if a.dangerously_accept_weak_policy => {
+            tracing::warn!("!!! {e}: accepted because of --dangerously-accept-weak-policy (testing only) !!!");
+        }
+        Err(e) => return Err(e).with_context(|| a.policy.display().to_string()),
+    }
     let jwks = match (&a.jwks, &a.attestation_url) {
         (Some(path), _) => {
             let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

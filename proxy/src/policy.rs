@@ -45,6 +45,17 @@ pub enum PolicyError {
         /// The value given.
         value: String,
     },
+    /// The policy pins neither the workload nor its auditor, or accepts a debuggable guest: any SNP guest (a
+    /// debuggable one, or one running other code) would pass it.
+    #[error(
+        "client policy: too weak: {missing} (it would trust other guests); pin x-ms-sevsnpvm-hostdata or \
+         x-ms-policy-signer and x-ms-sevsnpvm-is-debuggable=false (cinfer-proxy generate-policy), or pass \
+         --dangerously-accept-weak-policy"
+    )]
+    Weak {
+        /// What is missing.
+        missing: String,
+    },
     /// A policy-signer certificate that is not PEM or DER.
     #[error("client policy: policy signer certificate: {detail}")]
     Certificate {
@@ -83,6 +94,27 @@ impl ClientPolicy {
             other => Err(PolicyError::Json {
                 detail: format!("found {other}"),
             }),
+        }
+    }
+
+    /// Checks that the policy pins something: the workload (`x-ms-sevsnpvm-hostdata`) or the auditor who signed
+    /// its attestation policy (`x-ms-policy-signer`), and a non-debuggable guest. A policy holding only, say,
+    /// `x-ms-attestation-type` would trust every SNP guest.
+    pub fn require_pins(&self) -> Result<(), PolicyError> {
+        let mut missing = Vec::new();
+        if !self.claims.contains_key(HOSTDATA) && !self.claims.contains_key(POLICY_SIGNER) {
+            missing.push(format!("neither {HOSTDATA} nor {POLICY_SIGNER}"));
+        }
+        match self.claims.get(IS_DEBUGGABLE) {
+            Some(v) if claim_equals(v, &json!(false)) => {}
+            _ => missing.push(format!("{IS_DEBUGGABLE} is not pinned to false")),
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError::Weak {
+                missing: missing.join("; "),
+            })
         }
     }
 
@@ -184,6 +216,22 @@ mod tests {
         );
         assert!(ClientPolicy::hostdata("abc").is_err());
         assert!(ClientPolicy::hostdata(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn weak_policies_are_named() {
+        let weak = |v: Value| ClientPolicy::from_claims(v).unwrap().require_pins().unwrap_err().to_string();
+        let e = weak(json!({"x-ms-attestation-type": "sevsnpvm"}));
+        assert!(e.contains("neither x-ms-sevsnpvm-hostdata nor x-ms-policy-signer"), "{e}");
+        let e = weak(json!({HOSTDATA: "ab".repeat(32)}));
+        assert!(e.contains("is-debuggable is not pinned to false"), "{e}");
+        let e = weak(json!({HOSTDATA: "ab".repeat(32), IS_DEBUGGABLE: true}));
+        assert!(e.contains("is-debuggable is not pinned to false"), "{e}");
+        ClientPolicy::hostdata(&"ab".repeat(32)).unwrap().require_pins().unwrap();
+        ClientPolicy::policy_signer(b"x").require_pins().unwrap();
+        // The seed's string form of the debug claim counts as pinned.
+        let s = json!({HOSTDATA: "ab".repeat(32), IS_DEBUGGABLE: "false"});
+        ClientPolicy::from_claims(s).unwrap().require_pins().unwrap();
     }
 
     #[test]

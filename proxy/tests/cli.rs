@@ -101,6 +101,46 @@ fn generate_policy_refuses_bad_input() {
     assert_eq!(out.status.code(), Some(2), "the two forms are exclusive");
 }
 
+/// A client policy that pins nothing a guest controls is refused before anything listens, naming what is missing;
+/// the dangerous flag accepts it (and the client then starts).
+#[test]
+fn client_refuses_a_weak_policy_unless_told_to_accept_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("weak.json");
+    std::fs::write(&policy, r#"{"x-ms-attestation-type":"sevsnpvm"}"#).unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+    let listen = free_addr().to_string();
+    let base = |extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["client", "--listen", &listen, "--policy"])
+            .arg(&policy)
+            .arg("--jwks")
+            .arg(&jwks)
+            .args(["--issuer", "https://maa.example"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let out = base(&[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("too weak") && err.contains("neither x-ms-sevsnpvm-hostdata nor x-ms-policy-signer"),
+        "{err}"
+    );
+    let mut accepted = Proc(base(&["--dangerously-accept-weak-policy"]).spawn().unwrap());
+    let t = Instant::now();
+    while std::net::TcpStream::connect(&listen).is_err() {
+        if let Some(st) = accepted.0.try_wait().unwrap() {
+            panic!("the client exited ({st}) despite --dangerously-accept-weak-policy");
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the client did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn curl_via(proxy: SocketAddr, url: &str) -> (String, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "-x"])
