@@ -1,10 +1,12 @@
-//! Property tests and frozen vectors for the image format (no FUSE, no I/O beyond reading the vector files).
+//! Property tests and frozen vectors for the image format (no FUSE), and an independent reader of the format
+//! written from docs/FORMAT.md in Python (`format_v1_reader.py`), run on the frozen vector and on fresh images.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use encfs::format::{
     EntryKind, FormatError, HEADER_LEN, Header, ImageKeys, MemNode, ModelKey, OpenedImage, build_image, open_chunk_into,
 };
+use encfs::testing::{Content, TreeBuilder};
 use proptest::prelude::*;
 
 /// Opens an in-memory image and returns it with its keys.
@@ -270,4 +272,196 @@ fn frozen_vector_decodes_and_the_encoder_has_not_drifted() {
             MemNode::Dir => assert_eq!(o.index.entries[i].kind, EntryKind::Dir),
         }
     }
+}
+
+// ---- an independent reader -----------------------------------------------------------------------------------
+//
+// `format_v1_reader.py` is written from docs/FORMAT.md alone, in Python with `cryptography` (the test venv), and
+// shares no code with `encfs::format`: what the vector freezes is the spec, not this implementation.
+
+/// What the spec reader says of one entry.
+#[derive(Debug, PartialEq, Eq)]
+enum SpecEntry {
+    Dir { mode: u32 },
+    File { mode: u32, content: Vec<u8> },
+    Symlink { target: Vec<u8> },
+}
+
+/// The spec reader's view of an image: (root hex, header fields as JSON, entries by path).
+struct SpecImage {
+    root: String,
+    json: serde_json::Value,
+    entries: std::collections::BTreeMap<Vec<u8>, SpecEntry>,
+}
+
+/// Runs the spec reader on `image` with `key` (and the root pin, if given): its image, or its refusal.
+fn spec_read(image: &[u8], key: &[u8; 32], pin: Option<&str>) -> Result<SpecImage, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image");
+    std::fs::write(&path, image).unwrap();
+    let python = deploy::local::env::python().unwrap();
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(vector_path("../format_v1_reader.py"))
+        .arg(&path)
+        .arg(hex::encode(key));
+    if let Some(pin) = pin {
+        cmd.arg(pin);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (bash scripts/pyenv.sh makes the venv)", python.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) => {}
+        Some(2) => return Err(stderr.trim().to_owned()),
+        _ => panic!("the spec reader failed: {stderr}"),
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let mut entries = std::collections::BTreeMap::new();
+    for e in json["entries"].as_array().unwrap() {
+        let mode = e["mode"].as_u64().unwrap() as u32;
+        let entry = match e["kind"].as_str().unwrap() {
+            "dir" => SpecEntry::Dir { mode },
+            "file" => {
+                let content = bytes(&e["content"]);
+                assert_eq!(e["size"].as_u64().unwrap(), content.len() as u64);
+                SpecEntry::File { mode, content }
+            }
+            "symlink" => SpecEntry::Symlink {
+                target: bytes(&e["target"]),
+            },
+            other => panic!("kind {other}"),
+        };
+        assert!(entries.insert(bytes(&e["path"]), entry).is_none(), "{e}");
+    }
+    Ok(SpecImage {
+        root: json["root"].as_str().unwrap().to_owned(),
+        json,
+        entries,
+    })
+}
+
+/// The entries a tree of files, symlinks and directories (with their modes) must show: those, their parent
+/// directories (0755) and the root.
+fn expected_entries(tree: &[(&[u8], u32, MemNode)]) -> std::collections::BTreeMap<Vec<u8>, SpecEntry> {
+    let mut want = std::collections::BTreeMap::new();
+    want.insert(Vec::new(), SpecEntry::Dir { mode: 0o755 });
+    for (path, mode, node) in tree {
+        for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            want.entry(path[..i].to_vec()).or_insert(SpecEntry::Dir { mode: 0o755 });
+        }
+        let entry = match node {
+            MemNode::Dir => SpecEntry::Dir { mode: *mode },
+            MemNode::File(content) => SpecEntry::File {
+                mode: *mode,
+                content: content.clone(),
+            },
+            MemNode::Symlink(target) => SpecEntry::Symlink { target: target.clone() },
+        };
+        want.insert(path.to_vec(), entry);
+    }
+    want
+}
+
+#[test]
+fn the_frozen_vector_reads_byte_exact_with_a_reader_written_from_the_spec() {
+    let frozen = std::fs::read(vector_path("v1-small.img")).unwrap();
+    let root = std::fs::read_to_string(vector_path("v1-small.root")).unwrap();
+    let spec = spec_read(&frozen, &VECTOR_KEY, Some(root.trim())).unwrap();
+    assert_eq!(spec.root, root.trim());
+    assert_eq!(spec.json["image_id"], hex::encode(VECTOR_ID));
+    assert_eq!(spec.json["chunk_size"], 4096);
+    // model.onnx: 5 chunks of 4096 bytes; config.pbtxt: 1; labels.txt (empty): none.
+    assert_eq!(spec.json["chunk_count"], 6);
+    assert_eq!(spec.json["key_id"], "file:vector.key");
+    assert_eq!(spec.json["extensions"], serde_json::json!([]));
+    let tree: Vec<(&[u8], u32, MemNode)> = vector_tree()
+        .into_iter()
+        .map(|(p, mode, node)| (p.as_bytes(), mode, node))
+        .collect();
+    assert!(
+        spec.entries == expected_entries(&tree),
+        "{:#?}",
+        spec.entries
+            .keys()
+            .map(|k| String::from_utf8_lossy(k))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_freshly_built_image_reads_byte_exact_with_the_reader_written_from_the_spec() {
+    let cs = 64 << 10;
+    let pattern = |n: usize, seed: u8| -> Vec<u8> { (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect() };
+    let tree: Vec<(&[u8], u32, MemNode)> = vec![
+        (b"weights/shard-0.bin", 0o644, MemNode::File(pattern(3 * cs + 17, 1))),
+        (b"weights/shard-1.bin", 0o640, MemNode::File(pattern(cs, 2))),
+        (b"weights/one-byte", 0o644, MemNode::File(vec![0x5a])),
+        (b"weights/empty", 0o600, MemNode::File(Vec::new())),
+        (
+            b"config/model.json",
+            0o644,
+            MemNode::File(b"{\"layers\": 12}\n".to_vec()),
+        ),
+        (b"config/caf\xe9 name", 0o444, MemNode::File(pattern(cs - 1, 3))),
+        (b"run.sh", 0o750, MemNode::File(b"#!/bin/sh\nexec model\n".to_vec())),
+        (b"latest", 0o777, MemNode::Symlink(b"weights/shard-0.bin".to_vec())),
+        (b"empty/dir", 0o755, MemNode::Dir),
+    ];
+    let mut builder = TreeBuilder::new();
+    for (path, mode, node) in &tree {
+        match node {
+            MemNode::File(c) => builder.file_with_mode(path, Content::Bytes(c.clone()), *mode),
+            MemNode::Symlink(t) => builder.symlink(path, t),
+            MemNode::Dir => builder.dir(path),
+        };
+    }
+    let key = ModelKey::generate();
+    let mut image = Vec::new();
+    let built = builder.write_image(&mut image, &key, cs as u32).unwrap();
+    let spec = spec_read(&image, key.expose(), Some(&hex::encode(built.root))).unwrap();
+    assert_eq!(spec.root, hex::encode(built.root));
+    assert_eq!(spec.json["chunk_size"], cs);
+    assert_eq!(spec.json["chunk_count"], 4 + 1 + 1 + 1 + 1 + 1);
+    assert!(spec.entries == expected_entries(&tree), "{:#?}", spec.entries.keys());
+}
+
+#[test]
+fn the_spec_reader_refuses_what_the_spec_forbids() {
+    // So that its passing the images above means something: it makes the checks FORMAT.md §8 lists.
+    let frozen = std::fs::read(vector_path("v1-small.img")).unwrap();
+    let refused = |image: &[u8], key: &[u8; 32], pin: Option<&str>| spec_read(image, key, pin).err().unwrap();
+    let flip = |at: usize| {
+        let mut b = frozen.clone();
+        b[at] ^= 0x01;
+        b
+    };
+    assert_eq!(refused(&frozen, &[7; 32], None), "refused: wrong key");
+    assert_eq!(
+        refused(&frozen, &VECTOR_KEY, Some(&"00".repeat(32))),
+        "refused: root digest mismatch"
+    );
+    assert_eq!(refused(&flip(0), &VECTOR_KEY, None), "refused: bad magic");
+    assert_eq!(
+        refused(&flip(4000), &VECTOR_KEY, None),
+        "refused: non-zero header padding"
+    );
+    // The chunk count is covered by the index's associated data (the whole header).
+    assert_eq!(
+        refused(&flip(90), &VECTOR_KEY, None),
+        "refused: index authentication failed"
+    );
+    assert_eq!(
+        refused(&flip(frozen.len() - 20), &VECTOR_KEY, None),
+        "refused: index authentication failed"
+    );
+    // The first file in index order is densenet/1/model.onnx: global chunks 0..5 from offset 4096.
+    assert_eq!(
+        refused(&flip(4096 + 4112 + 100), &VECTOR_KEY, None),
+        "refused: chunk 1 failed authentication"
+    );
+    let mut longer = frozen.clone();
+    longer.push(0);
+    assert_eq!(refused(&longer, &VECTOR_KEY, None), "refused: image length mismatch");
 }
