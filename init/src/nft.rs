@@ -74,6 +74,9 @@ pub fn ruleset(plan: &RulePlan, family: NftFamily) -> String {
         }
         let _ = writeln!(out, "\t\tmeta l4proto tcp redirect to :{}", inbound.proxy_port);
         out.push_str("\t}\n");
+        out.push_str("\tchain inbound_udp {\n\t\ttype filter hook input priority -10; policy accept;\n");
+        out.push_str("\t\tiifname \"lo\" return\n\t\tct state established,related return\n");
+        out.push_str("\t\tmeta l4proto udp drop\n\t}\n");
     }
     if let Some(outbound) = &plan.outbound {
         out.push_str("\tchain outbound {\n\t\ttype filter hook output priority -10; policy accept;\n");
@@ -129,6 +132,12 @@ mod tests {
              \t\tiifname \"lo\" return\n\
              \t\ttcp dport { 9090, 15021 } return\n\
              \t\tmeta l4proto tcp redirect to :15006\n\
+             \t}\n\
+             \tchain inbound_udp {\n\
+             \t\ttype filter hook input priority -10; policy accept;\n\
+             \t\tiifname \"lo\" return\n\
+             \t\tct state established,related return\n\
+             \t\tmeta l4proto udp drop\n\
              \t}\n\
              \tchain outbound {\n\
              \t\ttype filter hook output priority -10; policy accept;\n\

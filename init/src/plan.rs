@@ -16,6 +16,8 @@ use crate::state::{OurRules, TableRules};
 pub const INBOUND_CHAIN: &str = "CINFER_INBOUND";
 /// Our chain in the `filter` table; `OUTPUT` jumps to it.
 pub const OUTBOUND_CHAIN: &str = "CINFER_OUTBOUND";
+/// Our chain in the `filter` table for inbound UDP; `INPUT` jumps to it for UDP.
+pub const UDP_CHAIN: &str = "CINFER_INBOUND_UDP";
 
 /// Everything `cinfer-init apply` installs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,7 +28,9 @@ pub struct RulePlan {
     pub outbound: Option<OutboundRestriction>,
 }
 
-/// Inbound TCP from other hosts goes to `proxy_port`, unless its destination port is excluded.
+/// Inbound TCP from other hosts goes to `proxy_port`, unless its destination port is excluded. Inbound UDP from
+/// other hosts is dropped (replies to the group's own queries, such as DNS, pass): TCP is all the proxy serves,
+/// and a redirect cannot hand a datagram to it, so nothing but the proxy stays reachable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundRedirect {
     /// The server proxy's listening port (the seed's 15006).
@@ -99,6 +103,19 @@ impl RulePlan {
         rules
     }
 
+    /// The rules of our inbound UDP chain (`filter`), without the jump into it: loopback and replies pass, the
+    /// rest is dropped.
+    pub fn udp_rules(&self) -> Vec<String> {
+        if self.inbound.is_none() {
+            return Vec::new();
+        }
+        vec![
+            format!("-A {UDP_CHAIN} -i lo -j RETURN"),
+            format!("-A {UDP_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"),
+            format!("-A {UDP_CHAIN} -j DROP"),
+        ]
+    }
+
     /// The rules of our `filter` chain, without the jump into it.
     pub fn outbound_rules(&self, family: Family) -> Vec<String> {
         let Some(outbound) = &self.outbound else {
@@ -142,6 +159,15 @@ impl RulePlan {
             self.outbound.is_some().then(|| self.outbound_rules(family)),
             &ours.filter,
         );
+        table_section(
+            &mut script,
+            "filter",
+            UDP_CHAIN,
+            "INPUT",
+            "-p udp",
+            self.inbound.is_some().then(|| self.udp_rules()),
+            &ours.udp,
+        );
         script
     }
 }
@@ -159,6 +185,7 @@ pub fn clean_script(ours: &OurRules) -> Option<String> {
         &ours.nat,
     );
     table_section(&mut script, "filter", OUTBOUND_CHAIN, "OUTPUT", "", None, &ours.filter);
+    table_section(&mut script, "filter", UDP_CHAIN, "INPUT", "-p udp", None, &ours.udp);
     (!script.is_empty()).then_some(script)
 }
 
@@ -244,6 +271,13 @@ mod tests {
              -A CINFER_INBOUND -p tcp -m tcp --dport 15021 -j RETURN\n\
              -A CINFER_INBOUND -p tcp -j REDIRECT --to-ports 15006\n\
              -I PREROUTING 1 -p tcp -j CINFER_INBOUND\n\
+             COMMIT\n\
+             *filter\n\
+             :CINFER_INBOUND_UDP - [0:0]\n\
+             -A CINFER_INBOUND_UDP -i lo -j RETURN\n\
+             -A CINFER_INBOUND_UDP -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
+             -A CINFER_INBOUND_UDP -j DROP\n\
+             -I INPUT 1 -p udp -j CINFER_INBOUND_UDP\n\
              COMMIT\n"
         );
     }
@@ -275,7 +309,7 @@ mod tests {
                      -A CINFER_OUTBOUND -j REJECT\nCOMMIT\n";
         let script = seed_plan().apply_script(Family::Ipv4, &parse_save(saved));
         assert!(
-            script.ends_with("*filter\n-D OUTPUT -j CINFER_OUTBOUND\n-F CINFER_OUTBOUND\n-X CINFER_OUTBOUND\nCOMMIT\n"),
+            script.contains("*filter\n-D OUTPUT -j CINFER_OUTBOUND\n-F CINFER_OUTBOUND\n-X CINFER_OUTBOUND\nCOMMIT\n"),
             "{script}"
         );
     }
@@ -304,6 +338,26 @@ mod tests {
         );
         let v4 = plan.apply_script(Family::Ipv4, &OurRules::default());
         assert!(v4.contains("--reject-with icmp-port-unreachable\n"), "{v4}");
+    }
+
+    #[test]
+    fn udp_chain_is_found_and_cleaned() {
+        let saved = "*filter\n:INPUT ACCEPT [0:0]\n:CINFER_INBOUND_UDP - [0:0]\n\
+                     -A INPUT -p udp -j CINFER_INBOUND_UDP\n-A CINFER_INBOUND_UDP -j DROP\nCOMMIT\n";
+        let ours = parse_save(saved);
+        assert!(ours.udp.chain_present && ours.filter == crate::state::TableRules::default());
+        assert_eq!(
+            clean_script(&ours).as_deref(),
+            Some(
+                "*filter\n-D INPUT -p udp -j CINFER_INBOUND_UDP\n-F CINFER_INBOUND_UDP\n-X CINFER_INBOUND_UDP\nCOMMIT\n"
+            )
+        );
+        // Re-applying keeps the one jump and refills the chain.
+        let again = seed_plan().apply_script(Family::Ipv4, &ours);
+        assert!(
+            again.contains(":CINFER_INBOUND_UDP - [0:0]\n") && !again.contains("-I INPUT"),
+            "{again}"
+        );
     }
 
     #[test]

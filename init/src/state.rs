@@ -3,7 +3,7 @@
 //! Only two things matter: whether our chain exists in its table, and which rules of other chains jump into it
 //! (kept verbatim, so that `clean` can delete exactly those rules with `-D`).
 
-use crate::plan::{INBOUND_CHAIN, OUTBOUND_CHAIN};
+use crate::plan::{INBOUND_CHAIN, OUTBOUND_CHAIN, UDP_CHAIN};
 
 /// Our rules in one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct OurRules {
     pub nat: TableRules,
     /// The `filter` table ([`OUTBOUND_CHAIN`]).
     pub filter: TableRules,
+    /// The `filter` table's inbound UDP chain ([`UDP_CHAIN`]).
+    pub udp: TableRules,
 }
 
 impl OurRules {
@@ -33,32 +35,33 @@ impl OurRules {
 /// Parses `iptables-save` output (all tables) for our chains and the jumps into them.
 pub fn parse_save(saved: &str) -> OurRules {
     let mut ours = OurRules::default();
-    let mut table: Option<(&mut TableRules, &str)> = None;
+    let mut table = "";
     for line in saved.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix('*') {
-            table = match name {
-                "nat" => Some((&mut ours.nat, INBOUND_CHAIN)),
-                "filter" => Some((&mut ours.filter, OUTBOUND_CHAIN)),
-                _ => None,
-            };
+            table = name;
             continue;
         }
-        let Some((rules, chain)) = table.as_mut() else { continue };
-        if let Some(decl) = line.strip_prefix(':') {
-            if decl.split_whitespace().next() == Some(*chain) {
-                rules.chain_present = true;
-            }
-        } else if let Some(rule) = line.strip_prefix("-A ") {
-            let mut tokens = rule.split_whitespace();
-            let owner = tokens.next();
-            let target = rule
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .windows(2)
-                .find(|w| matches!(w[0], "-j" | "--jump" | "-g" | "--goto"))
-                .map(|w| w[1]);
-            if owner != Some(*chain) && target == Some(*chain) {
-                rules.jumps.push(line.to_owned());
+        let chains: Vec<(&mut TableRules, &str)> = match table {
+            "nat" => vec![(&mut ours.nat, INBOUND_CHAIN)],
+            "filter" => vec![(&mut ours.filter, OUTBOUND_CHAIN), (&mut ours.udp, UDP_CHAIN)],
+            _ => continue,
+        };
+        for (rules, chain) in chains {
+            if let Some(decl) = line.strip_prefix(':') {
+                if decl.split_whitespace().next() == Some(chain) {
+                    rules.chain_present = true;
+                }
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                let owner = rule.split_whitespace().next();
+                let target = rule
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .find(|w| matches!(w[0], "-j" | "--jump" | "-g" | "--goto"))
+                    .map(|w| w[1]);
+                if owner != Some(chain) && target == Some(chain) {
+                    rules.jumps.push(line.to_owned());
+                }
             }
         }
     }

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -36,6 +36,14 @@ fn netns_helper() {
                     let _ = writeln!(conn, "{port}");
                 }
             });
+            // A UDP echo of the port on the same number.
+            let udp = UdpSocket::bind(("::", port)).unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok((_, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(port.to_string().as_bytes(), from);
+                }
+            });
         }
         println!("helper-ready");
         std::io::stdout().flush().unwrap();
@@ -53,6 +61,18 @@ fn netns_helper() {
                     Err(e) => format!("error:{:?}", e.kind()),
                 }
             }
+            Err(e) => format!("error:{:?}", e.kind()),
+        };
+        println!("helper-result {answer}");
+    } else if let Some(addr) = mode.strip_prefix("udp:") {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+        let sock = UdpSocket::bind(local).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        sock.send_to(b"ping", addr).unwrap();
+        let mut buf = [0u8; 64];
+        let answer = match sock.recv_from(&mut buf) {
+            Ok((n, _)) => format!("landed:{}", String::from_utf8_lossy(&buf[..n])),
             Err(e) => format!("error:{:?}", e.kind()),
         };
         println!("helper-result {answer}");
@@ -173,6 +193,16 @@ impl Lab {
         self.connect_as(ns, addr, None)
     }
 
+    /// Sends a UDP datagram from `ns` to `addr` and says who answered, or the error (a timeout when dropped).
+    fn udp(&self, ns: &str, addr: &str) -> String {
+        let out = self.helper(ns, &format!("udp:{addr}"), None).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .find_map(|l| l.split_once("helper-result ").map(|(_, r)| r.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no result from udp helper: {stdout}"))
+    }
+
     fn init(&self, args: &[&str]) -> Output {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.server, env!("CARGO_BIN_EXE_cinfer-init")])
@@ -280,8 +310,9 @@ fn inbound_scenario(tag: &str, backend: &[&str], marker: &str, rules: &dyn Fn(&L
     let (server, client) = (lab.server.clone(), lab.client.clone());
     lab.serve(&server, &[PROXY_PORT, HEALTH_PORT, APP_PORT]);
 
-    // Before: the app port answers itself.
+    // Before: the app port answers itself, over TCP and UDP.
     assert_eq!(lab.connect(&client, &v4(APP_PORT)), format!("landed:{APP_PORT}"));
+    assert_eq!(lab.udp(&client, &v4(APP_PORT)), format!("landed:{APP_PORT}"));
     let pristine = rules(&lab);
 
     let (port, exclude) = (PROXY_PORT.to_string(), HEALTH_PORT.to_string());
@@ -308,6 +339,20 @@ fn inbound_scenario(tag: &str, backend: &[&str], marker: &str, rules: &dyn Fn(&L
         lab.connect(&server, &format!("127.0.0.1:{APP_PORT}")),
         format!("landed:{APP_PORT}")
     );
+    // Inbound UDP from another host is dropped (IPv4 and IPv6), on loopback it passes, and the group's own
+    // queries get their answers (a datagram from the server to the client's echo comes back).
+    for addr in [v4(APP_PORT), v6(APP_PORT), v4(HEALTH_PORT)] {
+        assert_eq!(lab.udp(&client, &addr), "error:WouldBlock", "UDP to {addr}");
+    }
+    assert_eq!(
+        lab.udp(&server, &format!("127.0.0.1:{APP_PORT}")),
+        format!("landed:{APP_PORT}")
+    );
+    lab.serve(&client, &[HEALTH_PORT + 1]);
+    assert_eq!(
+        lab.udp(&server, &format!("{CLIENT_V4}:{}", HEALTH_PORT + 1)),
+        format!("landed:{}", HEALTH_PORT + 1)
+    );
 
     // A second apply changes nothing.
     lab.init(&apply);
@@ -318,6 +363,7 @@ fn inbound_scenario(tag: &str, backend: &[&str], marker: &str, rules: &dyn Fn(&L
     assert_eq!(rules(&lab), pristine);
     assert_eq!(lab.connect(&client, &v4(APP_PORT)), format!("landed:{APP_PORT}"));
     assert_eq!(lab.connect(&client, &v6(APP_PORT)), format!("landed:{APP_PORT}"));
+    assert_eq!(lab.udp(&client, &v4(APP_PORT)), format!("landed:{APP_PORT}"));
     let again = lab.init(&[&["clean"], backend].concat());
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing of ours to remove"));
     assert_eq!(rules(&lab), pristine);
