@@ -345,7 +345,7 @@ mod tests {
         let saved = "*filter\n:INPUT ACCEPT [0:0]\n:CINFER_INBOUND_UDP - [0:0]\n\
                      -A INPUT -p udp -j CINFER_INBOUND_UDP\n-A CINFER_INBOUND_UDP -j DROP\nCOMMIT\n";
         let ours = parse_save(saved);
-        assert!(ours.udp.chain_present && ours.filter == crate::state::TableRules::default());
+        assert!(ours.udp.chain_present && ours.filter == TableRules::default());
         assert_eq!(
             clean_script(&ours).as_deref(),
             Some(
