@@ -82,7 +82,13 @@ pub(crate) struct ServeArgs {
     /// Token lifetime in seconds.
     #[arg(long, default_value_t = 8 * 3600)]
     pub(crate) token_lifetime_secs: u64,
-    /// Launch measurement (hex) that earns `x-ms-compliance-status: azure-compliant-uvm`.
+    /// Trusted UVM endorsement source `DID,FEED[,MIN_SVN]` (repeatable). Given ones replace the default,
+    /// Microsoft's ACI feed (`did:x509:0:sha256:I__iuL25oXEVFdTP_aBLx_eT1RPHbCQ_ECBQfYZpt9s::eku:1.3.6.1.4.1.311.76.59.1.2`,
+    /// `ContainerPlat-AMD-UVM`, minimum SVN 0).
+    #[arg(long, value_name = "DID,FEED[,MIN_SVN]")]
+    pub(crate) uvm_issuer: Vec<String>,
+    /// Test and air-gap override: a launch measurement (hex) that earns `x-ms-compliance-status:
+    /// azure-compliant-uvm` without a UVM endorsement. Production evidence carries the endorsement instead.
     #[arg(long)]
     pub(crate) compliant_measurement: Vec<String>,
     /// Another attestation service whose tokens the key broker accepts: `ISSUER=JWKS_FILE` (e.g. an MAA
@@ -168,6 +174,17 @@ pub(crate) struct VerifyReportArgs {
     /// PEM chain: VCEK, ASK, ARK.
     #[arg(long)]
     pub(crate) certs: PathBuf,
+    /// UVM endorsement (COSE_Sign1, raw bytes: ACI's `reference-info-base64` decoded). When it verifies and
+    /// endorses the report's measurement, the claims say `x-ms-compliance-status: azure-compliant-uvm`.
+    #[arg(long)]
+    pub(crate) endorsement: Option<PathBuf>,
+    /// Security policy as ACI provides it (`security-policy-base64`: base64 of the CCE policy); host_data
+    /// must be SHA-256 of the decoded policy.
+    #[arg(long)]
+    pub(crate) security_policy: Option<PathBuf>,
+    /// Trusted UVM endorsement source `DID,FEED[,MIN_SVN]` (repeatable; replaces the ACI default).
+    #[arg(long, value_name = "DID,FEED[,MIN_SVN]")]
+    pub(crate) uvm_issuer: Vec<String>,
     /// Check certificate validity at this time (RFC 3339) instead of now.
     #[arg(long)]
     pub(crate) at: Option<String>,

@@ -34,6 +34,7 @@
 
 pub mod cose;
 pub mod didx509;
+pub mod mock;
 
 use std::time::{Duration, SystemTime};
 

@@ -60,6 +60,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod aci;
 pub mod claims;
 pub mod client;
 pub mod endorsement;

@@ -7,13 +7,15 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{Context, bail};
+use attest::aci::{AciEvidence, verify_aci};
 use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
+use attest::endorsement::{UvmIssuer, UvmTrust};
 use attest::evidence::{Attester, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
 use attest::keywrap::KeyDerivation;
 use attest::report::Generation;
 use attest::secret::SecretBytes;
 use attest::service::ServiceConfig;
-use attest::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data, verify_report};
+use attest::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data};
 use clap::Parser;
 use cli::{AttesterArgs, AttesterKind, Cli, Command, GenerationArg, LogFormat, MockArgs};
 
@@ -118,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 policy_signers,
                 admin_token: a.admin_token_file.as_deref().map(read_token_file).transpose()?,
                 token_lifetime: std::time::Duration::from_secs(a.token_lifetime_secs),
+                uvm_trust: uvm_trust(&a.uvm_issuer)?,
                 compliant_measurements: a.compliant_measurement,
                 trusted_authorities: a
                     .trusted_authority
@@ -188,8 +191,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let chain = CertChain::from_pem(&pem)?;
             let trust = trust_store(true, &a.trust_mock_root)?;
-            let verified = verify_report(&report, &chain, &trust, &opts)?;
-            let claims = attest::claims::snp_claims(&verified);
+            let endorsement = a
+                .endorsement
+                .as_ref()
+                .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+                .transpose()?;
+            let policy = a.security_policy.as_ref().map(|p| read_base64_file(p)).transpose()?;
+            let evidence = AciEvidence {
+                report: &report,
+                chain: &chain,
+                uvm_endorsement: endorsement.as_deref(),
+                security_policy: policy.as_deref(),
+            };
+            let verified = verify_aci(&evidence, &trust, &uvm_trust(&a.uvm_issuer)?, &opts)?;
+            let claims = attest::claims::aci_claims(&verified);
             println!("{}", serde_json::to_string_pretty(&claims)?);
             Ok(())
         }
@@ -263,6 +278,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--uvm-issuer` values, or the ACI default when none is given.
+fn uvm_trust(specs: &[String]) -> anyhow::Result<UvmTrust> {
+    if specs.is_empty() {
+        return Ok(UvmTrust::default());
+    }
+    Ok(UvmTrust {
+        issuers: specs
+            .iter()
+            .map(|s| UvmIssuer::parse(s).with_context(|| format!("--uvm-issuer {s:?}")))
+            .collect::<anyhow::Result<_>>()?,
+    })
+}
+
+/// A base64 (standard alphabet) text file, whitespace ignored, decoded.
+fn read_base64_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let clean: Vec<u8> = text.into_iter().filter(|b| !b.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(clean)
+        .with_context(|| format!("{}: not base64", path.display()))
 }
 
 fn trusted_authority(spec: &str) -> anyhow::Result<attest::service::TrustedAuthority> {

@@ -17,6 +17,14 @@
 //! (403), so a network peer can never replace a key or its policy. Release needs no bearer token: the
 //! attestation token *is* the credential, and the key leaves only wrapped to the token's runtime key.
 //!
+//! **ACI compliance.** The SevSnpVm request may carry the UVM endorsement the ACI host provides
+//! (`report` → `Endorsements` → `{"Uvm": [b64url(COSE_Sign1)]}`, as MAA's). It is verified with
+//! [`crate::aci::verify_aci`] against [`ServiceConfig::uvm_trust`]; when it verifies and its launch
+//! measurement is the report's, the token says `x-ms-compliance-status: azure-compliant-uvm` and carries the
+//! endorsed `x-ms-sevsnpvm-guestsvn` ([`crate::claims::aci_claims`]). An endorsement that fails a check
+//! refuses the request (400, naming the check). [`ServiceConfig::compliant_measurements`] is the documented
+//! override for tests and air-gapped setups without endorsements.
+//!
 //! **Policy reload.** With a policy file, every attestation checks the file's content digest and reloads
 //! it when changed; an invalid (or unreadable) new policy makes attestation fail closed until it is fixed.
 
@@ -38,14 +46,16 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::aci::{AciEvidence, verify_aci};
 use crate::claims;
+use crate::endorsement::UvmTrust;
 use crate::error::{PolicyError, ReleaseError, ServiceError};
 use crate::keystore::{KeyStore, KeyVersion, key_bundle, valid_key_name};
 use crate::keywrap::{CKM_RSA_AES_KEY_WRAP, rsa_aes_wrap, rsa_public_from_jwk};
 use crate::policy::{AttestationPolicy, ReleasePolicy};
 use crate::secret::{SecretBytes, random_bytes};
 use crate::token::{Claims, Jwks, SigningIdentity, TokenCheck, normalize_issuer, verify_token};
-use crate::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data, verify_report};
+use crate::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data};
 
 /// Base64url decoding that accepts padded and unpadded input (Go's `URLEncoding` pads).
 pub(crate) const B64URL_ANY: GeneralPurpose = GeneralPurpose::new(
@@ -85,7 +95,10 @@ pub struct ServiceConfig {
     pub admin_token: Option<SecretBytes>,
     /// Lifetime of issued tokens.
     pub token_lifetime: Duration,
-    /// Launch measurements (hex) that earn `x-ms-compliance-status: azure-compliant-uvm`.
+    /// Trusted UVM endorsement sources (default: Microsoft's ACI feed).
+    pub uvm_trust: UvmTrust,
+    /// Override for tests and air-gapped setups: launch measurements (hex) that earn
+    /// `x-ms-compliance-status: azure-compliant-uvm` without a UVM endorsement.
     pub compliant_measurements: Vec<String>,
     /// Other attestation services whose tokens the broker accepts.
     pub trusted_authorities: Vec<TrustedAuthority>,
@@ -103,6 +116,7 @@ impl Default for ServiceConfig {
             policy_signers: Vec::new(),
             admin_token: None,
             token_lifetime: Duration::from_secs(8 * 3600),
+            uvm_trust: UvmTrust::default(),
             compliant_measurements: Vec::new(),
             trusted_authorities: Vec::new(),
         }
@@ -121,6 +135,7 @@ struct AppState {
     policy_signers: Vec<Vec<u8>>,
     admin_token_sha256: Option<[u8; 32]>,
     token_lifetime: Duration,
+    uvm_trust: UvmTrust,
     compliant: Vec<String>,
     authorities: Vec<TrustedAuthority>,
     keys: KeyStore,
@@ -241,6 +256,7 @@ impl AppState {
             policy_signers: config.policy_signers,
             admin_token_sha256: config.admin_token.map(|t| Sha256::digest(t.expose()).into()),
             token_lifetime: config.token_lifetime,
+            uvm_trust: config.uvm_trust,
             compliant: config
                 .compliant_measurements
                 .iter()
@@ -333,8 +349,38 @@ struct SnpReportEnvelope {
     snp_report: String,
     vcek_cert_chain: String,
     #[serde(default)]
-    #[allow(dead_code)]
     endorsements: Option<String>,
+}
+
+/// `Endorsements`, after its base64url layer: `{"Uvm": [b64url(COSE_Sign1)]}`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EndorsementsEnvelope {
+    #[serde(default)]
+    uvm: Vec<String>,
+}
+
+/// The UVM endorsement of a request, if any (at most one is accepted, as the seed sends one).
+fn uvm_endorsement(envelope: &SnpReportEnvelope) -> ApiResult<Option<Vec<u8>>> {
+    let Some(e) = envelope.endorsements.as_deref().filter(|e| !e.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let json = B64URL_ANY
+        .decode(e.trim())
+        .map_err(|e| ApiError::bad(format!("Endorsements: base64url: {e}")))?;
+    let env: EndorsementsEnvelope =
+        serde_json::from_slice(&json).map_err(|e| ApiError::bad(format!("Endorsements: JSON: {e}")))?;
+    match env.uvm.as_slice() {
+        [] => Ok(None),
+        [one] => B64URL_ANY
+            .decode(one.trim())
+            .map(Some)
+            .map_err(|e| ApiError::bad(format!("Endorsements.Uvm[0]: base64url: {e}"))),
+        more => Err(ApiError::bad(format!(
+            "Endorsements.Uvm holds {} documents; one is accepted",
+            more.len()
+        ))),
+    }
 }
 
 async fn attest(
@@ -393,6 +439,8 @@ fn attest_blocking(state: &AppState, body: &[u8]) -> ApiResult<String> {
         return Err(ApiError::bad("runtimeData dataType must be JSON"));
     };
 
+    let uvm = uvm_endorsement(&envelope)?;
+
     let chain = CertChain::from_pem(&chain_pem).map_err(ApiError::bad)?;
     let opts = VerifyOptions {
         at: SystemTime::now(),
@@ -400,18 +448,21 @@ fn attest_blocking(state: &AppState, body: &[u8]) -> ApiResult<String> {
         expected_report_data: Some(maa_report_data(&runtime)),
         ..VerifyOptions::default()
     };
-    let verified = verify_report(&report, &chain, &state.trust, &opts).map_err(ApiError::bad)?;
+    let evidence = AciEvidence {
+        report: &report,
+        chain: &chain,
+        uvm_endorsement: uvm.as_deref(),
+        security_policy: None,
+    };
+    let verified = verify_aci(&evidence, &state.trust, &state.uvm_trust, &opts).map_err(ApiError::bad)?;
 
-    let mut claims = claims::snp_claims(&verified);
+    let mut claims = claims::aci_claims(&verified);
     if let Some(rt) = runtime_claim {
         claims.insert(claims::RUNTIME.into(), rt);
     }
-    let measurement = hex::encode(verified.report.measurement());
+    let measurement = hex::encode(verified.report.report.measurement());
     if state.compliant.contains(&measurement) {
-        claims.insert(
-            claims::COMPLIANCE_STATUS.into(),
-            Value::String(claims::AZURE_COMPLIANT_UVM.into()),
-        );
+        claims::mark_listed_compliant(&mut claims);
     }
     let policy = state.current_policy().map_err(|e| {
         ApiError::new(

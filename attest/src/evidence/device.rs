@@ -229,22 +229,7 @@ impl Attester for SnpDeviceAttester {
         } else {
             get_report_6x(&self.device, report_data)?
         };
-        let certs = self
-            .uvm
-            .host_amd_certs
-            .as_ref()
-            .ok_or_else(|| EvidenceError::Certificates("missing".into()))?;
-        if let Ok(tcbm) = certs.tcbm() {
-            let reported = u64::from_le_bytes(report[0x180..0x188].try_into().unwrap_or_default());
-            if reported != tcbm {
-                tracing::warn!(reported = format!("{reported:016x}"), tcbm = %certs.tcbm, "reported TCB differs from the host VCEK's TCB");
-            }
-        }
-        Ok(Evidence {
-            report,
-            cert_chain_pem: certs.chain_pem(),
-            uvm_endorsements: (!self.uvm.reference_info.is_empty()).then(|| self.uvm.reference_info.clone()),
-        })
+        self.uvm.evidence(report)
     }
 }
 

@@ -15,6 +15,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 use crate::error::EvidenceError;
+use crate::evidence::Evidence;
 
 /// THIM JSON: the VCEK and the AMD chain for this host.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -74,6 +75,34 @@ impl UvmInformation {
     /// SHA-256 of the security policy: what the host put in host_data.
     pub fn policy_digest(&self) -> [u8; 32] {
         Sha256::digest(&self.security_policy).into()
+    }
+
+    /// Evidence for `report` from this host: the report, the host's VCEK chain (THIM `vcekCert` ‖
+    /// `certificateChain`) and the UVM endorsement (`reference-info`) when the host provides one — what the
+    /// SNP device attester sends, so the sidecar and the proxy server pass the endorsement on to the
+    /// attestation service (`Endorsements.Uvm` of the MAA request, [`crate::client::AttestationClient`]).
+    pub fn evidence(&self, report: Vec<u8>) -> Result<Evidence, EvidenceError> {
+        let certs = self.host_amd_certs.as_ref().ok_or_else(|| {
+            EvidenceError::Certificates(
+                "no host AMD certificate (security-context host-amd-cert-base64 or UVM_HOST_AMD_CERTIFICATE)".into(),
+            )
+        })?;
+        if let (Ok(tcbm), Some(raw)) = (certs.tcbm(), report.get(0x180..0x188)) {
+            let reported = u64::from_le_bytes(raw.try_into().unwrap_or_default());
+            if reported != tcbm {
+                tracing::warn!(reported = format!("{reported:016x}"), tcbm = %certs.tcbm, "reported TCB differs from the host VCEK's TCB");
+            }
+        }
+        if self.reference_info.is_empty() {
+            tracing::warn!(
+                "the host provides no UVM endorsement (reference-info): the token will not be azure-compliant-uvm"
+            );
+        }
+        Ok(Evidence {
+            report,
+            cert_chain_pem: certs.chain_pem(),
+            uvm_endorsements: (!self.reference_info.is_empty()).then(|| self.reference_info.clone()),
+        })
     }
 
     /// Read from the security-context directory (`$UVM_SECURITY_CONTEXT_DIR`, else the first `/` entry
