@@ -75,4 +75,5 @@ pub mod secret;
 pub mod service;
 pub mod store;
 pub mod token;
+pub mod transport;
 pub mod verify;

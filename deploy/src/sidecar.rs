@@ -48,6 +48,7 @@ pub fn args_for(config: &DeployConfig) -> EncfsSideCarArgs {
             cinfer_signer_key: model.signer_key.clone(),
             cinfer_cache_mb: model.cache_mb,
             cinfer_verify: model.verify,
+            cinfer_dangerously_allow_plain_http: false,
         }],
     }
 }

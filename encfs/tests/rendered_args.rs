@@ -127,3 +127,25 @@ fn the_rendered_pin_is_enforced_by_name() {
     let parsed = SidecarConfig::from_env_value(&rendered_args(&render_aci(&unpinned, None, None), true)).unwrap();
     assert_eq!(parsed.filesystems[0].expect_root, None);
 }
+
+/// The sidecar takes keys and tokens only over a transport it can trust: a plain `http://` authority or vault that
+/// is not loopback is refused by name, unless the dangerous field says otherwise; loopback (a local service) is fine.
+#[test]
+fn plain_http_endpoints_must_be_loopback() {
+    let c = config();
+    let mut args =
+        sidecar_args::EncfsSideCarArgs::from_env_value(&rendered_args(&render_aci(&c, None, None), true)).unwrap();
+    let fs = &mut args.azure_filesystems[0];
+    fs.key.authority.endpoint = "http://127.0.0.1:8443".into();
+    fs.key.akv.endpoint = "http://[::1]:8443".into();
+    SidecarConfig::from_args(args.clone()).unwrap();
+    args.azure_filesystems[0].key.akv.endpoint = "http://10.1.2.3:8443".into();
+    let e = SidecarConfig::from_args(args.clone()).unwrap_err().to_string();
+    assert!(
+        e.contains("azure_filesystems[0]") && e.contains("key.akv.endpoint: plain http:// to 10.1.2.3"),
+        "{e}"
+    );
+    args.azure_filesystems[0].cinfer_dangerously_allow_plain_http = true;
+    let parsed = SidecarConfig::from_args(args).unwrap();
+    assert!(parsed.filesystems[0].allow_plain_http);
+}

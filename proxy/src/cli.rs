@@ -74,6 +74,10 @@ struct ServerArgs {
     /// Certificate subject name.
     #[arg(long, default_value = "cinfer")]
     name: String,
+    /// Accept a plain `http://` attestation service that is not on a loopback address (tokens over it can be
+    /// substituted by the network).
+    #[arg(long)]
+    dangerously_allow_plain_http: bool,
     /// Rotate the key and token this many seconds before the token expires (not before its half-life).
     #[arg(long, default_value_t = 120)]
     rotate_margin_secs: u64,
@@ -126,6 +130,10 @@ struct ClientArgs {
     /// Close pooled connections idle this long, seconds.
     #[arg(long, default_value_t = 60)]
     pool_idle_secs: u64,
+    /// Fetch the JWKS from a plain `http://` attestation service that is not on a loopback address. Whoever
+    /// answers on the network could then mint tokens for its own TLS key: testing only (or pin --jwks).
+    #[arg(long)]
+    dangerously_allow_plain_http: bool,
     /// Accept a client policy that pins neither hostdata nor a policy signer, or does not pin a non-debuggable
     /// guest. Such a policy trusts other SNP guests: testing only.
     #[arg(long)]
@@ -225,6 +233,7 @@ fn attester(kind: AttesterKind, m: &MockArgs) -> anyhow::Result<Arc<dyn Attester
 
 async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let att = attester(a.attester, &a.mock)?;
+    attest::transport::check_endpoint("--attestation-url", &a.attestation_url, a.dangerously_allow_plain_http)?;
     let client = AttestationClient::new(&a.attestation_url).context("attestation client")?;
     let issuer = Arc::new(TokenIssuer::new(client, att));
     let config = ServerConfig {
@@ -259,6 +268,9 @@ async fn client(a: ClientArgs) -> anyhow::Result<()> {
             tracing::warn!("!!! {e}: accepted because of --dangerously-accept-weak-policy (testing only) !!!");
         }
         Err(e) => return Err(e).with_context(|| a.policy.display().to_string()),
+    }
+    if let (None, Some(url)) = (&a.jwks, &a.attestation_url) {
+        attest::transport::check_endpoint("--attestation-url", url, a.dangerously_allow_plain_http)?;
     }
     let jwks = match (&a.jwks, &a.attestation_url) {
         (Some(path), _) => {

@@ -220,14 +220,26 @@ mod tests {
 
     #[test]
     fn weak_policies_are_named() {
-        let weak = |v: Value| ClientPolicy::from_claims(v).unwrap().require_pins().unwrap_err().to_string();
+        let weak = |v: Value| {
+            ClientPolicy::from_claims(v)
+                .unwrap()
+                .require_pins()
+                .unwrap_err()
+                .to_string()
+        };
         let e = weak(json!({"x-ms-attestation-type": "sevsnpvm"}));
-        assert!(e.contains("neither x-ms-sevsnpvm-hostdata nor x-ms-policy-signer"), "{e}");
+        assert!(
+            e.contains("neither x-ms-sevsnpvm-hostdata nor x-ms-policy-signer"),
+            "{e}"
+        );
         let e = weak(json!({HOSTDATA: "ab".repeat(32)}));
         assert!(e.contains("is-debuggable is not pinned to false"), "{e}");
         let e = weak(json!({HOSTDATA: "ab".repeat(32), IS_DEBUGGABLE: true}));
         assert!(e.contains("is-debuggable is not pinned to false"), "{e}");
-        ClientPolicy::hostdata(&"ab".repeat(32)).unwrap().require_pins().unwrap();
+        ClientPolicy::hostdata(&"ab".repeat(32))
+            .unwrap()
+            .require_pins()
+            .unwrap();
         ClientPolicy::policy_signer(b"x").require_pins().unwrap();
         // The seed's string form of the debug claim counts as pinned.
         let s = json!({HOSTDATA: "ab".repeat(32), IS_DEBUGGABLE: "false"});

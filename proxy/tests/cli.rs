@@ -141,6 +141,44 @@ fn client_refuses_a_weak_policy_unless_told_to_accept_it() {
     }
 }
 
+/// The client fetches and pins the JWKS only over a transport it can trust: plain HTTP to a non-loopback address
+/// is refused (naming it) unless the dangerous flag is given; a pinned --jwks file needs no fetch.
+#[test]
+fn client_refuses_plain_http_jwks_from_a_remote_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let out = Command::new(BIN)
+        .args(["generate-policy", "--hostdata", &"ab".repeat(32), "-o"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["client", "--listen", &free_addr().to_string(), "--policy"])
+            .arg(&policy)
+            .args(["--attestation-url", "http://192.0.2.1:9"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--attestation-url: plain http:// to 192.0.2.1, which is not a loopback address"),
+        "{err}"
+    );
+    // With the flag it goes on to fetch (and fails to connect: TEST-NET-1 is unroutable), so the refusal above
+    // was the transport check and nothing else.
+    let out = run(&["--dangerously-allow-plain-http"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("not a loopback address") && err.contains("fetching the pinned JWKS"),
+        "{err}"
+    );
+}
+
 fn curl_via(proxy: SocketAddr, url: &str) -> (String, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "-x"])

@@ -132,6 +132,10 @@ pub struct AzureFilesystem {
     /// cinfer: what the signature gate checks before mounting (default [`VerifyMode::Manifest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cinfer_verify: Option<VerifyMode>,
+    /// cinfer: accept a plain `http://` authority or vault that is not on a loopback address. Keys and tokens
+    /// over it can be substituted by the network: testing only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cinfer_dangerously_allow_plain_http: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -380,6 +384,7 @@ mod tests {
                 cinfer_signer_key: Some("-----BEGIN PUBLIC KEY-----\n".into()),
                 cinfer_cache_mb: Some(64),
                 cinfer_verify: Some(VerifyMode::Full),
+                cinfer_dangerously_allow_plain_http: true,
             }],
         };
         let b64 = a.to_base64();

@@ -106,6 +106,8 @@ pub struct FilesystemSpec {
     pub cache_mb: Option<u64>,
     /// What the signature gate checks (when a signer key is set).
     pub verify: crate::gate::VerifyMode,
+    /// Plain `http://` to a non-loopback authority or vault was accepted on request.
+    pub allow_plain_http: bool,
 }
 
 /// The parsed configuration and the warnings it produced.
@@ -182,6 +184,14 @@ impl SidecarConfig {
             if !kd.salt.is_empty() && hex::decode(&kd.salt).is_err() {
                 return Err(invalid("key_derivation.salt is not hex".into()));
             }
+            // Keys and tokens only over a transport that cannot be substituted: https, or http on loopback.
+            for (what, endpoint) in [
+                ("key.authority.endpoint", &fs.key.authority.endpoint),
+                ("key.akv.endpoint", &fs.key.akv.endpoint),
+            ] {
+                attest::transport::check_endpoint(what, endpoint, fs.cinfer_dangerously_allow_plain_http)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
             let verify = match fs.cinfer_verify.unwrap_or_default() {
                 ArgsVerifyMode::Manifest => crate::gate::VerifyMode::Manifest,
                 ArgsVerifyMode::Full => crate::gate::VerifyMode::Full,
@@ -222,6 +232,7 @@ impl SidecarConfig {
                     .map(SignerKey::parse),
                 cache_mb: fs.cinfer_cache_mb,
                 verify,
+                allow_plain_http: fs.cinfer_dangerously_allow_plain_http,
             });
         }
         Ok(Self {

@@ -100,6 +100,9 @@ pub struct FilesystemSection {
     /// What the signature gate checks: "manifest" (default) or "full" (also every file's content).
     #[serde(default)]
     pub verify: Option<VerifyMode>,
+    /// Accept a plain `http://` authority or vault that is not on a loopback address (testing only).
+    #[serde(default)]
+    pub dangerously_allow_plain_http: bool,
     /// The key to release.
     pub key: KeySection,
 }
@@ -178,6 +181,7 @@ impl FilesystemSection {
             cinfer_signer_key: self.signer_key,
             cinfer_cache_mb: self.cache_mb,
             cinfer_verify: self.verify,
+            cinfer_dangerously_allow_plain_http: self.dangerously_allow_plain_http,
         }
     }
 }
