@@ -47,6 +47,52 @@ pub(crate) enum Command {
     ReleaseKey(ReleaseKeyArgs),
     /// Sign an attestation policy as an auditor (RS256 JWS with x5c).
     SignPolicy(SignPolicyArgs),
+    /// Build or inspect an offline collateral bundle (AMD ARK/ASK/CRL and VCEKs, UVM endorsement issuers).
+    #[command(subcommand)]
+    Collateral(CollateralCommand),
+}
+
+/// `collateral`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CollateralCommand {
+    /// Build a bundle from files; prints its validity window.
+    Build(CollateralBuildArgs),
+    /// Print a bundle's contents and validity window; exit 1 when it is not valid at `--at` (default now).
+    Show(CollateralShowArgs),
+}
+
+/// `collateral build`.
+#[derive(Debug, Args)]
+pub(crate) struct CollateralBuildArgs {
+    /// Output file (JSON).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// PEM certificates: a VCEK ‖ ASK ‖ ARK chain, a KDS `cert_chain` (ASK ‖ ARK) or single VCEKs
+    /// (repeatable). A VCEK's generation without its ASK/ARK given gets AMD's pinned ones.
+    #[arg(long)]
+    pub(crate) certs: Vec<PathBuf>,
+    /// THIM JSON (ACI's `host-amd-cert`, decoded): its VCEK and chain (repeatable).
+    #[arg(long)]
+    pub(crate) thim: Vec<PathBuf>,
+    /// CRL, DER or PEM, as AMD KDS serves it (`/vcek/v1/{Milan,Genoa,Turin}/crl`) (repeatable).
+    #[arg(long)]
+    pub(crate) crl: Vec<PathBuf>,
+    /// Trusted UVM endorsement source `DID,FEED[,MIN_SVN]` (repeatable; default: Microsoft's ACI feed).
+    #[arg(long, value_name = "DID,FEED[,MIN_SVN]")]
+    pub(crate) uvm_issuer: Vec<String>,
+    /// End the bundle's validity at this time at the latest (RFC 3339).
+    #[arg(long)]
+    pub(crate) not_after: Option<String>,
+}
+
+/// `collateral show`.
+#[derive(Debug, Args)]
+pub(crate) struct CollateralShowArgs {
+    /// Bundle file.
+    pub(crate) bundle: PathBuf,
+    /// Check validity at this time (RFC 3339) instead of now.
+    #[arg(long)]
+    pub(crate) at: Option<String>,
 }
 
 /// `serve`.
@@ -82,6 +128,10 @@ pub(crate) struct ServeArgs {
     /// Token lifetime in seconds.
     #[arg(long, default_value_t = 8 * 3600)]
     pub(crate) token_lifetime_secs: u64,
+    /// Offline collateral bundle (`collateral build`): evidence chains must be its ARK/ASK and not revoked by
+    /// its CRLs; its UVM issuers apply unless `--uvm-issuer` is given. Refuses to start when it is expired.
+    #[arg(long)]
+    pub(crate) collateral: Option<PathBuf>,
     /// Trusted UVM endorsement source `DID,FEED[,MIN_SVN]` (repeatable). Given ones replace the default,
     /// Microsoft's ACI feed (`did:x509:0:sha256:I__iuL25oXEVFdTP_aBLx_eT1RPHbCQ_ECBQfYZpt9s::eku:1.3.6.1.4.1.311.76.59.1.2`,
     /// `ContainerPlat-AMD-UVM`, minimum SVN 0).
@@ -171,9 +221,12 @@ pub(crate) struct VerifyReportArgs {
     /// Report file (1184 bytes).
     #[arg(long)]
     pub(crate) report: PathBuf,
-    /// PEM chain: VCEK, ASK, ARK.
+    /// PEM chain: VCEK, ASK, ARK (optional with `--collateral`, which then supplies the chain).
+    #[arg(long, required_unless_present = "collateral")]
+    pub(crate) certs: Option<PathBuf>,
+    /// Offline collateral bundle: the chain (unless `--certs`), revocation, UVM issuers; no network.
     #[arg(long)]
-    pub(crate) certs: PathBuf,
+    pub(crate) collateral: Option<PathBuf>,
     /// UVM endorsement (COSE_Sign1, raw bytes: ACI's `reference-info-base64` decoded). When it verifies and
     /// endorses the report's measurement, the claims say `x-ms-compliance-status: azure-compliant-uvm`.
     #[arg(long)]
@@ -182,7 +235,8 @@ pub(crate) struct VerifyReportArgs {
     /// must be SHA-256 of the decoded policy.
     #[arg(long)]
     pub(crate) security_policy: Option<PathBuf>,
-    /// Trusted UVM endorsement source `DID,FEED[,MIN_SVN]` (repeatable; replaces the ACI default).
+    /// Trusted UVM endorsement source `DID,FEED[,MIN_SVN]` (repeatable; replaces the bundle's issuers and
+    /// the ACI default).
     #[arg(long, value_name = "DID,FEED[,MIN_SVN]")]
     pub(crate) uvm_issuer: Vec<String>,
     /// Check certificate validity at this time (RFC 3339) instead of now.

@@ -203,6 +203,67 @@ pub enum EndorsementError {
     },
 }
 
+/// An offline collateral bundle is malformed, expired, or refuses the evidence's chain. The `Display` text
+/// starts with the name of the failed check.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollateralError {
+    /// The bundle (or a file given to build one) does not parse.
+    #[error("collateral parse: {detail}")]
+    Parse {
+        /// Detail.
+        detail: String,
+    },
+    /// The verification time is after the bundle's validity window.
+    #[error("collateral expired: the bundle was valid until {not_after} ({limited_by}); verification time {at}")]
+    Expired {
+        /// End of the window.
+        not_after: String,
+        /// The item that ends it.
+        limited_by: String,
+        /// Verification time.
+        at: String,
+    },
+    /// The verification time is before the bundle's validity window.
+    #[error("collateral not yet valid: the bundle is valid from {not_before} ({starts_with}); verification time {at}")]
+    NotYetValid {
+        /// Start of the window.
+        not_before: String,
+        /// The item that starts it.
+        starts_with: String,
+        /// Verification time.
+        at: String,
+    },
+    /// A CRL is not signed by its ARK.
+    #[error("collateral crl: {detail}")]
+    Crl {
+        /// Detail.
+        detail: String,
+    },
+    /// A certificate does not chain inside the bundle, or the evidence's chain is not the bundle's.
+    #[error("collateral chain: {detail}")]
+    Chain {
+        /// Detail.
+        detail: String,
+    },
+    /// The ASK or VCEK is on the generation's CRL.
+    #[error("collateral revoked: the {which} (serial {serial}) was revoked on {date}")]
+    Revoked {
+        /// `ASK` or `VCEK`.
+        which: &'static str,
+        /// Serial number, hex.
+        serial: String,
+        /// Revocation date.
+        date: String,
+    },
+    /// No VCEK in the bundle fits the report.
+    #[error("collateral vcek: {detail}")]
+    Vcek {
+        /// Detail.
+        detail: String,
+    },
+}
+
 /// Verification of a JWT failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

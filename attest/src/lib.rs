@@ -63,6 +63,7 @@
 pub mod aci;
 pub mod claims;
 pub mod client;
+pub mod collateral;
 pub mod endorsement;
 pub mod error;
 pub mod evidence;

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use anyhow::{Context, bail};
 use attest::aci::{AciEvidence, verify_aci};
 use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
+use attest::collateral::{Collateral, CollateralBuilder};
 use attest::endorsement::{UvmIssuer, UvmTrust};
 use attest::evidence::{Attester, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
 use attest::keywrap::KeyDerivation;
@@ -17,7 +18,7 @@ use attest::secret::SecretBytes;
 use attest::service::ServiceConfig;
 use attest::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data};
 use clap::Parser;
-use cli::{AttesterArgs, AttesterKind, Cli, Command, GenerationArg, LogFormat, MockArgs};
+use cli::{AttesterArgs, AttesterKind, Cli, CollateralCommand, Command, GenerationArg, LogFormat, MockArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -110,6 +111,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let der = pem_to_der(&pem).with_context(|| format!("{}: not a PEM certificate", p.display()))?;
                 policy_signers.push(der);
             }
+            let collateral = a.collateral.as_deref().map(load_collateral).transpose()?;
+            if let Some(c) = &collateral {
+                c.check_valid(SystemTime::now())?;
+            }
+            let uvm_trust = match (&collateral, a.uvm_issuer.is_empty()) {
+                (Some(c), true) => c.uvm_trust().unwrap_or_default(),
+                _ => uvm_trust(&a.uvm_issuer)?,
+            };
             let config = ServiceConfig {
                 issuer: a.issuer,
                 state_dir: a.state_dir,
@@ -120,7 +129,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 policy_signers,
                 admin_token: a.admin_token_file.as_deref().map(read_token_file).transpose()?,
                 token_lifetime: std::time::Duration::from_secs(a.token_lifetime_secs),
-                uvm_trust: uvm_trust(&a.uvm_issuer)?,
+                uvm_trust,
+                collateral,
                 compliant_measurements: a.compliant_measurement,
                 trusted_authorities: a
                     .trusted_authority
@@ -161,16 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::VerifyReport(a) => {
             let report = std::fs::read(&a.report).with_context(|| format!("reading {}", a.report.display()))?;
-            let pem = std::fs::read(&a.certs).with_context(|| format!("reading {}", a.certs.display()))?;
-            let at = match &a.at {
-                Some(s) => {
-                    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                        .with_context(|| format!("--at {s:?}: not RFC 3339"))?;
-                    SystemTime::UNIX_EPOCH
-                        + std::time::Duration::from_secs(u64::try_from(t.unix_timestamp()).context("--at before 1970")?)
-                }
-                None => SystemTime::now(),
-            };
+            let at = parse_at(a.at.as_deref())?;
             let expected_report_data = match (&a.report_data, &a.runtime_data) {
                 (Some(h), _) => Some(hex_array::<64>(h, "--report-data")?),
                 (None, Some(p)) => Some(maa_report_data(
@@ -189,7 +190,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .transpose()?,
                 expected_measurement: None,
             };
-            let chain = CertChain::from_pem(&pem)?;
+            let collateral = a.collateral.as_deref().map(load_collateral).transpose()?;
+            let chain = match (&a.certs, &collateral) {
+                (Some(p), _) => {
+                    CertChain::from_pem(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)?
+                }
+                (None, Some(c)) => {
+                    c.check_valid(at)?;
+                    c.chain_for(&attest::report::AttestationReport::from_bytes(&report)?)?
+                }
+                (None, None) => bail!("--certs or --collateral is required"),
+            };
+            if let Some(c) = &collateral {
+                c.check_chain(&chain, at)?;
+            }
+            let uvm = match (&collateral, a.uvm_issuer.is_empty()) {
+                (Some(c), true) => c.uvm_trust().unwrap_or_default(),
+                _ => uvm_trust(&a.uvm_issuer)?,
+            };
             let trust = trust_store(true, &a.trust_mock_root)?;
             let endorsement = a
                 .endorsement
@@ -203,7 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 uvm_endorsement: endorsement.as_deref(),
                 security_policy: policy.as_deref(),
             };
-            let verified = verify_aci(&evidence, &trust, &uvm_trust(&a.uvm_issuer)?, &opts)?;
+            let verified = verify_aci(&evidence, &trust, &uvm, &opts)?;
             let claims = attest::claims::aci_claims(&verified);
             println!("{}", serde_json::to_string_pretty(&claims)?);
             Ok(())
@@ -265,6 +283,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", a.out.display()))?;
             Ok(())
         }
+        Command::Collateral(CollateralCommand::Build(a)) => {
+            let mut b = CollateralBuilder::new();
+            for p in &a.certs {
+                b.pem_certificates(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                    .with_context(|| p.display().to_string())?;
+            }
+            for p in &a.thim {
+                b.thim_json(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                    .with_context(|| p.display().to_string())?;
+            }
+            for p in &a.crl {
+                b.crl(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                    .with_context(|| p.display().to_string())?;
+            }
+            for i in uvm_trust(&a.uvm_issuer)?.issuers {
+                b.uvm_issuer(i);
+            }
+            if let Some(t) = &a.not_after {
+                b.not_after(parse_at(Some(t))?);
+            }
+            let bundle = b.build()?;
+            std::fs::write(&a.out, bundle.to_json()?).with_context(|| format!("writing {}", a.out.display()))?;
+            print_collateral(&bundle);
+            Ok(())
+        }
+        Command::Collateral(CollateralCommand::Show(a)) => {
+            let bundle = load_collateral(&a.bundle)?;
+            print_collateral(&bundle);
+            bundle.check_valid(parse_at(a.at.as_deref())?)?;
+            Ok(())
+        }
         Command::SignPolicy(a) => {
             let text = std::fs::read_to_string(&a.policy).with_context(|| format!("reading {}", a.policy.display()))?;
             let key = zeroize::Zeroizing::new(
@@ -277,6 +326,63 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&a.out, jws).with_context(|| format!("writing {}", a.out.display()))?;
             Ok(())
         }
+    }
+}
+
+/// `--at` (RFC 3339), or now.
+fn parse_at(at: Option<&str>) -> anyhow::Result<SystemTime> {
+    Ok(match at {
+        Some(s) => {
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("{s:?}: not RFC 3339"))?;
+            SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(u64::try_from(t.unix_timestamp()).context("time before 1970")?)
+        }
+        None => SystemTime::now(),
+    })
+}
+
+fn load_collateral(path: &Path) -> anyhow::Result<Collateral> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Collateral::from_json(&bytes).with_context(|| path.display().to_string())
+}
+
+/// A bundle's contents and validity window, one item per line.
+fn print_collateral(c: &Collateral) {
+    let w = c.window();
+    let t = |t| {
+        time::OffsetDateTime::from(t)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    println!(
+        "valid {} .. {} (ends with {})",
+        t(w.not_before),
+        t(w.not_after),
+        w.limited_by
+    );
+    for a in c.amd() {
+        let crl = match &a.crl {
+            Some(crl) => format!(
+                "CRL with {} revoked, next update {}",
+                crl.tbs_cert_list.revoked_certificates.as_ref().map_or(0, Vec::len),
+                crl.tbs_cert_list
+                    .next_update
+                    .map(|n| t(n.to_system_time()))
+                    .unwrap_or_else(|| "none".into())
+            ),
+            None => "no CRL (revocation not checked)".into(),
+        };
+        println!("{}: ARK, ASK, {crl}", a.generation.name());
+    }
+    println!("{} VCEK(s)", c.vceks().len());
+    match c.uvm_trust() {
+        Some(u) => {
+            for i in u.issuers {
+                println!("UVM issuer {} feed {} min SVN {}", i.did, i.feed, i.min_svn);
+            }
+        }
+        None => println!("no UVM issuers (the verifier's default applies)"),
     }
 }
 

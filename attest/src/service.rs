@@ -48,8 +48,9 @@ use subtle::ConstantTimeEq;
 
 use crate::aci::{AciEvidence, verify_aci};
 use crate::claims;
+use crate::collateral::Collateral;
 use crate::endorsement::UvmTrust;
-use crate::error::{PolicyError, ReleaseError, ServiceError};
+use crate::error::{CollateralError, PolicyError, ReleaseError, ServiceError};
 use crate::keystore::{KeyStore, KeyVersion, key_bundle, valid_key_name};
 use crate::keywrap::{CKM_RSA_AES_KEY_WRAP, rsa_aes_wrap, rsa_public_from_jwk};
 use crate::policy::{AttestationPolicy, ReleasePolicy};
@@ -97,6 +98,9 @@ pub struct ServiceConfig {
     pub token_lifetime: Duration,
     /// Trusted UVM endorsement sources (default: Microsoft's ACI feed).
     pub uvm_trust: UvmTrust,
+    /// Offline collateral: when set, every evidence chain must be the bundle's ARK/ASK, not revoked by its
+    /// CRLs, and the bundle valid at the time of the request.
+    pub collateral: Option<Collateral>,
     /// Override for tests and air-gapped setups: launch measurements (hex) that earn
     /// `x-ms-compliance-status: azure-compliant-uvm` without a UVM endorsement.
     pub compliant_measurements: Vec<String>,
@@ -117,6 +121,7 @@ impl Default for ServiceConfig {
             admin_token: None,
             token_lifetime: Duration::from_secs(8 * 3600),
             uvm_trust: UvmTrust::default(),
+            collateral: None,
             compliant_measurements: Vec::new(),
             trusted_authorities: Vec::new(),
         }
@@ -136,6 +141,7 @@ struct AppState {
     admin_token_sha256: Option<[u8; 32]>,
     token_lifetime: Duration,
     uvm_trust: UvmTrust,
+    collateral: Option<Collateral>,
     compliant: Vec<String>,
     authorities: Vec<TrustedAuthority>,
     keys: KeyStore,
@@ -257,6 +263,7 @@ impl AppState {
             admin_token_sha256: config.admin_token.map(|t| Sha256::digest(t.expose()).into()),
             token_lifetime: config.token_lifetime,
             uvm_trust: config.uvm_trust,
+            collateral: config.collateral,
             compliant: config
                 .compliant_measurements
                 .iter()
@@ -442,8 +449,17 @@ fn attest_blocking(state: &AppState, body: &[u8]) -> ApiResult<String> {
     let uvm = uvm_endorsement(&envelope)?;
 
     let chain = CertChain::from_pem(&chain_pem).map_err(ApiError::bad)?;
+    let now = SystemTime::now();
+    if let Some(c) = &state.collateral {
+        c.check_chain(&chain, now).map_err(|e| match e {
+            CollateralError::Expired { .. } | CollateralError::NotYetValid { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CollateralExpired", e)
+            }
+            e => ApiError::bad(e),
+        })?;
+    }
     let opts = VerifyOptions {
-        at: SystemTime::now(),
+        at: now,
         allow_debug: state.allow_debug,
         expected_report_data: Some(maa_report_data(&runtime)),
         ..VerifyOptions::default()

@@ -228,25 +228,46 @@ impl CertChain {
 }
 
 fn verify_pss(issuer: &Certificate, subject: &Certificate, link: &'static str) -> Result<(), VerifyError> {
-    let bad = || VerifyError::ChainSignature { link };
     let tbs = subject.tbs_certificate();
-    if subject.signature_algorithm().oid.to_string() != OID_RSASSA_PSS
-        || tbs.signature().oid != subject.signature_algorithm().oid
-    {
-        return Err(bad());
+    let ok = tbs.signature().oid == subject.signature_algorithm().oid
+        && tbs.to_der().is_ok_and(|tbs_der| {
+            pss_sha384_verifies(
+                issuer,
+                &subject.signature_algorithm().oid,
+                subject.signature().as_bytes(),
+                &tbs_der,
+            )
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(VerifyError::ChainSignature { link })
     }
-    let spki = issuer
-        .tbs_certificate()
-        .subject_public_key_info()
-        .to_der()
-        .map_err(|_| bad())?;
-    let key = rsa::PublicKey::from_public_key_der(&spki).map_err(|_| bad())?;
+}
+
+/// Whether `issuer`'s RSA key made `signature` (RSASSA-PSS, SHA-384, salt 48: AMD's scheme for its
+/// certificates and CRLs) over `tbs_der`, the signature algorithm being `alg`.
+pub(crate) fn pss_sha384_verifies(
+    issuer: &Certificate,
+    alg: &der::oid::ObjectIdentifier,
+    signature: Option<&[u8]>,
+    tbs_der: &[u8],
+) -> bool {
+    if alg.to_string() != OID_RSASSA_PSS {
+        return false;
+    }
+    let Ok(spki) = issuer.tbs_certificate().subject_public_key_info().to_der() else {
+        return false;
+    };
+    let Ok(key) = rsa::PublicKey::from_public_key_der(&spki) else {
+        return false;
+    };
     let vk = rsa::pss::VerifyingKey::<Sha384>::new_with_salt_len(key, 48);
-    let sig_bytes = subject.signature().as_bytes().ok_or_else(bad)?;
-    let sig = rsa::pss::Signature::try_from(sig_bytes).map_err(|_| bad())?;
-    let tbs_der = tbs.to_der().map_err(|_| bad())?;
+    let Some(sig) = signature.and_then(|s| rsa::pss::Signature::try_from(s).ok()) else {
+        return false;
+    };
     use rsa::signature::Verifier as _;
-    vk.verify(&tbs_der, &sig).map_err(|_| bad())
+    vk.verify(tbs_der, &sig).is_ok()
 }
 
 /// RFC 3339 text of a time (for error messages).

@@ -59,6 +59,8 @@ fn rsa_spki(key: &rsa::PrivateKey) -> Result<SubjectPublicKeyInfoOwned, Evidence
 /// can be configured to trust its ARK.
 pub struct MockRoot {
     generation: Generation,
+    /// Kept in memory after [`MockRoot::generate`] (to sign CRLs in tests), never saved.
+    ark_key: Option<rsa::PrivateKey>,
     ark_cert: Certificate,
     ask_key: rsa::PrivateKey,
     ask_cert: Certificate,
@@ -91,6 +93,7 @@ impl MockRoot {
         let ask_cert = issue(&ark_key, ark_name, ask_name, rsa_spki(&ask_key)?, 0x1_0001, vec![])?;
         Ok(Self {
             generation,
+            ark_key: Some(ark_key),
             ark_cert,
             ask_key,
             ask_cert,
@@ -156,10 +159,50 @@ impl MockRoot {
         };
         Ok(Self {
             generation,
+            ark_key: None,
             ark_cert,
             ask_key,
             ask_cert,
         })
+    }
+
+    /// A CRL signed by the ARK (RSASSA-PSS, SHA-384, as AMD signs its CRLs) revoking `revoked` serial
+    /// numbers (big-endian bytes), valid `this_update .. next_update`; DER. Only a root made by
+    /// [`MockRoot::generate`] in this process can sign (the ARK key is never saved).
+    pub fn issue_crl(
+        &self,
+        revoked: &[Vec<u8>],
+        this_update: std::time::SystemTime,
+        next_update: std::time::SystemTime,
+    ) -> Result<Vec<u8>, EvidenceError> {
+        use x509_cert::builder::{Builder as _, CrlBuilder};
+        use x509_cert::crl::RevokedCert;
+        use x509_cert::ext::pkix::CrlNumber;
+        use x509_cert::serial_number::SerialNumber;
+        use x509_cert::time::Time;
+        let key = self
+            .ark_key
+            .as_ref()
+            .ok_or_else(|| mock_err("the ARK key of a loaded mock root is not available"))?;
+        let time = |t| Time::try_from(t).map_err(mock_err);
+        let revoked: Vec<RevokedCert> = revoked
+            .iter()
+            .map(|serial| {
+                Ok(RevokedCert {
+                    serial_number: SerialNumber::new(serial).map_err(mock_err)?,
+                    revocation_date: time(this_update)?,
+                    crl_entry_extensions: None,
+                })
+            })
+            .collect::<Result<_, EvidenceError>>()?;
+        let number = CrlNumber(der::asn1::Uint::new(&[1]).map_err(mock_err)?);
+        let builder = CrlBuilder::new_with_this_update(&self.ark_cert, number, time(this_update)?)
+            .map_err(mock_err)?
+            .with_next_update(Some(time(next_update)?))
+            .with_certificates(revoked.into_iter());
+        let signer = rsa::pss::SigningKey::<sha2::Sha384>::new_with_salt_len(key.clone(), 48);
+        let crl = builder.build::<_, rsa::pss::Signature>(&signer).map_err(mock_err)?;
+        crl.to_der().map_err(mock_err)
     }
 
     /// Issue a VCEK for a chip at a TCB. Returns the signing key and the certificate.
