@@ -280,10 +280,18 @@ fn serve<B: BlobSource>(source: B, key: BlobKey, s: Setup<'_>, mut signals: Sign
                 unmount_path(&mountpoint, true)?;
             }
         }
-        None => {
-            info!("unmounted externally");
-            session.finish_after_external_unmount();
-        }
+        None => match session.finish_ended() {
+            fuse::Ended::Dead { detached } => {
+                let shown = mountpoint.display();
+                match detached {
+                    Ok(()) => bail!("the filesystem stopped serving (its request threads ended); detached {shown}"),
+                    Err(e) => {
+                        bail!("the filesystem stopped serving (its request threads ended); detaching {shown}: {e}")
+                    }
+                }
+            }
+            _ => info!("unmounted externally"),
+        },
     }
     Ok(())
 }

@@ -28,6 +28,8 @@ use fuser::{
 };
 use tracing::{debug, error, info, instrument, warn};
 
+pub mod mountinfo;
+
 use crate::fs::readahead::{ReadAhead, ReadAheadConfig};
 use crate::fs::{Attr, EncFs, FileKind, FsError};
 use crate::source::BlobSource;
@@ -372,11 +374,148 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
     }
 }
 
+/// Runs each request of the wrapped filesystem under `catch_unwind`: a panic while serving one request is logged,
+/// the request is answered `EIO` (its reply, dropped while unwinding, sends it) and the request thread goes on
+/// serving. Without it a panic ends the thread, silently shrinking the pool until no thread is left and the
+/// mount is dead (`ENOTCONN`).
+///
+/// Delegates every method that [`FuseFs`] or `LegacyFs` implement (for any other the wrapped filesystem has
+/// fuser's default, as the wrapper does); a method added to either must be added here.
+struct PanicGuard<F>(F);
+
+impl<F> PanicGuard<F> {
+    fn run(op: &'static str, f: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            PANICS.fetch_add(1, Ordering::Relaxed);
+            error!(
+                op,
+                "request handler panicked, answered EIO (the request thread serves on): {msg}"
+            );
+        }
+    }
+}
+
+/// Request handlers that panicked in this process ([`PanicGuard`]).
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many FUSE request handlers have panicked in this process (each answered `EIO`).
+pub fn handler_panics() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
+
+impl<F: fuser::Filesystem> fuser::Filesystem for PanicGuard<F> {
+    fn init(&mut self, req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        self.0.init(req, config)
+    }
+
+    fn destroy(&mut self) {
+        self.0.destroy();
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        Self::run("lookup", || self.0.lookup(req, parent, name, reply));
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        Self::run("getattr", || self.0.getattr(req, ino, fh, reply));
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        Self::run("readlink", || self.0.readlink(req, ino, reply));
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        Self::run("open", || self.0.open(req, ino, flags, reply));
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        flags: OpenFlags,
+        lock_owner: Option<fuser::LockOwner>,
+        flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::run("release", || {
+            self.0.release(req, ino, fh, flags, lock_owner, flush, reply)
+        });
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        flags: OpenFlags,
+        lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        Self::run("read", || {
+            self.0.read(req, ino, fh, offset, size, flags, lock_owner, reply)
+        });
+    }
+
+    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+        Self::run("flush", || self.0.flush(req, ino, fh, lock_owner, reply));
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        Self::run("opendir", || self.0.opendir(req, ino, flags, reply));
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        Self::run("readdir", || self.0.readdir(req, ino, fh, offset, reply));
+    }
+
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        Self::run("statfs", || self.0.statfs(req, ino, reply));
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        Self::run("getxattr", || self.0.getxattr(req, ino, name, size, reply));
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        Self::run("listxattr", || self.0.listxattr(req, ino, size, reply));
+    }
+
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        flags: fuser::IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        Self::run("ioctl", || {
+            self.0.ioctl(req, ino, fh, flags, cmd, in_data, out_size, reply)
+        });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        Self::run("access", || self.0.access(req, ino, mask, reply));
+    }
+}
+
 /// A live mount: dropping it unmounts.
 #[derive(Debug)]
 pub struct MountSession {
     session: fuser::BackgroundSession,
     mountpoint: PathBuf,
+    /// The mount's ID in the mount table, if it could be found there right after mounting.
+    mount_id: Option<u64>,
 }
 
 /// Mounts `fs` read-only at `mountpoint` and serves it from background threads. Returns once the kernel has
@@ -414,12 +553,47 @@ pub fn mount_filesystem<F: fuser::Filesystem + Send + 'static>(
     };
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = cfg.clone_fd;
-    let session = fuser::spawn_mount(filesystem, mountpoint, &config)?;
+    // As the mount table will list it (read before mounting: resolving the mount point afterwards would ask the
+    // new filesystem).
+    let canonical = mountpoint.canonicalize()?;
+    let session = fuser::spawn_mount(PanicGuard(filesystem), mountpoint, &config)?;
+    let mount_id = mountinfo::top_at(&canonical)
+        .ok()
+        .flatten()
+        .filter(mountinfo::MountEntry::is_cinfer)
+        .map(|e| e.id);
     info!(mountpoint = %mountpoint.display(), threads = cfg.threads, "mounted");
     Ok(MountSession {
         session,
         mountpoint: mountpoint.to_path_buf(),
+        mount_id,
     })
+}
+
+/// Detaches the mount at `path` lazily (`umount2(MNT_DETACH)`; as non-root, or on `EPERM`, `fusermount3 -u -z`).
+pub fn detach(path: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    #[allow(unsafe_code)]
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; umount2 does not keep it.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    let out = std::process::Command::new(std::env::var_os("FUSERMOUNT_PATH").unwrap_or_else(|| "fusermount3".into()))
+        .args(["-u", "-z", "--"])
+        .arg(path)
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
 }
 
 impl MountSession {
@@ -453,6 +627,38 @@ impl MountSession {
     pub fn finish_after_external_unmount(self) {
         std::mem::forget(self.session);
     }
+
+    /// Ends a session that has finished ([`Self::is_finished`]) without this process unmounting it. Either it
+    /// was unmounted from outside (as [`Self::finish_after_external_unmount`]), or its request threads ended with
+    /// the mount still in place: a dead mount that nobody serves, which is detached here. Returns
+    /// [`Ended::Dead`] in that case, so the caller can exit with an error rather than report a clean unmount.
+    pub fn finish_ended(self) -> Ended {
+        let still_mounted = self
+            .mount_id
+            .and_then(|id| mountinfo::by_id(id).ok())
+            .is_some_and(|e| e.is_some());
+        if !still_mounted {
+            self.finish_after_external_unmount();
+            return Ended::Unmounted;
+        }
+        let detached = detach(&self.mountpoint);
+        // Dropping the session closes its /dev/fuse fd: anyone still waiting on the dead mount gets ENOTCONN.
+        drop(self.session);
+        Ended::Dead { detached }
+    }
+}
+
+/// How a session that finished on its own ended ([`MountSession::finish_ended`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Ended {
+    /// Unmounted from outside.
+    Unmounted,
+    /// The request threads ended with the mount in place; it was detached (or why not).
+    Dead {
+        /// The outcome of detaching it.
+        detached: io::Result<()>,
+    },
 }
 
 /// Splits a Linux `dev_t` into major and minor numbers (glibc's encoding).

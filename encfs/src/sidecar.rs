@@ -57,6 +57,9 @@ pub enum SidecarError {
     /// Setup (listener, attester).
     #[error("{0}")]
     Setup(String),
+    /// A mount ended while serving (unmounted from outside, or its filesystem died); the others were unmounted.
+    #[error("{}", .0.join("\n"))]
+    MountEnded(Vec<String>),
 }
 
 /// Runtime options (from the command line).
@@ -410,7 +413,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Runs the sidecar on `rt` until `shutdown` completes (SIGTERM) or a mount disappears: brings every
 /// filesystem up in parallel, then serves. If any filesystem fails for good, the others are unmounted and the
-/// error lists each failure with its step. Returns `Ok` after a clean shutdown.
+/// error lists each failure with its step. A mount that ends while serving (unmounted from outside, or dead:
+/// detached) unmounts the others and returns [`SidecarError::MountEnded`]. Returns `Ok` only after a clean
+/// shutdown.
 pub fn run(
     rt: &tokio::runtime::Runtime,
     config: SidecarConfig,
@@ -523,19 +528,26 @@ pub fn run(
                 () = &mut shutdown => { info!("shutdown: unmounting"); break; }
                 () = tokio::time::sleep(Duration::from_millis(500)) => {
                     if let Some(m) = mounted.iter().find(|m| m.session.is_finished()) {
-                        warn!(mount_point = %m.mount_point.display(), "a mount ended externally; shutting down");
+                        error!(mount_point = %m.mount_point.display(), "a mount ended; unmounting the others and exiting");
                         break;
                     }
                 }
             }
         }
     });
+    let mut ended = Vec::new();
     for m in mounted {
         let i = m.index;
         if m.session.is_finished() {
+            // The consumers' path goes first; a dead mount (nobody serves it) is detached, not left behind.
             let _ = std::fs::remove_file(&m.mount_point);
-            m.session.finish_after_external_unmount();
+            let how = match m.session.finish_ended() {
+                crate::fuse::Ended::Dead { detached: Ok(()) } => "stopped serving (detached)".to_string(),
+                crate::fuse::Ended::Dead { detached: Err(e) } => format!("stopped serving (detaching failed: {e})"),
+                _ => "was unmounted from outside".to_string(),
+            };
             let _ = std::fs::remove_dir(&m.hidden);
+            ended.push(format!("azure_filesystems[{i}] ({}) {how}", m.mount_point.display()));
         } else {
             m.unmount();
         }
@@ -544,6 +556,9 @@ pub fn run(
     }
     if let Some(s) = server {
         s.abort();
+    }
+    if !ended.is_empty() {
+        return Err(SidecarError::MountEnded(ended));
     }
     Ok(())
 }

@@ -1261,3 +1261,40 @@ fn bench_start_to_ready_10gib() {
         times[8].as_secs_f64() * 1e3
     );
 }
+
+/// Issue 17, item 1: a filesystem that dies while serving (its FUSE connection aborted, as when every request
+/// thread is gone) makes the sidecar detach it, unmount the others and exit non-zero, naming it; nothing is left
+/// mounted and the consumers' symlink is gone.
+#[test]
+fn a_filesystem_that_dies_makes_the_sidecar_exit_nonzero_and_leave_no_mount() {
+    assert!(fuse_available(), "this test needs /dev/fuse and root");
+    let w = World::new();
+    let base = w.dir.path().join("dies");
+    std::fs::create_dir(&base).unwrap();
+    let mount_point = base.join("models");
+    let hidden = base.join(".filesystem-0");
+    let mut sc = start_sidecar(&w, &mount_point, "", &HOST_DATA, "dies");
+    sc.wait_ready();
+    assert!(is_mountpoint(&hidden));
+    // Abort the mount's FUSE connection through the control filesystem (mounted here if it is not yet).
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if !table.lines().any(|l| l.contains(" - fusectl ")) {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+            .status();
+    }
+    let minor = table
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&*hidden.to_string_lossy()))
+        .and_then(|l| l.split(' ').nth(2)?.split_once(':').map(|(_, m)| m.to_string()))
+        .expect("the hidden mount in the table");
+    std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1").unwrap();
+    let (code, err) = sc.wait_exit_code();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stopped serving"), "{err}");
+    assert!(!is_mountpoint(&hidden), "a dead mount is left behind: {err}");
+    assert!(
+        std::fs::symlink_metadata(&mount_point).is_err(),
+        "the symlink to a dead mount is left behind"
+    );
+}

@@ -121,6 +121,10 @@ pub enum CacheError<E: std::error::Error + 'static> {
     /// The source failed.
     #[error(transparent)]
     Source(Arc<E>),
+    /// The background fetch of a part ended without a result (it panicked); the part is forgotten, so the next
+    /// read tries again.
+    #[error("the fetch of a cache part ended without a result")]
+    Aborted,
 }
 
 /// A part's outcome, shareable between every reader waiting for it.
@@ -540,7 +544,7 @@ impl<B: BlobSource> CachingSource<B> {
             let bytes = match got {
                 Some(Ok(b)) => b,
                 Some(Err(e)) => return Err(unshare(e)),
-                None => return Err(BlobError::NotFound),
+                None => return Err(BlobError::Backend(CacheError::Aborted)),
             };
             let base = i * ps;
             let s = range.start.max(base) - base;
@@ -588,6 +592,13 @@ impl<B: BlobSource> PartFetch<B> {
     /// Fills part `i` (blob `range`) from disk or the source into a pooled buffer, publishes it on `tx`, then
     /// stores a fetched part on disk.
     async fn run(self, i: u64, range: Range<u64>, tx: watch::Sender<PartResult<B::Error>>) {
+        // Unless the part is published, it is forgotten, also when this task panics or is dropped: a part left
+        // in the map without a sender would fail every later read of it and keep its bytes counted.
+        let mut forget = ForgetPart {
+            state: &self.state,
+            key: &self.key,
+            part: Some(i),
+        };
         let len = range.end - range.start;
         // INVARIANT: a part is at most 4 MiB.
         let mut buf = self.pool.take(len as usize);
@@ -625,14 +636,14 @@ impl<B: BlobSource> PartFetch<B> {
                 .map_err(share)
         };
         let r = match r {
-            Ok(()) => Ok(BufPool::freeze(&self.pool, buf)),
+            Ok(()) => {
+                forget.part = None;
+                Ok(BufPool::freeze(&self.pool, buf))
+            }
             Err(e) => {
                 // A failed part is forgotten, so the next read tries again.
                 self.pool.give(buf);
-                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(p) = st.parts.remove(&(self.key.clone(), i)) {
-                    st.used -= p.len;
-                }
+                drop(forget);
                 Err(e)
             }
         };
@@ -644,6 +655,24 @@ impl<B: BlobSource> PartFetch<B> {
                 d.write(i, 0, &bytes);
                 Metrics::add(&metrics.disk_written_bytes, bytes.len() as u64);
             });
+        }
+    }
+}
+
+/// Removes a part from the map when dropped armed (`part` set).
+struct ForgetPart<'a, E> {
+    state: &'a Mutex<Inner<E>>,
+    key: &'a BlobKey,
+    part: Option<u64>,
+}
+
+impl<E> Drop for ForgetPart<'_, E> {
+    fn drop(&mut self) {
+        if let Some(i) = self.part.take() {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = st.parts.remove(&(self.key.clone(), i)) {
+                st.used -= p.len;
+            }
         }
     }
 }

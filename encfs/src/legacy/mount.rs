@@ -358,7 +358,11 @@ impl<R: ReadAt + 'static> LegacyFs<R> {
             .filter(|(_, c)| self.node(*c).is_ok_and(|c| matches!(c.entry.kind, TreeKind::Dir)))
             .count() as u32;
         let mtime = if e.mtime >= 0 {
-            SystemTime::UNIX_EPOCH + Duration::new(e.mtime as u64, e.mtime_nsec)
+            // Saturating: `SystemTime + Duration` panics on overflow (i64::MAX seconds plus nanoseconds).
+            SystemTime::UNIX_EPOCH
+                .checked_add(Duration::new(e.mtime as u64, 0))
+                .and_then(|t| t.checked_add(Duration::from_nanos(u64::from(e.mtime_nsec))))
+                .unwrap_or(SystemTime::UNIX_EPOCH)
         } else {
             SystemTime::UNIX_EPOCH
         };

@@ -193,7 +193,9 @@ impl ImdsToken {
             .unwrap_or(3600);
         let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| err("bad token".into()))?;
         value.set_sensitive(true);
-        let fresh_until = Instant::now() + Duration::from_secs(expires_in.saturating_sub(300));
+        // `expires_in` comes from the response: saturate, an `Instant` panics on overflow.
+        let fresh_until =
+            super::http::response::deadline(Instant::now(), Duration::from_secs(expires_in.saturating_sub(300)));
         Ok((value, fresh_until))
     }
 }

@@ -26,8 +26,11 @@ use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tracing::{debug, warn};
 
+use self::response::{Verdict, etag as etag_of, retry_after, total_len};
 use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
 use crate::metrics::Metrics;
+
+pub mod response;
 
 /// How failed requests are retried.
 #[derive(Clone, Debug)]
@@ -269,7 +272,7 @@ impl HttpSource {
         Fut: Future<Output = (S, Attempt<T>)>,
     {
         let start = Instant::now();
-        let deadline = start + self.policy.budget;
+        let deadline = response::deadline(start, self.policy.budget);
         let mut n = 0u32;
         loop {
             n += 1;
@@ -300,8 +303,7 @@ impl HttpSource {
                 Attempt::Retry { err, after } => (err, after),
             };
             let backoff = self.backoff(n, after);
-            let now = Instant::now();
-            if n >= self.policy.max_attempts || now + backoff >= deadline {
+            if n >= self.policy.max_attempts || response::passes(Instant::now(), backoff, deadline) {
                 Metrics::add(&self.metrics.failures, 1);
                 warn!(attempts = n, elapsed = ?start.elapsed(), "giving up on a read: {err}");
                 return Err(BlobError::Backend(HttpSourceError::GaveUp {
@@ -319,16 +321,14 @@ impl HttpSource {
 
     /// Backoff before attempt `n + 1`: full jitter over `base * 2^(n-1)` capped, at least `Retry-After`.
     fn backoff(&self, n: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .policy
-            .base_backoff
-            .saturating_mul(1u32 << (n - 1).min(20))
-            .min(self.policy.max_backoff);
-        let jittered = Duration::from_secs_f64(exp.as_secs_f64() * rand::rng().random_range(0.0..=1.0));
-        match retry_after {
-            Some(ra) => jittered.max(ra),
-            None => jittered,
-        }
+        let p = &self.policy;
+        response::backoff(
+            p.base_backoff,
+            p.max_backoff,
+            n,
+            retry_after,
+            rand::rng().random_range(0.0..=1.0),
+        )
     }
 
     async fn stat_once(&self, url: &str) -> ((), Attempt<BlobMeta>) {
@@ -347,23 +347,14 @@ impl HttpSource {
             }))
         };
         let etag = etag_of(resp.headers());
-        match resp.status() {
-            StatusCode::PARTIAL_CONTENT => {
-                let len = total_len(resp.headers());
-                // Read the one-byte body, so the connection goes back to the pool for the reads that follow.
+        match response::stat_len(resp.status(), resp.headers()) {
+            Some(Ok(len)) => {
+                // Read the (one-byte) body, so the connection goes back to the pool for the reads that follow.
                 self.drain(resp).await;
-                match len {
-                    Some(len) => Attempt::Done(BlobMeta { len, etag }),
-                    None => bad("206 without a Content-Range total length".into()),
-                }
+                Attempt::Done(BlobMeta { len, etag })
             }
-            // An empty blob cannot satisfy bytes=0-0.
-            StatusCode::RANGE_NOT_SATISFIABLE => Attempt::Done(BlobMeta {
-                len: total_len(resp.headers()).unwrap_or(0),
-                etag,
-            }),
-            StatusCode::OK => bad("the server ignores Range requests (answered 200 to a range)".into()),
-            _ => self.status_outcome(url, &resp, &(0..1)),
+            Some(Err(reason)) => bad(reason),
+            None => self.status_outcome(url, &resp, &(0..1)),
         }
     }
 
@@ -418,25 +409,14 @@ impl HttpSource {
             Metrics::add(&self.metrics.precondition_failures, 1);
             return Attempt::Fail(BlobError::PreconditionFailed);
         }
-        match resp.status() {
-            StatusCode::PARTIAL_CONTENT => match content_range(resp.headers()) {
-                Some((s, e, _)) if s == range.start && e == range.end => {}
-                other => {
-                    return bad(format!(
-                        "Content-Range {other:?} does not match {}..{}",
-                        range.start, range.end
-                    ));
-                }
-            },
-            StatusCode::OK => match resp.content_length() {
-                Some(len) if range.start == 0 && len == range.end => {}
-                _ => return bad("the server ignores Range requests (answered 200 to a range)".into()),
-            },
-            StatusCode::PRECONDITION_FAILED => {
+        match response::check_range(resp.status(), resp.headers(), &range) {
+            Verdict::Body { .. } => {}
+            Verdict::Bad(reason) => return bad(reason),
+            Verdict::Status(StatusCode::PRECONDITION_FAILED) => {
                 warn!(url = %shown(), "the blob changed since mount (412 Precondition Failed)");
                 return self.status_outcome(url, &resp, &range);
             }
-            _ => return self.status_outcome(url, &resp, &range),
+            Verdict::Status(_) => return self.status_outcome(url, &resp, &range),
         }
         // INVARIANT: ranges are of one read, far below usize::MAX.
         buf.reserve_exact((want as usize).saturating_sub(buf.capacity()));
@@ -540,47 +520,12 @@ pub fn redact(url: &str) -> String {
     url.split(['?', '#']).next().unwrap_or_default().to_string()
 }
 
-fn etag_of(h: &HeaderMap) -> Option<ETag> {
-    h.get(header::ETAG).and_then(|v| v.to_str().ok()).map(ETag::new)
-}
-
-/// Parses `Content-Range: bytes START-LAST/TOTAL` into `(start, end_exclusive, total)`.
-fn content_range(h: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
-    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    let rest = v.trim().strip_prefix("bytes ")?;
-    let (span, total) = rest.split_once('/')?;
-    let total = total.trim().parse().ok();
-    let (s, l) = span.split_once('-')?;
-    let s: u64 = s.trim().parse().ok()?;
-    let l: u64 = l.trim().parse().ok()?;
-    Some((s, l.checked_add(1)?, total))
-}
-
-/// The total length from `Content-Range` (`bytes a-b/TOTAL` or `bytes */TOTAL`).
-fn total_len(h: &HeaderMap) -> Option<u64> {
-    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    v.rsplit_once('/')?.1.trim().parse().ok()
-}
-
-/// `Retry-After` in seconds (HTTP dates are ignored: the backoff applies instead).
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_content_range_and_redacts_queries() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 10-19/100"));
-        assert_eq!(content_range(&h), Some((10, 20, Some(100))));
-        assert_eq!(total_len(&h), Some(100));
-        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes */7"));
-        assert_eq!(content_range(&h), None);
-        assert_eq!(total_len(&h), Some(7));
+    fn redacts_queries() {
         assert_eq!(redact("https://a.blob/c/b?sv=1&sig=secret"), "https://a.blob/c/b");
     }
 

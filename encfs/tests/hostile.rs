@@ -1,0 +1,226 @@
+//! The daemon against a hostile storage provider and careless input (issue 17): no crash from any answer, no
+//! secret in errors, logs or the process table, bounded memory before the image is authenticated, safe key files.
+//! Real FUSE mounts, real HTTP servers on loopback (`fixtures/hostile_server.rs` answers as each test tells it).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "fixtures/hostile_server.rs"]
+mod hostile_server;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Fixture, pattern, wait_for};
+use encfs::source::{BlobError, BlobKey, BlobMeta, BlobSource, ETag, MemSource};
+use encfs::testing::{Content, TreeBuilder};
+use hostile_server::{HostileServer, partial, status};
+
+const CS: u32 = 64 << 10;
+
+/// A fixture with one 4 MiB file.
+fn fixture() -> (Fixture, Vec<u8>) {
+    let data = pattern(4 << 20, 17);
+    let mut tree = TreeBuilder::new();
+    tree.file("weights.bin", Content::Bytes(data.clone()));
+    (Fixture::build(tree, CS), data)
+}
+
+/// Reads `len` bytes at `off` of `path` on another thread; `None` if it takes longer than `limit` (a dead or
+/// wedged mount must fail the test, not hang it).
+fn read_at_within(path: &Path, off: u64, len: usize, limit: Duration) -> Option<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let r = File::open(&path).and_then(|f| {
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, off).map(|()| buf)
+        });
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// The `major:minor` device of the mount on top at `mnt`, from the mount table (which never asks the mount).
+fn mount_dev(mnt: &Path) -> Option<(u32, u32)> {
+    let want = mnt.canonicalize().ok()?.to_string_lossy().replace(' ', "\\040");
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = table
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(want.as_str()))?;
+    let (a, b) = line.split(' ').nth(2)?.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Makes sure the FUSE control filesystem is mounted (to abort a connection as a dying daemon would leave it).
+fn fusectl() -> PathBuf {
+    let dir = PathBuf::from("/sys/fs/fuse/connections");
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if !table
+        .lines()
+        .any(|l| l.contains(" /sys/fs/fuse/connections ") && l.contains(" - fusectl "))
+    {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting fusectl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// Aborts the FUSE connection of the mount at `mnt`: its request threads see the device gone, the mount stays
+/// in the table answering ENOTCONN (what a daemon whose threads all died leaves behind).
+fn abort_connection(mnt: &Path) {
+    let (_, minor) = mount_dev(mnt).expect("a mount");
+    std::fs::write(fusectl().join(minor.to_string()).join("abort"), "1").unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Item 1: no panic from the network.
+
+#[test]
+fn retry_after_of_u64_max_is_eio_and_the_daemon_serves_on() {
+    let (fx, data) = fixture();
+    let image = Arc::new(std::fs::read(&fx.image).unwrap());
+    let total = image.len() as u64;
+    let img = image.clone();
+    let srv = HostileServer::start(move |r| partial(&img, total, r.range));
+    let url = format!("{}/m.img", srv.base);
+    let guard = fx.mount_image(
+        Path::new(&url),
+        &[
+            "--threads",
+            "2",
+            "--read-ahead-kb",
+            "0",
+            "--retry-budget",
+            "5",
+            "--request-timeout",
+            "2",
+        ],
+    );
+    let path = fx.mnt.join("weights.bin");
+    // Every read now gets 503 with the largest Retry-After there is (u64::MAX seconds).
+    srv.set(|_| status(503, &["Retry-After: 18446744073709551615"]));
+    // More reads than request threads: each is EIO at once (the wait is past the budget), none kills a thread.
+    for i in 0..6u64 {
+        let t = Instant::now();
+        let r = read_at_within(&path, i * (512 << 10), 4096, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("read {i} hangs: the mount is wedged"));
+        let err = r.expect_err("a 503 forever cannot be data");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "read {i}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(5), "read {i} took {:?}", t.elapsed());
+    }
+    // The provider recovers: the same mount serves the right bytes.
+    srv.set(move |r| partial(&image, total, r.range));
+    let got = read_at_within(&path, 3 << 20, 8192, Duration::from_secs(20))
+        .expect("read hangs")
+        .unwrap();
+    assert!(got[..] == data[3 << 20..(3 << 20) + 8192]);
+    assert!(!fx.log().contains("panicked"), "{}", fx.log());
+    guard.unmount();
+}
+
+/// A source that panics on every read while `panic` is set (a bug anywhere below the FUSE adapter).
+struct PanickySource {
+    inner: MemSource,
+    panic: Arc<AtomicBool>,
+}
+
+impl BlobSource for PanickySource {
+    type Error = std::convert::Infallible;
+
+    async fn stat(&self, key: &BlobKey) -> Result<BlobMeta, BlobError<Self::Error>> {
+        self.inner.stat(key).await
+    }
+
+    async fn read_range(
+        &self,
+        key: &BlobKey,
+        range: std::ops::Range<u64>,
+        if_match: Option<&ETag>,
+    ) -> Result<Bytes, BlobError<Self::Error>> {
+        assert!(!self.panic.load(Ordering::SeqCst), "injected panic in read_range");
+        self.inner.read_range(key, range, if_match).await
+    }
+}
+
+#[test]
+fn a_panicking_request_is_eio_and_never_shrinks_the_request_threads() {
+    let (fx, data) = fixture();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let inner = MemSource::new();
+    let key = BlobKey::new("img");
+    inner.put(key.clone(), std::fs::read(&fx.image).unwrap());
+    let panic = Arc::new(AtomicBool::new(false));
+    let src = PanickySource {
+        inner,
+        panic: panic.clone(),
+    };
+    let fs = rt
+        .block_on(encfs::fs::EncFs::open(
+            src,
+            key,
+            &fx.key,
+            None,
+            encfs::fs::EncFsConfig::default(),
+        ))
+        .unwrap();
+    let cfg = encfs::fuse::MountConfig {
+        threads: 2,
+        ..encfs::fuse::MountConfig::default()
+    };
+    let session = encfs::fuse::mount(Arc::new(fs), rt.handle().clone(), &fx.mnt, &cfg).unwrap();
+    let path = fx.mnt.join("weights.bin");
+    panic.store(true, Ordering::SeqCst);
+    // Three times as many panics as request threads: each read is EIO and the next is still served.
+    for i in 0..6u64 {
+        let r = read_at_within(&path, i * (512 << 10), 4096, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("read {i} hangs: no request thread left"));
+        let err = r.expect_err("a panicking source cannot give data");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "read {i}: {err}");
+    }
+    assert!(!session.is_finished());
+    panic.store(false, Ordering::SeqCst);
+    let got = read_at_within(&path, 1 << 20, 4096, Duration::from_secs(10))
+        .expect("read hangs")
+        .unwrap();
+    assert!(got[..] == data[1 << 20..(1 << 20) + 4096]);
+    session.unmount().unwrap();
+}
+
+#[test]
+fn a_daemon_whose_filesystem_dies_detaches_it_and_exits() {
+    let (fx, _) = fixture();
+    let guard = fx.mount();
+    abort_connection(&fx.mnt);
+    // The daemon notices its request threads ended, detaches the dead mount and exits with an error in its log.
+    assert!(
+        wait_for(Duration::from_secs(10), || !common::is_mounted(&fx.mnt)),
+        "a dead mount is left behind: {}",
+        fx.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || fx.log().contains("stopped serving")),
+        "{}",
+        fx.log()
+    );
+    drop(guard);
+}
+
