@@ -223,4 +223,3 @@ fn a_daemon_whose_filesystem_dies_detaches_it_and_exits() {
     );
     drop(guard);
 }
-
