@@ -17,6 +17,7 @@
 pub mod cert;
 pub mod connect;
 pub mod fresh;
+pub mod limit;
 pub mod verify;
 
 use attest::error::TokenError;

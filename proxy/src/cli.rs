@@ -11,6 +11,7 @@ use attest::client::AttestationClient;
 use attest::evidence::{Attester, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
 use attest::token::Jwks;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use proxy::atls::limit::FreshLimits;
 use proxy::atls::{TokenIssuer, VerifierConfig};
 use proxy::client::ClientConfig;
 use proxy::policy::ClientPolicy;
@@ -81,6 +82,18 @@ struct ServerArgs {
     /// Rotate the key and token this many seconds before the token expires (not before its half-life).
     #[arg(long, default_value_t = 120)]
     rotate_margin_secs: u64,
+    /// Fresh tokens (strict freshness) made at once; beyond, clients get 429.
+    #[arg(long, default_value_t = FreshLimits::default().concurrent, help_heading = "Fresh-token limits")]
+    fresh_concurrent: usize,
+    /// Fresh tokens per second on average, over all clients.
+    #[arg(long, default_value_t = FreshLimits::default().rate, help_heading = "Fresh-token limits")]
+    fresh_rate: f64,
+    /// Fresh tokens in a burst above the average.
+    #[arg(long, default_value_t = FreshLimits::default().burst, help_heading = "Fresh-token limits")]
+    fresh_burst: f64,
+    /// Fresh tokens on one connection.
+    #[arg(long, default_value_t = FreshLimits::default().per_connection, help_heading = "Fresh-token limits")]
+    fresh_per_connection: u32,
     /// Mock attester fields.
     #[command(flatten)]
     mock: MockArgs,
@@ -241,6 +254,12 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         grpc_upstream: a.grpc_upstream,
         name: a.name,
         rotate_margin: Duration::from_secs(a.rotate_margin_secs),
+        fresh_limits: FreshLimits {
+            concurrent: a.fresh_concurrent.max(1),
+            rate: a.fresh_rate.max(0.01),
+            burst: a.fresh_burst.max(1.0),
+            per_connection: a.fresh_per_connection,
+        },
         ..ServerConfig::default()
     };
     let server = AtlsServer::new(config, IdentitySource::Attested(issuer))

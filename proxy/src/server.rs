@@ -29,6 +29,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::atls::cert::{AttestedIdentity, IdentityError, TokenIssuer};
 use crate::atls::fresh;
+use crate::atls::limit::{FreshLimiter, FreshLimits, Refusal};
 
 /// Longest a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub rotate_margin: Duration,
     /// Wait after a failed rotation before trying again.
     pub retry_interval: Duration,
+    /// Bounds on fresh tokens for clients ([`crate::atls::limit`]).
+    pub fresh_limits: FreshLimits,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             name: "cinfer".into(),
             rotate_margin: Duration::from_secs(120),
             retry_interval: Duration::from_secs(5),
+            fresh_limits: FreshLimits::default(),
         }
     }
 }
@@ -106,6 +110,7 @@ struct State {
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Served>>,
     rotations: AtomicU64,
+    limiter: FreshLimiter,
 }
 
 /// The server proxy. Cheap to clone; clones share the identity.
@@ -158,6 +163,7 @@ impl AtlsServer {
         let identity = new_identity(&source, &config.name).await?;
         tracing::info!(spki_sha256 = identity.spki_sha256(), "attested TLS identity ready");
         let current = RwLock::new(Arc::new(served(identity, &provider)?));
+        let limiter = FreshLimiter::new(config.fresh_limits);
         Ok(Self {
             state: Arc::new(State {
                 config,
@@ -165,6 +171,7 @@ impl AtlsServer {
                 provider,
                 current,
                 rotations: AtomicU64::new(0),
+                limiter,
             }),
         })
     }
@@ -300,6 +307,7 @@ async fn serve(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
     let mut buf = Vec::with_capacity(16 * 1024);
+    let mut fresh_used = 0u32;
     loop {
         while undecided(&buf) {
             if tls.read_buf(&mut buf).await? == 0 {
@@ -309,7 +317,10 @@ async fn serve(
         if !buf.starts_with(fresh::REQUEST_PREFIX) {
             break;
         }
-        answer_freshness(&state, &served, &mut tls, &mut buf).await?;
+        if !answer_freshness(&state, &served, &mut tls, &mut buf, fresh_used).await? {
+            return Ok(());
+        }
+        fresh_used += 1;
     }
     let upstream = match &state.config.grpc_upstream {
         Some(grpc) if buf.starts_with(H2_PREFACE) => grpc,
@@ -323,14 +334,51 @@ async fn serve(
     Ok(())
 }
 
-/// Answer one freshness request at the start of `buf`, leaving what follows it in `buf`.
+/// A `429 Too Many Requests` answer to a freshness request.
+fn too_many(retry_after: u64, why: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "error": why }).to_string();
+    format!(
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry_after}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answer one freshness request at the start of `buf`, leaving what follows it in `buf`; `used` fresh tokens
+/// were made on this connection before. Returns false when the connection must be closed (it asked too often).
 async fn answer_freshness(
     state: &State,
     served: &Served,
     tls: &mut TlsStream<TcpStream>,
     buf: &mut Vec<u8>,
-) -> std::io::Result<()> {
+    used: u32,
+) -> std::io::Result<bool> {
     let (head, end) = fresh::read_message(tls, buf).await?;
+    let permit = match (&state.source, fresh::parse_nonce(&buf[head..end])) {
+        (IdentitySource::Attested(_), Some(_)) => match state.limiter.acquire(used) {
+            Ok(p) => Some(p),
+            Err(Refusal::Busy { retry_after }) => {
+                tracing::debug!("fresh token refused: busy");
+                tls.write_all(&too_many(retry_after, "fresh tokens are rate-limited: retry later"))
+                    .await?;
+                tls.flush().await?;
+                buf.drain(..end);
+                return Ok(true);
+            }
+            Err(Refusal::Connection) => {
+                let why = format!(
+                    "at most {} fresh tokens per connection: open a new connection",
+                    state.limiter.limits().per_connection
+                );
+                tls.write_all(&too_many(0, &why)).await?;
+                tls.flush().await?;
+                let _ = tls.shutdown().await;
+                return Ok(false);
+            }
+        },
+        _ => None,
+    };
     let reply = match (&state.source, fresh::parse_nonce(&buf[head..end])) {
         (IdentitySource::Fixed(_), _) => {
             fresh::response(501, "Not Implemented", br#"{"error":"freshness needs an attester"}"#)
@@ -361,8 +409,9 @@ async fn answer_freshness(
             }
         }
     };
+    drop(permit);
     tls.write_all(&reply).await?;
     tls.flush().await?;
     buf.drain(..end);
-    Ok(())
+    Ok(true)
 }

@@ -58,9 +58,18 @@ impl TokenIssuer {
         Self { client, attester }
     }
 
-    /// A token for `runtime_data` (report_data = SHA-256(runtime_data) ‖ 0³²).
+    /// A token for `runtime_data` (report_data = SHA-256(runtime_data) ‖ 0³²). The report (a blocking ioctl on
+    /// the SNP device) is taken on the blocking pool, never on an async worker.
     pub async fn token(&self, runtime_data: &[u8]) -> Result<String, ClientError> {
-        self.client.attest_with(self.attester.as_ref(), runtime_data).await
+        let attester = self.attester.clone();
+        let report_data = attest::verify::maa_report_data(runtime_data);
+        let evidence = tokio::task::spawn_blocking(move || attester.evidence(&report_data))
+            .await
+            .map_err(|e| ClientError::Response {
+                context: "evidence".into(),
+                detail: format!("the report task failed: {e}"),
+            })??;
+        self.client.attest(&evidence, runtime_data).await
     }
 }
 
