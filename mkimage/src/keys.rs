@@ -319,6 +319,10 @@ pub struct ImportKeyArgs {
     /// Print the release policy and exit without importing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Send the key and the token over plain `http://` to a vault (or name an authority) that is not on a
+    /// loopback address: anyone on the network could read the model key. Testing only.
+    #[arg(long)]
+    pub dangerously_allow_plain_http: bool,
 }
 
 /// Runs `import-key`: prints the key id, the release policy and the sidecar's `key`/`key_derivation` JSON.
@@ -333,6 +337,10 @@ pub fn run_import_key(args: &ImportKeyArgs) -> Result<(), KeysError> {
             .split_once('=')
             .ok_or_else(|| KeysError::Invalid(format!("--claim {c:?} is not CLAIM=VALUE")))?;
         extra.push((k.to_string(), v.to_string()));
+    }
+    for (what, endpoint) in [("--vault", &args.vault), ("--authority", &args.authority)] {
+        attest::transport::check_endpoint(what, endpoint, args.dangerously_allow_plain_http)
+            .map_err(|e| KeysError::Invalid(e.to_string()))?;
     }
     let policy = release_policy(&args.authority, &args.host_data, &extra)?;
     let policy_json = serde_json::to_string_pretty(&policy).map_err(|e| KeysError::Invalid(e.to_string()))?;

@@ -146,3 +146,25 @@ fn imported_keys_release_only_to_the_policy_host_data() {
         assert_eq!(&k.expose()[..], &derived_key[..]);
     });
 }
+
+/// The raw model key and the token never go over plain HTTP to a remote address: refused before anything is sent,
+/// naming the option; loopback (the local broker) is fine, as above.
+#[test]
+fn import_key_refuses_plain_http_to_a_remote_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("model.key");
+    std::fs::write(&key_file, [0x5cu8; 32]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cinfer-mkimage"))
+        .arg("import-key")
+        .args(["--vault", "http://192.0.2.7:8443", "--authority", "https://maa.example"])
+        .args(["--host-data", &hex::encode(H), "--name", "k", "--key-file"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--vault: plain http:// to 192.0.2.7, which is not a loopback address"),
+        "{err}"
+    );
+}
