@@ -22,15 +22,17 @@
 //! feed's leaf certificates live one year (the real ACI one: 2023-01-05 .. 2024-01-03) while a UVM image
 //! and its endorsement stay in use longer. The did:x509 specification allows exactly this ("applications
 //! handling signed documents may choose to use the signing time instead", when it is integrity-protected,
-//! as the protected `signingtime` is), and Microsoft's CCF ignores time altogether when resolving these
-//! DIDs (`didx509::resolve_jwk(pem_chain, did, true /* ignore time */)`). The RFC 3161 timestamp in the
+//! as the protected `signingtime` is); microsoft/TEE-Attestation-Verification validates the chain at the
+//! signing time too, and Microsoft's CCF ignores time altogether when resolving these DIDs
+//! (`didx509::resolve_jwk(pem_chain, did, true /* ignore time */)`). The RFC 3161 timestamp in the
 //! unprotected header, which would make the signing time independent of the signer, is not verified.
 //!
 //! **Guest SVN.** The endorsed `x-ms-sevsnpvm-guestsvn` is the UVM's security version in its feed. It is
 //! not the report's GUEST_SVN field (which the SNP firmware copies from the ID block the image was
 //! launched with) and is not compared with it: Microsoft's verifiers of the same documents compare it with
 //! a configured minimum per (issuer, feed) — CCF's `uvm_roots_of_trust` (`svn` "0" for both of its
-//! default feeds) — which is what [`UvmIssuer::min_svn`] does. See `attest/README.md` for the sources.
+//! default feeds), TEE-Attestation-Verification's `minimum_svn` — which is what [`UvmIssuer::min_svn`]
+//! does. See `attest/README.md` for the sources and what could not be established.
 
 pub mod cose;
 pub mod didx509;

@@ -20,6 +20,11 @@
 //! * **Verification** — [`verify::verify_report`]`(report, &`[`verify::CertChain`]`, &TrustStore,
 //!   &`[`verify::VerifyOptions`]`)` → [`verify::VerifiedReport`]; errors name the failed check.
 //!   [`verify::maa_report_data`] is the MAA binding (`SHA-256(runtime data) ‖ 0³²`).
+//! * **ACI evidence** — [`aci::verify_aci`]`(&`[`aci::AciEvidence`]`, &TrustStore, &`[`endorsement::UvmTrust`]`,
+//!   &VerifyOptions)`: the report, HOST_DATA = SHA-256 of the policy, the UVM endorsement
+//!   ([`endorsement::verify_uvm_endorsement`]: COSE_Sign1, did:x509 issuer, feed, SVN) and measurement
+//!   equality; [`claims::aci_claims`] turns the result into MAA claims (`azure-compliant-uvm` only when
+//!   endorsed). Offline collateral: [`collateral::Collateral`] / [`collateral::CollateralBuilder`].
 //! * **Tokens** — [`token::verify_token`]`(jwt, &`[`token::Jwks`]`, &`[`token::TokenCheck`]`)` → claims
 //!   (RS256 only, pinned keys, issuer, `exp`/`nbf`). The proxy calls this, then compares
 //!   `claims["x-ms-runtime"]` and its policy claims by exact equality ([`policy::claim_equals`]).
