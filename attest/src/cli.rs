@@ -227,7 +227,7 @@ pub(crate) struct VerifyReportArgs {
     /// Offline collateral bundle: the chain (unless `--certs`), revocation, UVM issuers; no network.
     #[arg(long)]
     pub(crate) collateral: Option<PathBuf>,
-    /// UVM endorsement (COSE_Sign1, raw bytes: ACI's `reference-info-base64` decoded). When it verifies and
+    /// UVM endorsement: COSE_Sign1 bytes, or ACI's `reference-info-base64` file as is. When it verifies and
     /// endorses the report's measurement, the claims say `x-ms-compliance-status: azure-compliant-uvm`.
     #[arg(long)]
     pub(crate) endorsement: Option<PathBuf>,

@@ -209,11 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => uvm_trust(&a.uvm_issuer)?,
             };
             let trust = trust_store(true, &a.trust_mock_root)?;
-            let endorsement = a
-                .endorsement
-                .as_ref()
-                .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
-                .transpose()?;
+            let endorsement = a.endorsement.as_deref().map(read_endorsement).transpose()?;
             let policy = a.security_policy.as_ref().map(|p| read_base64_file(p)).transpose()?;
             let evidence = AciEvidence {
                 report: &report,
@@ -397,6 +393,17 @@ fn uvm_trust(specs: &[String]) -> anyhow::Result<UvmTrust> {
             .map(|s| UvmIssuer::parse(s).with_context(|| format!("--uvm-issuer {s:?}")))
             .collect::<anyhow::Result<_>>()?,
     })
+}
+
+/// A UVM endorsement file: COSE_Sign1 bytes, or ACI's `reference-info-base64` as is (base64 text).
+fn read_endorsement(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    // A COSE_Sign1 starts with tag 18 (0xd2) or, untagged, a 4-element array (0x84); base64 text never does.
+    if matches!(bytes.first(), Some(0xd2 | 0x84)) {
+        Ok(bytes)
+    } else {
+        read_base64_file(path)
+    }
 }
 
 /// A base64 (standard alphabet) text file, whitespace ignored, decoded.

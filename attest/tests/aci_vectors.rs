@@ -358,7 +358,15 @@ fn verify_report_with_the_endorsement_prints_the_compliant_claim_set() {
     assert_eq!(claims["x-ms-sevsnpvm-guestsvn"], 22);
     assert_eq!(claims["x-ms-sevsnpvm-launchmeasurement"], MEASUREMENT);
 
+    // The security-context file as the host writes it (base64 text) is accepted as well.
     let dir = tempfile::tempdir().unwrap();
+    let b64 = dir.path().join("reference-info-base64");
+    std::fs::write(&b64, base64::engine::general_purpose::STANDARD.encode(ENDORSEMENT)).unwrap();
+    let out = cli(&["--endorsement", b64.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["x-ms-compliance-status"], "azure-compliant-uvm");
+
     let bad = dir.path().join("e.bin");
     std::fs::write(&bad, flipped(ENDORSEMENT.len() - 1)).unwrap();
     let out = cli(&["--endorsement", bad.to_str().unwrap()]);
