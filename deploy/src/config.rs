@@ -386,6 +386,7 @@ impl DeployConfig {
                 source,
             })?
         };
+        config.validate()?;
         let mut config = config;
         config.resolve_signer_key(path.parent().unwrap_or(Path::new(".")))?;
         config.validate()?;
@@ -406,6 +407,12 @@ impl DeployConfig {
             path: path.clone(),
             source,
         })?;
+        if !(is_pem(&pem) && pem.contains("PUBLIC KEY-----")) {
+            return Err(ConfigError::Invalid(format!(
+                "model.signer_key: {} is not a PEM public key",
+                path.display()
+            )));
+        }
         self.model.signer_key = Some(pem.trim().to_owned());
         Ok(())
     }
@@ -454,8 +461,9 @@ impl DeployConfig {
         {
             return bad("model.expect_root must be 64 hex digits".to_owned());
         }
+        // A path is resolved to its PEM by `load`; what is rendered must be a PEM public key.
         if let Some(pem) = &self.model.signer_key
-            && !(is_pem(pem) && pem.contains("PUBLIC KEY-----"))
+            && (pem.trim().is_empty() || (is_pem(pem) && !pem.contains("PUBLIC KEY-----")))
         {
             return bad("model.signer_key must be a PEM public key (or a file holding one)".to_owned());
         }

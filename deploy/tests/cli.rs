@@ -126,6 +126,12 @@ fn local_refuses_a_taken_port_before_starting() {
     let config = dir.path().join("cinfer.toml");
     let example = std::fs::read_to_string(path("examples/cinfer.toml")).unwrap();
     std::fs::write(&config, example.replace("port = 15006", &format!("port = {port}"))).unwrap();
+    // The signer key file the example names, beside the copy.
+    std::fs::copy(
+        path("examples/model-signer.pub.pem"),
+        dir.path().join("model-signer.pub.pem"),
+    )
+    .unwrap();
     let work = dir.path().join("work");
     let work_s = work.to_str().unwrap();
     // Other fixed ports free, so that only the one under test can be taken.

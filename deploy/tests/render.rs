@@ -284,6 +284,12 @@ fn load_str(name: &str, text: &str) -> Result<DeployConfig, deploy::ConfigError>
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
+    // The signer key file the example names, beside it.
+    std::fs::copy(
+        manifest_dir().join("examples/model-signer.pub.pem"),
+        dir.path().join("model-signer.pub.pem"),
+    )
+    .unwrap();
     DeployConfig::load(&path)
 }
 
@@ -293,6 +299,19 @@ fn config_rejects_unknown_keys_wrong_version_and_bad_values() {
     let unknown = base.replace("[key_vault]\n", "[key_vault]\nendpont = \"typo\"\n");
     let err = format!("{:#}", anyhow::Error::from(load_str("c.toml", &unknown).unwrap_err()));
     assert!(err.contains("endpont"), "{err}");
+    // The signer key is read beside the config and must be a PEM public key; it is rendered as the PEM itself.
+    let not_pem = base.replace("signer_key = \"model-signer.pub.pem\"", "signer_key = \"c.toml\"");
+    assert!(
+        matches!(load_str("c.toml", &not_pem), Err(deploy::ConfigError::Invalid(m)) if m.contains("not a PEM public key"))
+    );
+    let loaded = load_str("c.toml", &base).unwrap();
+    assert!(
+        loaded
+            .model
+            .signer_key
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
     let v2 = base.replace("version = 1", "version = 2");
     assert!(matches!(load_str("c.toml", &v2), Err(deploy::ConfigError::Invalid(m)) if m.contains("version 2")));
     let url = base.replace("authority = \"sharedeus2", "authority = \"https://sharedeus2");
