@@ -1,5 +1,6 @@
 //! Command-line interface of `cinfer-encfs` (clap derive); converts into library configs.
 
+use std::io::BufRead as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -43,7 +44,10 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct MountArgs {
     /// The image: a local file path, or an `http://`/`https://` URL that serves Range requests (plain server,
-    /// presigned or SAS URL, Azure Blob). Logs and the mount table show URLs without their query.
+    /// presigned or SAS URL, Azure Blob); or `-` to read it (one line) from standard input, which keeps a URL's
+    /// credentials out of the process table (`/proc/PID/cmdline` is world-readable): use `-` for a SAS,
+    /// presigned or `user:password@` URL. The daemon never has the URL on its command line; messages, logs and
+    /// the mount table show URLs without userinfo and query.
     #[arg(value_name = "SOURCE")]
     pub(crate) image: PathBuf,
     /// An existing directory to mount on.
@@ -202,14 +206,34 @@ impl MountArgs {
         Ok(Some(key))
     }
 
-    /// The image as logs may show it: a URL without its query (SAS tokens), or the path.
+    /// The image as logs may show it: a URL without userinfo and query (credentials), or the path.
     pub(crate) fn image_shown(&self) -> String {
-        let s = self.image.to_string_lossy();
-        if encfs::source::is_url(&s) {
-            encfs::source::http::redact(&s)
-        } else {
-            s.into_owned()
+        encfs::source::BlobKey::new(self.image.to_string_lossy()).to_string()
+    }
+
+    /// With SOURCE `-`, reads the source (one line, at most 64 KiB) from standard input. Otherwise warns, on
+    /// stderr, when the command line carries a URL's credentials.
+    pub(crate) fn resolve_source(&mut self) -> anyhow::Result<()> {
+        if self.image.as_os_str() != "-" {
+            let shown = self.image_shown();
+            if shown != self.image.to_string_lossy() && encfs::source::is_url(&self.image.to_string_lossy()) {
+                eprintln!(
+                    "cinfer-encfs: warning: the URL's credentials are on this command line, visible to every user in \
+                     the process table while `mount` runs; pass SOURCE `-` and the URL on standard input instead"
+                );
+            }
+            return Ok(());
         }
+        let mut line = String::new();
+        std::io::Read::take(std::io::stdin().lock(), 64 << 10)
+            .read_line(&mut line)
+            .context("reading SOURCE from standard input")?;
+        let spec = line.trim_end_matches(['\n', '\r']);
+        if spec.is_empty() {
+            bail!("SOURCE is `-` but standard input holds no source (a path or URL on one line)");
+        }
+        self.image = PathBuf::from(spec);
+        Ok(())
     }
 
     /// Options for [`encfs::source::open`].

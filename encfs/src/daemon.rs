@@ -38,13 +38,19 @@ pub(crate) fn mount_background(args: &MountArgs) -> anyhow::Result<()> {
         None => Stdio::null(),
     };
     let mut child = Command::new(exe)
-        .args(std::env::args_os().skip(1))
+        .args(child_args()?)
         .arg("--daemon-child")
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
         .context("starting the daemon")?;
+    // The source goes to the daemon on its standard input (its SOURCE is `-`), never on its command line, which
+    // every user can read in /proc.
+    {
+        let mut stdin = child.stdin.take().context("daemon stdin")?;
+        writeln!(stdin, "{}", args.image.display()).context("handing the source to the daemon")?;
+    }
     let out = child.stdout.take().context("daemon stdout")?;
     let mut line = String::new();
     BufReader::new(out)
@@ -60,6 +66,36 @@ pub(crate) fn mount_background(args: &MountArgs) -> anyhow::Result<()> {
     }
     let status = child.wait().context("waiting for the daemon")?;
     bail!("the daemon exited before the mount was ready ({status})")
+}
+
+/// This command's arguments with SOURCE replaced by `-` (the daemon reads it from standard input). SOURCE is
+/// found by trying each argument equal to it: the one whose replacement makes the parsed SOURCE `-`.
+fn child_args() -> anyhow::Result<Vec<std::ffi::OsString>> {
+    use clap::Parser as _;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let source_is_dash = |argv: &[std::ffi::OsString]| {
+        matches!(crate::cli::Cli::try_parse_from(argv), Ok(crate::cli::Cli { command: crate::cli::Command::Mount(m) })
+            if m.image.as_os_str() == "-")
+    };
+    if source_is_dash(&argv) {
+        return Ok(argv[1..].to_vec());
+    }
+    let Ok(crate::cli::Cli {
+        command: crate::cli::Command::Mount(parsed),
+    }) = crate::cli::Cli::try_parse_from(&argv)
+    else {
+        bail!("re-reading the command line");
+    };
+    for i in 1..argv.len() {
+        if argv[i] == parsed.image.as_os_str() {
+            let mut cand = argv.clone();
+            cand[i] = "-".into();
+            if source_is_dash(&cand) {
+                return Ok(cand[1..].to_vec());
+            }
+        }
+    }
+    bail!("could not find SOURCE on the command line")
 }
 
 /// How a foreground run reports readiness.

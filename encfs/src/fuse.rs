@@ -514,8 +514,8 @@ impl<F: fuser::Filesystem> fuser::Filesystem for PanicGuard<F> {
 pub struct MountSession {
     session: fuser::BackgroundSession,
     mountpoint: PathBuf,
-    /// The mount's ID in the mount table, if it could be found there right after mounting.
-    mount_id: Option<u64>,
+    /// The mount's ID and device in the mount table, if it could be found there right after mounting.
+    mount_id: Option<(u64, (u32, u32))>,
 }
 
 /// Mounts `fs` read-only at `mountpoint` and serves it from background threads. Returns once the kernel has
@@ -561,7 +561,7 @@ pub fn mount_filesystem<F: fuser::Filesystem + Send + 'static>(
         .ok()
         .flatten()
         .filter(mountinfo::MountEntry::is_cinfer)
-        .map(|e| e.id);
+        .map(|e| (e.id, e.dev));
     info!(mountpoint = %mountpoint.display(), threads = cfg.threads, "mounted");
     Ok(MountSession {
         session,
@@ -629,23 +629,56 @@ impl MountSession {
     }
 
     /// Ends a session that has finished ([`Self::is_finished`]) without this process unmounting it. Either it
-    /// was unmounted from outside (as [`Self::finish_after_external_unmount`]), or its request threads ended with
-    /// the mount still in place: a dead mount that nobody serves, which is detached here. Returns
-    /// [`Ended::Dead`] in that case, so the caller can exit with an error rather than report a clean unmount.
+    /// was unmounted from outside, or its request threads ended with the mount still in place: a dead mount that
+    /// nobody serves, which is detached here. Returns [`Ended::Dead`] in that case, so the caller can exit with an
+    /// error rather than report a clean unmount.
+    ///
+    /// Mount IDs and device numbers are reused, so a new mount on the same path may carry ours: a mount is taken
+    /// for ours only while its ID and device match and it answers `ENOTCONN` (dead) once our `/dev/fuse` fd is
+    /// closed. A live mount there is someone else's and is left alone.
     pub fn finish_ended(self) -> Ended {
-        let still_mounted = self
-            .mount_id
-            .and_then(|id| mountinfo::by_id(id).ok())
-            .is_some_and(|e| e.is_some());
-        if !still_mounted {
-            self.finish_after_external_unmount();
+        let Some((id, dev)) = self.mount_id else {
+            drop(self.session);
+            return Ended::Unmounted;
+        };
+        let ours = |mp: &Path| {
+            mountinfo::read()
+                .unwrap_or_default()
+                .into_iter()
+                .any(|e| e.id == id && e.dev == dev && e.mount_point == mp)
+        };
+        let mp = self
+            .mountpoint
+            .canonicalize()
+            .unwrap_or_else(|_| self.mountpoint.clone());
+        let present = ours(&mp);
+        // Closes our /dev/fuse fd: a connection that was still up (request threads gone, mount still there) ends,
+        // and fuser unmounts the path only if it was (it checks the connection first).
+        drop(self.session);
+        if !present {
             return Ended::Unmounted;
         }
-        let detached = detach(&self.mountpoint);
-        // Dropping the session closes its /dev/fuse fd: anyone still waiting on the dead mount gets ENOTCONN.
-        drop(self.session);
-        Ended::Dead { detached }
+        if !ours(&mp) {
+            // It was still connected: fuser has just unmounted our dead mount.
+            return Ended::Dead { detached: Ok(()) };
+        }
+        if answers_enotconn(&self.mountpoint) {
+            return Ended::Dead {
+                detached: detach(&self.mountpoint),
+            };
+        }
+        Ended::Unmounted
     }
+}
+
+/// True if `stat(path)` fails with `ENOTCONN` (a FUSE mount whose connection is gone) within 2 s.
+fn answers_enotconn(path: &Path) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::metadata(&path).err().and_then(|e| e.raw_os_error()));
+    });
+    rx.recv_timeout(Duration::from_secs(2)) == Ok(Some(libc::ENOTCONN))
 }
 
 /// How a session that finished on its own ended ([`MountSession::finish_ended`]).

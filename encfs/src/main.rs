@@ -15,24 +15,27 @@ use crate::daemon::Ready;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Mount(args) if !args.foreground && !args.daemon_child => daemon::mount_background(args),
-        Command::Mount(args) => {
-            init_logging();
-            let ready = if args.daemon_child { Ready::Pipe } else { Ready::Log };
-            let r = daemon::run_mount(args, &ready);
-            if let Err(e) = &r {
-                ready.error(e);
+    let result = match cli.command {
+        Command::Mount(mut args) => match args.resolve_source() {
+            Err(e) => Err(e),
+            Ok(()) if !args.foreground && !args.daemon_child => daemon::mount_background(&args),
+            Ok(()) => {
+                init_logging();
+                let ready = if args.daemon_child { Ready::Pipe } else { Ready::Log };
+                let r = daemon::run_mount(&args, &ready);
+                if let Err(e) = &r {
+                    ready.error(e);
+                }
+                r
             }
-            r
-        }
+        },
         Command::Unmount(args) => {
             init_logging();
-            daemon::unmount(args)
+            daemon::unmount(&args)
         }
         Command::Sidecar(args) => {
             init_logging();
-            sidecar_main::run_sidecar(args)
+            sidecar_main::run_sidecar(&args)
         }
     };
     match result {

@@ -82,12 +82,8 @@ pub struct SidecarOptions {
 /// public) through [`crate::source::open`]. The one place that chooses a backend.
 fn open_source(url: &str, opts: &SourceOptions) -> Result<(AnySource, BlobKey), StepError> {
     let spec = url.strip_prefix("file://").unwrap_or(url);
-    crate::source::open(spec, opts).map_err(|e| StepError::fatal(Step::Source, format!("{}: {e}", redact(url))))
-}
-
-/// A URL without its query (SAS tokens are credentials).
-fn redact(url: &str) -> &str {
-    url.split_once('?').map_or(url, |(u, _)| u)
+    crate::source::open(spec, opts)
+        .map_err(|e| StepError::fatal(Step::Source, format!("{}: {}", BlobKey::new(url), error_chain(&e))))
 }
 
 /// The hidden mount directory and the visible mount point of `spec`.
@@ -292,7 +288,7 @@ async fn open_and_mount<B: BlobSource>(
     .map_err(|e| StepError {
         step: Step::Source,
         transient: false,
-        message: format!("{}: {e}", redact(blob.as_str())),
+        message: format!("{blob}: {}", error_chain(&e)),
     })?;
     if luks {
         return mount_legacy(reader, model_key, spec, (hidden, mp), mount_cfg, ids);
@@ -312,7 +308,7 @@ async fn open_and_mount<B: BlobSource>(
             OpenError::Source { .. } => StepError {
                 step: Step::Source,
                 transient: false,
-                message: format!("{}: {}", redact(blob.as_str()), error_chain(&e)),
+                message: format!("{blob}: {}", error_chain(&e)),
             },
             _ => StepError::fatal(Step::Index, error_chain(&e)),
         })?;
@@ -371,7 +367,7 @@ fn prepare_hidden(spec: &FilesystemSpec, hidden: &Path, mount_cfg: &MountConfig)
     std::fs::create_dir_all(hidden)
         .map_err(|e| StepError::fatal(Step::Mount, format!("creating {}: {e}", hidden.display())))?;
     Ok(MountConfig {
-        fs_name: format!("cinfer-encfs:{}", redact(&spec.url)).replace([',', ' ', '\t', '\n'], "_"),
+        fs_name: format!("cinfer-encfs:{}", BlobKey::new(spec.url.as_str())).replace([',', ' ', '\t', '\n'], "_"),
         ..mount_cfg.clone()
     })
 }

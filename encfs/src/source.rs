@@ -36,8 +36,12 @@ pub use http::{HttpSource, HttpSourceError, RetryPolicy};
 pub use mem::MemSource;
 pub use mmap::MmapSource;
 
-/// Names one blob (one image) within a source: a path for [`FileSource`], a URL or blob name for remote ones.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Names one blob (one image) within a source: a path for [`FileSource`], a URL for remote ones.
+///
+/// A URL may carry credentials (a SAS or presigned query, `user:password@`): `Display` and `Debug` show it
+/// without userinfo, query and fragment, so a key can go into any message, log line, status file or mount table
+/// as is. Only [`Self::as_str`] gives the whole key, for the request itself.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BlobKey(String);
 
 impl BlobKey {
@@ -46,16 +50,45 @@ impl BlobKey {
         Self(key.into())
     }
 
-    /// The key as a string.
+    /// The whole key, credentials included: for opening or requesting the blob, never for showing it.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The key as it may be shown: a URL without userinfo, query and fragment; anything else as is.
+    pub fn redacted(&self) -> std::borrow::Cow<'_, str> {
+        redact(&self.0)
     }
 }
 
 impl fmt::Display for BlobKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.redacted())
     }
+}
+
+impl fmt::Debug for BlobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BlobKey").field(&self.redacted()).finish()
+    }
+}
+
+/// `scheme://host[:port]/path` of a URL (userinfo, query and fragment dropped); a string that is not a URL (no
+/// `scheme://` prefix) as is.
+fn redact(s: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return s.into();
+    };
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !is_scheme {
+        return s.into();
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path = tail.split(['?', '#']).next().unwrap_or_default();
+    format!("{scheme}://{host}{path}").into()
 }
 
 /// An opaque version tag of a blob (an HTTP ETag, or identity and mtime of a local file). Reads pinned to it
@@ -155,5 +188,22 @@ pub trait BlobSource: Send + Sync + 'static {
     fn on_auth_failure(&self, key: &BlobKey, range: Range<u64>) -> bool {
         let _ = (key, range);
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_show_urls_without_credentials() {
+        let k = BlobKey::new("https://user:pa%40ss@acct.blob.core.windows.net:443/c/b.img?sv=1&sig=SECRET#frag");
+        assert_eq!(k.to_string(), "https://acct.blob.core.windows.net:443/c/b.img");
+        assert!(!format!("{k:?}").contains("SECRET") && !format!("{k:?}").contains("pa%40ss"));
+        assert_eq!(BlobKey::new("http://h?sig=x").to_string(), "http://h");
+        assert_eq!(BlobKey::new("http://u:p@h").to_string(), "http://h");
+        assert_eq!(BlobKey::new("/srv/http://x?y").to_string(), "/srv/http://x?y");
+        assert_eq!(BlobKey::new("model.img").to_string(), "model.img");
+        assert!(k.as_str().contains("sig=SECRET"));
     }
 }

@@ -223,3 +223,109 @@ fn a_daemon_whose_filesystem_dies_detaches_it_and_exits() {
     );
     drop(guard);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Item 2: no secret in errors, logs, status files or the process table.
+
+/// Every process's command line (NUL-separated arguments joined by spaces).
+fn all_cmdlines() -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
+        })
+        .collect()
+}
+
+#[test]
+fn a_url_that_cannot_be_reached_shows_no_credentials_and_is_named_once() {
+    let (fx, _) = fixture();
+    // A closed port: every request fails to be sent (a transport error, which names its URL).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://reader:PASSWORD@127.0.0.1:{port}/models/m.img?sv=2024&sig=SECRETSIG");
+    let out = fx.mount_cmd(Path::new(&url), &["--retry-budget", "1", "--request-timeout", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let everything = format!("{err}\n{}", fx.log());
+    for secret in ["SECRETSIG", "PASSWORD", "reader:", "sv=2024"] {
+        assert!(!everything.contains(secret), "{secret} shown:\n{everything}");
+    }
+    let shown = format!("http://127.0.0.1:{port}/models/m.img");
+    let line = err
+        .lines()
+        .find(|l| l.contains("gave up"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(
+        line.matches(&shown).count(),
+        1,
+        "the URL is named more than once: {line}"
+    );
+    assert!(line.contains("Connection refused"), "{line}");
+}
+
+#[test]
+fn a_url_with_credentials_stays_out_of_the_process_table_and_the_mount_table() {
+    let (fx, data) = fixture();
+    let image = Arc::new(std::fs::read(&fx.image).unwrap());
+    let total = image.len() as u64;
+    let srv = HostileServer::start(move |r| partial(&image, total, r.range));
+    let port = srv.base.rsplit(':').next().unwrap().to_string();
+    let url = format!("http://reader:TABLEPASS@127.0.0.1:{port}/m.img?sig=TABLESECRET");
+    // On the command line (the caller is warned), then on standard input.
+    for via_stdin in [false, true] {
+        let log = fx.dir.path().join("daemon.log");
+        let mut cmd = common::encfs_bin();
+        cmd.arg("mount")
+            .arg(if via_stdin { "-" } else { &url })
+            .arg(&fx.mnt)
+            .arg("--key-file")
+            .arg(&fx.key_file)
+            .arg("--log-file")
+            .arg(&log)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().unwrap();
+            if via_stdin {
+                writeln!(stdin, "{url}").unwrap();
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(err.contains("warning: the URL's credentials"), !via_stdin, "{err}");
+        let guard = common::MountGuard { mnt: fx.mnt.clone() };
+        assert!(std::fs::read(fx.mnt.join("weights.bin")).unwrap() == data);
+        // The daemon serves, and no process's command line holds the credentials.
+        for (pid, cmd) in all_cmdlines() {
+            assert!(
+                !cmd.contains("TABLESECRET") && !cmd.contains("TABLEPASS"),
+                "process {pid} shows the credentials: {cmd}"
+            );
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains("TABLESECRET") && !mounts.contains("TABLEPASS"),
+            "{mounts}"
+        );
+        assert!(
+            !fx.log().contains("TABLESECRET") && !fx.log().contains("TABLEPASS"),
+            "{}",
+            fx.log()
+        );
+        guard.unmount();
+        assert!(wait_for(Duration::from_secs(10), || !all_cmdlines().iter().any(
+            |(_, c)| c.contains("--daemon-child") && c.contains(fx.mnt.to_str().unwrap())
+        )));
+    }
+}

@@ -1298,3 +1298,46 @@ fn a_filesystem_that_dies_makes_the_sidecar_exit_nonzero_and_leave_no_mount() {
         "the symlink to a dead mount is left behind"
     );
 }
+
+/// Issue 17, item 2: a source URL's credentials (userinfo and SAS query) appear in no message: not in the log, not
+/// in `filesystem-<i>.failed`.
+#[test]
+fn a_failing_source_shows_no_credentials_in_the_log_or_the_failed_file() {
+    assert!(fuse_available(), "this test needs /dev/fuse and root");
+    let mut w = World::new();
+    // A storage endpoint that refuses everything (403: final, so the sidecar fails at once).
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(&s);
+                let mut line = String::new();
+                while std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) > 0 {
+                    if line == "\r\n" {
+                        let _ = (&s).write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    w.image_url = format!("http://reader:SIDEPASS@127.0.0.1:{port}/models/m.img?sv=1&sig=SIDESECRET");
+    let base = w.dir.path().join("creds");
+    std::fs::create_dir(&base).unwrap();
+    let mount_point = base.join("models");
+    let mut sc = start_sidecar(&w, &mount_point, "", &HOST_DATA, "creds");
+    let (ok, log) = sc.wait_exit();
+    assert!(!ok, "{log}");
+    let failed = std::fs::read_to_string(sc.ready_dir.join("filesystem-0.failed")).unwrap();
+    assert!(failed.contains("HTTP 403"), "{failed}");
+    for text in [&log, &failed] {
+        for secret in ["SIDEPASS", "SIDESECRET", "reader:"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+    }
+    assert!(
+        failed.contains(&format!("http://127.0.0.1:{port}/models/m.img")),
+        "{failed}"
+    );
+}

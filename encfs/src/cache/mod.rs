@@ -247,7 +247,7 @@ impl<B: BlobSource> CachingSource<B> {
         if self.disks.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key) {
             return;
         }
-        let shown = crate::source::http::redact(key.as_str());
+        let shown = key.to_string();
         let store = match &meta.etag {
             None => {
                 warn!(blob = %shown, "the source gives no ETag: no disk cache (a replaced blob could not be told apart)");

@@ -149,6 +149,10 @@ impl ImdsToken {
     }
 
     async fn fetch(&self) -> Result<(HeaderValue, Instant), HttpSourceError> {
+        self.fetch_token().await.map_err(|e| HttpSourceError::Imds(Box::new(e)))
+    }
+
+    async fn fetch_token(&self) -> Result<(HeaderValue, Instant), HttpSourceError> {
         let mut q = vec![
             ("api-version", "2018-02-01"),
             ("resource", "https://storage.azure.com/"),
@@ -158,30 +162,20 @@ impl ImdsToken {
         }
         let url = reqwest::Url::parse_with_params(IMDS_ENDPOINT, &q)
             .map_err(|e| HttpSourceError::Config(format!("IMDS URL: {e}")))?;
-        let err = |reason: String| HttpSourceError::BadResponse {
-            url: IMDS_ENDPOINT.into(),
-            reason,
-        };
+        let err = |reason: String| HttpSourceError::BadResponse { reason };
         let resp = self
             .client
             .get(url)
             .header("Metadata", "true")
             .send()
             .await
-            .map_err(|source| HttpSourceError::Transport {
-                url: IMDS_ENDPOINT.into(),
-                source,
-            })?;
+            .map_err(HttpSourceError::transport)?;
         if !resp.status().is_success() {
             return Err(HttpSourceError::Status {
-                url: IMDS_ENDPOINT.into(),
                 status: resp.status().as_u16(),
             });
         }
-        let body = resp.bytes().await.map_err(|source| HttpSourceError::Transport {
-            url: IMDS_ENDPOINT.into(),
-            source,
-        })?;
+        let body = resp.bytes().await.map_err(HttpSourceError::transport)?;
         let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(format!("token JSON: {e}")))?;
         let token = v["access_token"]
             .as_str()

@@ -62,60 +62,49 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Errors of [`HttpSource`]. Messages name the URL without its query (SAS tokens stay out of logs).
+/// Errors of [`HttpSource`]. They never name the URL: the caller names it once, redacted (the [`BlobKey`]'s
+/// `Display`), and transport errors are stripped of it (a SAS or a password never reaches a message or a log).
+/// Messages do not repeat their source: print the chain (`{:#}` with anyhow) for the whole story.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HttpSourceError {
     /// The server answered with an unexpected status.
-    #[error("{url}: HTTP {status}")]
+    #[error("HTTP {status}")]
     Status {
-        /// The URL, without query.
-        url: String,
         /// The status code.
         status: u16,
     },
-    /// Connecting, sending or receiving failed.
-    #[error("{url}: {source}")]
+    /// Connecting, sending or receiving failed (the client's error, without its URL).
+    #[error(transparent)]
     Transport {
-        /// The URL, without query.
-        url: String,
         /// The client's error.
-        #[source]
         source: reqwest::Error,
     },
     /// No response headers within the request timeout, or the body stalled.
-    #[error("{url}: {what} timed out after {after:?}")]
+    #[error("{what} timed out after {after:?}")]
     Timeout {
-        /// The URL, without query.
-        url: String,
-        /// "response" or "body".
+        /// "response", "body" or "read budget".
         what: &'static str,
         /// The timeout.
         after: Duration,
     },
     /// The body ended before the announced length.
-    #[error("{url}: short body ({got} of {want} bytes)")]
+    #[error("short body ({got} of {want} bytes)")]
     ShortBody {
-        /// The URL, without query.
-        url: String,
         /// Bytes received.
         got: u64,
         /// Bytes expected.
         want: u64,
     },
     /// The response does not fit the request (no range support, wrong `Content-Range`, bad headers).
-    #[error("{url}: {reason}")]
+    #[error("{reason}")]
     BadResponse {
-        /// The URL, without query.
-        url: String,
         /// What was wrong.
         reason: String,
     },
     /// Retries stopped: budget or attempts spent. `last` is the last attempt's error.
-    #[error("{url}: gave up after {attempts} attempts in {elapsed:?}: {last}")]
+    #[error("gave up after {attempts} attempts in {elapsed:.1?}")]
     GaveUp {
-        /// The URL, without query.
-        url: String,
         /// Attempts made.
         attempts: u32,
         /// Time spent.
@@ -127,6 +116,33 @@ pub enum HttpSourceError {
     /// The URL or a header could not be used.
     #[error("{0}")]
     Config(String),
+    /// Getting a managed-identity token failed.
+    #[error("getting a managed-identity token from IMDS ({})", super::azure::IMDS_ENDPOINT)]
+    Imds(#[source] Box<Self>),
+}
+
+impl HttpSourceError {
+    /// A transport error, stripped of the URL the client puts in it.
+    pub(crate) fn transport(e: reqwest::Error) -> Self {
+        Self::Transport {
+            source: e.without_url(),
+        }
+    }
+}
+
+/// An error with its sources, `: `-separated (for log lines).
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
 }
 
 type Result<T> = std::result::Result<T, BlobError<HttpSourceError>>;
@@ -203,13 +219,13 @@ impl HttpSource {
 
     async fn send(
         &self,
-        url: &str,
+        key: &BlobKey,
         range: Range<u64>,
         if_match: Option<&ETag>,
     ) -> std::result::Result<reqwest::Response, HttpSourceError> {
         let mut rb = self
             .client
-            .get(url)
+            .get(key.as_str())
             .headers(self.headers.clone())
             .header(header::RANGE, format!("bytes={}-{}", range.start, range.end - 1));
         if let Some(tag) = if_match {
@@ -221,12 +237,10 @@ impl HttpSource {
             rb = rb.header(header::AUTHORIZATION, v);
         }
         Metrics::add(&self.metrics.requests, 1);
-        let shown = redact(url);
         match tokio::time::timeout(self.policy.request_timeout, rb.send()).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(source)) => Err(HttpSourceError::Transport { url: shown, source }),
+            Ok(Err(e)) => Err(HttpSourceError::transport(e)),
             Err(_) => Err(HttpSourceError::Timeout {
-                url: shown,
                 what: "response",
                 after: self.policy.request_timeout,
             }),
@@ -234,10 +248,9 @@ impl HttpSource {
     }
 
     /// Classifies a non-success status.
-    fn status_outcome<T>(&self, url: &str, resp: &reqwest::Response, range: &Range<u64>) -> Attempt<T> {
+    fn status_outcome<T>(&self, resp: &reqwest::Response, range: &Range<u64>) -> Attempt<T> {
         let status = resp.status();
         let err = HttpSourceError::Status {
-            url: redact(url),
             status: status.as_u16(),
         };
         match status {
@@ -266,7 +279,7 @@ impl HttpSource {
     /// Runs `attempt` until it succeeds, fails for good, or the policy's budget is spent. `state` (a body
     /// buffer) is handed to each attempt and back; it is lost (reset to default) only if an attempt is cut off
     /// by the budget.
-    async fn with_retries<S: Default, T, F, Fut>(&self, url: &str, state: &mut S, mut attempt: F) -> Result<T>
+    async fn with_retries<S: Default, T, F, Fut>(&self, key: &BlobKey, state: &mut S, mut attempt: F) -> Result<T>
     where
         F: FnMut(S) -> Fut,
         Fut: Future<Output = (S, Attempt<T>)>,
@@ -284,7 +297,6 @@ impl HttpSource {
                 }
                 Err(_) => Attempt::Retry {
                     err: HttpSourceError::Timeout {
-                        url: redact(url),
                         what: "read budget",
                         after: self.policy.budget,
                     },
@@ -305,16 +317,15 @@ impl HttpSource {
             let backoff = self.backoff(n, after);
             if n >= self.policy.max_attempts || response::passes(Instant::now(), backoff, deadline) {
                 Metrics::add(&self.metrics.failures, 1);
-                warn!(attempts = n, elapsed = ?start.elapsed(), "giving up on a read: {err}");
+                warn!(url = %key, attempts = n, elapsed = ?start.elapsed(), "giving up on a read: {}", Chain(&err));
                 return Err(BlobError::Backend(HttpSourceError::GaveUp {
-                    url: redact(url),
                     attempts: n,
                     elapsed: start.elapsed(),
                     last: Box::new(err),
                 }));
             }
             Metrics::add(&self.metrics.retries, 1);
-            debug!(attempt = n, ?backoff, "retrying: {err}");
+            debug!(url = %key, attempt = n, ?backoff, "retrying: {}", Chain(&err));
             tokio::time::sleep(backoff).await;
         }
     }
@@ -331,21 +342,16 @@ impl HttpSource {
         )
     }
 
-    async fn stat_once(&self, url: &str) -> ((), Attempt<BlobMeta>) {
-        ((), self.stat_attempt(url).await)
+    async fn stat_once(&self, key: &BlobKey) -> ((), Attempt<BlobMeta>) {
+        ((), self.stat_attempt(key).await)
     }
 
-    async fn stat_attempt(&self, url: &str) -> Attempt<BlobMeta> {
-        let resp = match self.send(url, 0..1, None).await {
+    async fn stat_attempt(&self, key: &BlobKey) -> Attempt<BlobMeta> {
+        let resp = match self.send(key, 0..1, None).await {
             Ok(r) => r,
             Err(err) => return Attempt::Retry { err, after: None },
         };
-        let bad = |reason: String| {
-            Attempt::Fail(BlobError::Backend(HttpSourceError::BadResponse {
-                url: redact(url),
-                reason,
-            }))
-        };
+        let bad = |reason: String| Attempt::Fail(BlobError::Backend(HttpSourceError::BadResponse { reason }));
         let etag = etag_of(resp.headers());
         match response::stat_len(resp.status(), resp.headers()) {
             Some(Ok(len)) => {
@@ -354,7 +360,7 @@ impl HttpSource {
                 Attempt::Done(BlobMeta { len, etag })
             }
             Some(Err(reason)) => bad(reason),
-            None => self.status_outcome(url, &resp, &(0..1)),
+            None => self.status_outcome(&resp, &(0..1)),
         }
     }
 
@@ -369,43 +375,37 @@ impl HttpSource {
 
     async fn read_once(
         &self,
-        url: &str,
+        key: &BlobKey,
         range: Range<u64>,
         if_match: Option<&ETag>,
         mut buf: Vec<u8>,
     ) -> (Vec<u8>, Attempt<()>) {
         buf.clear();
-        let outcome = self.read_attempt(url, range, if_match, &mut buf).await;
+        let outcome = self.read_attempt(key, range, if_match, &mut buf).await;
         (buf, outcome)
     }
 
     /// One ranged `GET`, its body appended to `buf` (which the caller cleared).
     async fn read_attempt(
         &self,
-        url: &str,
+        key: &BlobKey,
         range: Range<u64>,
         if_match: Option<&ETag>,
         buf: &mut Vec<u8>,
     ) -> Attempt<()> {
         let want = range.end - range.start;
         let t0 = Instant::now();
-        let mut resp = match self.send(url, range.clone(), if_match).await {
+        let mut resp = match self.send(key, range.clone(), if_match).await {
             Ok(r) => r,
             Err(err) => return Attempt::Retry { err, after: None },
         };
         let headers_at = t0.elapsed();
-        let shown = || redact(url);
-        let bad = |reason: String| {
-            Attempt::Fail(BlobError::Backend(HttpSourceError::BadResponse {
-                url: shown(),
-                reason,
-            }))
-        };
+        let bad = |reason: String| Attempt::Fail(BlobError::Backend(HttpSourceError::BadResponse { reason }));
         if let (Some(pinned), Some(got)) = (if_match, etag_of(resp.headers()))
             && resp.status().is_success()
             && got != *pinned
         {
-            warn!(url = %shown(), pinned = pinned.as_str(), now = got.as_str(), "the blob changed since mount");
+            warn!(url = %key, pinned = pinned.as_str(), now = got.as_str(), "the blob changed since mount");
             Metrics::add(&self.metrics.precondition_failures, 1);
             return Attempt::Fail(BlobError::PreconditionFailed);
         }
@@ -413,10 +413,10 @@ impl HttpSource {
             Verdict::Body { .. } => {}
             Verdict::Bad(reason) => return bad(reason),
             Verdict::Status(StatusCode::PRECONDITION_FAILED) => {
-                warn!(url = %shown(), "the blob changed since mount (412 Precondition Failed)");
-                return self.status_outcome(url, &resp, &range);
+                warn!(url = %key, "the blob changed since mount (412 Precondition Failed)");
+                return self.status_outcome(&resp, &range);
             }
-            Verdict::Status(_) => return self.status_outcome(url, &resp, &range),
+            Verdict::Status(_) => return self.status_outcome(&resp, &range),
         }
         // INVARIANT: ranges are of one read, far below usize::MAX.
         buf.reserve_exact((want as usize).saturating_sub(buf.capacity()));
@@ -430,16 +430,15 @@ impl HttpSource {
                     buf.extend_from_slice(&piece);
                 }
                 Ok(Ok(None)) => break,
-                Ok(Err(source)) => {
+                Ok(Err(e)) => {
                     return Attempt::Retry {
-                        err: HttpSourceError::Transport { url: shown(), source },
+                        err: HttpSourceError::transport(e),
                         after: None,
                     };
                 }
                 Err(_) => {
                     return Attempt::Retry {
                         err: HttpSourceError::Timeout {
-                            url: shown(),
                             what: "body",
                             after: self.policy.stall_timeout,
                         },
@@ -458,7 +457,6 @@ impl HttpSource {
         if buf.len() as u64 != want {
             return Attempt::Retry {
                 err: HttpSourceError::ShortBody {
-                    url: shown(),
                     got: buf.len() as u64,
                     want,
                 },
@@ -476,8 +474,7 @@ impl BlobSource for HttpSource {
     type Error = HttpSourceError;
 
     async fn stat(&self, key: &BlobKey) -> Result<BlobMeta> {
-        let url = key.as_str();
-        self.with_retries(url, &mut (), |()| self.stat_once(url)).await
+        self.with_retries(key, &mut (), |()| self.stat_once(key)).await
     }
 
     async fn read_range(&self, key: &BlobKey, range: Range<u64>, if_match: Option<&ETag>) -> Result<Bytes> {
@@ -504,9 +501,8 @@ impl BlobSource for HttpSource {
         if range.start == range.end {
             return Ok(());
         }
-        let url = key.as_str();
         let r = self
-            .with_retries(url, buf, |b| self.read_once(url, range.clone(), if_match, b))
+            .with_retries(key, buf, |b| self.read_once(key, range.clone(), if_match, b))
             .await;
         if r.is_err() {
             buf.clear();
@@ -515,19 +511,9 @@ impl BlobSource for HttpSource {
     }
 }
 
-/// The URL without its query and fragment (where SAS tokens and signatures live).
-pub fn redact(url: &str) -> String {
-    url.split(['?', '#']).next().unwrap_or_default().to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_queries() {
-        assert_eq!(redact("https://a.blob/c/b?sv=1&sig=secret"), "https://a.blob/c/b");
-    }
 
     #[test]
     fn backoff_grows_is_capped_and_honours_retry_after() {
