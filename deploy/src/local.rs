@@ -33,4 +33,4 @@ pub mod triton;
 pub use error::LocalError;
 pub use pipeline::{ImageStore, Options, Pipeline, Ports, StageEvent};
 pub use shutdown::Cancel;
-pub use stages::image::ExampleInput;
+pub use stages::image::{ExampleInput, make_signer};

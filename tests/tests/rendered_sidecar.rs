@@ -112,30 +112,8 @@ fn rendered_sidecar_args_mount_the_pinned_image_and_refuse_another_root() {
     let (a_dir, b_dir) = (work.join("a"), work.join("b"));
     model(&a_dir, &[0xa5; 300_000]);
     model(&b_dir, &[0x5b; 300_000]);
-    let signer = work.join("signer.pem");
-    run(
-        "openssl genpkey",
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&signer),
-    )
-    .unwrap();
-    let signer_pub = run(
-        "openssl pkey -pubout",
-        Command::new("openssl")
-            .arg("pkey")
-            .arg("-in")
-            .arg(&signer)
-            .arg("-pubout"),
-    )
-    .unwrap();
+    let (signer, signer_pub) = deploy::local::make_signer(work).unwrap();
+    let signer_pub = std::fs::read_to_string(signer_pub).unwrap();
     let key = work.join("model.key");
     let (a_img, b_img) = (work.join("a.img"), work.join("b.img"));
     let root_a = build(&a_dir, &a_img, &key, &signer);

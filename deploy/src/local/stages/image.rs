@@ -62,10 +62,10 @@ pub(crate) struct Image {
     pub(crate) signer_pub: PathBuf,
 }
 
-/// Makes a signing key and builds the signed, encrypted image of `models`.
-pub(crate) fn build(ctx: &Ctx, models: &Path) -> Result<Image> {
-    let signer = ctx.work.join("signer.pem");
-    let signer_pub = ctx.work.join("signer.pub.pem");
+/// A fresh P-256 model-signing key in `dir`: `signer.pem` (private, PKCS#8) and `signer.pub.pem`; returns both.
+pub fn make_signer(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let signer = dir.join("signer.pem");
+    let signer_pub = dir.join("signer.pub.pem");
     run(
         "openssl genpkey",
         Command::new("openssl")
@@ -89,6 +89,12 @@ pub(crate) fn build(ctx: &Ctx, models: &Path) -> Result<Image> {
             .arg("-out")
             .arg(&signer_pub),
     )?;
+    Ok((signer, signer_pub))
+}
+
+/// Makes a signing key and builds the signed, encrypted image of `models`.
+pub(crate) fn build(ctx: &Ctx, models: &Path) -> Result<Image> {
+    let (signer, signer_pub) = make_signer(&ctx.work)?;
     let path = ctx.work.join("model.img");
     let key = ctx.work.join("model.key");
     let out = run(
