@@ -278,10 +278,12 @@ pub struct Resource {
 
 impl Eq for Resource {}
 
-/// Resources per container; the defaults are the seed's.
+/// Resources per container; the defaults are the seed's (the init step's is ours).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Resources {
+    /// The init step (`cinfer-init`), Kubernetes only (ACI init containers take no resources).
+    pub init: Resource,
     /// The model server.
     pub model_server: Resource,
     /// The encfs sidecar.
@@ -293,6 +295,10 @@ pub struct Resources {
 impl Default for Resources {
     fn default() -> Self {
         Self {
+            init: Resource {
+                cpu: 0.25,
+                memory_gb: 0.25,
+            },
             model_server: Resource {
                 cpu: 3.0,
                 memory_gb: 12.0,
@@ -335,7 +341,8 @@ pub struct AciOptions {
 pub struct KubernetesOptions {
     /// Namespace of the rendered objects.
     pub namespace: String,
-    /// Runtime class of confidential pods: `kata-cc-isolation` (AKS) or `kata-qemu-snp` (Confidential Containers).
+    /// Runtime class of confidential pods: `kata-cc-isolation` (AKS confidential containers), the only one a render
+    /// can attest on; see [`DeployConfig::validate`] for why upstream Confidential Containers is refused.
     pub runtime_class: String,
     /// Service type: `LoadBalancer`, `ClusterIP` or `NodePort`.
     pub service_type: String,
@@ -496,6 +503,36 @@ impl DeployConfig {
         ] {
             if cmd.is_empty() {
                 return bad(format!("{what} must not be empty"));
+            }
+        }
+        match self.kubernetes.runtime_class.as_str() {
+            "kata-cc-isolation" => {}
+            "kata-qemu-snp" | "kata-qemu-snp-experimental" => {
+                return bad(format!(
+                    "kubernetes.runtime_class {:?} (upstream Confidential Containers) is not supported: there the policy \
+                     is measured through the cc_init_data initdata annotation (HOST_DATA is the digest of the initdata \
+                     document, not of the policy), containers get no /dev/sev-guest (evidence comes from the guest's \
+                     Attestation Agent, verified by trustee), and there is no Microsoft UVM endorsement, so no \
+                     azure-compliant-uvm: a rendered deployment could not attest. Use kata-cc-isolation (AKS \
+                     confidential containers) or ACI",
+                    self.kubernetes.runtime_class
+                ));
+            }
+            other => {
+                return bad(format!(
+                    "kubernetes.runtime_class {other:?} is not a confidential runtime cinfer can attest on: use \
+                     kata-cc-isolation (AKS confidential containers)"
+                ));
+            }
+        }
+        for (what, r) in [
+            ("resources.init", &self.resources.init),
+            ("resources.model_server", &self.resources.model_server),
+            ("resources.encfs", &self.resources.encfs),
+            ("resources.proxy", &self.resources.proxy),
+        ] {
+            if !(r.cpu > 0.0 && r.memory_gb > 0.0 && r.cpu.is_finite() && r.memory_gb.is_finite()) {
+                return bad(format!("{what}: cpu and memory_gb must be positive"));
             }
         }
         if !matches!(

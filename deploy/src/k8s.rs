@@ -1,5 +1,5 @@
-//! Kubernetes manifests for confidential pods (AKS confidential containers `kata-cc-isolation`, or
-//! Confidential Containers `kata-qemu-snp`).
+//! Kubernetes manifests for confidential pods (AKS confidential containers, `kata-cc-isolation`; upstream
+//! Confidential Containers is refused by config validation, see [`crate::config::DeployConfig::validate`]).
 //!
 //! Each replica is its own pod, and each confidential pod is its own SNP-protected utility VM: it gets its
 //! own report, its encfs sidecar attests and releases the model key on its own, and its proxy attests its own
@@ -21,10 +21,23 @@ fn labels(config: &DeployConfig) -> Value {
     json!({ "app.kubernetes.io/name": config.name, "app.kubernetes.io/part-of": "cinfer" })
 }
 
+/// Requests and limits, equal: kata-cc sizes the pod's utility VM from the limits (requests are not honoured, and
+/// without a CPU limit all containers share one vCPU).
 fn resources(r: &Resource) -> Value {
     let memory = format!("{}Mi", (r.memory_gb * 1024.0).round() as u64);
     let cpu = format!("{}m", (r.cpu * 1000.0).round() as u64);
-    json!({ "requests": { "cpu": cpu, "memory": memory }, "limits": { "memory": memory } })
+    json!({ "requests": { "cpu": cpu, "memory": memory }, "limits": { "cpu": cpu, "memory": memory } })
+}
+
+/// The utility VM one pod gets on AKS confidential containers: vCPUs = the sum of the containers' CPU limits
+/// (rounded up; init containers run before the others, so the largest of them counts against the rest), memory =
+/// 2 GiB + the sum of the memory limits. Returns (vCPUs, GiB).
+pub fn uvm_size(config: &DeployConfig) -> (u32, f64) {
+    let r = &config.resources;
+    let main = [&r.model_server, &r.encfs, &r.proxy];
+    let cpu: f64 = main.iter().map(|c| c.cpu).sum::<f64>().max(r.init.cpu);
+    let memory: f64 = main.iter().map(|c| c.memory_gb).sum::<f64>().max(r.init.memory_gb);
+    (cpu.ceil() as u32, 2.0 + memory)
 }
 
 /// The Deployment. With a policy (from `az confcom katapolicygen`), it goes into the pod annotation.
@@ -50,6 +63,7 @@ pub fn deployment(config: &DeployConfig, policy: Option<&SecurityPolicy>) -> Val
                         "name": "cinfer-init",
                         "image": config.images.init,
                         "command": init_command(config),
+                        "resources": resources(&config.resources.init),
                         "securityContext": {
                             "runAsUser": 0,
                             "runAsNonRoot": false,
@@ -83,7 +97,9 @@ pub fn deployment(config: &DeployConfig, policy: Option<&SecurityPolicy>) -> Val
                                 { "name": "atls", "containerPort": p.port, "protocol": "TCP" },
                                 { "name": "health", "containerPort": p.health_port, "protocol": "TCP" },
                             ],
-                            "readinessProbe": { "tcpSocket": { "port": p.health_port }, "periodSeconds": 5 },
+                            // httpGet: the health port answers 503 once the attested token expired (tcpSocket
+                            // would only see the port open).
+                            "readinessProbe": { "httpGet": { "path": "/", "port": p.health_port }, "periodSeconds": 5 },
                             "resources": resources(&config.resources.proxy),
                             "securityContext": {
                                 "runAsUser": 65532,

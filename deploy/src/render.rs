@@ -78,6 +78,11 @@ pub fn render_k8s(config: &DeployConfig, policy: Option<&SecurityPolicy>, signer
     bundle.add("deployment.yaml", to_yaml(&k8s::deployment(config, policy)));
     bundle.add("service.yaml", to_yaml(&k8s::service(config)));
     add_common(&mut bundle, config, policy, signer);
+    let (vcpus, gib) = k8s::uvm_size(config);
+    bundle.notes.push(format!(
+        "each pod runs in its own utility VM of {vcpus} vCPU and {gib:.2} GiB (CPU = sum of the containers' CPU \
+         limits, memory = 2 GiB + sum of the memory limits; [resources] sets them)"
+    ));
     if policy.is_none() {
         bundle.notes.insert(
             0,

@@ -362,3 +362,64 @@ fn outbound_restriction_reaches_the_init_command_of_both_renderers() {
             .contains("outbound")
     );
 }
+
+/// What AKS confidential containers need of a pod: limits (CPU and memory) on every container, since the utility
+/// VM is sized from them; an httpGet readiness probe on the proxy's health port (a 503 after the token expired
+/// must take the pod out of the Service); and the UVM size each pod gets is told.
+#[test]
+fn k8s_pods_carry_limits_an_http_probe_and_the_uvm_size_is_told() {
+    let config = config();
+    let bundle = render_k8s(&config, None, None);
+    let deployment = yaml(&bundle, "deployment.yaml");
+    let spec = &deployment["spec"]["template"]["spec"];
+    for kind in ["initContainers", "containers"] {
+        for c in spec[kind].as_array().unwrap() {
+            let limits = &c["resources"]["limits"];
+            assert!(
+                limits["cpu"].is_string() && limits["memory"].is_string(),
+                "{}: {limits}",
+                c["name"]
+            );
+            assert_eq!(c["resources"]["requests"], *limits, "{}", c["name"]);
+        }
+    }
+    let proxy = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "proxy")
+        .unwrap();
+    assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 15021);
+    assert!(proxy["readinessProbe"]["tcpSocket"].is_null());
+    // 3 + 1 + 0.5 CPU -> 5 vCPU; 2 GiB + 12 + 4 + 1 GiB.
+    assert_eq!(deploy::k8s::uvm_size(&config), (5, 19.0));
+    assert!(
+        bundle
+            .notes
+            .iter()
+            .any(|n| n.contains("utility VM of 5 vCPU and 19.00 GiB")),
+        "{:?}",
+        bundle.notes
+    );
+}
+
+/// Upstream Confidential Containers cannot attest a render (initdata-measured policy, no /dev/sev-guest, no UVM
+/// endorsement): the config is refused with the reasons, and so is any other runtime class.
+#[test]
+fn runtime_classes_that_cannot_attest_are_refused_with_the_reason() {
+    let base = std::fs::read_to_string(manifest_dir().join("examples/cinfer.toml")).unwrap();
+    let coco = base.replace(
+        "runtime_class = \"kata-cc-isolation\"",
+        "runtime_class = \"kata-qemu-snp\"",
+    );
+    match load_str("c.toml", &coco) {
+        Err(deploy::ConfigError::Invalid(m)) => {
+            assert!(m.contains("cc_init_data") && m.contains("azure-compliant-uvm"), "{m}")
+        }
+        other => panic!("kata-qemu-snp accepted: {other:?}"),
+    }
+    let runc = base.replace("runtime_class = \"kata-cc-isolation\"", "runtime_class = \"runc\"");
+    assert!(
+        matches!(load_str("c.toml", &runc), Err(deploy::ConfigError::Invalid(m)) if m.contains("not a confidential runtime"))
+    );
+}
