@@ -5,7 +5,7 @@
 //! [`DeployConfig`] feeds every output:
 //!
 //! - [`aci`]: the confidential container group (ARM template + parameters) for Azure Container Instances;
-//! - [`k8s`]: a Deployment and a Service for confidential pods (AKS `kata-cc-isolation`, CoCo `kata-qemu-snp`);
+//! - [`k8s`]: a Deployment and a Service for confidential pods (AKS confidential containers, `kata-cc-isolation`);
 //! - [`sidecar`]: the encfs sidecar's `EncfsSideCarArgs` in the seed's schema;
 //! - [`policy`]: hostdata = SHA-256 of the decoded security policy (as the platform measures it), and from it
 //!   the AKV release policy, the attestation policy an auditor signs, and the client attestation policies
