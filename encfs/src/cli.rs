@@ -107,7 +107,9 @@ pub(crate) struct MountArgs {
     pub(crate) retry_budget: f64,
     /// Remote sources: memory budget of the daemon, in MiB. Ciphertext parts held and in flight (sequential
     /// reads prefetch into them, random reads fetch only their range) get this minus 48 MiB set aside for FUSE
-    /// and HTTP buffers and the program, so peak RSS stays near this figure.
+    /// and HTTP buffers and the program, so peak RSS stays near this figure. Any image: the sealed index read
+    /// before it is authenticated is at most a quarter of it (at least 1 MiB), so a tampered header cannot make
+    /// a mount attempt allocate more; an image with a larger index is refused with a message saying so.
     #[arg(long, default_value_t = encfs::cache::DEFAULT_BUDGET_MIB, value_name = "MIB", help_heading = "Remote")]
     pub(crate) cache_size: u64,
     /// Remote sources: also keep fetched ciphertext in this directory (created if missing), so a restarted

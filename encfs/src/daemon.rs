@@ -172,6 +172,8 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
     let mut config = EncFsConfig {
         uid,
         gid,
+        // The header's index length is not authenticated until the index is: read no more than the budget allows.
+        max_index_len: encfs::fs::index_limit_for_budget(args.cache_size.saturating_mul(1 << 20)),
         ..EncFsConfig::default()
     };
     if let Ok(v) = std::env::var("CINFER_UNSTABLE_PARALLEL_MIN_CHUNKS") {

@@ -29,8 +29,20 @@ use crate::source::{BlobError, BlobKey, BlobSource, ETag};
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
 
-/// Largest sealed index accepted (bounds the memory a corrupt header can make us allocate).
+/// Largest sealed index accepted at all ([`EncFsConfig::max_index_len`] may lower it).
 pub const MAX_INDEX_LEN: u64 = 1 << 30;
+
+/// The largest sealed index a mount with a memory budget of `budget` bytes reads before authenticating it: a
+/// quarter of the budget (the sealed index, its plaintext and the parsed entries are each about its size), at
+/// least 1 MiB and at most [`MAX_INDEX_LEN`].
+///
+/// The index length comes from the header, which only the index seal authenticates: anyone who can change the
+/// image (a storage provider without the key) can raise it, keep the key check valid, and would otherwise make
+/// every mount attempt read and allocate that much before the seal refuses it. An index costs about 80 bytes per
+/// entry plus its name, so 64 MiB (the default 256 MiB budget) holds hundreds of thousands of files.
+pub fn index_limit_for_budget(budget: u64) -> u64 {
+    (budget / 4).clamp(1 << 20, MAX_INDEX_LEN)
+}
 
 /// Size reported for directories (as ext4 does for a one-block directory).
 const DIR_SIZE: u64 = 4096;
@@ -47,6 +59,9 @@ pub struct EncFsConfig {
     /// kernel keeping two READs in flight, splitting them measured ~5 % more daemon CPU and no more throughput,
     /// for local and remote images alike; images of small chunks still split their 1 MiB READs.
     pub parallel_min_chunks: usize,
+    /// Largest sealed index read before it is authenticated ([`index_limit_for_budget`]); an image whose header
+    /// declares more is refused before anything past the header is read. Default [`MAX_INDEX_LEN`].
+    pub max_index_len: u64,
 }
 
 impl Default for EncFsConfig {
@@ -55,6 +70,7 @@ impl Default for EncFsConfig {
             uid: 0,
             gid: 0,
             parallel_min_chunks: 32,
+            max_index_len: MAX_INDEX_LEN,
         }
     }
 }
@@ -75,9 +91,17 @@ pub enum OpenError<E: std::error::Error + Send + Sync + 'static> {
     /// The image itself is bad (wrong key, corrupt, truncated, root mismatch, ...).
     #[error(transparent)]
     Format(#[from] FormatError),
-    /// The header declares an index larger than [`MAX_INDEX_LEN`].
-    #[error("corrupt header: index length {0} exceeds {MAX_INDEX_LEN}")]
-    IndexTooLarge(u64),
+    /// The header declares an index larger than [`EncFsConfig::max_index_len`]: refused before it is read.
+    #[error(
+        "the header declares a {len}-byte index, more than the {max} bytes read before the index is authenticated \
+         (a tampered header; if the image is genuine, raise the memory budget: --cache-size or cinfer_cache_mb)"
+    )]
+    IndexTooLarge {
+        /// The declared length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
 }
 
 /// Why a filesystem operation failed.
@@ -243,8 +267,12 @@ impl<B: BlobSource> EncFs<B> {
             actual: hb.len() as u64,
         })?;
         let header = Header::decode(hb)?;
-        if header.index_len > MAX_INDEX_LEN {
-            return Err(OpenError::IndexTooLarge(header.index_len));
+        let max = config.max_index_len.min(MAX_INDEX_LEN);
+        if header.index_len > max {
+            return Err(OpenError::IndexTooLarge {
+                len: header.index_len,
+                max,
+            });
         }
         if meta.len < header.image_len() {
             return Err(FormatError::LengthMismatch {

@@ -294,9 +294,15 @@ async fn open_and_mount<B: BlobSource>(
         return mount_legacy(reader, model_key, spec, (hidden, mp), mount_cfg, ids);
     }
     let source = reader.into_source();
+    let budget = spec
+        .cache_mb
+        .unwrap_or(crate::cache::DEFAULT_BUDGET_MIB)
+        .saturating_mul(1 << 20);
     let config = EncFsConfig {
         uid: ids.0,
         gid: ids.1,
+        // The header's index length is not authenticated until the index is: read no more than the budget allows.
+        max_index_len: crate::fs::index_limit_for_budget(budget),
         ..EncFsConfig::default()
     };
     let fs = EncFs::open(source, blob.clone(), &model_key, spec.expect_root.as_ref(), config)

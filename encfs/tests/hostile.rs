@@ -329,3 +329,71 @@ fn a_url_with_credentials_stays_out_of_the_process_table_and_the_mount_table() {
         )));
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Item 4: an unauthenticated header cannot make the daemon allocate.
+
+/// Runs `cmd` to completion and returns its exit code and peak RSS in KiB (`wait4`'s `ru_maxrss`).
+#[allow(unsafe_code)]
+fn run_measuring_rss(cmd: &mut std::process::Command) -> (Option<i32>, u64) {
+    let child = cmd.spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value to be overwritten by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not waited for yet; status and usage are valid for writes.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid);
+    std::mem::forget(child);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, usage.ru_maxrss as u64)
+}
+
+#[test]
+fn a_header_raising_the_index_length_to_1_gib_is_refused_within_the_cache_budget() {
+    let (fx, _) = fixture();
+    let image = std::fs::read(&fx.image).unwrap();
+    let root = hex::encode(fx.built.root);
+    // Keep everything (the key check stays valid), but declare a 1 GiB index; the provider announces a blob long
+    // enough to hold it and serves zeros past the real bytes.
+    let mut header = encfs::format::Header::decode(image[..encfs::format::HEADER_LEN].try_into().unwrap()).unwrap();
+    header.index_len = 1 << 30;
+    let total = header.image_len();
+    let mut forged = image;
+    forged[..encfs::format::HEADER_LEN].copy_from_slice(&header.encode().unwrap());
+    let forged = Arc::new(forged);
+    let srv = HostileServer::start(move |r| partial(&forged, total, r.range));
+    let url = format!("{}/m.img", srv.base);
+    let t = Instant::now();
+    let (code, rss_kib) = run_measuring_rss(
+        common::encfs_bin()
+            .arg("mount")
+            .arg(&url)
+            .arg(&fx.mnt)
+            .arg("--key-file")
+            .arg(&fx.key_file)
+            .args(["--foreground", "--cache-size", "64", "--expect-root", &root])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    eprintln!(
+        "forged 1 GiB index: exit {code:?} after {:?}, peak RSS {} MiB, {} requests",
+        t.elapsed(),
+        rss_kib >> 10,
+        srv.requests()
+    );
+    assert_eq!(code, Some(1), "a forged header must be refused");
+    assert!(!common::is_mounted(&fx.mnt));
+    assert!(
+        rss_kib < 64 << 10,
+        "peak RSS {} MiB before refusal, over the 64 MiB budget",
+        rss_kib >> 10
+    );
+    // The message says why, before anything past the header was read.
+    let out = fx.mount_cmd(Path::new(&url), &["--cache-size", "64", "--expect-root", &root]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1073741824-byte index") && err.contains("--cache-size"),
+        "{err}"
+    );
+}
