@@ -41,7 +41,7 @@ async fn main() {
     .unwrap();
     let mut trust = TrustStore::amd();
     trust.add_mock_root(root.ark_pem().as_bytes()).unwrap();
-    let admin = SecretBytes::from_slice(b"bench-admin");
+    let admin = SecretBytes::from_slice(b"bench-admin-token");
     let svc = RunningService::start(ServiceConfig {
         trust,
         admin_token: Some(admin.clone()),
@@ -53,8 +53,9 @@ async fn main() {
     let jwks = maa.jwks().await.unwrap();
     let policy = ReleasePolicy::from_json(
         format!(
-            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}},{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#,
-            svc.url
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-hostdata","equals":"{}"}},{{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}},{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#,
+            svc.url,
+            hex::encode(MockConfig::default().host_data)
         )
         .as_bytes(),
     )

@@ -98,10 +98,33 @@ pub(crate) struct CollateralShowArgs {
 /// `serve`.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on. Plain HTTP only on a loopback address (127.0.0.0/8, ::1, localhost); elsewhere
+    /// serve TLS (`--tls-cert`/`--tls-key` or `--tls-self-signed`).
     #[arg(long, default_value = "127.0.0.1:8443", env = "CINFER_ATTEST_LISTEN")]
     pub(crate) listen: String,
-    /// Token issuer (default `http://<listen address>`).
+    /// Serve HTTPS with this certificate chain (PEM, leaf first; needs `--tls-key`).
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Private key of `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a key pair and certificate generated at start (in memory only). Prints the SHA-256
+    /// fingerprints of the certificate and of its public key (`tls-cert-sha256 HEX`, `tls-spki-sha256 HEX` on
+    /// stdout) for clients to pin (`--tls-pin-sha256`).
+    #[arg(long)]
+    pub(crate) tls_self_signed: bool,
+    /// Also write the served certificate (PEM) to this file, for clients' `--tls-pin-cert`.
+    #[arg(long)]
+    pub(crate) tls_cert_out: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address: anyone on the network could read the admin token and the
+    /// keys imported, and replace the token-signing keys and released keys clients receive. Testing only.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_self_signed"])]
+    pub(crate) dangerously_serve_plain_http: bool,
+    /// Import keys whose release policy pins neither `x-ms-sevsnpvm-hostdata` nor `x-ms-policy-signer`, or not
+    /// `x-ms-sevsnpvm-is-debuggable = false`: such a key is released to other guests. Testing only.
+    #[arg(long)]
+    pub(crate) dangerously_accept_weak_policy: bool,
+    /// Token issuer (default `http://<listen address>`, `https://` with TLS).
     #[arg(long, env = "CINFER_ATTEST_ISSUER")]
     pub(crate) issuer: Option<String>,
     /// State directory: signing key and keys (mode 0700/0600). Without it, state is in memory.
@@ -122,7 +145,8 @@ pub(crate) struct ServeArgs {
     /// Trusted policy signer certificate (PEM). When given, only signed policies are accepted.
     #[arg(long)]
     pub(crate) policy_signer: Vec<PathBuf>,
-    /// File holding the admin bearer token for key import and policy update (disabled without it).
+    /// File holding the admin bearer token for key import and policy update, at least 16 bytes (disabled
+    /// without it).
     #[arg(long, env = "CINFER_ATTEST_ADMIN_TOKEN_FILE")]
     pub(crate) admin_token_file: Option<PathBuf>,
     /// Token lifetime in seconds.
@@ -270,6 +294,27 @@ pub(crate) struct AttesterArgs {
     pub(crate) mock: MockArgs,
 }
 
+/// How a client reaches the attestation service or vault: which `https://` servers it trusts, and whether it
+/// may use plain HTTP beyond loopback. Shared by `attest`, `import-key` and `release-key`.
+#[derive(Debug, Args)]
+pub(crate) struct ClientTlsArgs {
+    /// Trust these CA certificates (PEM) for `https://` instead of the system's.
+    #[arg(long, conflicts_with_all = ["tls_pin_cert", "tls_pin_sha256"])]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// Trust exactly this server certificate (PEM or DER), such as the one `serve --tls-cert-out` wrote; its
+    /// name and dates are not checked.
+    #[arg(long, conflicts_with = "tls_pin_sha256")]
+    pub(crate) tls_pin_cert: Option<PathBuf>,
+    /// Trust the server whose certificate, or whose public key (SubjectPublicKeyInfo), has this SHA-256 (64 hex
+    /// digits: either fingerprint `serve --tls-self-signed` prints).
+    #[arg(long, value_name = "HEX")]
+    pub(crate) tls_pin_sha256: Option<String>,
+    /// Use plain `http://` to a host that is not loopback: anyone on the network could read what is sent (keys,
+    /// tokens) and substitute what comes back (token-signing keys, released keys). Testing only.
+    #[arg(long)]
+    pub(crate) dangerously_allow_plain_http: bool,
+}
+
 /// `attest`.
 #[derive(Debug, Args)]
 pub(crate) struct AttestArgs {
@@ -279,6 +324,9 @@ pub(crate) struct AttestArgs {
     /// Runtime data file (JSON).
     #[arg(long)]
     pub(crate) runtime_data: PathBuf,
+    /// Transport.
+    #[command(flatten)]
+    pub(crate) tls: ClientTlsArgs,
     /// Attester.
     #[command(flatten)]
     pub(crate) attester: AttesterArgs,
@@ -299,12 +347,19 @@ pub(crate) struct ImportKeyArgs {
     /// Release policy JSON file (AKV format).
     #[arg(long)]
     pub(crate) release_policy: PathBuf,
-    /// File with the bearer token (admin token for the local broker, AAD token for AKV).
+    /// File with the bearer token (admin token for the local broker, AAD token for AKV; at least 16 bytes).
     #[arg(long)]
     pub(crate) token_file: Option<PathBuf>,
     /// Use an IMDS managed identity token instead.
     #[arg(long)]
     pub(crate) imds: bool,
+    /// Import with a release policy that pins neither `x-ms-sevsnpvm-hostdata` nor `x-ms-policy-signer`, or not
+    /// `x-ms-sevsnpvm-is-debuggable = false`: the key would be released to other guests. Testing only.
+    #[arg(long)]
+    pub(crate) dangerously_accept_weak_policy: bool,
+    /// Transport.
+    #[command(flatten)]
+    pub(crate) tls: ClientTlsArgs,
 }
 
 /// `release-key`.
@@ -328,12 +383,15 @@ pub(crate) struct ReleaseKeyArgs {
     /// HKDF label for RSA keys.
     #[arg(long, default_value = "")]
     pub(crate) label: String,
-    /// Bearer token file for the vault (AKV).
+    /// Bearer token file for the vault (AKV; at least 16 bytes).
     #[arg(long)]
     pub(crate) token_file: Option<PathBuf>,
     /// Use an IMDS managed identity token for the vault.
     #[arg(long)]
     pub(crate) imds: bool,
+    /// Transport (for both `--maa` and `--vault`).
+    #[command(flatten)]
+    pub(crate) tls: ClientTlsArgs,
     /// Attester.
     #[command(flatten)]
     pub(crate) attester: AttesterArgs,

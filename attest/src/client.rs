@@ -2,7 +2,8 @@
 //! broker), plus the one-call flow encfs uses: [`secure_key_release`].
 //!
 //! Endpoints are URLs (`https://myattest.eus2.attest.azure.net`, `http://127.0.0.1:8443`); a bare host
-//! name gets `https://`.
+//! name gets `https://`. `https://` trusts the system's CA certificates unless the client is given another
+//! [`TlsTrust`] (`with_tls`), such as the pinned certificate of a `cinfer-attest serve --tls-self-signed`.
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::keywrap::{KeyDerivation, ReleasedKey, RuntimeKey};
 use crate::policy::ReleasePolicy;
 use crate::secret::{ModelKey, SecretBytes};
 use crate::service::B64URL_ANY;
+use crate::tls::TlsTrust;
 use crate::token::{Jwks, verify_jws_rs256};
 use crate::verify::maa_report_data;
 
@@ -35,16 +37,17 @@ fn base_url(endpoint: &str) -> String {
     }
 }
 
-fn http_client() -> Result<reqwest::Client, ClientError> {
+fn http_client(trust: &TlsTrust) -> Result<reqwest::Client, ClientError> {
     // One process-wide rustls provider (ring); ignore "already installed".
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|source| ClientError::Http {
-            context: "building HTTP client".into(),
-            source,
-        })
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(config) = trust.client_config()? {
+        builder = builder.tls_backend_preconfigured(config);
+    }
+    builder.build().map_err(|source| ClientError::Http {
+        context: "building HTTP client".into(),
+        source,
+    })
 }
 
 async fn check(resp: reqwest::Response, context: &str) -> Result<reqwest::Response, ClientError> {
@@ -74,11 +77,19 @@ pub struct AttestationClient {
 }
 
 impl AttestationClient {
-    /// A client for `endpoint`.
+    /// A client for `endpoint`, trusting the system's CA certificates for `https://`.
     pub fn new(endpoint: &str) -> Result<Self, ClientError> {
         Ok(Self {
-            http: http_client()?,
+            http: http_client(&TlsTrust::SystemRoots)?,
             base: base_url(endpoint),
+        })
+    }
+
+    /// The same client trusting `trust` for `https://` instead (a pinned `cinfer-attest serve` certificate).
+    pub fn with_tls(self, trust: &TlsTrust) -> Result<Self, ClientError> {
+        Ok(Self {
+            http: http_client(trust)?,
+            ..self
         })
     }
 
@@ -304,13 +315,22 @@ impl KeyRef {
 }
 
 impl KeyReleaseClient {
-    /// A client for `endpoint` (vault URL or bare host).
+    /// A client for `endpoint` (vault URL or bare host), trusting the system's CA certificates for `https://`.
     pub fn new(endpoint: &str, auth: VaultAuth, verification: ResponseVerification) -> Result<Self, ClientError> {
         Ok(Self {
-            http: http_client()?,
+            http: http_client(&TlsTrust::SystemRoots)?,
             base: base_url(endpoint),
             auth,
             verification,
+        })
+    }
+
+    /// The same client trusting `trust` for `https://` instead (a pinned `cinfer-attest serve` certificate).
+    /// The IMDS token request, plain HTTP to the link-local metadata address, is unaffected.
+    pub fn with_tls(self, trust: &TlsTrust) -> Result<Self, ClientError> {
+        Ok(Self {
+            http: http_client(trust)?,
+            ..self
         })
     }
 
@@ -639,7 +659,7 @@ mod tests {
             listener.local_addr().unwrap()
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let http = http_client().unwrap();
+        let http = http_client(&TlsTrust::SystemRoots).unwrap();
         let t = imds_token(&http, &url, "https://vault.azure.net", Some("abc"))
             .await
             .unwrap();

@@ -506,6 +506,9 @@ pub enum ClientError {
     /// Unwrap or key conversion.
     #[error(transparent)]
     KeyWrap(#[from] KeyWrapError),
+    /// The TLS trust configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The service could not start or persist state.

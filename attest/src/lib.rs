@@ -37,6 +37,11 @@
 //!   ([`client::ResponseVerification::Pinned`]) or, for AKV/mHSM, the `x5c` chain to the system CAs for
 //!   the vault's host name ([`client::ResponseVerification::system_roots`]). Vault auth:
 //!   [`client::VaultAuth`] (`None`, `Bearer`, `Imds`).
+//! * **Transport** — [`tls::ServerTls`] (certificate files or self-signed at start, [`tls::Fingerprints`]) in
+//!   [`service::ServiceConfig::tls`]; clients trust `https://` per [`tls::TlsTrust`] (system roots by default, a
+//!   CA, or a pinned certificate) via `with_tls`; [`transport::check_endpoint`] refuses plain HTTP beyond loopback.
+//! * **Release policy strength** — [`pins::require_release_pins`]: every alternative pins the workload
+//!   (`x-ms-sevsnpvm-hostdata` or `x-ms-policy-signer`) and `x-ms-sevsnpvm-is-debuggable = false`.
 //! * **Key transport** — [`keywrap::RuntimeKey`] (RSA-2048, runtime data JSON, unwrap),
 //!   CKM_RSA_AES_KEY_WRAP ([`keywrap::rsa_aes_wrap`]), HKDF derivation ([`keywrap::KeyDerivation`]).
 //! * **Policies** — [`policy::AttestationPolicy`] (MAA text, optionally auditor-signed JWS) and
@@ -50,12 +55,13 @@
 //! let root = MockRoot::generate(attest::report::Generation::Milan)?;
 //! let mut trust = TrustStore::amd();
 //! trust.add_mock_root(root.ark_pem().as_bytes())?;
-//! let admin = attest::secret::SecretBytes::from_slice(b"admin-token");
+//! let admin = attest::secret::SecretBytes::from_slice(b"a-long-random-admin-token");
 //! let svc = RunningService::start(ServiceConfig { trust, admin_token: Some(admin.clone()), ..Default::default() }).await?;
 //! let maa = AttestationClient::new(&svc.url)?;
 //! let policy = ReleasePolicy::from_json(format!(
-//!     r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}}]}}]}}"#,
-//!     svc.url).as_bytes())?;
+//!     r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-hostdata","equals":"{}"}},
+//!         {{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}}]}}]}}"#,
+//!     svc.url, hex::encode([0u8; 32])).as_bytes())?;
 //! KeyReleaseClient::new(&svc.url, VaultAuth::Bearer(admin), ResponseVerification::Pinned(maa.jwks().await?))?
 //!     .import_oct("model", &[7u8; 32], &policy).await?;
 //! let vault = KeyReleaseClient::new(&svc.url, VaultAuth::None, ResponseVerification::Pinned(maa.jwks().await?))?;
@@ -74,12 +80,14 @@ pub mod error;
 pub mod evidence;
 pub mod keystore;
 pub mod keywrap;
+pub mod pins;
 mod pki;
 pub mod policy;
 pub mod report;
 pub mod secret;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod transport;
 pub mod verify;

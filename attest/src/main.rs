@@ -16,9 +16,13 @@ use attest::keywrap::KeyDerivation;
 use attest::report::Generation;
 use attest::secret::SecretBytes;
 use attest::service::ServiceConfig;
+use attest::tls::{ServerTls, TlsTrust};
 use attest::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data};
 use clap::Parser;
-use cli::{AttesterArgs, AttesterKind, Cli, CollateralCommand, Command, GenerationArg, LogFormat, MockArgs};
+use cli::{
+    AttesterArgs, AttesterKind, Cli, ClientTlsArgs, CollateralCommand, Command, GenerationArg, LogFormat, MockArgs,
+    ServeArgs,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -57,9 +61,120 @@ fn hex_array<const N: usize>(s: &str, what: &str) -> anyhow::Result<[u8; N]> {
         .map_err(|v: Vec<u8>| anyhow::anyhow!("{what}: {} bytes, expected {N}", v.len()))
 }
 
-fn read_token_file(path: &Path) -> anyhow::Result<SecretBytes> {
-    let t = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(SecretBytes::from_slice(t.trim().as_bytes()))
+/// A bearer token (admin token, AAD token) from a file, surrounding whitespace removed; at least
+/// [`attest::service::MIN_ADMIN_TOKEN_BYTES`] bytes.
+fn read_token_file(path: &Path, option: &str) -> anyhow::Result<SecretBytes> {
+    let t =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
+    let token = SecretBytes::from_slice(t.trim().as_bytes());
+    let min = attest::service::MIN_ADMIN_TOKEN_BYTES;
+    if token.len() < min {
+        bail!(
+            "{option} {}: a token of {} bytes; at least {min} are required (for example `head -c 24 /dev/urandom | \
+             base64 > FILE`)",
+            path.display(),
+            token.len()
+        );
+    }
+    Ok(token)
+}
+
+/// Refuses plain `http://` to a non-loopback `endpoint` unless `--dangerously-allow-plain-http` was given.
+fn check_endpoint(option: &str, endpoint: &str, tls: &ClientTlsArgs) -> anyhow::Result<()> {
+    attest::transport::check_endpoint(option, endpoint, tls.dangerously_allow_plain_http)
+        .map_err(|e| anyhow::anyhow!("{e} (--dangerously-allow-plain-http)"))
+}
+
+/// Which `https://` servers a client trusts (`--tls-ca`, `--tls-pin-cert`, `--tls-pin-sha256`; default the
+/// system's CA certificates).
+fn client_tls(a: &ClientTlsArgs) -> anyhow::Result<TlsTrust> {
+    Ok(match (&a.tls_ca, &a.tls_pin_cert, &a.tls_pin_sha256) {
+        (Some(ca), _, _) => TlsTrust::CaCerts(attest::tls::read_certificates(ca)?),
+        (None, Some(cert), _) => {
+            let mut certs = attest::tls::read_certificates(cert)?;
+            if certs.len() != 1 {
+                bail!(
+                    "--tls-pin-cert {}: holds {} certificates, expected one",
+                    cert.display(),
+                    certs.len()
+                );
+            }
+            TlsTrust::PinnedCert(certs.remove(0))
+        }
+        (None, None, Some(hex)) => TlsTrust::PinnedSha256(hex_array(hex, "--tls-pin-sha256")?),
+        (None, None, None) => TlsTrust::SystemRoots,
+    })
+}
+
+/// The host part of a listen address (`HOST:PORT`, `[V6]:PORT`, or a bare host).
+fn listen_host(listen: &str) -> &str {
+    let l = listen.trim();
+    if let Some(rest) = l.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
+    }
+    match l.rsplit_once(':') {
+        Some((host, _port)) if !host.contains(':') => host,
+        Some(_) => l, // a bare IPv6 address
+        None => l,
+    }
+}
+
+/// The TLS configuration `serve` was asked for; refuses plain HTTP on a non-loopback `--listen` unless
+/// `--dangerously-serve-plain-http` was given.
+fn serve_tls(a: &ServeArgs) -> anyhow::Result<Option<ServerTls>> {
+    let host = listen_host(&a.listen);
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key)?),
+        _ if a.tls_self_signed => {
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+            let issuer_host = a
+                .issuer
+                .as_deref()
+                .and_then(|i| reqwest::Url::parse(i).ok())
+                .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()));
+            for h in [Some(host.to_owned()), issuer_host].into_iter().flatten() {
+                let unspecified = h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+                if !h.is_empty() && !unspecified && !names.contains(&h) {
+                    names.push(h);
+                }
+            }
+            Some(ServerTls::self_signed(&names)?)
+        }
+        _ => None,
+    };
+    if tls.is_none() && !attest::transport::is_loopback_host(host) {
+        if !a.dangerously_serve_plain_http {
+            bail!(
+                "--listen {}: not a loopback address, and plain HTTP there would let anyone on the network read the \
+                 admin token and imported keys and substitute token-signing keys and released keys; serve TLS \
+                 (--tls-cert and --tls-key, or --tls-self-signed) or pass --dangerously-serve-plain-http",
+                a.listen
+            );
+        }
+        tracing::warn!(
+            listen = %a.listen,
+            "!!! serving plain HTTP on a non-loopback address (--dangerously-serve-plain-http): keys and tokens can be read and substituted !!!"
+        );
+    }
+    Ok(tls)
+}
+
+/// Prints what clients pin (stdout, one `NAME VALUE` per line) and writes the certificate if asked.
+fn announce_tls(tls: &ServerTls, cert_out: Option<&Path>) -> anyhow::Result<()> {
+    let f = tls.fingerprints();
+    let (cert, spki) = (hex::encode(f.cert_sha256), hex::encode(f.spki_sha256));
+    tracing::info!(
+        cert_sha256 = %cert,
+        spki_sha256 = %spki,
+        self_signed = tls.is_self_signed(),
+        "serving TLS; clients pin either fingerprint (--tls-pin-sha256) or the certificate (--tls-pin-cert)"
+    );
+    if let Some(p) = cert_out {
+        std::fs::write(p, tls.cert_pem()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("tls-cert-sha256 {cert}");
+    println!("tls-spki-sha256 {spki}");
+    Ok(())
 }
 
 fn mock_attester(m: &MockArgs) -> anyhow::Result<MockAttester> {
@@ -105,6 +220,12 @@ fn trust_store(amd: bool, mock_roots: &[std::path::PathBuf]) -> anyhow::Result<T
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => {
+            let tls = serve_tls(&a)?;
+            let admin_token = a
+                .admin_token_file
+                .as_deref()
+                .map(|p| read_token_file(p, "--admin-token-file"))
+                .transpose()?;
             let mut policy_signers = Vec::new();
             for p in &a.policy_signer {
                 let pem = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -127,7 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 policy_file: a.policy,
                 policy: None,
                 policy_signers,
-                admin_token: a.admin_token_file.as_deref().map(read_token_file).transpose()?,
+                admin_token,
                 token_lifetime: std::time::Duration::from_secs(a.token_lifetime_secs),
                 uvm_trust,
                 collateral,
@@ -137,11 +258,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .iter()
                     .map(|spec| trusted_authority(spec))
                     .collect::<anyhow::Result<_>>()?,
+                tls: tls.clone(),
+                dangerously_accept_weak_release_policies: a.dangerously_accept_weak_policy,
             };
             runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&a.listen)
                     .await
                     .with_context(|| format!("binding {}", a.listen))?;
+                if let Some(tls) = &tls {
+                    announce_tls(tls, a.tls_cert_out.as_deref())?;
+                }
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
@@ -223,22 +349,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Attest(a) => {
+            check_endpoint("--maa", &a.maa, &a.tls)?;
+            let trust = client_tls(&a.tls)?;
             let att = attester(&a.attester)?;
             let rt = std::fs::read(&a.runtime_data).with_context(|| format!("reading {}", a.runtime_data.display()))?;
-            let client = AttestationClient::new(&a.maa)?;
+            let client = AttestationClient::new(&a.maa)?.with_tls(&trust)?;
             let token = runtime()?.block_on(client.attest_with(att.as_ref(), &rt))?;
             println!("{token}");
             Ok(())
         }
         Command::ImportKey(a) => {
+            check_endpoint("--vault", &a.vault, &a.tls)?;
+            let trust = client_tls(&a.tls)?;
+            let policy_bytes =
+                std::fs::read(&a.release_policy).with_context(|| format!("reading {}", a.release_policy.display()))?;
+            let policy = attest::policy::ReleasePolicy::from_json(&policy_bytes)
+                .with_context(|| a.release_policy.display().to_string())?;
+            match attest::pins::require_release_pins(&policy) {
+                Ok(()) => {}
+                Err(e) if a.dangerously_accept_weak_policy => {
+                    tracing::warn!("!!! {e}: imported because of --dangerously-accept-weak-policy (testing only) !!!");
+                }
+                Err(e) => bail!(
+                    "{}: {e}; pin them (as `cinfer-deploy render` and `cinfer-mkimage import-key` do) or pass \
+                     --dangerously-accept-weak-policy",
+                    a.release_policy.display()
+                ),
+            }
             let key = SecretBytes::new(
                 std::fs::read(&a.key_file).with_context(|| format!("reading {}", a.key_file.display()))?,
             );
-            let policy_bytes =
-                std::fs::read(&a.release_policy).with_context(|| format!("reading {}", a.release_policy.display()))?;
-            let policy = attest::policy::ReleasePolicy::from_json(&policy_bytes)?;
             let auth = vault_auth(a.token_file.as_deref(), a.imds)?;
-            let client = KeyReleaseClient::new(&a.vault, auth, ResponseVerification::system_roots(&a.vault))?;
+            let client = KeyReleaseClient::new(&a.vault, auth, ResponseVerification::system_roots(&a.vault))?
+                .with_tls(&trust)?;
             let bundle = runtime()?.block_on(client.import_oct(&a.name, key.expose(), &policy))?;
             println!(
                 "{}",
@@ -247,9 +390,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ReleaseKey(a) => {
+            check_endpoint("--maa", &a.maa, &a.tls)?;
+            check_endpoint("--vault", &a.vault, &a.tls)?;
+            let trust = client_tls(&a.tls)?;
             let att = attester(&a.attester)?;
             let rt = runtime()?;
-            let maa = AttestationClient::new(&a.maa)?;
+            let maa = AttestationClient::new(&a.maa)?.with_tls(&trust)?;
             let auth = vault_auth(a.token_file.as_deref(), a.imds)?;
             let key = rt.block_on(async {
                 // The local broker signs release responses with the attestation service's key; AKV's x5c
@@ -259,7 +405,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     ResponseVerification::system_roots(&a.vault)
                 };
-                let vault = KeyReleaseClient::new(&a.vault, auth, verification)?;
+                let vault = KeyReleaseClient::new(&a.vault, auth, verification)?.with_tls(&trust)?;
                 let derivation = KeyDerivation {
                     salt: a.salt.clone(),
                     label: a.label.clone(),
@@ -431,7 +577,7 @@ fn trusted_authority(spec: &str) -> anyhow::Result<attest::service::TrustedAutho
 fn vault_auth(token_file: Option<&Path>, imds: bool) -> anyhow::Result<VaultAuth> {
     Ok(match (token_file, imds) {
         (Some(_), true) => bail!("--token-file and --imds are exclusive"),
-        (Some(p), false) => VaultAuth::Bearer(read_token_file(p)?),
+        (Some(p), false) => VaultAuth::Bearer(read_token_file(p, "--token-file")?),
         (None, true) => VaultAuth::Imds {
             client_id: std::env::var("AZURE_CLIENT_ID").ok(),
         },

@@ -12,10 +12,21 @@
 //! | `POST /keys/{name}[/{version}]/release` | `{"target": JWT}` → `{"value": JWS}` (CKM_RSA_AES_KEY_WRAP) |
 //!
 //! **Caller authentication.** Routes that change state (key import, policy update) require
-//! `Authorization: Bearer <admin token>`; the token is configured at start (`--admin-token-file`), kept only
-//! as a SHA-256 digest and compared in constant time. Without an admin token those routes are disabled
-//! (403), so a network peer can never replace a key or its policy. Release needs no bearer token: the
-//! attestation token *is* the credential, and the key leaves only wrapped to the token's runtime key.
+//! `Authorization: Bearer <admin token>`; the token is configured at start (`--admin-token-file`, at least
+//! [`MIN_ADMIN_TOKEN_BYTES`] bytes), kept only as a SHA-256 digest and compared in constant time. Without an
+//! admin token those routes are disabled (403), so a network peer can never replace a key or its policy.
+//! Release needs no bearer token: the attestation token *is* the credential, and the key leaves only wrapped
+//! to the token's runtime key.
+//!
+//! **Release policies must pin the workload.** A key import whose release policy has an alternative that pins
+//! neither `x-ms-sevsnpvm-hostdata` nor `x-ms-policy-signer`, or not `x-ms-sevsnpvm-is-debuggable = false`, is
+//! refused (400, naming what is missing: [`crate::pins::require_release_pins`]) unless
+//! [`ServiceConfig::dangerously_accept_weak_release_policies`] is set. The attestation policy
+//! (`/policies/SevSnpVm`) is not held to this: it decides who gets a token, MAA's default permits every
+//! verified guest, and the tokens carry the claims the release policy then pins.
+//!
+//! **Transport.** With [`ServiceConfig::tls`] the service speaks only TLS ([`crate::tls`]); without it, plain
+//! HTTP, which `cinfer-attest serve` allows only on loopback addresses unless told otherwise.
 //!
 //! **ACI compliance.** The SevSnpVm request may carry the UVM endorsement the ACI host provides
 //! (`report` → `Endorsements` → `{"Uvm": [b64url(COSE_Sign1)]}`, as MAA's). It is verified with
@@ -53,8 +64,10 @@ use crate::endorsement::UvmTrust;
 use crate::error::{CollateralError, PolicyError, ReleaseError, ServiceError};
 use crate::keystore::{KeyStore, KeyVersion, key_bundle, valid_key_name};
 use crate::keywrap::{CKM_RSA_AES_KEY_WRAP, rsa_aes_wrap, rsa_public_from_jwk};
+use crate::pins::require_release_pins;
 use crate::policy::{AttestationPolicy, ReleasePolicy};
 use crate::secret::{SecretBytes, random_bytes};
+use crate::tls::{ServerTls, TlsListener};
 use crate::token::{Claims, Jwks, SigningIdentity, TokenCheck, normalize_issuer, verify_token};
 use crate::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data};
 
@@ -75,10 +88,26 @@ pub struct TrustedAuthority {
     pub jwks: Jwks,
 }
 
+/// The shortest admin token the service accepts: 16 bytes (128 bits if random). It guards key import, so a
+/// guessable one would let anyone who reaches the service replace a model key's release policy.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
+/// Checks an admin token's length (at least [`MIN_ADMIN_TOKEN_BYTES`]).
+pub fn check_admin_token(token: &SecretBytes) -> Result<(), ServiceError> {
+    if token.len() < MIN_ADMIN_TOKEN_BYTES {
+        return Err(ServiceError::Config(format!(
+            "admin token: {} bytes, at least {MIN_ADMIN_TOKEN_BYTES} are required (for example `head -c 24 \
+             /dev/urandom | base64`)",
+            token.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Service configuration (plain data; the CLI builds it).
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
-    /// Token issuer; default `http://<bound address>`.
+    /// Token issuer; default `http://<bound address>` (`https://` with [`ServiceConfig::tls`]).
     pub issuer: Option<String>,
     /// Where the signing key and keys persist; `None` keeps everything in memory.
     pub state_dir: Option<PathBuf>,
@@ -92,7 +121,8 @@ pub struct ServiceConfig {
     pub policy: Option<String>,
     /// Trusted policy signers (DER certificates). When non-empty, only signed policies are accepted.
     pub policy_signers: Vec<Vec<u8>>,
-    /// Admin bearer token for key import and policy update; `None` disables both.
+    /// Admin bearer token for key import and policy update (at least [`MIN_ADMIN_TOKEN_BYTES`] bytes); `None`
+    /// disables both.
     pub admin_token: Option<SecretBytes>,
     /// Lifetime of issued tokens.
     pub token_lifetime: Duration,
@@ -106,6 +136,10 @@ pub struct ServiceConfig {
     pub compliant_measurements: Vec<String>,
     /// Other attestation services whose tokens the broker accepts.
     pub trusted_authorities: Vec<TrustedAuthority>,
+    /// Serve TLS with this certificate and key; `None` serves plain HTTP.
+    pub tls: Option<ServerTls>,
+    /// Import keys whose release policy does not pin the workload and a non-debuggable guest. Testing only.
+    pub dangerously_accept_weak_release_policies: bool,
 }
 
 impl Default for ServiceConfig {
@@ -124,6 +158,8 @@ impl Default for ServiceConfig {
             collateral: None,
             compliant_measurements: Vec::new(),
             trusted_authorities: Vec::new(),
+            tls: None,
+            dangerously_accept_weak_release_policies: false,
         }
     }
 }
@@ -145,6 +181,7 @@ struct AppState {
     compliant: Vec<String>,
     authorities: Vec<TrustedAuthority>,
     keys: KeyStore,
+    accept_weak_release_policies: bool,
 }
 
 #[derive(Debug)]
@@ -237,6 +274,9 @@ fn read_policy_file(path: &PathBuf, signers: &[Vec<u8>]) -> (Result<AttestationP
 
 impl AppState {
     fn new(config: ServiceConfig, issuer: String) -> Result<Self, ServiceError> {
+        if let Some(t) = &config.admin_token {
+            check_admin_token(t)?;
+        }
         let identity = load_identity(config.state_dir.as_ref())?;
         let keys = match &config.state_dir {
             Some(dir) => KeyStore::open(dir.join("keys"))?,
@@ -271,6 +311,7 @@ impl AppState {
                 .collect(),
             authorities: config.trusted_authorities,
             keys,
+            accept_weak_release_policies: config.dangerously_accept_weak_release_policies,
         })
     }
 
@@ -590,6 +631,19 @@ async fn import_key(
         .decode(data)
         .map_err(|e| ApiError::bad(format!("release_policy.data: {e}")))?;
     let release_policy = ReleasePolicy::from_json(&policy_json).map_err(ApiError::bad)?;
+    match require_release_pins(&release_policy) {
+        Ok(()) => {}
+        Err(e) if state.accept_weak_release_policies => {
+            tracing::warn!(key = %name, "!!! {e}: imported because weak release policies are accepted !!!");
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadParameter",
+                format!("{e}; this service does not accept weak release policies"),
+            ));
+        }
+    }
     let exportable = req
         .attributes
         .as_ref()
@@ -834,7 +888,39 @@ fn router(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
-/// Serve on `listener` until `shutdown` completes. The issuer defaults to `http://<local address>`.
+/// `http://<addr>`, or `https://<addr>` with TLS.
+fn base_url(addr: SocketAddr, tls: Option<&ServerTls>) -> String {
+    match tls {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    }
+}
+
+/// Serve `app` on `listener`, over TLS when `tls` is given, until `shutdown` completes.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<ServerTls>,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let served = match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        Some(tls) => {
+            let listener = TlsListener::new(listener, &tls).map_err(|source| ServiceError::Io {
+                context: "local address".into(),
+                source,
+            })?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+    };
+    served.map_err(|source| ServiceError::Io {
+        context: "serving".into(),
+        source,
+    })
+}
+
+/// Serve on `listener` until `shutdown` completes. The issuer defaults to `http://<local address>`
+/// (`https://` with TLS).
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: ServiceConfig,
@@ -844,24 +930,19 @@ pub async fn run(
         context: "local address".into(),
         source,
     })?;
-    let issuer = config.issuer.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let tls = config.tls.clone();
+    let issuer = config.issuer.clone().unwrap_or_else(|| base_url(addr, tls.as_ref()));
     let state = tokio::task::spawn_blocking(move || AppState::new(config, issuer))
         .await
         .map_err(|e| ServiceError::Config(e.to_string()))??;
-    tracing::info!(%addr, issuer = %state.issuer, kid = %state.identity.kid(), "attestation service listening");
-    axum::serve(listener, router(Arc::new(state)))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| ServiceError::Io {
-            context: "serving".into(),
-            source,
-        })
+    tracing::info!(%addr, issuer = %state.issuer, kid = %state.identity.kid(), tls = tls.is_some(), "attestation service listening");
+    serve(listener, tls, router(Arc::new(state)), shutdown).await
 }
 
 /// A service running in this process (for tests and for `deploy local`).
 #[derive(Debug)]
 pub struct RunningService {
-    /// Base URL, `http://127.0.0.1:<port>` (also the issuer unless configured).
+    /// Base URL, `http://127.0.0.1:<port>` (`https://` with TLS; also the issuer unless configured).
     pub url: String,
     /// Bound address.
     pub addr: SocketAddr,
@@ -887,24 +968,17 @@ impl RunningService {
             context: "local address".into(),
             source,
         })?;
-        let url = format!("http://{addr}");
+        let tls = config.tls.clone();
+        let url = base_url(addr, tls.as_ref());
         let issuer = config.issuer.clone().unwrap_or_else(|| url.clone());
         let state = tokio::task::spawn_blocking(move || AppState::new(config, issuer))
             .await
             .map_err(|e| ServiceError::Config(e.to_string()))??;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(Arc::new(state));
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
-                .map_err(|source| ServiceError::Io {
-                    context: "serving".into(),
-                    source,
-                })
-        });
+        let task = tokio::spawn(serve(listener, tls, app, async move {
+            let _ = rx.await;
+        }));
         Ok(Self {
             url,
             addr,

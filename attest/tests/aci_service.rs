@@ -148,7 +148,7 @@ async fn a_key_requiring_compliance_is_released_to_endorsed_evidence_only() {
     let mut trust = TrustStore::amd();
     trust.add_mock_root(root.ark_pem().as_bytes()).unwrap();
     let signer = MockUvmSigner::generate("Mock-UVM").unwrap();
-    let admin = SecretBytes::from_slice(b"uvm-admin");
+    let admin = SecretBytes::from_slice(b"uvm-admin-token-1");
     let svc = RunningService::start(ServiceConfig {
         trust,
         uvm_trust: UvmTrust {
@@ -163,8 +163,9 @@ async fn a_key_requiring_compliance_is_released_to_endorsed_evidence_only() {
     let jwks = maa.jwks().await.unwrap();
     let policy = ReleasePolicy::from_json(
         format!(
-            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-compliance-status","equals":"azure-compliant-uvm"}},{{"claim":"x-ms-sevsnpvm-guestsvn","equals":"7"}}]}}]}}"#,
-            svc.url
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-hostdata","equals":"{}"}},{{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}},{{"claim":"x-ms-compliance-status","equals":"azure-compliant-uvm"}},{{"claim":"x-ms-sevsnpvm-guestsvn","equals":"7"}}]}}]}}"#,
+            svc.url,
+            hex::encode(MockConfig::default().host_data)
         )
         .as_bytes(),
     )

@@ -21,6 +21,10 @@ fn root() -> MockRoot {
     .unwrap()
 }
 
+/// The release conditions every imported key needs (the service refuses policies that do not pin the workload
+/// and a non-debuggable guest): the mock attester's default host_data (zeros), not debuggable.
+const PINNED: &str = r#"{"claim":"x-ms-sevsnpvm-hostdata","equals":"0000000000000000000000000000000000000000000000000000000000000000"},{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}"#;
+
 fn trust(root: &MockRoot) -> TrustStore {
     let mut t = TrustStore::amd();
     t.add_mock_root(root.ark_pem().as_bytes()).unwrap();
@@ -93,7 +97,7 @@ async fn signed_policy_is_enforced_reported_and_hot_reloaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_update_requires_the_admin_token_and_applies_immediately() {
     let root = root();
-    let admin = SecretBytes::from_slice(b"policy-admin");
+    let admin = SecretBytes::from_slice(b"policy-admin-token");
     let svc = RunningService::start(ServiceConfig {
         trust: trust(&root),
         admin_token: Some(admin),
@@ -114,7 +118,7 @@ async fn policy_update_requires_the_admin_token_and_applies_immediately() {
     maa.attest_with(&att, b"{}").await.unwrap();
     let r = http
         .put(&url)
-        .bearer_auth("policy-admin")
+        .bearer_auth("policy-admin-token")
         .body(deny)
         .send()
         .await
@@ -130,7 +134,7 @@ async fn keys_and_signing_key_survive_a_restart() {
     use std::os::unix::fs::PermissionsExt;
     let root = root();
     let dir = tempfile::tempdir().unwrap();
-    let admin = SecretBytes::from_slice(b"a");
+    let admin = SecretBytes::from_slice(b"restart-admin-token");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = ServiceConfig {
@@ -142,7 +146,7 @@ async fn keys_and_signing_key_survive_a_restart() {
     let svc = RunningService::start_on(listener, config.clone()).await.unwrap();
     let policy = ReleasePolicy::from_json(
         format!(
-            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#,
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{PINNED},{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#,
             svc.url
         )
         .as_bytes(),
@@ -191,7 +195,7 @@ async fn keys_and_signing_key_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_refuses_untrusted_issuers_and_wrong_authorities() {
     let root = root();
-    let admin = SecretBytes::from_slice(b"b");
+    let admin = SecretBytes::from_slice(b"broker-admin-token");
     let svc = RunningService::start(ServiceConfig {
         trust: trust(&root),
         admin_token: Some(admin.clone()),
@@ -211,7 +215,7 @@ async fn broker_refuses_untrusted_issuers_and_wrong_authorities() {
     let policy_for = |authority: &str| {
         ReleasePolicy::from_json(
             format!(
-                r#"{{"version":"1.0.0","anyOf":[{{"authority":"{authority}","allOf":[{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#
+                r#"{{"version":"1.0.0","anyOf":[{{"authority":"{authority}","allOf":[{PINNED},{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#
             )
             .as_bytes(),
         )
@@ -301,7 +305,7 @@ async fn broker_accepts_tokens_from_a_configured_external_authority() {
     .unwrap();
     let maa = AttestationClient::new(&a.url).unwrap();
     let a_jwks = maa.jwks().await.unwrap();
-    let admin = SecretBytes::from_slice(b"c");
+    let admin = SecretBytes::from_slice(b"external-admin-token");
     let b = RunningService::start(ServiceConfig {
         trust: TrustStore::empty(),
         admin_token: Some(admin.clone()),
@@ -316,7 +320,7 @@ async fn broker_accepts_tokens_from_a_configured_external_authority() {
     let b_jwks = AttestationClient::new(&b.url).unwrap().jwks().await.unwrap();
     let policy = ReleasePolicy::from_json(
         format!(
-            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}}]}}]}}"#,
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{PINNED}]}}]}}"#,
             a.url
         )
         .as_bytes(),
@@ -420,7 +424,7 @@ async fn key_import_refuses_a_missing_or_wrong_admin_token_and_creates_nothing()
     let root = root();
     let svc = RunningService::start(ServiceConfig {
         trust: trust(&root),
-        admin_token: Some(SecretBytes::from_slice(b"key-admin")),
+        admin_token: Some(SecretBytes::from_slice(b"key-admin-token-1")),
         ..Default::default()
     })
     .await
@@ -428,7 +432,7 @@ async fn key_import_refuses_a_missing_or_wrong_admin_token_and_creates_nothing()
     let jwks = AttestationClient::new(&svc.url).unwrap().jwks().await.unwrap();
     let policy = ReleasePolicy::from_json(
         format!(
-            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#,
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{PINNED},{{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}]}}"#,
             svc.url
         )
         .as_bytes(),
@@ -442,11 +446,11 @@ async fn key_import_refuses_a_missing_or_wrong_admin_token_and_creates_nothing()
     for (auth, detail) in [
         (VaultAuth::None, "missing bearer token"),
         (
-            VaultAuth::Bearer(SecretBytes::from_slice(b"key-admi")),
+            VaultAuth::Bearer(SecretBytes::from_slice(b"key-admin-token-")),
             "invalid bearer token",
         ),
         (
-            VaultAuth::Bearer(SecretBytes::from_slice(b"key-admiN")),
+            VaultAuth::Bearer(SecretBytes::from_slice(b"key-admin-token-2")),
             "invalid bearer token",
         ),
     ] {
@@ -461,7 +465,7 @@ async fn key_import_refuses_a_missing_or_wrong_admin_token_and_creates_nothing()
     let _ = rustls::crypto::ring::default_provider().install_default();
     let key_url = format!("{}/keys/k?api-version=7.4", svc.url);
     assert_eq!(reqwest::get(&key_url).await.unwrap().status(), 404);
-    import(VaultAuth::Bearer(SecretBytes::from_slice(b"key-admin")))
+    import(VaultAuth::Bearer(SecretBytes::from_slice(b"key-admin-token-1")))
         .await
         .unwrap();
     assert_eq!(reqwest::get(&key_url).await.unwrap().status(), 200);
@@ -488,7 +492,7 @@ async fn only_a_listed_launch_measurement_is_an_azure_compliant_uvm() {
     let jwks = maa.jwks().await.unwrap();
     let policy = ReleasePolicy::from_json(
         format!(
-            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{{"claim":"x-ms-compliance-status","equals":"azure-compliant-uvm"}}]}}]}}"#,
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"{}","allOf":[{PINNED},{{"claim":"x-ms-compliance-status","equals":"azure-compliant-uvm"}}]}}]}}"#,
             svc.url
         )
         .as_bytes(),

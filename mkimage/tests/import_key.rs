@@ -32,12 +32,12 @@ fn imported_keys_release_only_to_the_policy_host_data() {
     let svc = rt
         .block_on(RunningService::start(ServiceConfig {
             trust,
-            admin_token: Some(SecretBytes::from_slice(b"admin")),
+            admin_token: Some(SecretBytes::from_slice(b"import-key-admin-token")),
             ..Default::default()
         }))
         .unwrap();
     let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, "admin\n").unwrap();
+    std::fs::write(&token_file, "import-key-admin-token\n").unwrap();
     let key_file = dir.path().join("model.key");
     let key = [0x5cu8; 32];
     std::fs::write(&key_file, key).unwrap();
