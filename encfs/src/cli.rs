@@ -177,12 +177,12 @@ pub(crate) struct UnmountArgs {
 }
 
 impl MountArgs {
-    /// Reads the key file: exactly 32 raw bytes.
-    pub(crate) fn model_key(&self) -> anyhow::Result<ModelKey> {
-        let bytes = zeroize::Zeroizing::new(
-            std::fs::read(&self.key_file).with_context(|| format!("reading key file {}", self.key_file.display()))?,
-        );
-        ModelKey::from_slice(&bytes).with_context(|| format!("key file {}", self.key_file.display()))
+    /// Reads the key file: a regular file of exactly 32 raw bytes (`encfs::keyfile`), and the warning to show
+    /// when group or others may read it.
+    pub(crate) fn model_key(&self) -> anyhow::Result<(ModelKey, Option<String>)> {
+        let k = encfs::keyfile::read(&self.key_file)?;
+        let warning = k.warning();
+        Ok((k.key, warning))
     }
 
     /// The pinned root digest, if any.

@@ -26,6 +26,13 @@ use crate::cli::{MountArgs, UnmountArgs};
 
 /// `mount` without `--foreground`: starts the daemon and waits until it reports ready or failed.
 pub(crate) fn mount_background(args: &MountArgs) -> anyhow::Result<()> {
+    // The key file is checked here too, so a bad one (a FIFO, a device, a wrong length) is refused before a
+    // daemon starts, and a too-open one is warned about where the operator sees it.
+    let (key, warning) = args.model_key()?;
+    drop(key);
+    if let Some(w) = warning {
+        eprintln!("cinfer-encfs: warning: {w}");
+    }
     let exe = std::env::current_exe().context("locating the cinfer-encfs executable")?;
     let stderr = match &args.log_file {
         Some(p) => Stdio::from(
@@ -131,7 +138,10 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
     if let Ready::Pipe = ready {
         detach_session();
     }
-    let model_key = args.model_key()?;
+    let (model_key, key_warning) = args.model_key()?;
+    if let Some(w) = key_warning {
+        warn!("{w}");
+    }
     let expect_root = args.expect_root()?;
     // Read before the daemon leaves its working directory, so a relative path works.
     let signer = args.signer_key()?;

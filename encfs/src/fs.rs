@@ -93,8 +93,8 @@ pub enum OpenError<E: std::error::Error + Send + Sync + 'static> {
     Format(#[from] FormatError),
     /// The header declares an index larger than [`EncFsConfig::max_index_len`]: refused before it is read.
     #[error(
-        "the header declares a {len}-byte index, more than the {max} bytes read before the index is authenticated \
-         (a tampered header; if the image is genuine, raise the memory budget: --cache-size or cinfer_cache_mb)"
+        "corrupt header: index length {len} exceeds {max}, the most read before the index is authenticated (if the \
+         image is genuine, raise the memory budget: --cache-size or cinfer_cache_mb)"
     )]
     IndexTooLarge {
         /// The declared length.

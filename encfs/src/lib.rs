@@ -10,6 +10,7 @@
 //! The feature `testing` adds the module `testing`, an in-process image builder for tests.
 
 pub mod format;
+pub mod keyfile;
 pub mod legacy;
 pub mod signature;
 

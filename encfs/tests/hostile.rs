@@ -393,7 +393,149 @@ fn a_header_raising_the_index_length_to_1_gib_is_refused_within_the_cache_budget
     let out = fx.mount_cmd(Path::new(&url), &["--cache-size", "64", "--expect-root", &root]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("1073741824-byte index") && err.contains("--cache-size"),
+        err.contains("index length 1073741824 exceeds") && err.contains("--cache-size"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Item 7: key files and outputs handled safely.
+
+/// Runs `cmd`, killing it after `limit`; returns its output, or `None` if it had to be killed.
+fn output_within(cmd: &mut std::process::Command, limit: Duration) -> Option<std::process::Output> {
+    use std::os::unix::process::CommandExt as _;
+    // Bounds a daemon that would read /dev/zero until memory runs out (4 GiB of address space).
+    #[allow(unsafe_code)]
+    // SAFETY: setrlimit is async-signal-safe; the closure touches no other state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 4 << 30,
+                rlim_max: 4 << 30,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn key_files_that_are_devices_or_fifos_are_refused_at_once_and_open_ones_are_warned_about() {
+    let (fx, data) = fixture();
+    let fifo = fx.dir.path().join("key.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0);
+    for (key, kind) in [(Path::new("/dev/zero"), "character device"), (fifo.as_path(), "FIFO")] {
+        let out = output_within(
+            common::encfs_bin()
+                .arg("mount")
+                .arg(&fx.image)
+                .arg(&fx.mnt)
+                .arg("--key-file")
+                .arg(key),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("mount with key file {} hangs", key.display()));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(&format!("is a {kind}, not a regular file")), "{err}");
+        assert!(!common::is_mounted(&fx.mnt));
+    }
+    // No daemon was left behind waiting on the FIFO.
+    assert!(!all_cmdlines().iter().any(|(_, c)| c.contains("key.fifo")));
+    // A key file others may read still mounts, with a warning where the operator sees it.
+    std::fs::set_permissions(&fx.key_file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = fx.mount_cmd(&fx.image, &[]);
+    let guard = common::MountGuard { mnt: fx.mnt.clone() };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("mode 0644"), "{err}");
+    assert!(std::fs::read(fx.mnt.join("weights.bin")).unwrap() == data);
+    guard.unmount();
+}
+
+#[test]
+fn the_disk_cache_never_writes_through_planted_symlinks_and_keeps_its_files_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (fx, data) = fixture();
+    let image = Arc::new(std::fs::read(&fx.image).unwrap());
+    let total = image.len() as u64;
+    let srv = HostileServer::start(move |r| partial(&image, total, r.range));
+    let url = format!("{}/m.img", srv.base);
+    let cache = tempfile::tempdir().unwrap();
+    // Someone who can write in the cache directory plants symlinks where the daemon will write.
+    let id = encfs::cache::disk::identity(&url, "\"v1\"", total);
+    let idir = cache.path().join(&id);
+    std::fs::create_dir(&idir).unwrap();
+    std::fs::set_permissions(&idir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let victim = fx.dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    for part in 0..4 {
+        for name in [format!("{part}.d"), format!("{part}.m.tmp")] {
+            std::os::unix::fs::symlink(&victim, idir.join(name)).unwrap();
+        }
+    }
+    let dir = cache.path().to_str().unwrap();
+    let guard = fx.mount_image(Path::new(&url), &["--read-ahead-kb", "0", "--cache-dir", dir]);
+    assert!(std::fs::read(fx.mnt.join("weights.bin")).unwrap() == data);
+    guard.unmount();
+    assert!(wait_for(Duration::from_secs(10), || !all_cmdlines().iter().any(
+        |(_, c)| c.contains("--daemon-child") && c.contains(fx.mnt.to_str().unwrap())
+    )));
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"precious",
+        "the cache wrote through a symlink"
+    );
+    // A fresh cache: directories 0700, files 0600, set at creation.
+    let fresh = cache.path().join("fresh");
+    let guard = fx.mount_image(
+        Path::new(&url),
+        &["--read-ahead-kb", "0", "--cache-dir", fresh.to_str().unwrap()],
+    );
+    assert!(std::fs::read(fx.mnt.join("weights.bin")).unwrap() == data);
+    guard.unmount();
+    assert!(wait_for(Duration::from_secs(10), || !all_cmdlines().iter().any(
+        |(_, c)| c.contains("--daemon-child") && c.contains(fx.mnt.to_str().unwrap())
+    )));
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o700);
+    let idir = fresh.join(&id);
+    assert_eq!(mode(&idir), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&idir).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(files.len() > 2, "{files:?}");
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    // A cache directory others can write to is not used (the mount still works).
+    let open = cache.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let guard = fx.mount_image(
+        Path::new(&url),
+        &["--read-ahead-kb", "0", "--cache-dir", open.to_str().unwrap()],
+    );
+    assert!(std::fs::read(fx.mnt.join("weights.bin")).unwrap() == data);
+    guard.unmount();
+    assert!(fx.log().contains("writable by group or others"), "{}", fx.log());
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
 }

@@ -1,62 +1,33 @@
-//! Key files: exactly 32 raw bytes, created with mode 0600 when missing.
+//! Key files: exactly 32 raw bytes in a regular file ([`encfs::keyfile`] reads them), created with mode 0600 when
+//! missing.
 
 use std::fs::OpenOptions;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use encfs::format::{KEY_LEN, ModelKey};
+use encfs::format::ModelKey;
+pub use encfs::keyfile::{KeyFile, KeyFileError};
 
-/// Why a key file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyFileError {
-    /// Reading or creating the file failed.
-    #[error("key file {path}")]
-    Io {
-        /// The key file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file exists but does not hold exactly 32 bytes.
-    #[error("key file {path} has {len} bytes; a key file must hold exactly {KEY_LEN} raw bytes")]
-    WrongLength {
-        /// The key file.
-        path: PathBuf,
-        /// Its length.
-        len: u64,
-    },
+/// Reads a 32-byte key file (a regular file; see [`encfs::keyfile`]).
+pub fn read(path: &Path) -> Result<KeyFile, KeyFileError> {
+    encfs::keyfile::read(path)
 }
 
-/// Reads a 32-byte key file.
-pub fn read(path: &Path) -> Result<ModelKey, KeyFileError> {
+/// Reads the key file, or creates it with 32 random bytes and mode 0600 if it does not exist (`O_EXCL`, so a
+/// symlink or a file created meanwhile is never written through). Returns the key and whether it was created.
+pub fn read_or_create(path: &Path) -> Result<(KeyFile, bool), KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
-    if len != KEY_LEN as u64 {
-        return Err(KeyFileError::WrongLength {
-            path: path.to_owned(),
-            len,
-        });
-    }
-    let mut buf = zeroize::Zeroizing::new([0u8; KEY_LEN]);
-    f.read_exact(&mut buf[..]).map_err(io)?;
-    Ok(ModelKey::new(*buf))
-}
-
-/// Reads the key file, or creates it with 32 random bytes and mode 0600 if it does not exist.
-/// Returns the key and whether it was created.
-pub fn read_or_create(path: &Path) -> Result<(ModelKey, bool), KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
         Ok(mut f) => {
             let key = ModelKey::generate();
             let written = f.write_all(key.expose()).and_then(|()| f.sync_all());
@@ -64,11 +35,53 @@ pub fn read_or_create(path: &Path) -> Result<(ModelKey, bool), KeyFileError> {
                 let _ = std::fs::remove_file(path);
                 return Err(io(e));
             }
-            Ok((key, true))
+            let file = KeyFile {
+                key,
+                mode: 0o600,
+                path: path.to_owned(),
+            };
+            Ok((file, true))
         }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok((read(path)?, false)),
         Err(e) => Err(io(e)),
     }
+}
+
+/// An output that is a key file.
+#[derive(Debug, thiserror::Error)]
+#[error("the output {} is the key file {}: refusing to overwrite the key", output.display(), key.display())]
+pub struct OutputIsKey {
+    /// The output.
+    pub output: PathBuf,
+    /// The key file it names.
+    pub key: PathBuf,
+}
+
+/// Refuses an output path that is the key file (the same file, or the same path once resolved): writing the output
+/// would destroy the key (`build -o K --key-file K --force` created the key, then overwrote it with the image).
+pub fn ensure_not_key(output: &Path, key_files: &[&Path]) -> Result<(), OutputIsKey> {
+    match key_files.iter().find(|k| same_file(output, k)) {
+        Some(k) => Err(OutputIsKey {
+            output: output.to_owned(),
+            key: k.to_path_buf(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// True if `a` and `b` name the same file: the same inode when both exist, else the same path once made absolute
+/// with its parent directory resolved.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return x.dev() == y.dev() && x.ino() == y.ino();
+    }
+    let resolve = |p: &Path| -> Option<PathBuf> {
+        let abs = std::path::absolute(p).ok()?;
+        let parent = abs.parent()?.canonicalize().ok()?;
+        Some(parent.join(abs.file_name()?))
+    };
+    resolve(a).is_some_and(|x| resolve(b).is_some_and(|y| x == y))
 }
 
 #[cfg(test)]
@@ -86,7 +99,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         let (k2, created) = read_or_create(&p).unwrap();
         assert!(!created);
-        assert_eq!(k1.expose(), k2.expose());
+        assert_eq!(k1.key.expose(), k2.key.expose());
     }
 
     #[test]
@@ -96,5 +109,23 @@ mod tests {
         std::fs::write(&p, [1u8; 31]).unwrap();
         let e = read(&p).unwrap_err().to_string();
         assert!(e.contains("short") && e.contains("31 bytes"), "{e}");
+    }
+
+    #[test]
+    fn an_output_that_is_the_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        assert!(ensure_not_key(&k, &[&k]).is_err(), "same missing path");
+        std::fs::write(&k, [0u8; 32]).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&k, &link).unwrap();
+        assert!(ensure_not_key(&link, &[&k]).is_err(), "a symlink to the key");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(
+            ensure_not_key(&sub.join("../k"), &[&k]).is_err(),
+            "a dotted path to the key"
+        );
+        assert!(ensure_not_key(&dir.path().join("img"), &[&k]).is_ok());
     }
 }

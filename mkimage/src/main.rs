@@ -44,6 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sign_key = sign_key
                 .map(|p| load_signing_key(&p, password.as_deref()).map(std::sync::Arc::new))
                 .transpose()?;
+            keyfile::ensure_not_key(&output, &[&key_file])?;
             let (key, created) = keyfile::read_or_create(&key_file)?;
             if created {
                 eprintln!(
@@ -51,6 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     key_file.display()
                 );
             }
+            let key = checked_key(key);
             let key_id = key_id.unwrap_or_else(|| {
                 format!(
                     "file:{}",
@@ -159,7 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => verify_signature(&model, signature, &public_key, allow_signer_ignores, allow_sha1)?,
         Command::ImportKey(args) => mkimage::keys::run_import_key(&args)?,
         Command::Inspect { image, key_file } => {
-            let key = key_file.as_deref().map(keyfile::read).transpose()?;
+            let key = key_file.as_deref().map(keyfile::read).transpose()?.map(checked_key);
             print!("{}", inspect::inspect(&image, key.as_ref())?);
         }
         Command::Upload {
@@ -179,7 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             upload(&image, &url, &opts)?;
         }
         Command::Verify { image, key_file } => {
-            let key = keyfile::read(&key_file)?;
+            let key = checked_key(keyfile::read(&key_file)?);
             let start = Instant::now();
             let r = verify::verify(&image, &key)?;
             eprintln!(
@@ -195,6 +197,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The key of a key file, after warning (on stderr) when group or others may read it.
+fn checked_key(k: keyfile::KeyFile) -> encfs::format::ModelKey {
+    if let Some(w) = k.warning() {
+        eprintln!("warning: {w}");
+    }
+    k.key
+}
+
+/// A legacy image's passphrase file: a regular file of 1 byte to 8 MiB (cryptsetup's limit), read no further.
+fn read_passphrase(path: &std::path::Path) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    const MAX: u64 = 8 << 20;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("reading key file {}", path.display()))?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("reading key file {}", path.display()))?;
+    anyhow::ensure!(
+        meta.is_file(),
+        "key file {} is a {}, not a regular file",
+        path.display(),
+        encfs::keyfile::file_kind(&meta)
+    );
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    f.take(MAX + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading key file {}", path.display()))?;
+    anyhow::ensure!(
+        !buf.is_empty() && buf.len() as u64 <= MAX,
+        "key file {} must hold 1 byte to 8 MiB",
+        path.display()
+    );
+    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+        eprintln!(
+            "warning: key file {} has mode {:04o}: group or others may read it (chmod 600)",
+            path.display(),
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777
+        );
+    }
+    Ok(buf)
+}
+
 /// `convert`: legacy LUKS2 + ext4 image → authenticated image.
 #[allow(clippy::too_many_arguments)]
 fn convert(
@@ -207,15 +255,9 @@ fn convert(
     force: bool,
     threads: usize,
 ) -> anyhow::Result<()> {
+    keyfile::ensure_not_key(&output, &[&key_file, &new_key_file])?;
     // cryptsetup reads at most 8 MiB of a key file; the seed's is 32 bytes.
-    let passphrase = zeroize::Zeroizing::new(
-        std::fs::read(&key_file).with_context(|| format!("reading key file {}", key_file.display()))?,
-    );
-    anyhow::ensure!(
-        !passphrase.is_empty() && passphrase.len() <= 8 << 20,
-        "key file {} must hold 1 byte to 8 MiB",
-        key_file.display()
-    );
+    let passphrase = read_passphrase(&key_file)?;
     let (key, created) = keyfile::read_or_create(&new_key_file)?;
     if created {
         eprintln!(
@@ -223,6 +265,7 @@ fn convert(
             new_key_file.display()
         );
     }
+    let key = checked_key(key);
     let key_id = key_id.unwrap_or_else(|| {
         format!(
             "file:{}",
@@ -275,7 +318,7 @@ fn verify_image_signature(
     public_key: &std::path::Path,
 ) -> anyhow::Result<()> {
     let signer = load_verifying_key(public_key)?;
-    let key = keyfile::read(key_file)?;
+    let key = checked_key(keyfile::read(key_file)?);
     let img = mkimage::image_file::ImageFile::open(image)?;
     let (opened, _) = img.open_with_key(&key)?;
     let manifest = encfs::signature::check_index(&opened.index, &signer)

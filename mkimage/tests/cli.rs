@@ -281,3 +281,43 @@ fn no_space_left_is_reported_and_cleaned_up() {
     );
     assert!(leftover.is_empty(), "left in the full filesystem: {leftover:?}");
 }
+
+/// Issue 17, item 7: an output that is the key file is refused (it used to create the key, then overwrite it with
+/// the image, `--force` or not), and key files that are not regular files are refused without reading them.
+#[test]
+fn an_output_that_is_the_key_file_is_refused_and_the_key_survives() {
+    let d = tempfile::tempdir().unwrap();
+    model_tree(&d.path().join("src"));
+    for args in [
+        &["build", "src", "-o", "k.key", "--key-file", "k.key", "--force"][..],
+        &["build", "src", "-o", "./sub/../k.key", "--key-file", "k.key", "--force"][..],
+    ] {
+        std::fs::create_dir_all(d.path().join("sub")).unwrap();
+        let o = run(args, d.path());
+        assert!(!o.status.success(), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("is the key file"), "{}", text(&o));
+    }
+    // A fresh key was never written over: no key file was created, or the one there is still 32 bytes.
+    assert!(std::fs::metadata(d.path().join("k.key")).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound));
+    let o = run(&["build", "src", "-o", "m.img", "--key-file", "k.key"], d.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(
+        &["build", "src", "-o", "k.key", "--key-file", "k.key", "--force"],
+        d.path(),
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::metadata(d.path().join("k.key")).unwrap().len(), 32);
+    // Not a regular file: refused at once, by kind.
+    let o = run(&["verify", "m.img", "--key-file", "/dev/zero"], d.path());
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("character device, not a regular file"),
+        "{}",
+        text(&o)
+    );
+    // A key others may read works, with a warning.
+    std::fs::set_permissions(d.path().join("k.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&["verify", "m.img", "--key-file", "k.key"], d.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("mode 0644"), "{}", text(&o));
+}

@@ -96,7 +96,7 @@ fn convert_round_trip_is_byte_exact() {
         assert!(v.status.success(), "{}", text(&v));
         assert_eq!(root_line(&v), root);
 
-        let key = mkimage::keyfile::read(&d.join("new.key")).unwrap();
+        let key = mkimage::keyfile::read(&d.join("new.key")).unwrap().key;
         let got = v1_tree(&d.join("new.img"), &key);
         let want = disk_tree(&fx.src);
         assert_eq!(got, want, "sector size {sector}");

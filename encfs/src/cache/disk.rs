@@ -15,11 +15,17 @@
 //!
 //! Size: data blocks plus metadata files stay under the limit; least recently used parts go first, after
 //! unlocked other identities. All calls do blocking file I/O (callers use `spawn_blocking`).
+//!
+//! Files: directories are created 0700 and files 0600 at creation; an existing cache directory must be a real
+//! directory owned by this user and not writable by group or others (else the mount runs without the disk cache).
+//! No file is opened through a symlink (`O_NOFOLLOW`) or blocks on open (`O_NONBLOCK`), and metadata is written to
+//! a new file with a random name (`O_EXCL`) then renamed into place, so nothing planted in the directory is
+//! written through or read as cache.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -61,6 +67,67 @@ pub enum DiskError {
     /// Another daemon holds this blob's cache directory.
     #[error("{0} is in use by another daemon")]
     Busy(PathBuf),
+    /// A cache directory others could plant files in.
+    #[error("cache directory {path} {why}: not using it")]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Opens `path` to read, never through a symlink and never blocking on open (a planted FIFO).
+fn open_read(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Opens (creating, mode 0600) `path` to write, never through a symlink.
+fn open_write(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Creates `path` (and missing parents) mode 0700, or accepts an existing directory only if it is not a symlink,
+/// is owned by this user and is not writable by group or others: the cache must not be a place others can plant
+/// files in.
+fn private_dir(path: &Path) -> Result<(), DiskError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io_err("creating", path))?;
+    let m = fs::symlink_metadata(path).map_err(io_err("checking", path))?;
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    let why = if !m.is_dir() {
+        Some("is not a directory (a symlink?)".to_string())
+    } else if m.uid() != me {
+        Some(format!("is owned by uid {}, not {me}", m.uid()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!(
+            "is writable by group or others (mode {:04o})",
+            m.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(DiskError::Unsafe {
+            path: path.to_owned(),
+            why,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DiskError + 'a {
@@ -133,14 +200,10 @@ impl DiskStore {
         // INVARIANT: `CachingSource::new` clamps its part size to this.
         debug_assert!(part_size.is_multiple_of(BLOCK) && part_size / BLOCK <= 64 && part_size > 0);
         let dir = cfg.dir.join(identity);
-        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        private_dir(&cfg.dir)?;
+        private_dir(&dir)?;
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("opening", &lock_path))?;
+        let lock = open_write(&lock_path).map_err(io_err("opening", &lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(DiskError::Busy(dir)),
@@ -176,7 +239,8 @@ impl DiskStore {
     }
 
     fn part_len(&self, part: u64) -> u64 {
-        self.part_size.min(self.blob_len.saturating_sub(part * self.part_size))
+        self.part_size
+            .min(self.blob_len.saturating_sub(part.saturating_mul(self.part_size)))
     }
 
     fn blocks_in(&self, part: u64) -> u64 {
@@ -245,7 +309,13 @@ impl DiskStore {
     }
 
     fn parse_meta(&self, part: u64) -> Option<PartMeta> {
-        let raw = fs::read(self.meta_path(part)).ok()?;
+        // At most one byte more than a metadata file of this part holds.
+        let mut raw = Vec::new();
+        open_read(&self.meta_path(part))
+            .ok()?
+            .take(self.meta_len(part) + 1)
+            .read_to_end(&mut raw)
+            .ok()?;
         let nblocks = self.blocks_in(part);
         if nblocks == 0 || raw.len() as u64 != self.meta_len(part) || &raw[..8] != MAGIC {
             return None;
@@ -321,7 +391,7 @@ impl DiskStore {
                     break;
                 }
                 // A directory whose lock someone holds is in use.
-                let free = File::open(d.join("lock")).map(|f| f.try_lock().is_ok()).unwrap_or(true);
+                let free = open_read(&d.join("lock")).map(|f| f.try_lock().is_ok()).unwrap_or(true);
                 if free {
                     let bytes = dir_bytes(&d);
                     if fs::remove_dir_all(&d).is_ok() {
@@ -376,7 +446,7 @@ impl DiskStore {
         let span = (last * BLOCK)..(last * BLOCK + self.block_len(part, last));
         let span = first * BLOCK..span.end;
         out.resize(start + (span.end - span.start) as usize, 0);
-        let ok = File::open(self.data_path(part))
+        let ok = open_read(&self.data_path(part))
             .and_then(|f| f.read_exact_at(&mut out[start..], span.start))
             .is_ok()
             && out[start..]
@@ -438,12 +508,7 @@ impl DiskStore {
             return;
         }
         let span = (blocks.len() as u64 - 1) * BLOCK + self.block_len(part, *blocks.last().unwrap_or(&first));
-        let written = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.data_path(part))
-            .and_then(|f| f.write_all_at(&data[..span as usize], start));
+        let written = open_write(&self.data_path(part)).and_then(|f| f.write_all_at(&data[..span as usize], start));
         if let Err(e) = written {
             warn!(part, "disk cache: writing data failed: {e}");
             return;
@@ -491,10 +556,17 @@ impl DiskStore {
     }
 
     fn write_meta(&self, part: u64, meta: &[u8]) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{part}.m.tmp"));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(meta)?;
+        let tmp = self.dir.join(format!("{part}.m.tmp-{:016x}", rand::random::<u64>()));
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(meta));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
         fs::rename(&tmp, self.meta_path(part))
     }
