@@ -62,9 +62,16 @@ fn print(name: &str, v: &[Duration]) {
 fn main() {
     let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(300);
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+    // The 2022 report predates the bulletins behind the default minimum TCB: its own TCB as the Milan floor.
+    let mut appraisal = attest::appraisal::Appraisal::default();
+    appraisal
+        .min_tcb
+        .apply_spec("milan:bootloader=3,tee=0,snp=8,microcode=115")
+        .unwrap();
     let opts = VerifyOptions {
         at,
         expected_report_data: Some(maa_report_data(RUNTIME)),
+        appraisal,
         ..VerifyOptions::default()
     };
     let trust = TrustStore::amd();

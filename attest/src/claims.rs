@@ -39,6 +39,18 @@ pub const CINFER_UVM_ENDORSEMENT: &str = "x-cinfer-uvm-endorsement";
 pub const CINFER_COMPLIANCE: &str = "x-cinfer-compliance";
 /// Which root the chain ended in (`amd-milan`, `mock:<fp>`); not an MAA claim.
 pub const CINFER_ROOT: &str = "x-cinfer-root";
+/// The report format version (a number); not an MAA claim (MAA's SEV-SNP claims carry no report version).
+pub const CINFER_REPORT_VERSION: &str = "x-cinfer-report-version";
+/// Boot loader SVN of the reported TCB (number).
+pub const BOOTLOADER_SVN: &str = "x-ms-sevsnpvm-bootloader-svn";
+/// TEE SVN of the reported TCB (number).
+pub const TEE_SVN: &str = "x-ms-sevsnpvm-tee-svn";
+/// SNP firmware SVN of the reported TCB (number).
+pub const SNPFW_SVN: &str = "x-ms-sevsnpvm-snpfw-svn";
+/// Microcode SVN of the reported TCB (number).
+pub const MICROCODE_SVN: &str = "x-ms-sevsnpvm-microcode-svn";
+/// Whether the guest policy allows a migration agent (boolean).
+pub const MIGRATION_ALLOWED: &str = "x-ms-sevsnpvm-migration-allowed";
 /// Value of `x-ms-attestation-type` for SNP.
 pub const SEVSNPVM: &str = "sevsnpvm";
 /// Value of `x-ms-compliance-status` for a compliant UVM.
@@ -52,7 +64,7 @@ pub fn snp_claims(v: &VerifiedReport) -> Claims {
         ATTESTATION_TYPE: SEVSNPVM,
         "x-ms-ver": "1.0",
         "x-ms-sevsnpvm-authorkeydigest": hex::encode(r.author_key_digest()),
-        "x-ms-sevsnpvm-bootloader-svn": v.tcb.bootloader,
+        BOOTLOADER_SVN: v.tcb.bootloader,
         "x-ms-sevsnpvm-familyId": hex::encode_upper(r.family_id()),
         GUEST_SVN: r.guest_svn(),
         HOSTDATA: hex::encode(r.host_data()),
@@ -60,16 +72,17 @@ pub fn snp_claims(v: &VerifiedReport) -> Claims {
         "x-ms-sevsnpvm-imageId": hex::encode_upper(r.image_id()),
         IS_DEBUGGABLE: r.is_debuggable(),
         LAUNCH_MEASUREMENT: hex::encode(r.measurement()),
-        "x-ms-sevsnpvm-microcode-svn": v.tcb.microcode,
-        "x-ms-sevsnpvm-migration-allowed": r.migration_allowed(),
+        MICROCODE_SVN: v.tcb.microcode,
+        MIGRATION_ALLOWED: r.migration_allowed(),
         REPORTDATA: hex::encode(r.report_data()),
         "x-ms-sevsnpvm-reportid": hex::encode(r.report_id()),
         "x-ms-sevsnpvm-smt-allowed": r.smt_allowed(),
-        "x-ms-sevsnpvm-snpfw-svn": v.tcb.snp,
-        "x-ms-sevsnpvm-tee-svn": v.tcb.tee,
+        SNPFW_SVN: v.tcb.snp,
+        TEE_SVN: v.tcb.tee,
         VMPL: r.vmpl(),
         "x-ms-sevsnpvm-guest-policy": r.policy(),
         CINFER_ROOT: v.root.label(),
+        CINFER_REPORT_VERSION: r.version(),
     });
     match obj {
         Value::Object(m) => m,

@@ -139,6 +139,9 @@ pub(crate) struct ServeArgs {
     /// Accept debuggable guests. Never in production.
     #[arg(long)]
     pub(crate) danger_allow_debug: bool,
+    /// Minimum TCB, report version, migration agents.
+    #[command(flatten)]
+    pub(crate) appraisal: AppraisalArgs,
     /// Attestation policy file (MAA text or signed JWS); reloaded when it changes.
     #[arg(long)]
     pub(crate) policy: Option<PathBuf>,
@@ -281,6 +284,27 @@ pub(crate) struct VerifyReportArgs {
     /// Accept debuggable guests.
     #[arg(long)]
     pub(crate) danger_allow_debug: bool,
+    /// Minimum TCB, report version, migration agents.
+    #[command(flatten)]
+    pub(crate) appraisal: AppraisalArgs,
+}
+
+/// What a verified report must meet besides chain, signature and binding (`serve` and `verify-report`).
+#[derive(Debug, Args)]
+pub(crate) struct AppraisalArgs {
+    /// Minimum reported TCB of a processor product, `PRODUCT:COMPONENT=N[,COMPONENT=N…]` (products milan,
+    /// genoa, turin; components bootloader, tee, snp, microcode, fmc), repeatable. Named components replace
+    /// the default, the others keep it. Defaults (AMD-SB-3019): milan snp=22,microcode=219; genoa
+    /// snp=23,microcode=84; turin none.
+    #[arg(long, value_name = "PRODUCT:COMPONENT=N,…", help_heading = "Appraisal")]
+    pub(crate) min_tcb: Vec<String>,
+    /// Lowest accepted report format version (2 accepts every version the parser reads).
+    #[arg(long, default_value_t = attest::appraisal::MIN_REPORT_VERSION, help_heading = "Appraisal")]
+    pub(crate) min_report_version: u32,
+    /// Accept guests whose policy allows a migration agent (policy bit 18) or that are bound to one. The agent
+    /// can export the guest's memory.
+    #[arg(long, help_heading = "Appraisal")]
+    pub(crate) danger_allow_migration_agent: bool,
 }
 
 /// Attester selection shared by `attest` and `release-key`.

@@ -92,6 +92,37 @@ pub enum VerifyError {
         /// Value in the VCEK extension.
         certified: u8,
     },
+    /// A component of the reported TCB is below the configured minimum for its product.
+    #[error("tcb minimum: {product} {component} SVN {reported} is below the minimum {minimum}")]
+    TcbMinimum {
+        /// Processor product (`Milan`, `Genoa`, `Turin`).
+        product: &'static str,
+        /// Component name (`bootloader`, `tee`, `snp`, `microcode`, `fmc`).
+        component: &'static str,
+        /// Value in the report's REPORTED_TCB.
+        reported: u8,
+        /// Configured minimum.
+        minimum: u8,
+    },
+    /// The report format version is below the configured floor.
+    #[error("report version: {version} is below the minimum {minimum}")]
+    ReportVersion {
+        /// The report's version field.
+        version: u32,
+        /// Configured minimum.
+        minimum: u32,
+    },
+    /// The guest policy allows a migration agent, or the report names one, and that is not allowed.
+    #[error(
+        "migration agent: the guest allows or is bound to a migration agent (policy {policy:#x}, MIGRATE_MA is bit \
+         18; REPORT_ID_MA {report_id_ma}); refused unless migration agents are allowed"
+    )]
+    MigrationAgent {
+        /// Guest policy.
+        policy: u64,
+        /// REPORT_ID_MA, hex (all `ff` when no agent is bound).
+        report_id_ma: String,
+    },
     /// A VCEK extension is missing or malformed.
     #[error("tcb: VCEK extension {oid} {detail}")]
     VcekExtension {

@@ -19,7 +19,9 @@
 //!   and [`evidence::MockAttester::new`]`(&`[`evidence::MockRoot`]`, `[`evidence::MockConfig`]`)`.
 //! * **Verification** — [`verify::verify_report`]`(report, &`[`verify::CertChain`]`, &TrustStore,
 //!   &`[`verify::VerifyOptions`]`)` → [`verify::VerifiedReport`]; errors name the failed check.
-//!   [`verify::maa_report_data`] is the MAA binding (`SHA-256(runtime data) ‖ 0³²`).
+//!   [`verify::maa_report_data`] is the MAA binding (`SHA-256(runtime data) ‖ 0³²`). The options carry an
+//!   [`appraisal::Appraisal`]: minimum TCB per product (AMD-SB-3019 levels by default), report-version floor,
+//!   migration agents refused.
 //! * **ACI evidence** — [`aci::verify_aci`]`(&`[`aci::AciEvidence`]`, &TrustStore, &`[`endorsement::UvmTrust`]`,
 //!   &VerifyOptions)`: the report, HOST_DATA = SHA-256 of the policy, the UVM endorsement
 //!   ([`endorsement::verify_uvm_endorsement`]: COSE_Sign1, did:x509 issuer, feed, SVN) and measurement
@@ -72,6 +74,7 @@
 //! ```
 
 pub mod aci;
+pub mod appraisal;
 pub mod claims;
 pub mod client;
 pub mod collateral;

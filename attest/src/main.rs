@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use attest::aci::{AciEvidence, verify_aci};
+use attest::appraisal::{Appraisal, MinimumTcb};
 use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
 use attest::collateral::{Collateral, CollateralBuilder};
 use attest::endorsement::{UvmIssuer, UvmTrust};
@@ -20,8 +21,8 @@ use attest::tls::{ServerTls, TlsTrust};
 use attest::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data};
 use clap::Parser;
 use cli::{
-    AttesterArgs, AttesterKind, Cli, ClientTlsArgs, CollateralCommand, Command, GenerationArg, LogFormat, MockArgs,
-    ServeArgs,
+    AppraisalArgs, AttesterArgs, AttesterKind, Cli, ClientTlsArgs, CollateralCommand, Command, GenerationArg,
+    LogFormat, MockArgs, ServeArgs,
 };
 
 fn main() -> ExitCode {
@@ -245,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state_dir: a.state_dir,
                 trust: trust_store(!a.no_amd_roots, &a.trust_mock_root)?,
                 allow_debug: a.danger_allow_debug,
+                appraisal: appraisal(&a.appraisal)?,
                 policy_file: a.policy,
                 policy: None,
                 policy_signers,
@@ -315,6 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|h| hex_array::<32>(h, "--host-data"))
                     .transpose()?,
                 expected_measurement: None,
+                appraisal: appraisal(&a.appraisal)?,
             };
             let collateral = a.collateral.as_deref().map(load_collateral).transpose()?;
             let chain = match (&a.certs, &collateral) {
@@ -469,6 +472,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--min-tcb`, `--min-report-version`, `--danger-allow-migration-agent` over the defaults.
+fn appraisal(a: &AppraisalArgs) -> anyhow::Result<Appraisal> {
+    let mut min_tcb = MinimumTcb::amd_default();
+    for spec in &a.min_tcb {
+        min_tcb.apply_spec(spec).context("--min-tcb")?;
+    }
+    if a.danger_allow_migration_agent {
+        tracing::warn!("accepting guests that allow a migration agent (--danger-allow-migration-agent)");
+    }
+    Ok(Appraisal {
+        min_tcb,
+        min_report_version: a.min_report_version,
+        allow_migration_agent: a.danger_allow_migration_agent,
+    })
 }
 
 /// `--at` (RFC 3339), or now.

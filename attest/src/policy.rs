@@ -17,6 +17,10 @@
 //! (an optional `c:` prefix and `issuer==".."` attribute are accepted and ignored). `=> permit();` alone
 //! permits everything (MAA's default policy).
 //!
+//! The value comparison is one of MAA's operators: `==` and `!=` for any value, and, for integers only,
+//! `<`, `<=`, `>`, `>=` (e.g. `[type=="x-ms-sevsnpvm-snpfw-svn", value>=23]`). An ordered comparison holds only
+//! when the claim is a JSON integer; a claim that is absent never satisfies a condition, `!=` included.
+//!
 //! **Signed policy**: a compact JWS (RS256) with `x5c = [b64(DER cert)]` and payload
 //! `{"AttestationPolicy": "<base64url(policy text)>"}`, as the seed's `generate_and_sign_policy.sh` and
 //! MAA produce. The service accepts it only if the certificate's key is one of its trusted policy signers,
@@ -24,8 +28,11 @@
 //!
 //! **Release policy** (AKV JSON): `{"version":"1.0.0","anyOf":[{"authority":"https://..","allOf":
 //! [{"claim":"x-ms-sevsnpvm-hostdata","equals":"<hex>"}]}]}`. A token satisfies it when its issuer is a
-//! clause's authority and every `allOf` claim equals (strings compare exactly; a boolean or number claim
-//! equals its JSON text, so `"false"` matches `false` as in AKV).
+//! clause's authority and every `allOf` condition holds. A condition has one of AKV's operators:
+//! `equals` (strings compare exactly; a boolean or number claim equals its JSON text, so `"false"` matches
+//! `false` as in AKV), `notEquals`, the ordered `less`, `lessOrEquals`, `greater`, `greaterOrEquals` (both
+//! sides integers, as JSON numbers or decimal strings, e.g. `{"claim":"x-ms-sevsnpvm-microcode-svn",
+//! "greaterOrEquals":219}`), and `exists` (`true`/`false`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64STD, URL_SAFE_NO_PAD as B64URL};
@@ -50,9 +57,84 @@ pub fn claim_equals(actual: &Value, expected: &Value) -> bool {
     }
 }
 
+/// A comparison operator of the attestation-policy language (MAA's set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Cmp {
+    fn from_punct(p: &str) -> Option<Self> {
+        Some(match p {
+            "==" => Self::Eq,
+            "!=" => Self::Ne,
+            "<" => Self::Lt,
+            "<=" => Self::Le,
+            ">" => Self::Gt,
+            ">=" => Self::Ge,
+            _ => return None,
+        })
+    }
+
+    fn symbol(self) -> &'static str {
+        match self {
+            Self::Eq => "==",
+            Self::Ne => "!=",
+            Self::Lt => "<",
+            Self::Le => "<=",
+            Self::Gt => ">",
+            Self::Ge => ">=",
+        }
+    }
+
+    fn is_ordered(self) -> bool {
+        !matches!(self, Self::Eq | Self::Ne)
+    }
+
+    /// Does `actual` (absent: `None`) compare to `expected` as this operator says?
+    fn holds(self, actual: Option<&Value>, expected: &Value) -> bool {
+        let Some(actual) = actual else {
+            return false;
+        };
+        match self {
+            Self::Eq => claim_equals(actual, expected),
+            Self::Ne => !claim_equals(actual, expected),
+            ordered => match (json_integer(actual), json_integer(expected)) {
+                (Some(a), Some(e)) => ordered.orders(a, e),
+                _ => false,
+            },
+        }
+    }
+
+    fn orders(self, a: i128, e: i128) -> bool {
+        match self {
+            Self::Eq => a == e,
+            Self::Ne => a != e,
+            Self::Lt => a < e,
+            Self::Le => a <= e,
+            Self::Gt => a > e,
+            Self::Ge => a >= e,
+        }
+    }
+}
+
+/// A JSON integer (number without fraction) as `i128`.
+fn json_integer(v: &Value) -> Option<i128> {
+    match v {
+        Value::Number(n) => n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)),
+        _ => None,
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 struct Condition {
     claim: String,
+    op: Cmp,
     value: Value,
 }
 
@@ -132,9 +214,14 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, PolicyError> {
             let two = b.get(i..i + 2).unwrap_or_default();
             let p: &'static str = match two {
                 b"==" => "==",
+                b"!=" => "!=",
+                b"<=" => "<=",
+                b">=" => ">=",
                 b"&&" => "&&",
                 b"=>" => "=>",
                 _ => match c {
+                    b'<' => "<",
+                    b'>' => ">",
                     b'=' => "=",
                     b';' => ";",
                     b'{' => "{",
@@ -231,14 +318,26 @@ impl Parser {
                 self.pos -= 1;
                 return Err(self.err("expected `type`, `value` or `issuer`"));
             };
-            self.punct("==")?;
+            let op = match self.peek() {
+                Some(Tok::Punct(p)) => Cmp::from_punct(p),
+                _ => None,
+            }
+            .ok_or_else(|| self.err("expected a comparison (==, !=, <, <=, >, >=)"))?;
+            if op != Cmp::Eq && attr != "value" {
+                return Err(self.err(format!("`{attr}` is compared with == only")));
+            }
+            self.pos += 1;
             let lit = self.literal()?;
+            if op.is_ordered() && json_integer(&lit).is_none() {
+                self.pos -= 1;
+                return Err(self.err(format!("`{}` compares integers only", op.symbol())));
+            }
             match attr.as_str() {
                 "type" => match lit {
                     Value::String(s) => claim = Some(s),
                     _ => return Err(self.err("type must be a string")),
                 },
-                "value" => value = Some(lit),
+                "value" => value = Some((op, lit)),
                 "issuer" => {}
                 other => return Err(self.err(format!("unknown attribute `{other}`"))),
             }
@@ -250,7 +349,7 @@ impl Parser {
             break;
         }
         match (claim, value) {
-            (Some(claim), Some(value)) => Ok(Condition { claim, value }),
+            (Some(claim), Some((op, value))) => Ok(Condition { claim, op, value }),
             _ => Err(self.err("a condition needs both type== and value==")),
         }
     }
@@ -432,7 +531,7 @@ impl AttestationPolicy {
             let failed = rule
                 .conditions
                 .iter()
-                .find(|c| !claims.get(&c.claim).is_some_and(|v| claim_equals(v, &c.value)));
+                .find(|c| !c.op.holds(claims.get(&c.claim), &c.value));
             match failed {
                 None if rule.permit => return Ok(()),
                 None => {
@@ -441,13 +540,17 @@ impl AttestationPolicy {
                     });
                 }
                 Some(c) => reasons.push(format!(
-                    "rule {}: {} is {} not {}",
+                    "rule {}: {} is {} not {}{}",
                     i + 1,
                     c.claim,
                     claims
                         .get(&c.claim)
                         .map(Value::to_string)
                         .unwrap_or_else(|| "absent".into()),
+                    match c.op {
+                        Cmp::Eq => String::new(),
+                        op => format!("{} ", op.symbol()),
+                    },
                     c.value
                 )),
             }
@@ -479,14 +582,171 @@ pub fn sign_policy(text: &str, key_pkcs8_pem: &str, cert_der: &[u8]) -> Result<S
     .map_err(|e| err(e.to_string()))
 }
 
-/// One `allOf` condition of a release policy.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One `allOf` condition of a release policy: a claim and exactly one of AKV's operators. Build it with
+/// [`ClaimCondition::equals`] or [`ClaimCondition::at_least`]; [`ReleasePolicy::from_json`] checks that each
+/// condition has exactly one operator and that ordered operators have an integer and `exists` a boolean.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimCondition {
     /// Claim name.
     pub claim: String,
-    /// Expected value (AKV writes strings, also for booleans and numbers).
+    /// `equals`: expected value (AKV writes strings, also for booleans and numbers); `Null` when the condition
+    /// uses another operator.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub equals: Value,
+    /// `notEquals`: the claim is present and differs from this value.
+    #[serde(rename = "notEquals", default, skip_serializing_if = "Option::is_none")]
+    pub not_equals: Option<Value>,
+    /// `less`: the claim is an integer below this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub less: Option<Value>,
+    /// `lessOrEquals`.
+    #[serde(rename = "lessOrEquals", default, skip_serializing_if = "Option::is_none")]
+    pub less_or_equals: Option<Value>,
+    /// `greater`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greater: Option<Value>,
+    /// `greaterOrEquals`: the claim is an integer at least this one (minimum SVNs).
+    #[serde(rename = "greaterOrEquals", default, skip_serializing_if = "Option::is_none")]
+    pub greater_or_equals: Option<Value>,
+    /// `exists`: `true` if the claim must be present, `false` if it must be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<Value>,
+}
+
+/// The operator of a release-policy condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AkvOp {
+    Equals,
+    NotEquals,
+    Less,
+    LessOrEquals,
+    Greater,
+    GreaterOrEquals,
+    Exists,
+}
+
+impl AkvOp {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Equals => "equals",
+            Self::NotEquals => "notEquals",
+            Self::Less => "less",
+            Self::LessOrEquals => "lessOrEquals",
+            Self::Greater => "greater",
+            Self::GreaterOrEquals => "greaterOrEquals",
+            Self::Exists => "exists",
+        }
+    }
+
+    fn ordered(self) -> Option<Cmp> {
+        Some(match self {
+            Self::Less => Cmp::Lt,
+            Self::LessOrEquals => Cmp::Le,
+            Self::Greater => Cmp::Gt,
+            Self::GreaterOrEquals => Cmp::Ge,
+            _ => return None,
+        })
+    }
+}
+
+/// An integer in AKV's JSON: a number without fraction, or a decimal string of one.
+fn akv_integer(v: &Value) -> Option<i128> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        other => json_integer(other),
+    }
+}
+
+/// `exists`'s value: a boolean, or its JSON text as a string.
+fn akv_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s == "true" => Some(true),
+        Value::String(s) if s == "false" => Some(false),
+        _ => None,
+    }
+}
+
+impl ClaimCondition {
+    /// `{"claim": claim, "equals": value}`.
+    pub fn equals(claim: impl Into<String>, value: impl Into<Value>) -> Self {
+        Self {
+            claim: claim.into(),
+            equals: value.into(),
+            ..Self::default()
+        }
+    }
+
+    /// `{"claim": claim, "greaterOrEquals": minimum}`: the claim is an integer at least `minimum`.
+    pub fn at_least(claim: impl Into<String>, minimum: i64) -> Self {
+        Self {
+            claim: claim.into(),
+            greater_or_equals: Some(Value::from(minimum)),
+            ..Self::default()
+        }
+    }
+
+    /// The one operator and its value.
+    fn operator(&self) -> Result<(AkvOp, &Value), String> {
+        let present: Vec<(AkvOp, &Value)> = [
+            (AkvOp::Equals, Some(&self.equals).filter(|v| !v.is_null())),
+            (AkvOp::NotEquals, self.not_equals.as_ref()),
+            (AkvOp::Less, self.less.as_ref()),
+            (AkvOp::LessOrEquals, self.less_or_equals.as_ref()),
+            (AkvOp::Greater, self.greater.as_ref()),
+            (AkvOp::GreaterOrEquals, self.greater_or_equals.as_ref()),
+            (AkvOp::Exists, self.exists.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(op, v)| v.map(|v| (op, v)))
+        .collect();
+        match present.as_slice() {
+            [(op, v)] if op.ordered().is_some() && akv_integer(v).is_none() => Err(format!(
+                "condition on {}: {} needs an integer, got {v}",
+                self.claim,
+                op.name()
+            )),
+            [(AkvOp::Exists, v)] if akv_bool(v).is_none() => Err(format!(
+                "condition on {}: exists needs true or false, got {v}",
+                self.claim
+            )),
+            [one] => Ok(*one),
+            [] => Err(format!("condition on {} has no operator", self.claim)),
+            _ => Err(format!("condition on {} has more than one operator", self.claim)),
+        }
+    }
+
+    /// Does the condition hold for `claims`? (A condition without exactly one valid operator never holds.)
+    pub fn holds(&self, claims: &Claims) -> bool {
+        let Ok((op, expected)) = self.operator() else {
+            return false;
+        };
+        let actual = claims.get(&self.claim);
+        match (op, actual) {
+            (AkvOp::Exists, _) => akv_bool(expected) == Some(actual.is_some()),
+            (_, None) => false,
+            (AkvOp::Equals, Some(a)) => claim_equals(a, expected),
+            (AkvOp::NotEquals, Some(a)) => !claim_equals(a, expected),
+            (op, Some(a)) => match (op.ordered(), akv_integer(a), akv_integer(expected)) {
+                (Some(cmp), Some(a), Some(e)) => cmp.orders(a, e),
+                _ => false,
+            },
+        }
+    }
+
+    /// Why the condition fails for `claims`: `<claim> is <actual> not [<operator> ]<value>`.
+    fn failure(&self, claims: &Claims) -> String {
+        let actual = claims
+            .get(&self.claim)
+            .map(Value::to_string)
+            .unwrap_or_else(|| "absent".into());
+        match self.operator() {
+            Ok((AkvOp::Equals, v)) => format!("{} is {actual} not {v}", self.claim),
+            Ok((op, v)) => format!("{} is {actual} not {} {v}", self.claim, op.name()),
+            Err(e) => e,
+        }
+    }
 }
 
 /// One `anyOf` clause: an authority and the claims its token must carry.
@@ -532,6 +792,11 @@ impl ReleasePolicy {
                     detail: "every anyOf clause needs an authority and at least one allOf condition".into(),
                 });
             }
+            for condition in &c.all_of {
+                condition
+                    .operator()
+                    .map_err(|detail| ReleaseError::InvalidPolicy { detail })?;
+            }
         }
         Ok(p)
     }
@@ -550,21 +815,9 @@ impl ReleasePolicy {
         }
         let mut reasons = Vec::new();
         for clause in clauses {
-            match clause
-                .all_of
-                .iter()
-                .find(|c| !claims.get(&c.claim).is_some_and(|v| claim_equals(v, &c.equals)))
-            {
+            match clause.all_of.iter().find(|c| !c.holds(claims)) {
                 None => return Ok(()),
-                Some(c) => reasons.push(format!(
-                    "{} is {} not {}",
-                    c.claim,
-                    claims
-                        .get(&c.claim)
-                        .map(Value::to_string)
-                        .unwrap_or_else(|| "absent".into()),
-                    c.equals
-                )),
+                Some(c) => reasons.push(c.failure(claims)),
             }
         }
         Err(ReleaseError::PolicyNotSatisfied {
@@ -643,6 +896,125 @@ authorizationrules
         )
         .unwrap();
         p.evaluate(&claims(json!({"c": "\u{423}"}))).unwrap();
+    }
+
+    #[test]
+    fn ordered_comparisons_accept_at_and_above_the_minimum_and_refuse_below() {
+        let p = AttestationPolicy::parse(
+            "version=1.0; authorizationrules { [type==\"x-ms-sevsnpvm-snpfw-svn\", value>=22] \
+             && [type==\"x-ms-sevsnpvm-microcode-svn\", value > 218] && [type==\"x-cinfer-report-version\", value<=5] \
+             && [type==\"x-ms-sevsnpvm-tee-svn\", value<1] && [type==\"x-ms-sevsnpvm-migration-allowed\", value!=true] \
+             => permit(); };",
+        )
+        .unwrap();
+        let good = json!({"x-ms-sevsnpvm-snpfw-svn": 22, "x-ms-sevsnpvm-microcode-svn": 219,
+                          "x-cinfer-report-version": 5, "x-ms-sevsnpvm-tee-svn": 0,
+                          "x-ms-sevsnpvm-migration-allowed": false});
+        p.evaluate(&claims(good.clone())).unwrap();
+        let with = |k: &str, v: Value| {
+            let mut c = claims(good.clone());
+            c.insert(k.into(), v);
+            c
+        };
+        let e = p
+            .evaluate(&with("x-ms-sevsnpvm-snpfw-svn", json!(21)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x-ms-sevsnpvm-snpfw-svn is 21 not >= 22"), "{e}");
+        for (k, v) in [
+            ("x-ms-sevsnpvm-microcode-svn", json!(218)),
+            ("x-ms-sevsnpvm-microcode-svn", json!("219")), // ordered comparisons need an integer claim
+            ("x-cinfer-report-version", json!(6)),
+            ("x-ms-sevsnpvm-tee-svn", json!(1)),
+            ("x-ms-sevsnpvm-migration-allowed", json!(true)),
+        ] {
+            assert!(p.evaluate(&with(k, v.clone())).is_err(), "{k} = {v}");
+        }
+        let mut absent = claims(good);
+        absent.remove("x-ms-sevsnpvm-migration-allowed");
+        assert!(
+            p.evaluate(&absent).is_err(),
+            "an absent claim satisfies no condition, != included"
+        );
+        for bad in [
+            "version=1.0; authorizationrules { [type==\"a\", value>=\"22\"] => permit(); };",
+            "version=1.0; authorizationrules { [type==\"a\", value>=true] => permit(); };",
+            "version=1.0; authorizationrules { [type==\"a\", value>=1.5] => permit(); };",
+            "version=1.0; authorizationrules { [type>=\"a\", value==1] => permit(); };",
+            "version=1.0; authorizationrules { [type==\"a\", issuer!=\"x\", value==1] => permit(); };",
+            "version=1.0; authorizationrules { [type==\"a\", value=<1] => permit(); };",
+            "version=1.0; authorizationrules { [type==\"a\", value!1] => permit(); };",
+        ] {
+            let e = AttestationPolicy::parse(bad).unwrap_err();
+            assert!(e.to_string().starts_with("policy parse:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn release_policy_ordered_and_exists_operators() {
+        let p = ReleasePolicy::from_json(
+            br#"{"version":"1.0.0","anyOf":[{"authority":"https://maa.example","allOf":[
+                {"claim":"x-ms-sevsnpvm-microcode-svn","greaterOrEquals":219},
+                {"claim":"x-ms-sevsnpvm-snpfw-svn","greater":"21"},
+                {"claim":"x-cinfer-report-version","lessOrEquals":5},
+                {"claim":"x-ms-sevsnpvm-tee-svn","less":1},
+                {"claim":"x-ms-sevsnpvm-migration-allowed","notEquals":"true"},
+                {"claim":"x-ms-sevsnpvm-hostdata","exists":true},
+                {"claim":"x-debug","exists":false}]}]}"#,
+        )
+        .unwrap();
+        let good = json!({"x-ms-sevsnpvm-microcode-svn": 219, "x-ms-sevsnpvm-snpfw-svn": 22,
+                          "x-cinfer-report-version": 3, "x-ms-sevsnpvm-tee-svn": 0,
+                          "x-ms-sevsnpvm-migration-allowed": false, "x-ms-sevsnpvm-hostdata": "ab"});
+        p.evaluate("https://maa.example", &claims(good.clone())).unwrap();
+        let with = |k: &str, v: Value| {
+            let mut c = claims(good.clone());
+            c.insert(k.into(), v);
+            c
+        };
+        let e = p
+            .evaluate("https://maa.example", &with("x-ms-sevsnpvm-microcode-svn", json!(211)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x-ms-sevsnpvm-microcode-svn is 211 not greaterOrEquals 219"),
+            "{e}"
+        );
+        for (k, v) in [
+            ("x-ms-sevsnpvm-snpfw-svn", json!(21)),
+            ("x-cinfer-report-version", json!(6)),
+            ("x-ms-sevsnpvm-tee-svn", json!(1)),
+            ("x-ms-sevsnpvm-migration-allowed", json!(true)),
+            ("x-debug", json!(false)),
+        ] {
+            assert!(
+                p.evaluate("https://maa.example", &with(k, v.clone())).is_err(),
+                "{k} = {v}"
+            );
+        }
+        let mut absent = claims(good);
+        absent.remove("x-ms-sevsnpvm-hostdata");
+        assert!(p.evaluate("https://maa.example", &absent).is_err());
+        // Exactly one operator, of the right type; serializing keeps AKV's names.
+        for bad in [
+            r#"{"claim":"a"}"#,
+            r#"{"claim":"a","equals":"1","greater":1}"#,
+            r#"{"claim":"a","greaterOrEquals":"x"}"#,
+            r#"{"claim":"a","less":1.5}"#,
+            r#"{"claim":"a","exists":"yes"}"#,
+            r#"{"claim":"a","greaterOrEqual":1}"#,
+        ] {
+            let doc = format!(r#"{{"version":"1.0.0","anyOf":[{{"authority":"x","allOf":[{bad}]}}]}}"#);
+            assert!(ReleasePolicy::from_json(doc.as_bytes()).is_err(), "{bad}");
+        }
+        assert_eq!(
+            serde_json::to_string(&ClaimCondition::at_least("x-ms-sevsnpvm-snpfw-svn", 23)).unwrap(),
+            r#"{"claim":"x-ms-sevsnpvm-snpfw-svn","greaterOrEquals":23}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ClaimCondition::equals("x-ms-sevsnpvm-vmpl", "0")).unwrap(),
+            r#"{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}"#
+        );
     }
 
     #[test]

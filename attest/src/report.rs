@@ -333,7 +333,7 @@ impl Default for ReportBuilder {
             raw: Box::new([0u8; REPORT_LEN]),
         };
         b.put_u32(0, 3);
-        b.put_u64(8, 0x3_001f);
+        b.put_u64(8, Self::DEFAULT_POLICY);
         b.put_u32(0x34, SIG_ALGO_ECDSA_P384_SHA384);
         b.raw[0x160..0x180].fill(0xff);
         b
@@ -341,6 +341,10 @@ impl Default for ReportBuilder {
 }
 
 impl ReportBuilder {
+    /// The guest policy a new builder writes: ABI 0.31, SMT allowed, reserved bit 17 set; no debug, no
+    /// migration agent.
+    pub const DEFAULT_POLICY: u64 = 0x3_001f;
+
     fn put_u32(&mut self, off: usize, v: u32) {
         self.raw[off..off + 4].copy_from_slice(&v.to_le_bytes());
     }

@@ -36,6 +36,11 @@
 //! refuses the request (400, naming the check). [`ServiceConfig::compliant_measurements`] is the documented
 //! override for tests and air-gapped setups without endorsements.
 //!
+//! **Appraisal.** Before the attestation policy runs, every report must meet [`ServiceConfig::appraisal`]: the
+//! minimum TCB of its processor product (AMD-SB-3019 levels by default), the report-version floor, and no
+//! migration agent ([`crate::appraisal`]); a report below is refused with 400 naming the component, the
+//! reported and the minimum value.
+//!
 //! **Policy reload.** With a policy file, every attestation checks the file's content digest and reloads
 //! it when changed; an invalid (or unreadable) new policy makes attestation fail closed until it is fixed.
 
@@ -58,6 +63,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::aci::{AciEvidence, verify_aci};
+use crate::appraisal::Appraisal;
 use crate::claims;
 use crate::collateral::Collateral;
 use crate::endorsement::UvmTrust;
@@ -115,6 +121,9 @@ pub struct ServiceConfig {
     pub trust: TrustStore,
     /// Accept debuggable guests (never in production).
     pub allow_debug: bool,
+    /// Minimum TCB per product, report version floor, migration agents: checked for every report before the
+    /// attestation policy runs (default: AMD-SB-3019 floors, any parsable version, no migration agent).
+    pub appraisal: Appraisal,
     /// Attestation policy file (text or signed JWS), reloaded when it changes.
     pub policy_file: Option<PathBuf>,
     /// Initial policy document when there is no file; `None` = permit any verified evidence (MAA default).
@@ -149,6 +158,7 @@ impl Default for ServiceConfig {
             state_dir: None,
             trust: TrustStore::amd(),
             allow_debug: false,
+            appraisal: Appraisal::default(),
             policy_file: None,
             policy: None,
             policy_signers: Vec::new(),
@@ -169,6 +179,7 @@ struct AppState {
     identity: SigningIdentity,
     trust: TrustStore,
     allow_debug: bool,
+    appraisal: Appraisal,
     policy: RwLock<Result<Arc<AttestationPolicy>, String>>,
     policy_file: Option<PathBuf>,
     /// SHA-256 of the policy file content last loaded (reload when it changes).
@@ -296,6 +307,7 @@ impl AppState {
             identity,
             trust: config.trust,
             allow_debug: config.allow_debug,
+            appraisal: config.appraisal,
             policy: RwLock::new(Ok(Arc::new(policy))),
             policy_file: config.policy_file,
             policy_file_digest: Mutex::new(digest),
@@ -503,6 +515,7 @@ fn attest_blocking(state: &AppState, body: &[u8]) -> ApiResult<String> {
         at: now,
         allow_debug: state.allow_debug,
         expected_report_data: Some(maa_report_data(&runtime)),
+        appraisal: state.appraisal.clone(),
         ..VerifyOptions::default()
     };
     let evidence = AciEvidence {

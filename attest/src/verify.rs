@@ -9,7 +9,9 @@
 //! 3. ARK self-signature, ARK→ASK and ASK→VCEK (RSASSA-PSS, SHA-384, salt 48), validity at `at`;
 //! 4. ECDSA P-384/SHA-384 by the VCEK over the received `raw[0..0x2a0]`;
 //! 5. each TCB component in the VCEK extensions equals the reported TCB; hwID equals chip_id;
-//! 6. VMPL 0, debug bit clear (unless allowed), report_data equal to the expected 64 bytes (constant time,
+//! 6. the [`Appraisal`]: report version floor (`report version:`), minimum TCB of the product
+//!    (`tcb minimum:`), no migration agent (`migration agent:`);
+//! 7. VMPL 0, debug bit clear (unless allowed), report_data equal to the expected 64 bytes (constant time,
 //!    no padding or truncation), optional host_data/measurement pins.
 
 use std::time::SystemTime;
@@ -20,6 +22,7 @@ use sha2::{Digest, Sha256, Sha384};
 use subtle::ConstantTimeEq;
 use x509_cert::Certificate;
 
+use crate::appraisal::Appraisal;
 use crate::error::VerifyError;
 use crate::report::{AttestationReport, Generation, TcbVersion};
 
@@ -170,6 +173,9 @@ pub struct VerifyOptions {
     pub expected_host_data: Option<[u8; 32]>,
     /// Pin the launch measurement.
     pub expected_measurement: Option<[u8; 48]>,
+    /// Minimum TCB per product, report version floor, migration agents (default: AMD-SB-3019 floors, report
+    /// version 2, no migration agent).
+    pub appraisal: Appraisal,
 }
 
 impl Default for VerifyOptions {
@@ -180,6 +186,7 @@ impl Default for VerifyOptions {
             expected_report_data: None,
             expected_host_data: None,
             expected_measurement: None,
+            appraisal: Appraisal::default(),
         }
     }
 }
@@ -445,6 +452,9 @@ pub fn verify_report(
     {
         return Err(VerifyError::ChipId);
     }
+
+    // Version, minimum TCB, migration agent.
+    opts.appraisal.check(&report, generation, &reported)?;
 
     // Guest checks.
     if report.vmpl() != 0 {

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use attest::aci::{AciEvidence, VerifiedAci, policy_host_data, verify_aci};
+use attest::appraisal::{Appraisal, MinimumTcb, TcbMinimum};
 use attest::claims::aci_claims;
 use attest::endorsement::mock::MockUvmSigner;
 use attest::endorsement::{ACI_UVM_FEED, ACI_UVM_ISSUER, UvmIssuer, UvmTrust};
@@ -33,10 +34,31 @@ fn at() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600)
 }
 
+/// The 2022 report's own TCB (bootloader 3, TEE 0, SNP 8, microcode 115) as the Milan floor: it predates every
+/// bulletin behind the default floors (AMD-SB-3019 requires SNP 22 and microcode 219 on Milan), so the tests of
+/// the other checks give it this explicit lower floor.
+const FLOOR_2022: &str = "milan:bootloader=3,tee=0,snp=8,microcode=115";
+
+fn appraisal_2022() -> Appraisal {
+    let mut min_tcb = MinimumTcb::amd_default();
+    min_tcb.milan = TcbMinimum {
+        bootloader: 3,
+        tee: 0,
+        snp: 8,
+        microcode: 115,
+        fmc: 0,
+    };
+    Appraisal {
+        min_tcb,
+        ..Appraisal::default()
+    }
+}
+
 fn opts() -> VerifyOptions {
     VerifyOptions {
         at: at(),
         expected_report_data: Some(maa_report_data(RUNTIME)),
+        appraisal: appraisal_2022(),
         ..VerifyOptions::default()
     }
 }
@@ -170,6 +192,54 @@ fn real_aci_set_verifies_end_to_end_and_yields_the_maa_claim_set() {
     assert_eq!(claims["x-cinfer-uvm-endorsement"]["iss"], ACI_UVM_ISSUER);
     assert_eq!(claims["x-cinfer-uvm-endorsement"]["feed"], ACI_UVM_FEED);
     assert_eq!(claims["x-cinfer-uvm-endorsement"]["signingtime"], 1_675_834_943);
+}
+
+#[test]
+fn the_2022_report_is_below_the_default_minimum_tcb_and_one_above_its_own() {
+    let chain = CertChain::from_pem(CHAIN).unwrap();
+    let ev = AciEvidence {
+        report: REPORT,
+        chain: &chain,
+        uvm_endorsement: Some(ENDORSEMENT),
+        security_policy: None,
+    };
+    let defaults = VerifyOptions {
+        appraisal: Appraisal::default(),
+        ..opts()
+    };
+    let e = verify_aci(&ev, &TrustStore::amd(), &UvmTrust::default(), &defaults)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "tcb minimum: Milan snp SVN 8 is below the minimum 22");
+    // Its own TCB passes; one microcode SVN more does not.
+    let mut strict = appraisal_2022();
+    strict.min_tcb.milan.microcode = 116;
+    let e = verify_aci(
+        &ev,
+        &TrustStore::amd(),
+        &UvmTrust::default(),
+        &VerifyOptions {
+            appraisal: strict,
+            ..opts()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(e, "tcb minimum: Milan microcode SVN 115 is below the minimum 116");
+    // The CLI applies the same defaults, and `--min-tcb` lowers them.
+    let out = Command::new(BIN)
+        .args(["verify-report", "--report", &format!("{DATA}/snp_report.bin")])
+        .args(["--certs", &format!("{DATA}/uvm_host_amd_certificate.pem")])
+        .args(["--at", "2026-01-01T00:00:00Z"])
+        .env("CINFER_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tcb minimum: Milan snp SVN 8 is below the minimum 22"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -342,7 +412,7 @@ fn cli(extra: &[&str]) -> std::process::Output {
         .args(["verify-report", "--report", &format!("{DATA}/snp_report.bin")])
         .args(["--certs", &format!("{DATA}/uvm_host_amd_certificate.pem")])
         .args(["--security-policy", &format!("{DATA}/uvm_security_policy.base64")])
-        .args(["--at", "2026-01-01T00:00:00Z"])
+        .args(["--at", "2026-01-01T00:00:00Z", "--min-tcb", FLOOR_2022])
         .args(extra)
         .env("CINFER_LOG", "off")
         .output()

@@ -56,9 +56,16 @@ fn the_real_set_verifies_from_a_bundle_alone() {
         uvm_endorsement: Some(ENDORSEMENT),
         security_policy: None,
     };
+    // The 2022 report predates the bulletins behind the default floors: its own TCB as the Milan floor.
+    let mut appraisal = attest::appraisal::Appraisal::default();
+    appraisal
+        .min_tcb
+        .apply_spec("milan:bootloader=3,tee=0,snp=8,microcode=115")
+        .unwrap();
     let opts = VerifyOptions {
         at: at(),
         expected_report_data: Some(maa_report_data(b"{\n   \"akey\" : \"avalue\"\n}\n")),
+        appraisal,
         ..VerifyOptions::default()
     };
     let v = verify_aci(&ev, &TrustStore::amd(), &bundle.uvm_trust().unwrap(), &opts).unwrap();
@@ -212,6 +219,8 @@ fn the_cli_builds_a_bundle_and_verifies_with_it_alone() {
             &format!("{DATA}/body.uvm_reference_info.bin"),
             "--at",
             "2026-01-01T00:00:00Z",
+            "--min-tcb",
+            "milan:bootloader=3,tee=0,snp=8,microcode=115",
         ])
     };
     let out = verify(&bundle);

@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use attest::appraisal::{Appraisal, MinimumTcb};
 use attest::evidence::{Attester, MockAttester, MockConfig, MockRoot};
 use attest::policy::{AttestationPolicy, ReleasePolicy, sign_policy};
 use attest::report::TcbVersion;
@@ -127,9 +128,9 @@ fn tcb_below_the_vceks_is_refused() {
     assert!(err.starts_with("tcb: reported snp SPL 7"), "{err}");
     // Values ≥ 0x80 are decoded correctly (DER `02 02 00 xx`).
     let high = TcbVersion {
-        microcode: 0xd5,
+        microcode: 0xdb,
         bootloader: 0x80,
-        ..vcek_tcb
+        ..MockConfig::default().tcb
     };
     assert_eq!(
         check(
@@ -141,6 +142,101 @@ fn tcb_below_the_vceks_is_refused() {
         ),
         "ok"
     );
+}
+
+/// `bound()` with the Milan floor (the mock root is Milan) changed by `spec`.
+fn with_floor(spec: &str) -> VerifyOptions {
+    let mut min_tcb = MinimumTcb::amd_default();
+    min_tcb.apply_spec(spec).unwrap();
+    VerifyOptions {
+        appraisal: Appraisal {
+            min_tcb,
+            ..Appraisal::default()
+        },
+        ..bound()
+    }
+}
+
+#[test]
+fn each_tcb_component_below_its_minimum_is_refused_naming_it_and_both_values() {
+    // The mock's default TCB: bootloader 4, TEE 0, SNP 23, microcode 219 (meets the default floors).
+    let tcb = MockConfig::default().tcb;
+    assert_eq!((tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode), (4, 0, 23, 219));
+    for (spec, message) in [
+        (
+            "milan:bootloader=5",
+            "tcb minimum: Milan bootloader SVN 4 is below the minimum 5",
+        ),
+        ("milan:tee=1", "tcb minimum: Milan tee SVN 0 is below the minimum 1"),
+        ("milan:snp=24", "tcb minimum: Milan snp SVN 23 is below the minimum 24"),
+        (
+            "milan:microcode=220",
+            "tcb minimum: Milan microcode SVN 219 is below the minimum 220",
+        ),
+    ] {
+        assert_eq!(check(MockConfig::default(), with_floor(spec)), message, "{spec}");
+    }
+    // At the minimum passes; another product's floor does not apply.
+    assert_eq!(
+        check(
+            MockConfig::default(),
+            with_floor("milan:bootloader=4,tee=0,snp=23,microcode=219")
+        ),
+        "ok"
+    );
+    assert_eq!(check(MockConfig::default(), with_floor("genoa:microcode=255")), "ok");
+    // The default floors: AMD-SB-3019's Milan microcode 219 refuses the last patch level below it.
+    let old = TcbVersion { microcode: 0xd5, ..tcb };
+    assert_eq!(
+        check(
+            MockConfig {
+                tcb: old,
+                ..MockConfig::default()
+            },
+            bound()
+        ),
+        "tcb minimum: Milan microcode SVN 213 is below the minimum 219"
+    );
+}
+
+#[test]
+fn a_guest_allowing_a_migration_agent_is_refused_unless_allowed() {
+    let ma = || MockConfig {
+        migration_agent: true,
+        ..MockConfig::default()
+    };
+    let err = check(ma(), bound());
+    assert!(
+        err.starts_with("migration agent: the guest allows or is bound to a migration agent (policy 0x7001f"),
+        "{err}"
+    );
+    let allowed = VerifyOptions {
+        appraisal: Appraisal {
+            allow_migration_agent: true,
+            ..Appraisal::default()
+        },
+        ..bound()
+    };
+    assert_eq!(check(ma(), allowed), "ok");
+}
+
+#[test]
+fn a_report_version_below_the_floor_is_refused() {
+    let v2 = || MockConfig {
+        version: 2,
+        ..MockConfig::default()
+    };
+    // The default floor is the parser's own minimum.
+    assert_eq!(check(v2(), bound()), "ok");
+    let floor3 = || VerifyOptions {
+        appraisal: Appraisal {
+            min_report_version: 3,
+            ..Appraisal::default()
+        },
+        ..bound()
+    };
+    assert_eq!(check(v2(), floor3()), "report version: 2 is below the minimum 3");
+    assert_eq!(check(MockConfig::default(), floor3()), "ok");
 }
 
 #[test]

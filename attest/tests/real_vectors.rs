@@ -38,6 +38,30 @@ fn real_genoa_report_verifies_to_the_pinned_genoa_root() {
 }
 
 #[test]
+fn real_genoa_report_meets_the_default_genoa_floor_exactly_and_fails_a_later_bulletins() {
+    // Its reported TCB (SNP 0x17, microcode 0x54, firmware 1.55.40) is AMD-SB-3019's Genoa level, the default.
+    let chain = CertChain::from_pem(GENOA_CHAIN).unwrap();
+    let defaults = attest::appraisal::MinimumTcb::amd_default().genoa;
+    assert_eq!((defaults.snp, defaults.microcode), (23, 84));
+    verify_report(GENOA_REPORT, &chain, &TrustStore::amd(), &opts()).unwrap();
+    // AMD-SB-3020 / AMD-SB-3027's Genoa levels (SNP 0x1B, microcode 0x56; see attest/README.md) refuse it.
+    let mut later = opts();
+    later.appraisal.min_tcb.apply_spec("genoa:snp=27,microcode=86").unwrap();
+    let err = verify_report(GENOA_REPORT, &chain, &TrustStore::amd(), &later)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "tcb minimum: Genoa snp SVN 23 is below the minimum 27");
+    // A Milan floor does not apply to it.
+    let mut milan = opts();
+    milan
+        .appraisal
+        .min_tcb
+        .apply_spec("milan:snp=255,microcode=255")
+        .unwrap();
+    verify_report(GENOA_REPORT, &chain, &TrustStore::amd(), &milan).unwrap();
+}
+
+#[test]
 fn real_genoa_report_with_any_signed_byte_flipped_fails_the_signature_check() {
     let chain = CertChain::from_pem(GENOA_CHAIN).unwrap();
     // Including the TCB reserved bytes that sev 8.0 does not cover (0x3a..0x3e).

@@ -1,8 +1,10 @@
 //! Service behaviour over loopback: signed policies and x-ms-policy-signer, policy hot reload, policy
 //! update and key import authentication (disabled without an admin token), durable key store across restarts,
-//! `x-ms-compliance-status` only for listed launch measurements.
+//! `x-ms-compliance-status` only for listed launch measurements, the appraisal (minimum TCB, report version,
+//! migration agent) before the policy.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+use attest::appraisal::{Appraisal, MinimumTcb};
 use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
 use attest::evidence::{MockAttester, MockConfig, MockRoot};
 use attest::keywrap::{KeyDerivation, RuntimeKey};
@@ -548,5 +550,81 @@ async fn only_a_listed_launch_measurement_is_an_azure_compliant_uvm() {
         }
         e => panic!("expected HTTP 403, got {e}"),
     }
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_appraisal_refuses_low_tcb_old_report_versions_and_migration_agents() {
+    let root = root();
+    let mut min_tcb = MinimumTcb::amd_default();
+    min_tcb.apply_spec("milan:microcode=220").unwrap();
+    let strict = |appraisal: Appraisal| ServiceConfig {
+        trust: trust(&root),
+        appraisal,
+        ..Default::default()
+    };
+    let refused = |svc: &RunningService, cfg: MockConfig| {
+        let maa = AttestationClient::new(&svc.url).unwrap();
+        let att = MockAttester::new(&root, cfg).unwrap();
+        async move {
+            match maa.attest_with(&att, b"{}").await.unwrap_err() {
+                attest::error::ClientError::Status { status, body, .. } => {
+                    assert_eq!(status, 400, "{body}");
+                    body
+                }
+                e => panic!("expected HTTP 400, got {e}"),
+            }
+        }
+    };
+    let svc = RunningService::start(strict(Appraisal {
+        min_tcb,
+        min_report_version: 3,
+        allow_migration_agent: false,
+    }))
+    .await
+    .unwrap();
+    let body = refused(&svc, MockConfig::default()).await;
+    assert_eq!(body, "tcb minimum: Milan microcode SVN 219 is below the minimum 220");
+    svc.stop().await.unwrap();
+
+    // Default floors: version 2 is accepted, a floor of 3 refuses it; migration agents are refused.
+    let svc = RunningService::start(strict(Appraisal {
+        min_report_version: 3,
+        ..Appraisal::default()
+    }))
+    .await
+    .unwrap();
+    let v2 = MockConfig {
+        version: 2,
+        ..MockConfig::default()
+    };
+    assert_eq!(refused(&svc, v2).await, "report version: 2 is below the minimum 3");
+    let ma = || MockConfig {
+        migration_agent: true,
+        ..MockConfig::default()
+    };
+    assert!(refused(&svc, ma()).await.starts_with("migration agent:"));
+    AttestationClient::new(&svc.url)
+        .unwrap()
+        .attest_with(&MockAttester::new(&root, MockConfig::default()).unwrap(), b"{}")
+        .await
+        .unwrap();
+    svc.stop().await.unwrap();
+
+    let svc = RunningService::start(strict(Appraisal {
+        allow_migration_agent: true,
+        ..Appraisal::default()
+    }))
+    .await
+    .unwrap();
+    let maa = AttestationClient::new(&svc.url).unwrap();
+    let token = maa
+        .attest_with(&MockAttester::new(&root, ma()).unwrap(), b"{}")
+        .await
+        .unwrap();
+    let claims = verify_token(&token, &maa.jwks().await.unwrap(), &TokenCheck::issuer(svc.url.clone())).unwrap();
+    assert_eq!(claims["x-ms-sevsnpvm-migration-allowed"], true);
+    assert_eq!(claims["x-cinfer-report-version"], 3);
+    assert_eq!(claims["x-ms-sevsnpvm-microcode-svn"], 219);
     svc.stop().await.unwrap();
 }

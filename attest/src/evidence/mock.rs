@@ -277,7 +277,13 @@ pub struct MockConfig {
     pub debuggable: bool,
     /// VMPL written in the report.
     pub vmpl: u32,
-    /// TCB written in the report and certified by the VCEK.
+    /// Set the MIGRATE_MA bit (18) of the guest policy.
+    pub migration_agent: bool,
+    /// Report format version (default 3).
+    pub version: u32,
+    /// TCB written in the report and certified by the VCEK. The default (bootloader 4, TEE 0, SNP 23,
+    /// microcode 219) meets the default minimum of Milan and of Genoa
+    /// ([`crate::appraisal::MinimumTcb::amd_default`]); it is not one real platform's TCB.
     pub tcb: TcbVersion,
     /// TCB the VCEK certifies, when it should differ from `tcb` (tests of the TCB check).
     pub vcek_tcb: Option<TcbVersion>,
@@ -294,11 +300,13 @@ impl Default for MockConfig {
             host_data: [0u8; 32],
             debuggable: false,
             vmpl: 0,
+            migration_agent: false,
+            version: 3,
             tcb: TcbVersion {
-                bootloader: 3,
+                bootloader: 4,
                 tee: 0,
-                snp: 8,
-                microcode: 115,
+                snp: 23,
+                microcode: 219,
                 fmc: 0,
             },
             vcek_tcb: None,
@@ -351,7 +359,15 @@ impl MockAttester {
     /// A signed report for `report_data`.
     pub fn report(&self, report_data: &[u8; 64]) -> Vec<u8> {
         let c = &self.config;
+        let policy = ReportBuilder::DEFAULT_POLICY
+            | if c.migration_agent {
+                crate::report::POLICY_MIGRATE_MA_BIT
+            } else {
+                0
+            };
         let b = ReportBuilder::default()
+            .version(c.version)
+            .policy(policy)
             .guest_svn(c.guest_svn)
             .debuggable(c.debuggable)
             .vmpl(c.vmpl)
