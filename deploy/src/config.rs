@@ -167,12 +167,118 @@ pub struct KeyDerivation {
     pub label: String,
 }
 
-/// The attestation authority.
+/// The attestation authority, and what the rendered attestation and release policies require of the platform.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Attestation {
     /// Host name of the authority, e.g. `sharedeus2.eus2.attest.azure.net` (no scheme).
     pub authority: String,
+    /// Minimum TCB per processor product, rendered into `attestation-policy.txt` and `release-policy.json`.
+    /// Absent: Milan at AMD-SB-3019's levels ([`MinTcb::default`]).
+    #[serde(default)]
+    pub min_tcb: MinTcb,
+    /// Render policies that also accept guests whose policy allows a migration agent. Default `false`: they
+    /// require `x-ms-sevsnpvm-migration-allowed = false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_migration_agent: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A processor product with SEV-SNP whose TCB the policies can floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// Zen 4 EPYC 9004.
+    Genoa,
+    /// Zen 3 EPYC 7003.
+    Milan,
+}
+
+impl Product {
+    /// Lowercase name, as in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Genoa => "genoa",
+            Self::Milan => "milan",
+        }
+    }
+
+    /// AMD-SB-3019's levels `[bootloader, tee, snp, microcode]`, the same as `cinfer-attest serve`'s default
+    /// floor (`attest::appraisal::MinimumTcb::amd_default`; a test checks they agree). Sources: attest/README.md.
+    pub fn default_floor(self) -> [u8; 4] {
+        match self {
+            Self::Genoa => [0, 0, 23, 84],
+            Self::Milan => [0, 0, 22, 219],
+        }
+    }
+}
+
+/// Minimum TCB per product. The attestation token does not say which product the host is (MAA's claims carry no
+/// CPUID), so the policies hold one alternative per product listed here and a host passes by meeting any one of
+/// them: list only the products the deployment runs on (a Milan host meeting Genoa's lower microcode floor would
+/// pass).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinTcb {
+    /// Zen 3 EPYC 7003 (e.g. Azure DCasv5/ECasv5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milan: Option<TcbFloor>,
+    /// Zen 4 EPYC 9004 (e.g. Azure DCasv6/ECasv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genoa: Option<TcbFloor>,
+}
+
+impl Default for MinTcb {
+    /// Milan at AMD-SB-3019's levels; a Genoa host is refused until `genoa` is listed.
+    fn default() -> Self {
+        Self {
+            milan: Some(TcbFloor::default()),
+            genoa: None,
+        }
+    }
+}
+
+impl MinTcb {
+    /// The listed products with their effective floors `[bootloader, tee, snp, microcode]`, Milan first.
+    pub fn floors(&self) -> Vec<(Product, [u8; 4])> {
+        [(Product::Milan, &self.milan), (Product::Genoa, &self.genoa)]
+            .into_iter()
+            .filter_map(|(product, floor)| floor.as_ref().map(|f| (product, f.resolve(product))))
+            .collect()
+    }
+}
+
+/// Minimum SVNs of one product; an absent component takes the product's default ([`Product::default_floor`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcbFloor {
+    /// Boot loader SVN (`x-ms-sevsnpvm-bootloader-svn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootloader: Option<u8>,
+    /// TEE SVN (`x-ms-sevsnpvm-tee-svn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tee: Option<u8>,
+    /// SNP firmware SVN (`x-ms-sevsnpvm-snpfw-svn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snp: Option<u8>,
+    /// Microcode SVN (`x-ms-sevsnpvm-microcode-svn`, the low byte of the patch level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microcode: Option<u8>,
+}
+
+impl TcbFloor {
+    /// `[bootloader, tee, snp, microcode]` with absent components from the product's default.
+    pub fn resolve(&self, product: Product) -> [u8; 4] {
+        let d = product.default_floor();
+        [
+            self.bootloader.unwrap_or(d[0]),
+            self.tee.unwrap_or(d[1]),
+            self.snp.unwrap_or(d[2]),
+            self.microcode.unwrap_or(d[3]),
+        ]
+    }
 }
 
 /// The key vault or managed HSM.
@@ -448,6 +554,13 @@ impl DeployConfig {
                     "{what} must be a bare host name like `example.azure.net`, got {host:?}"
                 ));
             }
+        }
+        if self.attestation.min_tcb.floors().is_empty() {
+            return bad(
+                "attestation.min_tcb must list at least one product (milan, genoa); to drop a floor, set its \
+                 components to 0"
+                    .to_owned(),
+            );
         }
         if self.model.image_url.is_empty() || !self.model.image_url.contains("://") {
             return bad(format!("model.image_url must be a URL, got {:?}", self.model.image_url));

@@ -7,6 +7,12 @@
 //! The same 64 hex digits go into the key release policy (who may get the model key), the MAA attestation
 //! policy (what the auditor signs) and the hostdata form of the client policy (which server a client talks
 //! to). Computing all of them here, from one value, removes the seed's copy-by-hand step.
+//!
+//! The attestation and release policies also floor the platform: per listed processor product a minimum
+//! bootloader, TEE, SNP firmware and microcode SVN (`x-ms-sevsnpvm-*-svn >= N`), and no migration agent
+//! (`x-ms-sevsnpvm-migration-allowed = false`) unless allowed ([`crate::config::Attestation`]). The token names
+//! no product, so each product is one alternative: a rule of the attestation policy, an `anyOf` clause of the
+//! release policy.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -14,6 +20,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
+
+use crate::config::Attestation;
 
 /// A security policy could not be read.
 #[derive(Debug, Error)]
@@ -103,32 +111,77 @@ fn find_cce_policy(doc: &Value) -> Option<&str> {
     }
 }
 
-/// One `{claim, equals}` condition of an AKV release policy; `equals` is always a string (seed §2.8).
+/// The MAA claims of the TCB components, in the order of a floor `[bootloader, tee, snp, microcode]`.
+pub const TCB_CLAIMS: [&str; 4] = [
+    "x-ms-sevsnpvm-bootloader-svn",
+    "x-ms-sevsnpvm-tee-svn",
+    "x-ms-sevsnpvm-snpfw-svn",
+    "x-ms-sevsnpvm-microcode-svn",
+];
+
+/// The MAA claim that says whether the guest policy allows a migration agent.
+pub const MIGRATION_ALLOWED: &str = "x-ms-sevsnpvm-migration-allowed";
+
+/// One condition of an AKV release policy: `{"claim", "equals": "<string>"}` (AKV compares strings, seed §2.8)
+/// or `{"claim", "greaterOrEquals": <integer>}` for a minimum SVN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClaimEquals {
+pub struct ClaimCondition {
     /// Claim name.
     pub claim: String,
     /// Required value.
-    pub equals: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    /// Required minimum.
+    #[serde(rename = "greaterOrEquals", skip_serializing_if = "Option::is_none")]
+    pub greater_or_equals: Option<u8>,
+}
+
+impl ClaimCondition {
+    fn equals(claim: &str, value: impl Into<String>) -> Self {
+        Self {
+            claim: claim.to_owned(),
+            equals: Some(value.into()),
+            greater_or_equals: None,
+        }
+    }
+
+    fn at_least(claim: &str, minimum: u8) -> Self {
+        Self {
+            claim: claim.to_owned(),
+            equals: None,
+            greater_or_equals: Some(minimum),
+        }
+    }
 }
 
 /// The AKV/mHSM secure key release policy for the model key: only a group with this hostdata, attested by
-/// this authority, on a compliant UVM, not debuggable, at VMPL 0.
-pub fn release_policy(authority: &str, host_data: HostData) -> Value {
-    let all_of = [
-        ("x-ms-sevsnpvm-hostdata", host_data.to_string()),
-        ("x-ms-compliance-status", "azure-compliant-uvm".to_owned()),
-        ("x-ms-sevsnpvm-is-debuggable", "false".to_owned()),
-        ("x-ms-sevsnpvm-vmpl", "0".to_owned()),
-    ]
-    .map(|(claim, equals)| ClaimEquals {
-        claim: claim.to_owned(),
-        equals,
-    });
-    json!({
-        "version": "1.0.0",
-        "anyOf": [{ "authority": format!("https://{authority}"), "allOf": all_of }],
-    })
+/// this authority, on a compliant UVM, not debuggable, at VMPL 0, without a migration agent (unless allowed),
+/// on a platform at or above one listed product's minimum TCB (one `anyOf` clause per product).
+pub fn release_policy(attestation: &Attestation, host_data: HostData) -> Value {
+    let any_of: Vec<Value> = attestation
+        .min_tcb
+        .floors()
+        .into_iter()
+        .map(|(_, floor)| {
+            let mut all_of = vec![
+                ClaimCondition::equals("x-ms-sevsnpvm-hostdata", host_data.to_string()),
+                ClaimCondition::equals("x-ms-compliance-status", "azure-compliant-uvm"),
+                ClaimCondition::equals("x-ms-sevsnpvm-is-debuggable", "false"),
+                ClaimCondition::equals("x-ms-sevsnpvm-vmpl", "0"),
+            ];
+            if !attestation.allow_migration_agent {
+                all_of.push(ClaimCondition::equals(MIGRATION_ALLOWED, "false"));
+            }
+            all_of.extend(
+                TCB_CLAIMS
+                    .iter()
+                    .zip(floor)
+                    .map(|(claim, minimum)| ClaimCondition::at_least(claim, minimum)),
+            );
+            json!({ "authority": format!("https://{}", attestation.authority), "allOf": all_of })
+        })
+        .collect();
+    json!({ "version": "1.0.0", "anyOf": any_of })
 }
 
 /// The client attestation policy, hostdata form: the client proxy talks only to a group with this hostdata.
@@ -154,13 +207,25 @@ pub fn client_policy_signer(signer: &SignerJwk) -> Value {
 }
 
 /// The attestation policy (MAA policy language) for the auditor to sign and upload: permit only this hostdata
-/// on a compliant UVM, never a debuggable guest.
-pub fn maa_policy(host_data: HostData) -> String {
-    format!(
-        "version= 1.0;\nauthorizationrules\n{{\n[type==\"x-ms-sevsnpvm-hostdata\", value==\"{host_data}\"]\n\
-         && [type==\"x-ms-compliance-status\", value==\"azure-compliant-uvm\"]\n\
-         && [type==\"x-ms-sevsnpvm-is-debuggable\", value==false]\n=> permit();\n}};\n"
-    )
+/// on a compliant UVM, never a debuggable guest nor (unless allowed) one allowing a migration agent, on a platform
+/// at or above one listed product's minimum TCB (one rule per product, `value>=N`).
+pub fn maa_policy(attestation: &Attestation, host_data: HostData) -> String {
+    let mut rules = String::new();
+    for (_, floor) in attestation.min_tcb.floors() {
+        rules.push_str(&format!(
+            "[type==\"x-ms-sevsnpvm-hostdata\", value==\"{host_data}\"]\n\
+             && [type==\"x-ms-compliance-status\", value==\"azure-compliant-uvm\"]\n\
+             && [type==\"x-ms-sevsnpvm-is-debuggable\", value==false]\n"
+        ));
+        if !attestation.allow_migration_agent {
+            rules.push_str(&format!("&& [type==\"{MIGRATION_ALLOWED}\", value==false]\n"));
+        }
+        for (claim, minimum) in TCB_CLAIMS.iter().zip(floor) {
+            rules.push_str(&format!("&& [type==\"{claim}\", value>={minimum}]\n"));
+        }
+        rules.push_str("=> permit();\n");
+    }
+    format!("version= 1.0;\nauthorizationrules\n{{\n{rules}}};\n")
 }
 
 /// The `x-ms-policy-signer` claim value: a JWK with the signer's certificate.
@@ -239,9 +304,16 @@ mod tests {
         assert!(matches!(SecurityPolicy::parse(unfilled), Err(PolicyError::NoCcePolicy)));
     }
 
+    fn attestation(min_tcb: &str, allow_migration_agent: bool) -> Attestation {
+        toml::from_str(&format!(
+            "authority = \"maa.example\"\nallow_migration_agent = {allow_migration_agent}\n{min_tcb}"
+        ))
+        .unwrap()
+    }
+
     #[test]
-    fn release_policy_has_the_seed_shape_with_string_values() {
-        let policy = release_policy("maa.example", HostData([0xab; 32]));
+    fn release_policy_has_the_seed_shape_with_string_values_and_integer_minimums() {
+        let policy = release_policy(&attestation("", false), HostData([0xab; 32]));
         let text = serde_json::to_string(&policy).unwrap();
         assert_eq!(
             text,
@@ -249,11 +321,47 @@ mod tests {
                 "{{\"anyOf\":[{{\"allOf\":[{{\"claim\":\"x-ms-sevsnpvm-hostdata\",\"equals\":\"{}\"}},\
                  {{\"claim\":\"x-ms-compliance-status\",\"equals\":\"azure-compliant-uvm\"}},\
                  {{\"claim\":\"x-ms-sevsnpvm-is-debuggable\",\"equals\":\"false\"}},\
-                 {{\"claim\":\"x-ms-sevsnpvm-vmpl\",\"equals\":\"0\"}}],\"authority\":\"https://maa.example\"}}],\
-                 \"version\":\"1.0.0\"}}",
+                 {{\"claim\":\"x-ms-sevsnpvm-vmpl\",\"equals\":\"0\"}},\
+                 {{\"claim\":\"x-ms-sevsnpvm-migration-allowed\",\"equals\":\"false\"}},\
+                 {{\"claim\":\"x-ms-sevsnpvm-bootloader-svn\",\"greaterOrEquals\":0}},\
+                 {{\"claim\":\"x-ms-sevsnpvm-tee-svn\",\"greaterOrEquals\":0}},\
+                 {{\"claim\":\"x-ms-sevsnpvm-snpfw-svn\",\"greaterOrEquals\":22}},\
+                 {{\"claim\":\"x-ms-sevsnpvm-microcode-svn\",\"greaterOrEquals\":219}}],\
+                 \"authority\":\"https://maa.example\"}}],\"version\":\"1.0.0\"}}",
                 "ab".repeat(32)
             )
         );
+    }
+
+    #[test]
+    fn each_listed_product_is_one_alternative_with_its_floor() {
+        let a = attestation(
+            "[min_tcb]\nmilan = { snp = 24 }\ngenoa = { bootloader = 10, microcode = 86 }",
+            true,
+        );
+        let release = release_policy(&a, HostData([1; 32]));
+        let clauses = release["anyOf"].as_array().unwrap();
+        assert_eq!(clauses.len(), 2);
+        let floor = |i: usize| -> Vec<(String, u64)> {
+            clauses[i]["allOf"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|c| Some((c["claim"].as_str()?.to_owned(), c["greaterOrEquals"].as_u64()?)))
+                .collect()
+        };
+        let named = |v: [u64; 4]| -> Vec<(String, u64)> { TCB_CLAIMS.iter().map(|c| (*c).to_owned()).zip(v).collect() };
+        assert_eq!(floor(0), named([0, 0, 24, 219]));
+        assert_eq!(floor(1), named([10, 0, 23, 86]));
+        let maa = maa_policy(&a, HostData([1; 32]));
+        assert_eq!(maa.matches("=> permit();").count(), 2);
+        assert!(maa.contains("[type==\"x-ms-sevsnpvm-snpfw-svn\", value>=24]"), "{maa}");
+        assert!(
+            maa.contains("[type==\"x-ms-sevsnpvm-microcode-svn\", value>=86]"),
+            "{maa}"
+        );
+        // allow_migration_agent drops the condition from both.
+        assert!(!maa.contains(MIGRATION_ALLOWED) && !release.to_string().contains(MIGRATION_ALLOWED));
     }
 
     #[test]

@@ -113,9 +113,9 @@ fn add_common(bundle: &mut Bundle, config: &DeployConfig, policy: Option<&Securi
     bundle.add("hostdata.txt", format!("{host_data}\n"));
     bundle.add(
         "release-policy.json",
-        to_json_pretty(&release_policy(&config.attestation.authority, host_data)),
+        to_json_pretty(&release_policy(&config.attestation, host_data)),
     );
-    bundle.add("attestation-policy.txt", maa_policy(host_data));
+    bundle.add("attestation-policy.txt", maa_policy(&config.attestation, host_data));
     bundle.add(
         "client-policy-hostdata.json",
         to_json_pretty(&client_policy_hostdata(host_data)),

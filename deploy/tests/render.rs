@@ -126,8 +126,16 @@ fn aci_bundle_matches_golden_and_policies_carry_the_hostdata() {
             .any(|c| c["claim"] == "x-ms-sevsnpvm-hostdata" && c["equals"] == REAL_HOST_DATA)
     );
     assert!(
-        all_of.iter().all(|c| c["equals"].is_string()),
-        "AKV compares strings: {release}"
+        all_of
+            .iter()
+            .all(|c| c["equals"].is_string() || c["greaterOrEquals"].is_u64()),
+        "AKV compares strings; minimums are integers: {release}"
+    );
+    assert!(
+        all_of
+            .iter()
+            .any(|c| c["claim"] == "x-ms-sevsnpvm-microcode-svn" && c["greaterOrEquals"] == 219),
+        "{release}"
     );
 
     let client = json(&bundle, "client-policy-hostdata.json");
@@ -422,4 +430,118 @@ fn runtime_classes_that_cannot_attest_are_refused_with_the_reason() {
     assert!(
         matches!(load_str("c.toml", &runc), Err(deploy::ConfigError::Invalid(m)) if m.contains("not a confidential runtime"))
     );
+}
+
+/// The example config with `[attestation]` replaced by `attestation` (TOML table body).
+fn with_attestation(attestation: &str) -> DeployConfig {
+    let base = std::fs::read_to_string(manifest_dir().join("examples/cinfer.toml")).unwrap();
+    let start = base.find("[attestation]\n").unwrap();
+    let end = start + base[start..].find("\n[key_vault]").unwrap();
+    let text = format!(
+        "{}[attestation]\nauthority = \"sharedeus2.eus2.attest.azure.net\"\n{attestation}{}",
+        &base[..start],
+        &base[end..]
+    );
+    load_str("c.toml", &text).unwrap()
+}
+
+/// The claims a token for the real policy's group carries, on a platform with this TCB.
+fn token_claims(tcb: [u8; 4], migration_allowed: bool) -> attest::token::Claims {
+    let v = serde_json::json!({
+        "x-ms-sevsnpvm-hostdata": REAL_HOST_DATA,
+        "x-ms-compliance-status": "azure-compliant-uvm",
+        "x-ms-sevsnpvm-is-debuggable": false,
+        "x-ms-sevsnpvm-vmpl": 0,
+        "x-ms-sevsnpvm-migration-allowed": migration_allowed,
+        "x-ms-sevsnpvm-bootloader-svn": tcb[0],
+        "x-ms-sevsnpvm-tee-svn": tcb[1],
+        "x-ms-sevsnpvm-snpfw-svn": tcb[2],
+        "x-ms-sevsnpvm-microcode-svn": tcb[3],
+    });
+    v.as_object().unwrap().clone()
+}
+
+#[test]
+fn minimum_tcb_from_the_config_reaches_both_policies_and_attest_enforces_it() {
+    let genoa = with_attestation("min_tcb = { genoa = { bootloader = 10, snp = 27, microcode = 86 } }\n");
+    let bundle = render_aci(&genoa, Some(&real_policy()), None);
+    let text = bundle.file("attestation-policy.txt").unwrap();
+    assert!(
+        text.contains("[type==\"x-ms-sevsnpvm-snpfw-svn\", value>=27]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[type==\"x-ms-sevsnpvm-migration-allowed\", value==false]"),
+        "{text}"
+    );
+    // attest's evaluators are the oracle: MAA policy text and AKV release policy, each accepting and refusing.
+    let maa = attest::policy::AttestationPolicy::parse(text).unwrap();
+    let release =
+        attest::policy::ReleasePolicy::from_json(bundle.file("release-policy.json").unwrap().as_bytes()).unwrap();
+    let issuer = "https://sharedeus2.eus2.attest.azure.net";
+    let ok = token_claims([10, 0, 27, 86], false);
+    maa.evaluate(&ok).unwrap();
+    release.evaluate(issuer, &ok).unwrap();
+    for (claims, why) in [
+        (
+            token_claims([9, 0, 27, 86], false),
+            "x-ms-sevsnpvm-bootloader-svn is 9 not",
+        ),
+        (
+            token_claims([10, 0, 26, 86], false),
+            "x-ms-sevsnpvm-snpfw-svn is 26 not",
+        ),
+        (
+            token_claims([10, 0, 27, 84], false),
+            "x-ms-sevsnpvm-microcode-svn is 84 not",
+        ),
+        (
+            token_claims([10, 0, 27, 86], true),
+            "x-ms-sevsnpvm-migration-allowed is true not",
+        ),
+    ] {
+        let e = maa.evaluate(&claims).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+        let e = release.evaluate(issuer, &claims).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
+
+    // The example's Milan floor (AMD-SB-3019) refuses the real 2022 ACI report's TCB (3, 0, 8, 115).
+    let bundle = render_aci(&config(), Some(&real_policy()), None);
+    let maa = attest::policy::AttestationPolicy::parse(bundle.file("attestation-policy.txt").unwrap()).unwrap();
+    let release =
+        attest::policy::ReleasePolicy::from_json(bundle.file("release-policy.json").unwrap().as_bytes()).unwrap();
+    let old = token_claims([3, 0, 8, 115], false);
+    assert!(maa.evaluate(&old).is_err() && release.evaluate(issuer, &old).is_err());
+    let now = token_claims([4, 0, 22, 219], false);
+    maa.evaluate(&now).unwrap();
+    release.evaluate(issuer, &now).unwrap();
+
+    // allow_migration_agent drops the condition; an empty min_tcb is refused.
+    let allow = with_attestation("allow_migration_agent = true\n");
+    let bundle = render_aci(&allow, Some(&real_policy()), None);
+    let maa = attest::policy::AttestationPolicy::parse(bundle.file("attestation-policy.txt").unwrap()).unwrap();
+    maa.evaluate(&token_claims([4, 0, 22, 219], true)).unwrap();
+    let base = std::fs::read_to_string(manifest_dir().join("examples/cinfer.toml")).unwrap();
+    let empty = base.replace("min_tcb = { milan = { snp = 22, microcode = 219 } }", "min_tcb = {}");
+    let e = format!("{:#}", anyhow::Error::from(load_str("c.toml", &empty).unwrap_err()));
+    assert!(e.contains("attestation.min_tcb must list at least one product"), "{e}");
+    let typo = base.replace("min_tcb = { milan = {", "min_tcb = { rome = {");
+    assert!(load_str("c.toml", &typo).is_err());
+}
+
+#[test]
+fn default_floors_are_cinfer_attest_serves() {
+    use attest::report::Generation;
+    use deploy::config::Product;
+    let serve = attest::appraisal::MinimumTcb::amd_default();
+    for (product, generation) in [(Product::Milan, Generation::Milan), (Product::Genoa, Generation::Genoa)] {
+        let m = serve.for_generation(generation);
+        assert_eq!(
+            product.default_floor(),
+            [m.bootloader, m.tee, m.snp, m.microcode],
+            "{}",
+            product.name()
+        );
+    }
 }

@@ -350,11 +350,15 @@ pub fn localize_release_policy(policy: &Value, a: &Addresses) -> (Value, Vec<Sub
             if let Some(auth) = rule.get_mut("authority")
                 && auth.as_str() != Some(&a.authority_url)
             {
-                subs.push(Substitution {
+                let sub = Substitution {
                     what: "release-policy.json anyOf[].authority".into(),
                     rendered: auth.as_str().unwrap_or_default().to_owned(),
                     local: a.authority_url.clone(),
-                });
+                };
+                // One clause per product floor, all with the same authority: say it once.
+                if !subs.contains(&sub) {
+                    subs.push(sub);
+                }
                 *auth = Value::String(a.authority_url.clone());
             }
         }
@@ -570,7 +574,12 @@ mod tests {
 
     #[test]
     fn release_policy_authority_is_the_local_service() {
-        let policy = crate::policy::release_policy("maa.example", crate::HostData([7; 32]));
+        let attestation = crate::config::Attestation {
+            authority: "maa.example".into(),
+            min_tcb: crate::config::MinTcb::default(),
+            allow_migration_agent: false,
+        };
+        let policy = crate::policy::release_policy(&attestation, crate::HostData([7; 32]));
         let (local, subs) = localize_release_policy(&policy, &addresses());
         assert_eq!(local["anyOf"][0]["authority"], "http://127.0.0.1:9000");
         assert_eq!(subs.len(), 1);
