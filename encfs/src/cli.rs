@@ -67,10 +67,11 @@ pub(crate) struct MountArgs {
     /// Let other users access the mount (non-root needs `user_allow_other` in /etc/fuse.conf).
     #[arg(long)]
     pub(crate) allow_other: bool,
-    /// FUSE request threads [default: one per core (2 to 16) for a local image, whose reads are CPU-bound; 8 for
-    /// a URL, whose reads wait on the network]
-    #[arg(long, help_heading = "Tuning")]
-    pub(crate) threads: Option<usize>,
+    /// FUSE request threads, 1 to 64 [default: one per core (2 to 16) for a local image, whose reads are
+    /// CPU-bound; 8 for a URL, whose reads wait on the network]. Each needs a file descriptor: fewer are started,
+    /// with a warning, when the open-file limit (`ulimit -n`, raised to its hard limit if needed) has no room.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=encfs::fuse::MAX_THREADS as i64), help_heading = "Tuning")]
+    pub(crate) threads: Option<u16>,
     /// Kernel readahead for the mount in KiB, set through sysfs after mounting when possible (root, writable
     /// /sys); 0 keeps the kernel default (128 KiB).
     #[arg(long, default_value_t = encfs::fuse::DEFAULT_READ_AHEAD_KB, value_name = "KIB", help_heading = "Tuning")]
@@ -292,6 +293,7 @@ impl MountArgs {
         MountConfig {
             threads: self
                 .threads
+                .map(usize::from)
                 .unwrap_or_else(|| {
                     if encfs::source::is_url(&self.image.to_string_lossy()) {
                         encfs::fuse::REMOTE_THREADS

@@ -33,6 +33,10 @@ pub(crate) fn mount_background(args: &MountArgs) -> anyhow::Result<()> {
     if let Some(w) = warning {
         eprintln!("cinfer-encfs: warning: {w}");
     }
+    if let Some(w) = unpinned_warning(args) {
+        eprintln!("cinfer-encfs: WARNING: {w}");
+    }
+    refuse_stacking(&args.mountpoint)?;
     let exe = std::env::current_exe().context("locating the cinfer-encfs executable")?;
     let stderr = match &args.log_file {
         Some(p) => Stdio::from(
@@ -142,6 +146,10 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
     if let Some(w) = key_warning {
         warn!("{w}");
     }
+    if let Some(w) = unpinned_warning(args) {
+        warn!("{w}");
+    }
+    refuse_stacking(&args.mountpoint)?;
     let expect_root = args.expect_root()?;
     // Read before the daemon leaves its working directory, so a relative path works.
     let signer = args.signer_key()?;
@@ -344,9 +352,59 @@ fn serve<B: BlobSource>(source: B, key: BlobKey, s: Setup<'_>, mut signals: Sign
     Ok(())
 }
 
-/// `unmount`: `umount2` as root, else (or on EPERM) `fusermount3 -u`.
+/// `unmount`: only a cinfer-encfs mount (live, or left by a killed daemon); `umount2` as root, else (or on EPERM)
+/// `fusermount3 -u`.
 pub(crate) fn unmount(args: &UnmountArgs) -> anyhow::Result<()> {
-    unmount_path(&args.mountpoint, args.lazy)
+    let path = table_path(&args.mountpoint)?;
+    let shown = args.mountpoint.display();
+    match fuse::mountinfo::top_at(&path).context("reading the mount table")? {
+        None => bail!("{shown} is not a mountpoint"),
+        Some(e) if !e.is_cinfer() => bail!(
+            "{shown} is a {} mount of {}, not a cinfer-encfs mount: refusing to unmount it",
+            e.fs_type,
+            e.source
+        ),
+        Some(_) => unmount_path(&args.mountpoint, args.lazy),
+    }
+}
+
+/// `path` as the mount table lists it: absolute, with its parent directory resolved (the path itself is not
+/// resolved: a dead mount there answers ENOTCONN, a live one would be asked).
+fn table_path(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => Ok(parent
+            .canonicalize()
+            .with_context(|| format!("resolving {}", parent.display()))?
+            .join(name)),
+        _ => Ok(abs),
+    }
+}
+
+/// Refuses to mount on a path where a cinfer-encfs mount already is (live, or dead): a second one would stack on
+/// top of it, hiding it, and its daemon would serve on unseen.
+fn refuse_stacking(mountpoint: &Path) -> anyhow::Result<()> {
+    let path = table_path(mountpoint)?;
+    if let Some(e) = fuse::mountinfo::top_at(&path).context("reading the mount table")?
+        && e.is_cinfer()
+    {
+        bail!(
+            "{} is already a cinfer-encfs mount (of {}): unmount it first (cinfer-encfs unmount {})",
+            mountpoint.display(),
+            e.source.strip_prefix("cinfer-encfs:").unwrap_or(&e.source),
+            mountpoint.display()
+        );
+    }
+    Ok(())
+}
+
+/// The warning for a mount that pins nothing: no root digest and no signer, so any image sealed with the key
+/// (an older one, another model) is served.
+fn unpinned_warning(args: &MountArgs) -> Option<&'static str> {
+    (args.expect_root.is_none() && args.signer_key.is_none()).then_some(
+        "UNPINNED MOUNT: neither --expect-root nor --signer-key is given, so ANY image sealed with this key is \
+         served (an older version, another model). Pin the root that `cinfer-mkimage build` printed.",
+    )
 }
 
 fn unmount_path(mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {

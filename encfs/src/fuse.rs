@@ -64,6 +64,57 @@ pub fn local_threads() -> usize {
     cores.clamp(2, 16)
 }
 
+/// Most FUSE request threads a mount runs (`--threads` is refused above it). Each holds a cloned `/dev/fuse` fd
+/// and a read buffer of up to [`MAX_READ`]; beyond the kernel's `max_background` (64 by default) more threads
+/// only wait.
+pub const MAX_THREADS: usize = 64;
+
+/// File descriptors kept free for everything but the request threads (sources, sockets, logs, the cache).
+const FD_RESERVE: u64 = 64;
+
+/// The request threads a mount can start: `wanted`, at most [`MAX_THREADS`], and no more than the open-file
+/// limit allows (each thread needs its own cloned `/dev/fuse` fd; fuser starts none if one clone fails, which
+/// left a mount nobody serves). Raises the soft `RLIMIT_NOFILE` to the hard one first if that is needed.
+fn threads_within_fd_limit(wanted: usize) -> usize {
+    let wanted = wanted.clamp(1, MAX_THREADS);
+    let open = std::fs::read_dir("/proc/self/fd").map_or(FD_RESERVE, |d| d.count() as u64);
+    let need = open + FD_RESERVE + wanted as u64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: `lim` is a valid rlimit to write to.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return wanted;
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < need {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max.min(need.max(lim.rlim_cur)),
+            rlim_max: lim.rlim_max,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = raised.rlim_cur;
+        }
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        return wanted;
+    }
+    let room = lim.rlim_cur.saturating_sub(open + FD_RESERVE);
+    let threads = (wanted as u64).min(room).max(1) as usize;
+    if threads < wanted {
+        warn!(
+            wanted,
+            threads,
+            nofile = lim.rlim_cur,
+            "the open-file limit leaves room for fewer FUSE request threads; raise `ulimit -n` for more"
+        );
+    }
+    threads
+}
+
 /// Decrypt-ahead pays off only when the kernel keeps a single READ in flight, i.e. with readahead windows up to
 /// this size (KiB).
 pub const DECRYPT_AHEAD_MAX_WINDOW_KB: u32 = 1024;
@@ -551,7 +602,8 @@ pub fn mount_filesystem<F: fuser::Filesystem + Send + 'static>(
     } else {
         SessionACL::Owner
     };
-    config.n_threads = Some(cfg.threads.max(1));
+    let threads = threads_within_fd_limit(cfg.threads);
+    config.n_threads = Some(threads);
     config.clone_fd = cfg.clone_fd;
     // As the mount table will list it (read before mounting: resolving the mount point afterwards would ask the
     // new filesystem).
@@ -562,12 +614,14 @@ pub fn mount_filesystem<F: fuser::Filesystem + Send + 'static>(
         .flatten()
         .filter(mountinfo::MountEntry::is_cinfer)
         .map(|e| (e.id, e.dev));
-    info!(mountpoint = %mountpoint.display(), threads = cfg.threads, "mounted");
-    Ok(MountSession {
+    let session = MountSession {
         session,
         mountpoint: mountpoint.to_path_buf(),
         mount_id,
-    })
+    };
+    session.check_serving()?;
+    info!(mountpoint = %mountpoint.display(), threads, "mounted");
+    Ok(session)
 }
 
 /// Detaches the mount at `path` lazily (`umount2(MNT_DETACH)`; as non-root, or on `EPERM`, `fusermount3 -u -z`).
@@ -600,6 +654,41 @@ impl MountSession {
     /// The mountpoint.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Waits until the new mount answers a `stat` (its request threads run), or fails if the session ended
+    /// first (fuser starts no request thread when it cannot set them all up): the mount is then detached and
+    /// the session's error returned, so no mount is left that nobody serves.
+    fn check_serving(&self) -> io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mp = self.mountpoint.clone();
+        std::thread::spawn(move || {
+            // Any answer, even an error, means a request thread served it.
+            let _ = tx.send(std::fs::metadata(&mp).is_ok());
+        });
+        let start = std::time::Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.is_finished() {
+                // Detach first (lazily: the probe above may hold the mount busy), then end the session: closing
+                // its /dev/fuse fd releases the probe.
+                let detached = detach(&self.mountpoint);
+                return Err(io::Error::other(format!(
+                    "the FUSE session ended before serving (no request thread started){}",
+                    match detached {
+                        Ok(()) => "; the mount was detached".to_string(),
+                        Err(e) => format!("; detaching the mount failed: {e}"),
+                    }
+                )));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                warn!(mountpoint = %self.mountpoint.display(), "the new mount has not answered a stat in 30 s");
+                return Ok(());
+            }
+        }
     }
 
     /// True once the session has ended (for example after an external `umount`).

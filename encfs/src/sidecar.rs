@@ -81,8 +81,7 @@ pub struct SidecarOptions {
 /// The image source for a configured URL: a local path, a `file://` URL, or an HTTP(S)/Azure Blob URL (SAS or
 /// public) through [`crate::source::open`]. The one place that chooses a backend.
 fn open_source(url: &str, opts: &SourceOptions) -> Result<(AnySource, BlobKey), StepError> {
-    let spec = url.strip_prefix("file://").unwrap_or(url);
-    crate::source::open(spec, opts)
+    crate::source::open(url, opts)
         .map_err(|e| StepError::fatal(Step::Source, format!("{}: {}", BlobKey::new(url), error_chain(&e))))
 }
 

@@ -52,9 +52,10 @@ pub(crate) struct SidecarArgs {
     /// Let other users access the mounts (containers reading as another uid).
     #[arg(long)]
     pub(crate) allow_other: bool,
-    /// FUSE request threads per mount.
-    #[arg(long, default_value_t = encfs::fuse::REMOTE_THREADS, help_heading = "Tuning")]
-    pub(crate) threads: usize,
+    /// FUSE request threads per mount, 1 to 64 (fewer, with a warning, when the open-file limit has no room).
+    #[arg(long, default_value_t = encfs::fuse::REMOTE_THREADS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=encfs::fuse::MAX_THREADS as i64), help_heading = "Tuning")]
+    pub(crate) threads: u16,
 }
 
 /// Evidence source.
@@ -172,7 +173,7 @@ pub(crate) fn run_sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
             ..Backoff::default()
         },
         mount: encfs::fuse::MountConfig {
-            threads: args.threads.max(1),
+            threads: usize::from(args.threads),
             allow_other: args.allow_other,
             ..encfs::fuse::MountConfig::default()
         },

@@ -539,3 +539,171 @@ fn the_disk_cache_never_writes_through_planted_symlinks_and_keeps_its_files_priv
     assert!(fx.log().contains("writable by group or others"), "{}", fx.log());
     assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Item 5: mount and unmount that do what they say.
+
+/// Mounts a tmpfs on `dir` (unmounted again by the returned guard).
+fn tmpfs(dir: &Path) -> impl Drop {
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "cinfer-test-tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    Umount(dir.to_path_buf())
+}
+
+#[test]
+fn unmount_refuses_what_is_not_a_cinfer_mount() {
+    let (fx, _) = fixture();
+    let t = fx.dir.path().join("tmpfs");
+    let _tmpfs = tmpfs(&t);
+    let bind = fx.dir.path().join("bind");
+    std::fs::create_dir(&bind).unwrap();
+    assert!(
+        std::process::Command::new("mount")
+            .args(["--bind"])
+            .arg(fx.dir.path().join("mnt"))
+            .arg(&bind)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for (p, what) in [(&t, "tmpfs"), (&bind, "not a cinfer-encfs mount")] {
+        let out = common::encfs_bin().arg("unmount").arg(p).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(what) && err.contains("refusing to unmount"), "{err}");
+        assert!(common::is_mounted(p), "{} was unmounted", p.display());
+    }
+    let _ = std::process::Command::new("umount").arg("-l").arg(&bind).status();
+    // Ours is unmounted, also after its daemon was killed.
+    let guard = fx.mount();
+    guard.unmount();
+}
+
+#[test]
+fn a_second_mount_on_a_mounted_point_is_refused_and_nothing_stacks() {
+    let (fx, data) = fixture();
+    let guard = fx.mount_image(&fx.image, &["--expect-root", &hex::encode(fx.built.root)]);
+    let out = fx.mount_cmd(&fx.image, &["--expect-root", &hex::encode(fx.built.root)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("already a cinfer-encfs mount"), "{err}");
+    let want = fx.mnt.canonicalize().unwrap();
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let stacked = table
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
+        .count();
+    assert_eq!(stacked, 1, "mounts at {}: {stacked}", want.display());
+    assert!(std::fs::read(fx.mnt.join("weights.bin")).unwrap() == data);
+    guard.unmount();
+}
+
+#[test]
+fn threads_are_validated_and_clamped_to_the_open_file_limit_never_wedging_the_mount() {
+    use std::os::unix::process::CommandExt as _;
+    let (fx, data) = fixture();
+    for bad in ["0", "65", "100000"] {
+        let out = fx.mount_cmd(&fx.image, &["--threads", bad]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--threads {bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // 64 threads need 64 cloned /dev/fuse fds; the limit is 40, hard.
+    let log = fx.dir.path().join("daemon.log");
+    let mut cmd = common::encfs_bin();
+    cmd.arg("mount")
+        .arg(&fx.image)
+        .arg(&fx.mnt)
+        .arg("--key-file")
+        .arg(&fx.key_file)
+        .arg("--log-file")
+        .arg(&log)
+        .args(["--threads", "64"]);
+    #[allow(unsafe_code)]
+    // SAFETY: setrlimit is async-signal-safe; the closure touches no other state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let guard = common::MountGuard { mnt: fx.mnt.clone() };
+    let Some(out) = output_within(&mut cmd, Duration::from_secs(20)) else {
+        // The daemon is wedged on a mount nobody serves: abort it so the test can clean up, then fail.
+        abort_connection(&fx.mnt);
+        panic!(
+            "mount with --threads 64 under a 40-fd limit never returned: {}",
+            fx.log()
+        );
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = read_at_within(&fx.mnt.join("weights.bin"), 0, data.len(), Duration::from_secs(20))
+        .expect("the mount hangs")
+        .unwrap();
+    assert!(got == data);
+    assert!(fx.log().contains("fewer FUSE request threads"), "{}", fx.log());
+    guard.unmount();
+}
+
+#[test]
+fn unsupported_schemes_are_named_and_file_urls_mount() {
+    let (fx, data) = fixture();
+    for (src, scheme) in [
+        ("ftp://h/m.img", "ftp"),
+        ("file://host/m.img", "file"),
+        ("s3://b/m.img", "s3"),
+    ] {
+        let out = fx.mount_cmd(Path::new(src), &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(&format!("unsupported source {scheme}://")), "{err}");
+        assert!(!err.contains("not found"), "{err}");
+    }
+    let url = format!("file://{}", fx.image.display());
+    let guard = fx.mount_image(Path::new(&url), &[]);
+    assert!(std::fs::read(fx.mnt.join("weights.bin")).unwrap() == data);
+    guard.unmount();
+}
+
+#[test]
+fn an_unpinned_mount_warns_loudly_and_the_sidecar_refuses_a_relative_mount_point() {
+    let (fx, _) = fixture();
+    let out = fx.mount_cmd(&fx.image, &[]);
+    let guard = common::MountGuard { mnt: fx.mnt.clone() };
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("UNPINNED MOUNT"), "{err}");
+    assert!(fx.log().contains("UNPINNED MOUNT"), "{}", fx.log());
+    guard.unmount();
+    let out = fx.mount_cmd(&fx.image, &["--expect-root", &hex::encode(fx.built.root)]);
+    let guard = common::MountGuard { mnt: fx.mnt };
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("UNPINNED"));
+    guard.unmount();
+
+    let json = r#"{"azure_filesystems":[{"azure_url":"file:///srv/m.img","azure_url_private":false,
+        "mount_point":"models","key":{"kid":"k","kty":"oct-HSM","authority":{"endpoint":"https://maa.example"},
+        "akv":{"endpoint":"https://kv.example"}}}]}"#;
+    let e = encfs::sidecar::config::SidecarConfig::from_json(json.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("mount_point models is relative"), "{e}");
+    let ok = json.replace("\"models\"", "\"/mnt/models\"");
+    encfs::sidecar::config::SidecarConfig::from_json(ok.as_bytes()).unwrap();
+}

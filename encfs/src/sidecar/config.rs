@@ -206,6 +206,13 @@ impl SidecarConfig {
                 }
             };
             let mount_point = PathBuf::from(fs.mount_point.trim());
+            if !mount_point.is_absolute() {
+                return Err(invalid(format!(
+                    "mount_point {} is relative: give an absolute path (the sidecar's working directory is not the \
+                     consumers')",
+                    mount_point.display()
+                )));
+            }
             if filesystems
                 .iter()
                 .any(|f: &FilesystemSpec| f.mount_point == mount_point)

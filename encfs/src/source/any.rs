@@ -45,6 +45,14 @@ pub enum AnySourceError {
     /// An HTTP(S) URL.
     #[error(transparent)]
     Http(#[from] HttpSourceError),
+    /// A URL of a scheme no source reads (`ftp://`, `s3://`, `file://host/...`).
+    #[error(
+        "unsupported source {scheme}:// URL (a source is a path, a file:///PATH URL, or an http:// or https:// URL)"
+    )]
+    Scheme {
+        /// The scheme, as given.
+        scheme: String,
+    },
 }
 
 /// Any of the sources [`open`] can return.
@@ -70,10 +78,28 @@ pub enum AnySource {
 ///   the SAS in the URL, anonymously, or with a managed identity ([`SourceOptions::azure_auth`]).
 /// * any other `http://...` or `https://...`: a URL that serves `Range` requests (presigned URLs, plain
 ///   servers). The key is the URL as given.
+/// * `file:///PATH` (or `file://localhost/PATH`): the local file `PATH`.
+/// * any other `scheme://...`: refused, naming the scheme ([`AnySourceError::Scheme`]), rather than taken for a
+///   relative path that does not exist.
 /// * anything else: a local file path (made absolute), read per [`SourceOptions::local_io`].
 ///
 /// Nothing is fetched here; the first request is the caller's `stat`.
 pub fn open(spec: &str, opts: &SourceOptions) -> Result<(AnySource, BlobKey), AnySourceError> {
+    if let Some(scheme) = url_scheme(spec)
+        && !is_url(spec)
+    {
+        let local = spec
+            .get(scheme.len() + 3..)
+            .filter(|_| scheme.eq_ignore_ascii_case("file"))
+            .and_then(|rest| rest.strip_prefix("localhost").or(Some(rest)))
+            .filter(|rest| rest.starts_with('/'));
+        return match local {
+            Some(path) => open(path, opts),
+            None => Err(AnySourceError::Scheme {
+                scheme: scheme.to_string(),
+            }),
+        };
+    }
     if is_url(spec) && (is_azure_url(spec) || opts.azure_auth != AzureAuth::UrlOrAnonymous) {
         let src = AzureSource::new(opts.retry.clone(), opts.metrics.clone(), opts.azure_auth.clone())?;
         return Ok((AnySource::Azure(src), BlobKey::new(spec)));
@@ -93,6 +119,14 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<(AnySource, BlobKey), An
         LocalIo::Mmap => AnySource::Mmap(MmapSource::new()),
     };
     Ok((src, key))
+}
+
+/// The scheme of `spec` if it starts with `scheme://` (letters, digits, `+-.`, starting with a letter).
+fn url_scheme(spec: &str) -> Option<&str> {
+    let (scheme, _) = spec.split_once("://")?;
+    (scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)))
+    .then_some(scheme)
 }
 
 /// True if `spec` names a remote source (an `http://` or `https://` URL) rather than a path.
@@ -168,5 +202,14 @@ mod tests {
         assert!(matches!(s, AnySource::File(_)));
         assert!(k.as_str().starts_with('/') && k.as_str().ends_with("rel/model.img"));
         assert!(is_url("HTTP://x") && !is_url("/srv/http://x"));
+        let (s, k) = open("file:///srv/m.img", &opts).unwrap();
+        assert!(matches!(s, AnySource::File(_)) && k.as_str() == "/srv/m.img");
+        let (_, k) = open("file://localhost/srv/m.img", &opts).unwrap();
+        assert_eq!(k.as_str(), "/srv/m.img");
+        for bad in ["ftp://h/m.img", "file://host/m.img", "file://rel/m.img", "s3://b/k"] {
+            let e = open(bad, &opts).unwrap_err().to_string();
+            let scheme = bad.split("://").next().unwrap();
+            assert!(e.contains(&format!("unsupported source {scheme}://")), "{bad}: {e}");
+        }
     }
 }
