@@ -76,7 +76,15 @@ pub struct SidecarOptions {
     pub mount: MountConfig,
     /// Called once every filesystem is ready (for example to log the start→ready time).
     pub on_ready: Option<Box<dyn FnOnce(Duration) + Send>>,
+    /// Mount filesystems that pin neither a root nor a signer (testing only); otherwise they fail at
+    /// [`Step::Config`] before any key is released.
+    pub allow_unpinned: bool,
 }
+
+/// Why an unpinned filesystem is refused.
+const UNPINNED: &str = "neither cinfer_expect_root nor cinfer_signer_key pins the image: any image sealed with the \
+                        released key (an older version, another model) would be served. Pin the root that \
+                        `cinfer-mkimage build` printed (or start the sidecar with --allow-unpinned, testing only)";
 
 /// The image source for a configured URL: a local path, a `file://` URL, or an HTTP(S)/Azure Blob URL (SAS or
 /// public) through [`crate::source::open`]. The one place that chooses a backend.
@@ -452,8 +460,16 @@ pub fn run(
             let backoff = opts.backoff;
             let mount_cfg = opts.mount.clone();
             let handle = rt.handle().clone();
+            let allow_unpinned = opts.allow_unpinned;
             rt.spawn(async move {
-                let r = bring_up(&spec, &*attester, identity.as_deref(), backoff, &status, &mount_cfg, handle).await;
+                let r = if !allow_unpinned && spec.expect_root.is_none() && spec.signer_key.is_none() {
+                    Err(StepError::fatal(Step::Config, UNPINNED))
+                } else {
+                    if spec.expect_root.is_none() && spec.signer_key.is_none() {
+                        warn!(filesystem = spec.index, "UNPINNED (--allow-unpinned): {UNPINNED}");
+                    }
+                    bring_up(&spec, &*attester, identity.as_deref(), backoff, &status, &mount_cfg, handle).await
+                };
                 match &r {
                     Ok((_, root)) => {
                         status.metrics.ready(&spec.index.to_string(), start.elapsed());

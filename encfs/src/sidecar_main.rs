@@ -49,6 +49,11 @@ pub(crate) struct SidecarArgs {
     /// Attempts per key release when failures are transient (network, 5xx, 429); policy denials are final.
     #[arg(long, default_value_t = 6)]
     pub(crate) release_attempts: u32,
+    /// Mount filesystems that pin neither a root (`cinfer_expect_root`) nor a signer (`cinfer_signer_key`).
+    /// Without it they are refused before any key is released: any image sealed with the released key would be
+    /// served. Testing only (a flag, not an environment variable: the platform measures the command line).
+    #[arg(long)]
+    pub(crate) allow_unpinned: bool,
     /// Let other users access the mounts (containers reading as another uid).
     #[arg(long)]
     pub(crate) allow_other: bool,
@@ -178,6 +183,7 @@ pub(crate) fn run_sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
             ..encfs::fuse::MountConfig::default()
         },
         on_ready: None,
+        allow_unpinned: args.allow_unpinned,
     };
     let shutdown = async move {
         tokio::select! {

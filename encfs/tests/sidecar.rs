@@ -385,6 +385,8 @@ fn start_sidecar_with(w: &World, json: &str, host_data: &[u8; 32], tag: &str, at
         .args(["--attester", "mock", "--mock-root-dir"])
         .arg(&w.mock_root_dir)
         .args(["--mock-host-data", &hex::encode(host_data)])
+        // Most tests mount without a pin (an_unpinned_filesystem_is_refused_without_allow_unpinned is about that).
+        .arg("--allow-unpinned")
         .env("EncfsSideCarArgs", b64);
     spawn_sidecar(w, cmd, hidden, tag, attempts)
 }
@@ -1340,4 +1342,46 @@ fn a_failing_source_shows_no_credentials_in_the_log_or_the_failed_file() {
         failed.contains(&format!("http://127.0.0.1:{port}/models/m.img")),
         "{failed}"
     );
+}
+
+/// Issue 17, item 5: a filesystem that pins neither a root nor a signer is refused (before any key is released)
+/// unless the sidecar is started with --allow-unpinned; a pinned one mounts without it.
+#[test]
+fn an_unpinned_filesystem_is_refused_without_allow_unpinned() {
+    assert!(fuse_available(), "this test needs /dev/fuse and root");
+    let w = World::new();
+    let base = w.dir.path().join("unpinned");
+    std::fs::create_dir(&base).unwrap();
+    let mount_point = base.join("models");
+    let json = w.args_json(&mount_point, "");
+    let spawn = |json: &str, tag: &str| {
+        let mut cmd = common::encfs_bin();
+        cmd.arg("sidecar")
+            .args(["--attester", "mock", "--mock-root-dir"])
+            .arg(&w.mock_root_dir)
+            .args(["--mock-host-data", &hex::encode(HOST_DATA)])
+            .env(
+                "EncfsSideCarArgs",
+                base64::engine::general_purpose::STANDARD.encode(json),
+            )
+            .env("CINFER_ENCFS_ALLOW_UNPINNED", "false");
+        spawn_sidecar(&w, cmd, vec![base.join(".filesystem-0")], tag, 1)
+    };
+    let mut sc = spawn(&json, "unpinned");
+    let (code, log) = sc.wait_exit_code();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("config failed") && log.contains("neither cinfer_expect_root nor cinfer_signer_key"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("key released"),
+        "a key was released for an unpinned filesystem: {log}"
+    );
+    assert!(!is_mountpoint(&base.join(".filesystem-0")));
+    let pin = format!("\"cinfer_expect_root\":\"{}\",", w.image_root);
+    let mut sc = spawn(&w.args_json(&mount_point, &pin), "pinned");
+    sc.wait_ready();
+    sc.sigterm();
+    assert!(sc.wait_exit().0);
 }
