@@ -132,7 +132,12 @@ impl Fixture {
             "mount failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(is_mounted(&self.mnt), "mount returned but nothing is mounted");
+        assert!(
+            is_mounted(&self.mnt),
+            "mount returned but nothing is mounted; stderr: {}; daemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
         guard
     }
 
