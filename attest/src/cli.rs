@@ -343,7 +343,7 @@ pub(crate) struct ClientTlsArgs {
 #[derive(Debug, Args)]
 pub(crate) struct AttestArgs {
     /// Attestation service (MAA endpoint or `cinfer-attest serve` URL).
-    #[arg(long, env = "CINFER_ATTEST_MAA")]
+    #[arg(long)]
     pub(crate) maa: String,
     /// Runtime data file (JSON).
     #[arg(long)]
@@ -436,4 +436,44 @@ pub(crate) struct SignPolicyArgs {
     /// Output file for the JWS.
     #[arg(long)]
     pub(crate) out: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Environment fallbacks allowed: only `serve`'s operator settings. The attestation service is not part of the
+    /// confidential container group (it is the authority its operator runs), so its environment is its operator's.
+    /// Everything a guest runs (`attest`, `release-key`, `mock-evidence`, ...) takes its settings from the measured
+    /// command line only.
+    const SAFE_ENV: &[(&str, &str)] = &[
+        ("serve", "CINFER_ATTEST_LISTEN"),
+        ("serve", "CINFER_ATTEST_ISSUER"),
+        ("serve", "CINFER_ATTEST_STATE_DIR"),
+        ("serve", "CINFER_ATTEST_ADMIN_TOKEN_FILE"),
+    ];
+
+    fn envs(cmd: &clap::Command, out: &mut Vec<(String, String)>) {
+        for a in cmd.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push((cmd.get_name().to_owned(), e.to_string_lossy().into_owned()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            envs(sub, out);
+        }
+    }
+
+    #[test]
+    fn only_the_services_operator_settings_come_from_the_environment() {
+        let mut found = Vec::new();
+        envs(&Cli::command(), &mut found);
+        let extra: Vec<&(String, String)> = found
+            .iter()
+            .filter(|(cmd, var)| !SAFE_ENV.contains(&(cmd.as_str(), var.as_str())))
+            .collect();
+        assert!(extra.is_empty(), "flags that read the environment: {extra:?}");
+    }
 }
