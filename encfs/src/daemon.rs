@@ -272,6 +272,8 @@ fn serve<B: BlobSource>(source: B, key: BlobKey, s: Setup<'_>, mut signals: Sign
         )
         .with_context(|| format!("refusing to mount legacy image {image}"))?;
         drop(model_key);
+        // The passphrase went through the LUKS2 key derivation on this thread.
+        encfs::format::scrub_stack();
         (session, format!("legacy-luks2:{uuid}"))
     } else {
         let fs = rt

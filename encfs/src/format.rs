@@ -44,7 +44,7 @@ pub use header::{
     MAX_KEY_ID_LEN, MIN_CHUNK_SIZE, VERSION,
 };
 pub use index::{Entry, EntryKind, Extension, Index, MAX_NAME_LEN, MAX_SYMLINK_LEN};
-pub use keys::{ImageKeys, KEY_LEN, ModelKey};
+pub use keys::{ImageKeys, KEY_LEN, ModelKey, scrub_stack};
 pub use layout::{ChunkLoc, FileLayout, Layout};
 pub use memory::{MemNode, build_image};
 

@@ -656,15 +656,16 @@ impl MountSession {
         &self.mountpoint
     }
 
-    /// Waits until the new mount answers a `stat` (its request threads run), or fails if the session ended
+    /// Waits until the new mount answers an open of its root (its request threads run), or fails if the session ended
     /// first (fuser starts no request thread when it cannot set them all up): the mount is then detached and
     /// the session's error returned, so no mount is left that nobody serves.
     fn check_serving(&self) -> io::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
         let mp = self.mountpoint.clone();
         std::thread::spawn(move || {
-            // Any answer, even an error, means a request thread served it.
-            let _ = tx.send(std::fs::metadata(&mp).is_ok());
+            // Any answer, even an error, means a request thread served it (opening the root always asks the daemon;
+            // a `stat` might be answered from the kernel's attribute cache).
+            let _ = tx.send(std::fs::read_dir(&mp).is_ok());
         });
         let start = std::time::Instant::now();
         loop {
@@ -685,7 +686,7 @@ impl MountSession {
                 )));
             }
             if start.elapsed() > Duration::from_secs(30) {
-                warn!(mountpoint = %self.mountpoint.display(), "the new mount has not answered a stat in 30 s");
+                warn!(mountpoint = %self.mountpoint.display(), "the new mount has not answered in 30 s");
                 return Ok(());
             }
         }
@@ -722,52 +723,49 @@ impl MountSession {
     /// nobody serves, which is detached here. Returns [`Ended::Dead`] in that case, so the caller can exit with an
     /// error rather than report a clean unmount.
     ///
-    /// Mount IDs and device numbers are reused, so a new mount on the same path may carry ours: a mount is taken
-    /// for ours only while its ID and device match and it answers `ENOTCONN` (dead) once our `/dev/fuse` fd is
-    /// closed. A live mount there is someone else's and is left alone.
+    /// Mount IDs and device numbers are reused at once, so a new mount on the same path may carry ours: a mount
+    /// there is taken for ours only if its ID and device match and opening it fails with `ENOTCONN`
+    /// (connection gone) or gets no answer (connection up, no request thread). A mount that answers is someone
+    /// else's and is left alone. The session is never dropped (fuser would unmount the path again on drop, and
+    /// could hit that new mount); its fd goes with the process.
     pub fn finish_ended(self) -> Ended {
         let Some((id, dev)) = self.mount_id else {
-            drop(self.session);
+            self.finish_after_external_unmount();
             return Ended::Unmounted;
-        };
-        let ours = |mp: &Path| {
-            mountinfo::read()
-                .unwrap_or_default()
-                .into_iter()
-                .any(|e| e.id == id && e.dev == dev && e.mount_point == mp)
         };
         let mp = self
             .mountpoint
             .canonicalize()
             .unwrap_or_else(|_| self.mountpoint.clone());
-        let present = ours(&mp);
-        // Closes our /dev/fuse fd: a connection that was still up (request threads gone, mount still there) ends,
-        // and fuser unmounts the path only if it was (it checks the connection first).
-        drop(self.session);
-        if !present {
-            return Ended::Unmounted;
+        let present = mountinfo::read()
+            .unwrap_or_default()
+            .into_iter()
+            .any(|e| e.id == id && e.dev == dev && e.mount_point == mp);
+        let dead = present && !answers_stat(&self.mountpoint);
+        let mountpoint = self.mountpoint.clone();
+        self.finish_after_external_unmount();
+        if dead {
+            Ended::Dead {
+                detached: detach(&mountpoint),
+            }
+        } else {
+            Ended::Unmounted
         }
-        if !ours(&mp) {
-            // It was still connected: fuser has just unmounted our dead mount.
-            return Ended::Dead { detached: Ok(()) };
-        }
-        if answers_enotconn(&self.mountpoint) {
-            return Ended::Dead {
-                detached: detach(&self.mountpoint),
-            };
-        }
-        Ended::Unmounted
     }
 }
 
-/// True if `stat(path)` fails with `ENOTCONN` (a FUSE mount whose connection is gone) within 2 s.
-fn answers_enotconn(path: &Path) -> bool {
+/// True if opening the directory `path` answers within 2 s with anything but `ENOTCONN`: a request thread served
+/// it. (Not `stat`: the kernel answers that from its attribute cache without asking the daemon.)
+fn answers_stat(path: &Path) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     let path = path.to_path_buf();
     std::thread::spawn(move || {
-        let _ = tx.send(std::fs::metadata(&path).err().and_then(|e| e.raw_os_error()));
+        let _ = tx.send(std::fs::read_dir(&path).err().and_then(|e| e.raw_os_error()));
     });
-    rx.recv_timeout(Duration::from_secs(2)) == Ok(Some(libc::ENOTCONN))
+    match rx.recv_timeout(Duration::from_secs(2)) {
+        Ok(errno) => errno != Some(libc::ENOTCONN),
+        Err(_) => false,
+    }
 }
 
 /// How a session that finished on its own ended ([`MountSession::finish_ended`]).

@@ -94,25 +94,28 @@ pub fn read(path: &Path) -> Result<KeyFile, KeyFileError> {
     if meta.len() != KEY_LEN as u64 {
         return Err(wrong(meta.len()));
     }
-    // One byte more than a key, so a file that grew since `stat` is noticed; never more.
-    let mut buf = zeroize::Zeroizing::new([0u8; KEY_LEN + 1]);
-    let mut n = 0;
-    let mut limited = f.take(KEY_LEN as u64 + 1);
-    loop {
-        match limited.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
+    // Straight into the key's own memory (no other copy), then one byte more, so a file that grew since `stat`
+    // is noticed; never more.
+    let mut f = f;
+    let key = ModelKey::new_with(|buf| {
+        let mut n = 0;
+        while n < KEY_LEN {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => return Err(wrong(n as u64)),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
         }
-    }
-    if n != KEY_LEN {
-        return Err(wrong(n as u64));
-    }
-    let mut key = zeroize::Zeroizing::new([0u8; KEY_LEN]);
-    key.copy_from_slice(&buf[..KEY_LEN]);
+        let mut extra = [0u8; 1];
+        match f.read(&mut extra) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(wrong(KEY_LEN as u64 + 1)),
+            Err(e) => Err(io(e)),
+        }
+    })?;
     Ok(KeyFile {
-        key: ModelKey::new(*key),
+        key,
         mode: meta.permissions().mode(),
         path: path.to_owned(),
     })

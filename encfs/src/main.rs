@@ -14,6 +14,9 @@ use crate::cli::{Cli, Command};
 use crate::daemon::Ready;
 
 fn main() -> ExitCode {
+    // Before anything holds a key: no core dump of this process (mount daemon, sidecar), and no same-user
+    // process may read its memory or attach to it.
+    let not_dumpable = make_not_dumpable();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Mount(mut args) => match args.resolve_source() {
@@ -21,6 +24,7 @@ fn main() -> ExitCode {
             Ok(()) if !args.foreground && !args.daemon_child => daemon::mount_background(&args),
             Ok(()) => {
                 init_logging();
+                log_dumpable(not_dumpable);
                 let ready = if args.daemon_child { Ready::Pipe } else { Ready::Log };
                 let r = daemon::run_mount(&args, &ready);
                 if let Err(e) = &r {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
         }
         Command::Sidecar(args) => {
             init_logging();
+            log_dumpable(not_dumpable);
             sidecar_main::run_sidecar(&args)
         }
     };
@@ -45,6 +50,26 @@ fn main() -> ExitCode {
             eprintln!("cinfer-encfs: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `prctl(PR_SET_DUMPABLE, 0)`: the kernel writes no core dump of this process and only root may read its
+/// memory (`/proc/PID/mem`) or trace it. True if it took effect.
+fn make_not_dumpable() -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: PR_SET_DUMPABLE takes one integer argument and changes only this process's dumpable flag.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    rc == 0
+}
+
+fn log_dumpable(not_dumpable: bool) {
+    if not_dumpable {
+        tracing::info!("process not dumpable: no core dump, memory readable by root only");
+    } else {
+        tracing::warn!(
+            "could not make the process non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -255,11 +255,17 @@ async fn bring_up(
         derivation: &derivation,
     };
     let t = Instant::now();
-    let released = release::release_with_retry(&ctx, backoff, &status.metrics, &label).await?;
+    // On this thread, to the end: the unwrapped key passes through the attestation client's buffers on the
+    // stack, which are wiped once the key sits in its one heap copy (a task could move between worker threads
+    // at every await).
+    let model_key = tokio::task::block_in_place(|| {
+        let released = rt.block_on(release::release_with_retry(&ctx, backoff, &status.metrics, &label));
+        let key = released
+            .and_then(|r| ModelKey::from_slice(r.expose()).map_err(|e| StepError::fatal(Step::Unwrap, e.to_string())));
+        crate::format::scrub_stack();
+        key
+    })?;
     info!(filesystem = spec.index, kid = %spec.kid, ms = t.elapsed().as_millis() as u64, "key released");
-    let model_key =
-        ModelKey::from_slice(released.expose()).map_err(|e| StepError::fatal(Step::Unwrap, e.to_string()))?;
-    drop(released);
     if matches!(source, AnySource::Http(_) | AnySource::Azure(_)) {
         // Remote: prefetch and cache ciphertext parts within the filesystem's cache budget.
         let budget = spec
@@ -363,7 +369,10 @@ fn mount_legacy<B: BlobSource>(
     })?;
     let cfg = prepare_hidden(spec, &hidden, mount_cfg)?;
     let (session, uuid) = tokio::task::block_in_place(|| {
-        crate::legacy::mount::mount(reader, model_key.expose(), uid, gid, &hidden, &cfg)
+        let mounted = crate::legacy::mount::mount(reader, model_key.expose(), uid, gid, &hidden, &cfg);
+        // The passphrase went through the LUKS2 key derivation on this thread.
+        crate::format::scrub_stack();
+        mounted
     })
     .map_err(|e| StepError::fatal(Step::Index, format!("legacy LUKS2 image: {}", error_chain(&e))))?;
     drop(model_key);

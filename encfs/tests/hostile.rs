@@ -707,3 +707,67 @@ fn an_unpinned_mount_warns_loudly_and_the_sidecar_refuses_a_relative_mount_point
     let ok = json.replace("\"models\"", "\"/mnt/models\"");
     encfs::sidecar::config::SidecarConfig::from_json(ok.as_bytes()).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Item 3: keys out of core dumps and freed when done.
+
+/// How many times `needle` occurs in the readable memory of process `pid` (read through /proc/PID/mem, as root).
+fn occurrences_in_memory(pid: i32, needle: &[u8]) -> usize {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = 0;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        found += buf.windows(needle.len()).filter(|w| *w == needle).count();
+    }
+    found
+}
+
+/// The pid of the background daemon serving `mnt`.
+fn daemon_pid(mnt: &Path) -> i32 {
+    let want = mnt.to_str().unwrap();
+    all_cmdlines()
+        .into_iter()
+        .find(|(_, c)| c.contains("--daemon-child") && c.split(' ').any(|a| a == want))
+        .map(|(p, _)| p)
+        .expect("the daemon")
+}
+
+#[test]
+fn a_ready_daemon_holds_no_copy_of_the_model_key_and_is_not_dumpable() {
+    let (fx, data) = fixture();
+    let guard = fx.mount_image(&fx.image, &["--expect-root", &hex::encode(fx.built.root)]);
+    assert!(std::fs::read(fx.mnt.join("weights.bin")).unwrap() == data);
+    let pid = daemon_pid(&fx.mnt);
+    let copies = occurrences_in_memory(pid, fx.key.expose());
+    eprintln!("raw model key copies in the ready daemon: {copies}");
+    assert_eq!(copies, 0, "the ready daemon still holds the raw model key");
+    assert!(fx.log().contains("process not dumpable"), "{}", fx.log());
+    guard.unmount();
+    // The same for a remote image (another source, a part cache, HTTP).
+    let image = Arc::new(std::fs::read(&fx.image).unwrap());
+    let total = image.len() as u64;
+    let srv = HostileServer::start(move |r| partial(&image, total, r.range));
+    let url = format!("{}/m.img", srv.base);
+    let guard = fx.mount_image(Path::new(&url), &["--expect-root", &hex::encode(fx.built.root)]);
+    assert!(std::fs::read(fx.mnt.join("weights.bin")).unwrap() == data);
+    let copies = occurrences_in_memory(daemon_pid(&fx.mnt), fx.key.expose());
+    assert_eq!(
+        copies, 0,
+        "the ready daemon of a remote image still holds the raw model key"
+    );
+    guard.unmount();
+}

@@ -1385,3 +1385,52 @@ fn an_unpinned_filesystem_is_refused_without_allow_unpinned() {
     sc.sigterm();
     assert!(sc.wait_exit().0);
 }
+
+/// Issue 17, item 3: once ready, the sidecar holds no copy of the raw model key (it derived the image keys and
+/// wiped it), and is not dumpable.
+#[test]
+fn a_ready_sidecar_holds_no_copy_of_the_model_key() {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    assert!(fuse_available(), "this test needs /dev/fuse and root");
+    let dir = tempfile::tempdir().unwrap();
+    let content = common::pattern(1 << 20, 5);
+    let mut tree = TreeBuilder::new();
+    tree.file("model.bin", Content::Bytes(content.clone()));
+    let key = ModelKey::generate();
+    let image = dir.path().join("model.img");
+    let mut f = std::fs::File::create(&image).unwrap();
+    let built = tree.write_image(&mut f, &key, 64 * 1024).unwrap();
+    drop(f);
+    let w = World::with_image(dir, image, &key, hex::encode(built.root), content);
+    let base = w.dir.path().join("keys");
+    std::fs::create_dir(&base).unwrap();
+    let mount_point = base.join("models");
+    let pin = format!("\"cinfer_expect_root\":\"{}\",", w.image_root);
+    let mut sc = start_sidecar(&w, &mount_point, &pin, &HOST_DATA, "keys");
+    sc.wait_ready();
+    let pid = sc.child.as_ref().unwrap().id();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut copies = 0;
+    for line in maps.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(range), Some(perms)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() {
+            copies += buf.windows(32).filter(|w| *w == key.expose()).count();
+        }
+    }
+    eprintln!("raw model key copies in the ready sidecar: {copies}");
+    assert_eq!(copies, 0, "the ready sidecar still holds the raw model key");
+    sc.sigterm();
+    let (ok, log) = sc.wait_exit();
+    assert!(ok, "{log}");
+    assert!(log.contains("process not dumpable"), "{log}");
+}

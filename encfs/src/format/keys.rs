@@ -1,7 +1,7 @@
 //! Key handling: the model key and the per-image keys derived from it with HKDF-SHA256.
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Key, Nonce, Tag};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
@@ -20,30 +20,50 @@ const INDEX_AAD_LABEL: &[u8] = b"cinfer-image-v1 index\0";
 
 /// The 32-byte model key: released after attestation, or read from a key file. Zeroized on drop; its `Debug`
 /// never prints the bytes.
+///
+/// The bytes live in one heap allocation that never moves (moving a `ModelKey` moves a pointer), so the process
+/// holds exactly one copy, which dropping the key wipes. Build it in place with [`Self::new_with`] or
+/// [`Self::from_slice`]; [`Self::new`] takes an array the caller must wipe.
 #[derive(Clone)]
-pub struct ModelKey(Zeroizing<[u8; KEY_LEN]>);
+pub struct ModelKey(Box<Zeroizing<[u8; KEY_LEN]>>);
 
 impl ModelKey {
-    /// Wraps 32 key bytes.
+    /// Wraps 32 key bytes (a copy: wipe `bytes` afterwards).
     pub fn new(bytes: [u8; KEY_LEN]) -> Self {
-        Self(Zeroizing::new(bytes))
+        let mut key = Self::zeroed();
+        key.0.copy_from_slice(&bytes);
+        key
+    }
+
+    /// Builds a key in place: `fill` writes the 32 bytes straight into the key's own memory (a key file read,
+    /// for example), so no other copy is made.
+    pub fn new_with<E>(fill: impl FnOnce(&mut [u8; KEY_LEN]) -> Result<(), E>) -> Result<Self, E> {
+        let mut key = Self::zeroed();
+        fill(&mut key.0)?;
+        Ok(key)
+    }
+
+    fn zeroed() -> Self {
+        Self(Box::new(Zeroizing::new([0u8; KEY_LEN])))
     }
 
     /// Takes a key from a slice, refusing any length other than 32.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, FormatError> {
-        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| FormatError::KeyLength {
-            expected: KEY_LEN,
-            actual: bytes.len(),
-        })?;
-        Ok(Self::new(arr))
+        if bytes.len() != KEY_LEN {
+            return Err(FormatError::KeyLength {
+                expected: KEY_LEN,
+                actual: bytes.len(),
+            });
+        }
+        let mut key = Self::zeroed();
+        key.0.copy_from_slice(bytes);
+        Ok(key)
     }
 
     /// A fresh random key from the operating system's generator.
     pub fn generate() -> Self {
-        let mut k = [0u8; KEY_LEN];
-        rand::fill(&mut k);
-        let key = Self::new(k);
-        k.zeroize();
+        let mut key = Self::zeroed();
+        rand::fill(&mut key.0[..]);
         key
     }
 
@@ -51,6 +71,16 @@ impl ModelKey {
     pub fn expose(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
+}
+
+/// Overwrites the calling thread's stack below the caller's frame (64 KiB) with zeros: key derivation leaves the
+/// model key and derived keys in the dead frames of the hash and cipher code it ran (SHA-256 block buffers, key
+/// expansion). Call it right after deriving keys, from a frame at or above the one that derived them.
+#[inline(never)]
+pub fn scrub_stack() {
+    let mut area = [0u8; 64 << 10];
+    area.zeroize();
+    std::hint::black_box(&area);
 }
 
 impl std::fmt::Debug for ModelKey {
@@ -85,12 +115,16 @@ impl ImageKeys {
         hk.expand(LABEL_CHUNK, &mut chunk[..]).expect("32-byte HKDF output");
         hk.expand(LABEL_INDEX, &mut index[..]).expect("32-byte HKDF output");
         hk.expand(LABEL_CHECK, &mut check).expect("32-byte HKDF output");
-        Self {
+        drop(hk);
+        let keys = Self {
             chunk: ChunkCipher::new(&chunk),
-            index: Aes256GcmSiv::new(&Key::<Aes256GcmSiv>::from(*index)),
+            // INVARIANT: the slice is 32 bytes, AES-256-GCM-SIV's key length.
+            index: Aes256GcmSiv::new_from_slice(&index[..]).expect("a 32-byte key"),
             check,
             image_id: *image_id,
-        }
+        };
+        scrub_stack();
+        keys
     }
 
     /// The key check value to store in a new image's header.
