@@ -100,11 +100,13 @@ pub(crate) struct MountArgs {
     pub(crate) verify: Verify,
     /// Remote sources: time allowed for one range request to deliver its response headers, and for a stalled
     /// body, before the attempt is retried (seconds).
-    #[arg(long, default_value_t = 30.0, value_name = "SECS", help_heading = "Remote")]
+    #[arg(long, default_value_t = 10.0, value_name = "SECS", help_heading = "Remote")]
     pub(crate) request_timeout: f64,
-    /// Remote sources: total time one read may spend retrying (5xx, 429, resets, short bodies, stalls) before it
-    /// fails with EIO (seconds).
-    #[arg(long, default_value_t = 120.0, value_name = "SECS", help_heading = "Remote")]
+    /// Remote sources: the longest a reader waits for EIO while the source fails (5xx, 429, resets, short bodies,
+    /// stalls), retries included (seconds). Reads that start during an outage give up when the outage is this
+    /// old (not this long after they started, so the kernel asking again page by page does not double it); later
+    /// reads make a single attempt, and reads succeed again as soon as the source answers.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", help_heading = "Remote")]
     pub(crate) retry_budget: f64,
     /// Remote sources: memory budget of the daemon, in MiB. Ciphertext parts held and in flight (sequential
     /// reads prefetch into them, random reads fetch only their range) get this minus 48 MiB set aside for FUSE

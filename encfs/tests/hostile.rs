@@ -19,7 +19,7 @@ use bytes::Bytes;
 use common::{Fixture, pattern, wait_for};
 use encfs::source::{BlobError, BlobKey, BlobMeta, BlobSource, ETag, MemSource};
 use encfs::testing::{Content, TreeBuilder};
-use hostile_server::{HostileServer, partial, status};
+use hostile_server::{Answer, HostileServer, partial, status};
 
 const CS: u32 = 64 << 10;
 
@@ -769,5 +769,104 @@ fn a_ready_daemon_holds_no_copy_of_the_model_key_and_is_not_dumpable() {
         copies, 0,
         "the ready daemon of a remote image still holds the raw model key"
     );
+    guard.unmount();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Item 6: waits a reader can live with, recovery without amplification.
+
+#[test]
+fn a_stalled_server_gives_eio_within_the_retry_budget_and_recovery_is_immediate() {
+    let (fx, data) = fixture();
+    let image = Arc::new(std::fs::read(&fx.image).unwrap());
+    let total = image.len() as u64;
+    let img = image.clone();
+    let srv = HostileServer::start(move |r| partial(&img, total, r.range));
+    let url = format!("{}/m.img", srv.base);
+    // The default kernel readahead (2 MiB): a failed readahead READ is followed by the kernel's own page READ.
+    let guard = fx.mount_image(Path::new(&url), &["--retry-budget", "4", "--request-timeout", "1"]);
+    let path = fx.mnt.join("weights.bin");
+    // The server stalls: it takes requests and never answers.
+    srv.set(|_| {
+        std::thread::sleep(Duration::from_secs(60));
+        Answer::Close
+    });
+    let t = Instant::now();
+    let r = read_at_within(&path, 2 << 20, 4096, Duration::from_secs(30)).expect("the read hangs");
+    let took = t.elapsed();
+    eprintln!("stalled server: EIO after {took:?} with --retry-budget 4");
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert!(
+        took < Duration::from_millis(5500),
+        "EIO after {took:?}, more than the 4 s budget"
+    );
+    // While it stays down, a further read makes one attempt (1 s here) rather than spend a budget, and reads
+    // alongside it fail at once.
+    let t = Instant::now();
+    let r = read_at_within(&path, 3 << 20, 4096, Duration::from_secs(30)).expect("the read hangs");
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+    eprintln!("a read during the outage: EIO after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "a read during a known outage took {:?}",
+        t.elapsed()
+    );
+    // It answers again: the next read succeeds at once (within a probe interval).
+    srv.set(move |r| partial(&image, total, r.range));
+    let t = Instant::now();
+    let got = loop {
+        match read_at_within(&path, 3 << 20, 4096, Duration::from_secs(30)).expect("the read hangs") {
+            Ok(b) => break b,
+            Err(e) if t.elapsed() < Duration::from_secs(3) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("still {e} {:?} after the server recovered", t.elapsed()),
+        }
+    };
+    eprintln!("recovered {:?} after the server answered again", t.elapsed());
+    assert!(got[..] == data[3 << 20..(3 << 20) + 4096]);
+    guard.unmount();
+}
+
+#[test]
+fn page_by_page_rereads_fetch_each_chunk_once() {
+    let (fx, data) = fixture();
+    let image = Arc::new(std::fs::read(&fx.image).unwrap());
+    let total = image.len() as u64;
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (img, n) = (image, served.clone());
+    let srv = HostileServer::start(move |r| {
+        if let Some((a, b)) = r.range {
+            n.fetch_add(b.min(total) - a.min(total), Ordering::SeqCst);
+        }
+        partial(&img, total, r.range)
+    });
+    let url = format!("{}/m.img", srv.base);
+    let guard = fx.mount_image(Path::new(&url), &["--read-ahead-kb", "0"]);
+    // What the kernel does after a failed readahead: one 4 KiB READ per page (no readahead: FADV_RANDOM).
+    let f = File::open(fx.mnt.join("weights.bin")).unwrap();
+    {
+        use std::os::fd::AsRawFd as _;
+        #[allow(unsafe_code)]
+        // SAFETY: a valid fd; advice only.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        assert_eq!(rc, 0);
+    }
+    let (before_bytes, before_reqs) = (served.load(Ordering::SeqCst), srv.requests());
+    let span = 1u64 << 20;
+    let mut buf = vec![0u8; 4096];
+    for off in (0..span).step_by(4096) {
+        f.read_exact_at(&mut buf, off).unwrap();
+        assert!(buf[..] == data[off as usize..off as usize + 4096]);
+    }
+    let fetched = served.load(Ordering::SeqCst) - before_bytes;
+    let reqs = srv.requests() - before_reqs;
+    eprintln!("1 MiB read in 4 KiB pages: {reqs} requests, {fetched} bytes fetched");
+    assert!(
+        fetched < 2 * span,
+        "{fetched} bytes fetched for a 1 MiB page-by-page read"
+    );
+    drop(f);
     guard.unmount();
 }

@@ -194,7 +194,16 @@ pub struct CachingSource<B: BlobSource> {
     disks: Mutex<HashMap<BlobKey, Option<Arc<DiskStore>>>>,
     /// Permits for part requests to the source (FIFO, so parts are fetched in the order they were asked for).
     requests: Arc<tokio::sync::Semaphore>,
+    /// The last few random reads fetched ([`RECENT_READS`]).
+    recent: Mutex<std::collections::VecDeque<(BlobKey, Range<u64>, Bytes)>>,
 }
+
+/// Random reads kept after they were fetched, for the reads inside them that follow, and the most bytes they
+/// hold together (counted in [`RESERVED`], not in the part capacity). After a failed readahead the kernel asks
+/// again page by page: each 4 KiB READ needs the whole sealed chunk around it, which was fetched again for every
+/// page (16 times the bytes for 64 KiB chunks) until the last fetch was kept.
+pub const RECENT_READS: usize = 8;
+const RECENT_MAX_BYTES: usize = 4 << 20;
 
 impl<B: BlobSource> std::fmt::Debug for CachingSource<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -227,6 +236,7 @@ impl<B: BlobSource> CachingSource<B> {
             joins: BufPool::new(16),
             disks: Mutex::new(HashMap::new()),
             requests: Arc::new(tokio::sync::Semaphore::new(config.max_requests.max(1))),
+            recent: Mutex::default(),
             config,
         }
     }
@@ -401,6 +411,29 @@ impl<B: BlobSource> CachingSource<B> {
         Some(rx)
     }
 
+    /// `range` from a recent random read that holds all of it.
+    fn recent_hit(&self, key: &BlobKey, range: &Range<u64>) -> Option<Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, r, b) = recent
+            .iter()
+            .find(|(k, r, _)| k == key && r.start <= range.start && range.end <= r.end)?;
+        Metrics::add(&self.metrics.cache_hits, 1);
+        // INVARIANT: range lies inside r, whose bytes b holds.
+        Some(b.slice((range.start - r.start) as usize..(range.end - r.start) as usize))
+    }
+
+    /// Keeps a random read's bytes for the reads inside it that follow (newest first, within the bounds).
+    fn remember(&self, key: &BlobKey, range: Range<u64>, bytes: &Bytes) {
+        if bytes.len() > RECENT_MAX_BYTES / 2 {
+            return;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.push_front((key.clone(), range, bytes.clone()));
+        while recent.len() > RECENT_READS || recent.iter().map(|(_, _, b)| b.len()).sum::<usize>() > RECENT_MAX_BYTES {
+            recent.pop_back();
+        }
+    }
+
     /// `range` from the source, cut per [`CacheConfig::split`].
     async fn fetch_split(
         &self,
@@ -533,7 +566,12 @@ impl<B: BlobSource> CachingSource<B> {
             }
         };
         if direct {
-            return self.read_direct(key, range, blob_len, if_match).await;
+            if let Some(b) = self.recent_hit(key, &range) {
+                return Ok(b);
+            }
+            let got = self.read_direct(key, range.clone(), blob_len, if_match).await?;
+            self.remember(key, range, &got);
+            return Ok(got);
         }
         let mut pieces = Vec::with_capacity(wanted.len());
         for (i, mut rx) in wanted {
@@ -722,6 +760,15 @@ impl<B: BlobSource> BlobSource for CachingSource<B> {
         if range.start >= range.end {
             return false;
         }
+        let mut dropped_recent = false;
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(k, r, _)| {
+                let keep = k != key || r.end <= range.start || range.end <= r.start;
+                dropped_recent |= !keep;
+                keep
+            });
         let ps = self.config.part_size;
         let mut dropped = false;
         {
@@ -737,7 +784,7 @@ impl<B: BlobSource> BlobSource for CachingSource<B> {
         if let Some(d) = self.disk(key) {
             dropped |= d.discard(range);
         }
-        dropped
+        dropped || dropped_recent
     }
 
     async fn read_range(

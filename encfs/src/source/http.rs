@@ -30,6 +30,7 @@ use self::response::{Verdict, etag as etag_of, retry_after, total_len};
 use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
 use crate::metrics::Metrics;
 
+mod health;
 pub mod response;
 
 /// How failed requests are retried.
@@ -49,14 +50,20 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
 }
 
+/// How often a source that has failed for a whole budget is probed (one 1-byte `GET`), so reads succeed again
+/// at most this long after it answers.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
 impl Default for RetryPolicy {
+    /// 10 s for headers or a stalled body, 30 s in all per read (a reader waits at most that long for EIO, also
+    /// when the kernel asks again page by page), backoff from 100 ms to 5 s.
     fn default() -> Self {
         Self {
-            request_timeout: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(30),
-            budget: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
+            budget: Duration::from_secs(30),
             base_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
             max_attempts: 12,
         }
     }
@@ -113,6 +120,13 @@ pub enum HttpSourceError {
         #[source]
         last: Box<Self>,
     },
+    /// The source has not answered for longer than the retry budget: reads fail at once until a probe sees it
+    /// answer again.
+    #[error("the source has not answered for {since:.1?}, more than the retry budget: failing at once until it does")]
+    Outage {
+        /// How long it has been failing.
+        since: Duration,
+    },
     /// The URL or a header could not be used.
     #[error("{0}")]
     Config(String),
@@ -163,6 +177,17 @@ pub struct HttpSource {
     headers: HeaderMap,
     auth: Option<Arc<dyn Authorizer>>,
     metrics: Arc<Metrics>,
+    /// Shared by the clones of this source.
+    health: Arc<health::Health>,
+}
+
+/// Ends a read's single attempt during a spent outage when dropped.
+struct ReadProbe<'a>(&'a health::Health);
+
+impl Drop for ReadProbe<'_> {
+    fn drop(&mut self) {
+        self.0.read_probe_done();
+    }
 }
 
 /// One attempt's outcome.
@@ -192,6 +217,7 @@ impl HttpSource {
             headers: HeaderMap::new(),
             auth: None,
             metrics,
+            health: Arc::default(),
         })
     }
 
@@ -285,11 +311,35 @@ impl HttpSource {
         Fut: Future<Output = (S, Attempt<T>)>,
     {
         let start = Instant::now();
-        let deadline = response::deadline(start, self.policy.budget);
+        let mut deadline = response::deadline(start, self.policy.budget);
+        let mut max_attempts = self.policy.max_attempts;
+        let mut _read_probe = None;
+        if let Some(since) = self.health.failing_since() {
+            // An outage: this read gives up when the outage is a budget old, not a budget after it started.
+            let outage_end = response::deadline(since, self.policy.budget);
+            if outage_end <= start {
+                // Spent: one read at a time makes a single attempt (so a reader sees the source recover at once);
+                // the others fail now. The background probe notices recovery for them.
+                self.probe(key);
+                if !self.health.start_read_probe() {
+                    Metrics::add(&self.metrics.failures, 1);
+                    return Err(BlobError::Backend(HttpSourceError::Outage {
+                        since: start.saturating_duration_since(since),
+                    }));
+                }
+                _read_probe = Some(ReadProbe(&self.health));
+                max_attempts = 1;
+                let one = self.policy.request_timeout.min(self.policy.budget / 2);
+                deadline = response::deadline(start, one);
+            } else {
+                deadline = deadline.min(outage_end);
+            }
+        }
         let mut n = 0u32;
         loop {
             n += 1;
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt_start = Instant::now();
+            let remaining = deadline.saturating_duration_since(attempt_start);
             let outcome = match tokio::time::timeout(remaining, attempt(std::mem::take(state))).await {
                 Ok((st, o)) => {
                     *state = st;
@@ -304,18 +354,26 @@ impl HttpSource {
                 },
             };
             let (err, after) = match outcome {
-                Attempt::Done(v) => return Ok(v),
+                Attempt::Done(v) => {
+                    self.health.answered();
+                    return Ok(v);
+                }
                 Attempt::Fail(e) => {
+                    // A final answer (404, 412, a response that does not fit): the source is up.
+                    self.health.answered();
                     if matches!(e, BlobError::PreconditionFailed) {
                         Metrics::add(&self.metrics.precondition_failures, 1);
                     }
                     Metrics::add(&self.metrics.failures, 1);
                     return Err(e);
                 }
-                Attempt::Retry { err, after } => (err, after),
+                Attempt::Retry { err, after } => {
+                    self.health.failed(attempt_start);
+                    (err, after)
+                }
             };
             let backoff = self.backoff(n, after);
-            if n >= self.policy.max_attempts || response::passes(Instant::now(), backoff, deadline) {
+            if n >= max_attempts || response::passes(Instant::now(), backoff, deadline) {
                 Metrics::add(&self.metrics.failures, 1);
                 warn!(url = %key, attempts = n, elapsed = ?start.elapsed(), "giving up on a read: {}", Chain(&err));
                 return Err(BlobError::Backend(HttpSourceError::GaveUp {
@@ -328,6 +386,35 @@ impl HttpSource {
             debug!(url = %key, attempt = n, ?backoff, "retrying: {}", Chain(&err));
             tokio::time::sleep(backoff).await;
         }
+    }
+
+    /// Starts, unless one runs, a task that sends a 1-byte `GET` of `key` every [`PROBE_INTERVAL`] until the source
+    /// answers, which ends the outage (reads then go out again at once). Needs a Tokio runtime (without one, the
+    /// next read after the outage is a budget old probes by trying).
+    fn probe(&self, key: &BlobKey) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.health.answered();
+            return;
+        };
+        if !self.health.start_probe() {
+            return;
+        }
+        let (src, key) = (self.clone(), key.clone());
+        rt.spawn(async move {
+            // One attempt per interval, each with its own timeout, without waiting for the last: an attempt stuck on
+            // a stalled connection does not delay noticing the source answer on a new one.
+            while src.health.failing_since().is_some() {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                let (src, key) = (src.clone(), key.clone());
+                tokio::spawn(async move {
+                    if !matches!(src.stat_attempt(&key).await, Attempt::Retry { .. }) {
+                        src.health.answered();
+                    }
+                });
+            }
+            src.health.probe_done();
+            debug!(url = %key, "the source answers again");
+        });
     }
 
     /// Backoff before attempt `n + 1`: full jitter over `base * 2^(n-1)` capped, at least `Retry-After`.
