@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::config::{DeployConfig, Resource};
 use crate::policy::SecurityPolicy;
-use crate::sidecar::args_for;
+use crate::sidecar::{args_for, encfs_command};
 
 /// The ARM API version of `Microsoft.ContainerInstance/containerGroups` used (confidential SKU, init containers,
 /// security contexts).
@@ -81,7 +81,7 @@ pub fn template(config: &DeployConfig) -> Value {
                     "name": "encfs",
                     "properties": {
                         "image": config.images.encfs,
-                        "command": config.expand(&config.commands.encfs),
+                        "command": encfs_command(config),
                         "environmentVariables": [
                             { "name": sidecar_args::ENV_VAR, "value": args_for(config).to_base64() },
                         ],

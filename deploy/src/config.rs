@@ -143,6 +143,10 @@ pub struct Model {
     /// Memory budget in MiB of the sidecar's cache of image parts (its default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_mb: Option<u64>,
+    /// Mount an image that neither `expect_root` nor `signer_key` pins (the sidecar refuses one otherwise; this
+    /// renders its `--allow-unpinned`). Any image sealed with the key would then be served.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unpinned: bool,
 }
 
 fn yes() -> bool {
@@ -586,6 +590,13 @@ impl DeployConfig {
             && (pem.trim().is_empty() || (is_pem(pem) && !pem.contains("PUBLIC KEY-----")))
         {
             return bad("model.signer_key must be a PEM public key (or a file holding one)".to_owned());
+        }
+        if self.model.expect_root.is_none() && self.model.signer_key.is_none() && !self.model.allow_unpinned {
+            return bad(
+                "model: neither expect_root nor signer_key is set, and the sidecar refuses an unpinned image: set \
+                 expect_root (the root `cinfer-mkimage build` prints) or signer_key, or allow_unpinned = true"
+                    .to_owned(),
+            );
         }
         if self.model.cache_mb == Some(0) {
             return bad("model.cache_mb must be at least 1".to_owned());

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::aci::{VOLUME, init_command, volume_path};
 use crate::config::{DeployConfig, Resource};
 use crate::policy::SecurityPolicy;
-use crate::sidecar::args_for;
+use crate::sidecar::{args_for, encfs_command};
 
 /// The pod annotation that carries the Kata agent policy (its SHA-256 is the hostdata).
 pub const POLICY_ANNOTATION: &str = "io.katacontainers.config.agent.policy";
@@ -82,7 +82,7 @@ pub fn deployment(config: &DeployConfig, policy: Option<&SecurityPolicy>) -> Val
                         {
                             "name": "encfs",
                             "image": config.images.encfs,
-                            "command": config.expand(&config.commands.encfs),
+                            "command": encfs_command(config),
                             "env": [{ "name": sidecar_args::ENV_VAR, "value": args_for(config).to_base64() }],
                             "volumeMounts": [{ "name": VOLUME, "mountPath": volume, "mountPropagation": "Bidirectional" }],
                             "resources": resources(&config.resources.encfs),

@@ -9,6 +9,15 @@ use sidecar_args::{Akv, Authority, AzureFilesystem, AzureInfo, Identity, KeyBlob
 
 use crate::config::DeployConfig;
 
+/// The sidecar's command: the configured one, plus `--allow-unpinned` when the config allows an unpinned image.
+pub fn encfs_command(config: &DeployConfig) -> Vec<String> {
+    let mut command = config.expand(&config.commands.encfs);
+    if config.model.allow_unpinned {
+        command.push("--allow-unpinned".to_owned());
+    }
+    command
+}
+
 /// The sidecar arguments for the config's model: one filesystem, every setting from the config.
 pub fn args_for(config: &DeployConfig) -> EncfsSideCarArgs {
     let model = &config.model;

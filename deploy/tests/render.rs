@@ -320,6 +320,22 @@ fn config_rejects_unknown_keys_wrong_version_and_bad_values() {
             .unwrap()
             .starts_with("-----BEGIN PUBLIC KEY-----")
     );
+    // An unpinned model is refused (the sidecar would refuse it), unless explicitly allowed: then the sidecar is
+    // told so on its (measured) command line.
+    let unpinned = base
+        .lines()
+        .filter(|l| !l.starts_with("expect_root") && !l.starts_with("signer_key"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        matches!(load_str("c.toml", &unpinned), Err(deploy::ConfigError::Invalid(m)) if m.contains("allow_unpinned"))
+    );
+    let allowed = unpinned.replace("url_private = true", "url_private = true\nallow_unpinned = true");
+    let allowed = load_str("c.toml", &allowed).unwrap();
+    let template: Value =
+        serde_json::from_str(render_aci(&allowed, None, None).file("template.json").unwrap()).unwrap();
+    let encfs = &template["resources"][0]["properties"]["containers"][1]["properties"]["command"];
+    assert_eq!(encfs.as_array().unwrap().last().unwrap(), "--allow-unpinned", "{encfs}");
     let v2 = base.replace("version = 1", "version = 2");
     assert!(matches!(load_str("c.toml", &v2), Err(deploy::ConfigError::Invalid(m)) if m.contains("version 2")));
     let url = base.replace("authority = \"sharedeus2", "authority = \"https://sharedeus2");
