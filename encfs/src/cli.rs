@@ -103,9 +103,10 @@ pub(crate) struct MountArgs {
     #[arg(long, default_value_t = 10.0, value_name = "SECS", help_heading = "Remote")]
     pub(crate) request_timeout: f64,
     /// Remote sources: the longest a reader waits for EIO while the source fails (5xx, 429, resets, short bodies,
-    /// stalls), retries included (seconds). Reads that start during an outage give up when the outage is this
-    /// old (not this long after they started, so the kernel asking again page by page does not double it); later
-    /// reads make a single attempt, and reads succeed again as soon as the source answers.
+    /// stalls), retries included (seconds, give or take half a second). Reads that start during an outage give up
+    /// when the outage is this old (not this long after they started, so the kernel asking again page by page
+    /// does not double it); later reads wait at most 0.5 s for a probe, and succeed again as soon as the source
+    /// answers.
     #[arg(long, default_value_t = 30.0, value_name = "SECS", help_heading = "Remote")]
     pub(crate) retry_budget: f64,
     /// Remote sources: memory budget of the daemon, in MiB. Ciphertext parts held and in flight (sequential

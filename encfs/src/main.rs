@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     // Before anything holds a key: no core dump of this process (mount daemon, sidecar), and no same-user
     // process may read its memory or attach to it.
     let not_dumpable = make_not_dumpable();
+    bound_large_allocations();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Mount(mut args) => match args.resolve_source() {
@@ -60,6 +61,23 @@ fn make_not_dumpable() -> bool {
     // SAFETY: PR_SET_DUMPABLE takes one integer argument and changes only this process's dumpable flag.
     let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     rc == 0
+}
+
+/// Serves allocations of 8 MiB and more with their own mapping, always (glibc's `M_MMAP_THRESHOLD`, which
+/// otherwise rises to the size of any large block freed, up to 32 MiB).
+///
+/// fuser gives each FUSE request thread a 16 MiB receive buffer, zero-filled. Mapped on its own, only the pages the
+/// kernel writes requests into become resident (a few KiB); once the threshold had risen past it (after a 4 MiB part
+/// buffer was freed, say), the buffer came from a malloc arena, whose zero-fill made all 16 MiB resident. A sidecar
+/// with 40 filesystems of 8 threads each held 2.1 GiB that way. Blocks below 8 MiB (reads, part buffers) still
+/// come from the arenas, as fast as before.
+fn bound_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        #[allow(unsafe_code)]
+        // SAFETY: mallopt only changes the allocator's tuning; it is called before any other thread exists.
+        let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20) };
+    }
 }
 
 fn log_dumpable(not_dumpable: bool) {

@@ -50,8 +50,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
 }
 
-/// How often a source that has failed for a whole budget is probed (one 1-byte `GET`), so reads succeed again
-/// at most this long after it answers.
+/// How often a source that has failed for a whole budget is probed (one 1-byte `GET`), and the longest a read
+/// then waits for a probe to see it answer before it fails.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Default for RetryPolicy {
@@ -181,15 +181,6 @@ pub struct HttpSource {
     health: Arc<health::Health>,
 }
 
-/// Ends a read's single attempt during a spent outage when dropped.
-struct ReadProbe<'a>(&'a health::Health);
-
-impl Drop for ReadProbe<'_> {
-    fn drop(&mut self) {
-        self.0.read_probe_done();
-    }
-}
-
 /// One attempt's outcome.
 enum Attempt<T> {
     Done(T),
@@ -312,25 +303,26 @@ impl HttpSource {
     {
         let start = Instant::now();
         let mut deadline = response::deadline(start, self.policy.budget);
-        let mut max_attempts = self.policy.max_attempts;
-        let mut _read_probe = None;
         if let Some(since) = self.health.failing_since() {
             // An outage: this read gives up when the outage is a budget old, not a budget after it started.
             let outage_end = response::deadline(since, self.policy.budget);
             if outage_end <= start {
-                // Spent: one read at a time makes a single attempt (so a reader sees the source recover at once);
-                // the others fail now. The background probe notices recovery for them.
+                // Spent: no read spends a budget (nor an attempt) on it any more. This one waits at most
+                // PROBE_INTERVAL for the probe to see the source answer (the first probe request goes out now),
+                // then reads normally, or fails.
+                let recovered = self.health.recovered();
+                tokio::pin!(recovered);
+                recovered.as_mut().enable();
                 self.probe(key);
-                if !self.health.start_read_probe() {
+                if self.health.failing_since().is_some() {
+                    let _ = tokio::time::timeout(PROBE_INTERVAL, recovered).await;
+                }
+                if let Some(since) = self.health.failing_since() {
                     Metrics::add(&self.metrics.failures, 1);
                     return Err(BlobError::Backend(HttpSourceError::Outage {
-                        since: start.saturating_duration_since(since),
+                        since: Instant::now().saturating_duration_since(since),
                     }));
                 }
-                _read_probe = Some(ReadProbe(&self.health));
-                max_attempts = 1;
-                let one = self.policy.request_timeout.min(self.policy.budget / 2);
-                deadline = response::deadline(start, one);
             } else {
                 deadline = deadline.min(outage_end);
             }
@@ -373,7 +365,7 @@ impl HttpSource {
                 }
             };
             let backoff = self.backoff(n, after);
-            if n >= max_attempts || response::passes(Instant::now(), backoff, deadline) {
+            if n >= self.policy.max_attempts || response::passes(Instant::now(), backoff, deadline) {
                 Metrics::add(&self.metrics.failures, 1);
                 warn!(url = %key, attempts = n, elapsed = ?start.elapsed(), "giving up on a read: {}", Chain(&err));
                 return Err(BlobError::Backend(HttpSourceError::GaveUp {
@@ -388,29 +380,37 @@ impl HttpSource {
         }
     }
 
-    /// Starts, unless one runs, a task that sends a 1-byte `GET` of `key` every [`PROBE_INTERVAL`] until the source
-    /// answers, which ends the outage (reads then go out again at once). Needs a Tokio runtime (without one, the
-    /// next read after the outage is a budget old probes by trying).
+    /// Probes the source during a spent outage: a 1-byte `GET` of `key` now (unless one went out in the last
+    /// 50 ms), and, unless one runs, a task that sends one every [`PROBE_INTERVAL`] until the source answers, which
+    /// ends the outage. Each request has its own timeout and none waits for the last, so one stuck on a stalled
+    /// connection does not delay noticing the source answer on a new one. Needs a Tokio runtime (without one the
+    /// outage is forgotten, and the next read tries normally).
     fn probe(&self, key: &BlobKey) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             self.health.answered();
             return;
         };
+        let attempt = |src: Self, key: BlobKey| async move {
+            if !matches!(src.stat_attempt(&key).await, Attempt::Retry { .. }) {
+                src.health.answered();
+            }
+        };
+        if self.health.probe_due(Duration::from_millis(50)) {
+            rt.spawn(attempt(self.clone(), key.clone()));
+        }
         if !self.health.start_probe() {
             return;
         }
         let (src, key) = (self.clone(), key.clone());
         rt.spawn(async move {
-            // One attempt per interval, each with its own timeout, without waiting for the last: an attempt stuck on
-            // a stalled connection does not delay noticing the source answer on a new one.
-            while src.health.failing_since().is_some() {
+            loop {
                 tokio::time::sleep(PROBE_INTERVAL).await;
-                let (src, key) = (src.clone(), key.clone());
-                tokio::spawn(async move {
-                    if !matches!(src.stat_attempt(&key).await, Attempt::Retry { .. }) {
-                        src.health.answered();
-                    }
-                });
+                if src.health.failing_since().is_none() {
+                    break;
+                }
+                if src.health.probe_due(PROBE_INTERVAL / 2) {
+                    tokio::spawn(attempt(src.clone(), key.clone()));
+                }
             }
             src.health.probe_done();
             debug!(url = %key, "the source answers again");

@@ -2,9 +2,9 @@
 //!
 //! Without it each read spends the whole retry budget on a source that is down, and the kernel, whose readahead
 //! READ failed, asks again page by page: a reader waited twice the budget for its EIO, and a third time for the
-//! next read. With it, reads that start during an outage give up when the outage is a budget old; after that one
-//! read at a time makes a single attempt (the others fail at once), and a background probe notices within
-//! half a second when the source answers again.
+//! next read. With it, reads that start during an outage give up when the outage is a budget old; after that a
+//! read waits at most half a second for a probe (one 1-byte request, started at once and every half second) to
+//! see the source answer, and goes on if it does, fails if not.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,14 +15,25 @@ use std::time::Instant;
 pub(crate) struct Health {
     failing_since: Mutex<Option<Instant>>,
     probing: AtomicBool,
-    /// A read is making the one attempt allowed during a spent outage.
-    read_probing: AtomicBool,
+    /// Wakes the reads waiting for the outage to end.
+    recovered: tokio::sync::Notify,
+    /// When the last probe request went out.
+    last_probe: Mutex<Option<Instant>>,
 }
 
 impl Health {
     /// The source answered (any HTTP response): the outage, if any, is over.
     pub(crate) fn answered(&self) {
-        *self.failing_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let was = self.failing_since.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if was.is_some() {
+            self.recovered.notify_waiters();
+        }
+    }
+
+    /// Resolves when an outage ends (enable it before looking at [`Self::failing_since`], so an end in between is
+    /// not missed).
+    pub(crate) fn recovered(&self) -> tokio::sync::futures::Notified<'_> {
+        self.recovered.notified()
     }
 
     /// An attempt started at `at` got no usable answer (transport error, timeout, 5xx, short body).
@@ -43,20 +54,20 @@ impl Health {
         !self.probing.swap(true, Ordering::AcqRel)
     }
 
+    /// True if a probe request may go out now: none went out in the last `gap` (the caller sends it).
+    pub(crate) fn probe_due(&self, gap: std::time::Duration) -> bool {
+        let mut last = self.last_probe.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.saturating_duration_since(t) < gap) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     /// The probe has ended.
     pub(crate) fn probe_done(&self) {
         self.probing.store(false, Ordering::Release);
-    }
-
-    /// True if the calling read may make one attempt during a spent outage (no other read is making one); it
-    /// calls [`Self::read_probe_done`] after.
-    pub(crate) fn start_read_probe(&self) -> bool {
-        !self.read_probing.swap(true, Ordering::AcqRel)
-    }
-
-    /// The read's attempt has ended.
-    pub(crate) fn read_probe_done(&self) {
-        self.read_probing.store(false, Ordering::Release);
     }
 }
 
