@@ -428,7 +428,7 @@ fn unmount_path(mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
             _ => return Err(err).with_context(|| format!("unmounting {shown}")),
         }
     }
-    let mut cmd = Command::new(std::env::var_os("FUSERMOUNT_PATH").unwrap_or_else(|| "fusermount3".into()));
+    let mut cmd = Command::new(fuse::FUSERMOUNT);
     cmd.arg("-u");
     if lazy {
         cmd.arg("-z");

@@ -624,6 +624,11 @@ pub fn mount_filesystem<F: fuser::Filesystem + Send + 'static>(
     Ok(session)
 }
 
+/// The `fusermount3` program, found on the image's `PATH`. Never taken from `FUSERMOUNT_PATH`: a host able to add
+/// environment to the container must not choose which program the (root) daemon runs; `main` also removes that
+/// variable for `fuser`, which reads it.
+pub const FUSERMOUNT: &str = "fusermount3";
+
 /// Detaches the mount at `path` lazily (`umount2(MNT_DETACH)`; as non-root, or on `EPERM`, `fusermount3 -u -z`).
 pub fn detach(path: &Path) -> io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
@@ -637,7 +642,7 @@ pub fn detach(path: &Path) -> io::Result<()> {
     if err.raw_os_error() != Some(libc::EPERM) {
         return Err(err);
     }
-    let out = std::process::Command::new(std::env::var_os("FUSERMOUNT_PATH").unwrap_or_else(|| "fusermount3".into()))
+    let out = std::process::Command::new(FUSERMOUNT)
         .args(["-u", "-z", "--"])
         .arg(path)
         .output()?;

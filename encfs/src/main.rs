@@ -14,6 +14,13 @@ use crate::cli::{Cli, Command};
 use crate::daemon::Ready;
 
 fn main() -> ExitCode {
+    // `fuser` runs the program `FUSERMOUNT_PATH` names to mount and unmount: a setting the measured command line
+    // does not carry, so it is dropped before any thread exists (see `encfs::fuse::FUSERMOUNT`).
+    #[allow(unsafe_code)]
+    // SAFETY: first statement of `main`: no other thread exists yet that could read the environment.
+    unsafe {
+        std::env::remove_var("FUSERMOUNT_PATH");
+    }
     // Before anything holds a key: no core dump of this process (mount daemon, sidecar), and no same-user
     // process may read its memory or attach to it.
     let not_dumpable = make_not_dumpable();

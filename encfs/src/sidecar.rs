@@ -115,7 +115,7 @@ fn clean_stale(dir: &Path) {
     };
     if stale {
         warn!(dir = %dir.display(), "detaching a stale mount from a previous run");
-        let _ = std::process::Command::new(std::env::var_os("FUSERMOUNT_PATH").unwrap_or_else(|| "fusermount3".into()))
+        let _ = std::process::Command::new(crate::fuse::FUSERMOUNT)
             .args(["-u", "-z", "--"])
             .arg(dir)
             .output();
