@@ -242,7 +242,7 @@ fn load_identity(state_dir: Option<&PathBuf>) -> Result<SigningIdentity, Service
         let context = format!("{what} {}", p.display());
         move |source| ServiceError::Io { context, source }
     };
-    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    crate::store::private_dir(dir).map_err(io("creating", dir))?;
     let path = dir.join("signing-key.pem");
     let cert_path = dir.join("signing-cert.der");
     match std::fs::read_to_string(&path) {
