@@ -13,6 +13,27 @@ use super::{FormatError, HEADER_LEN, Header, IMAGE_ID_LEN, TAG_LEN};
 /// Length of the model key.
 pub const KEY_LEN: usize = 32;
 
+/// Keeps the pages holding `len` bytes at `ptr` out of core dumps (`MADV_DONTDUMP`) and, where the memory-lock
+/// limit allows, out of swap (`mlock`). Best effort: failures leave the key usable (the daemons are non-dumpable
+/// as well). Other small allocations sharing those pages are excluded with it, which costs nothing.
+fn exclude_from_dumps(ptr: *const u8, len: usize) {
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .unwrap_or(4096)
+        .max(1);
+    let start = (ptr as usize) & !(page - 1);
+    let end = (ptr as usize).saturating_add(len).div_ceil(page) * page;
+    let span = end - start;
+    #[allow(unsafe_code)]
+    // SAFETY: [start, start + span) covers pages of a live heap allocation; madvise(MADV_DONTDUMP) and mlock only
+    // change how the kernel treats those pages, never their contents or mapping.
+    unsafe {
+        let _ = libc::madvise(start as *mut libc::c_void, span, libc::MADV_DONTDUMP);
+        let _ = libc::mlock(start as *const libc::c_void, span);
+    }
+}
+
 const LABEL_CHUNK: &[u8] = b"cinfer-image-v1 chunk key";
 const LABEL_INDEX: &[u8] = b"cinfer-image-v1 index key";
 const LABEL_CHECK: &[u8] = b"cinfer-image-v1 key check";
@@ -44,7 +65,9 @@ impl ModelKey {
     }
 
     fn zeroed() -> Self {
-        Self(Box::new(Zeroizing::new([0u8; KEY_LEN])))
+        let key = Self(Box::new(Zeroizing::new([0u8; KEY_LEN])));
+        exclude_from_dumps(key.0.as_ptr(), KEY_LEN);
+        key
     }
 
     /// Takes a key from a slice, refusing any length other than 32.
@@ -187,4 +210,36 @@ fn index_aad(header: &[u8; HEADER_LEN]) -> Vec<u8> {
     aad.extend_from_slice(INDEX_AAD_LABEL);
     aad.extend_from_slice(header);
     aad
+}
+
+#[cfg(test)]
+mod dump_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::ModelKey;
+
+    /// The page holding a model key is marked "do not dump" (VmFlags `dd` in /proc/self/smaps).
+    #[test]
+    fn model_key_pages_are_excluded_from_core_dumps() {
+        let key = ModelKey::new([7u8; 32]);
+        let addr = key.expose().as_ptr() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let mut flags = None;
+        for line in smaps.lines() {
+            let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+            if let Some((a, b)) = range
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                inside = (a..b).contains(&addr);
+            } else if inside && let Some(f) = line.strip_prefix("VmFlags:") {
+                flags = Some(f.to_owned());
+            }
+        }
+        let flags = flags.unwrap();
+        assert!(
+            flags.split_whitespace().any(|f| f == "dd"),
+            "VmFlags of the key's page: {flags:?}"
+        );
+    }
 }
