@@ -505,8 +505,8 @@ impl DeployConfig {
         };
         config.validate()?;
         let mut config = config;
+        // Checks that the file holds a PEM public key, as `validate` does for an inline one.
         config.resolve_signer_key(path.parent().unwrap_or(Path::new(".")))?;
-        config.validate()?;
         Ok(config)
     }
 

@@ -355,30 +355,6 @@ async fn answer_freshness(
     used: u32,
 ) -> std::io::Result<bool> {
     let (head, end) = fresh::read_message(tls, buf).await?;
-    let permit = match (&state.source, fresh::parse_nonce(&buf[head..end])) {
-        (IdentitySource::Attested(_), Some(_)) => match state.limiter.acquire(used) {
-            Ok(p) => Some(p),
-            Err(Refusal::Busy { retry_after }) => {
-                tracing::debug!("fresh token refused: busy");
-                tls.write_all(&too_many(retry_after, "fresh tokens are rate-limited: retry later"))
-                    .await?;
-                tls.flush().await?;
-                buf.drain(..end);
-                return Ok(true);
-            }
-            Err(Refusal::Connection) => {
-                let why = format!(
-                    "at most {} fresh tokens per connection: open a new connection",
-                    state.limiter.limits().per_connection
-                );
-                tls.write_all(&too_many(0, &why)).await?;
-                tls.flush().await?;
-                let _ = tls.shutdown().await;
-                return Ok(false);
-            }
-        },
-        _ => None,
-    };
     let reply = match (&state.source, fresh::parse_nonce(&buf[head..end])) {
         (IdentitySource::Fixed(_), _) => {
             fresh::response(501, "Not Implemented", br#"{"error":"freshness needs an attester"}"#)
@@ -389,6 +365,28 @@ async fn answer_freshness(
             br#"{"error":"body must be {\"nonce\": 64 hex digits}"}"#,
         ),
         (IdentitySource::Attested(issuer), Some(nonce)) => {
+            // Held while the token is made: it bounds the reports and attestation round trips in flight.
+            let _permit = match state.limiter.acquire(used) {
+                Ok(p) => p,
+                Err(Refusal::Busy { retry_after }) => {
+                    tracing::debug!("fresh token refused: busy");
+                    tls.write_all(&too_many(retry_after, "fresh tokens are rate-limited: retry later"))
+                        .await?;
+                    tls.flush().await?;
+                    buf.drain(..end);
+                    return Ok(true);
+                }
+                Err(Refusal::Connection) => {
+                    let why = format!(
+                        "at most {} fresh tokens per connection: open a new connection",
+                        state.limiter.limits().per_connection
+                    );
+                    tls.write_all(&too_many(0, &why)).await?;
+                    tls.flush().await?;
+                    let _ = tls.shutdown().await;
+                    return Ok(false);
+                }
+            };
             let ekm = fresh::exporter(tls.get_ref().1, &nonce).map_err(std::io::Error::other)?;
             let data = served
                 .identity
@@ -409,7 +407,6 @@ async fn answer_freshness(
             }
         }
     };
-    drop(permit);
     tls.write_all(&reply).await?;
     tls.flush().await?;
     buf.drain(..end);

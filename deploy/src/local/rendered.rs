@@ -193,16 +193,14 @@ pub fn localize(c: &RenderedContainer, a: &Addresses, platform: &Platform) -> Re
         // `--flag=value`, or `--flag value` for the flags we substitute.
         let (flag, value, joined) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned()), true),
-            _ if arg.starts_with("--") && local_value(arg, "", a).is_some() => {
-                (arg.clone(), iter.next().cloned(), false)
-            }
+            _ if arg.starts_with("--") && local_value(arg, a).is_some() => (arg.clone(), iter.next().cloned(), false),
             _ => (arg.clone(), None, true),
         };
         let Some(value) = value else {
             args.push(flag);
             continue;
         };
-        let new = match local_value(&flag, &value, a) {
+        let new = match local_value(&flag, a) {
             Some(local) if local != value => {
                 substituted.push(Substitution {
                     what: flag.clone(),
@@ -276,7 +274,7 @@ pub fn localize(c: &RenderedContainer, a: &Addresses, platform: &Platform) -> Re
 }
 
 /// The local value of an address flag, or None when `flag` is not one.
-fn local_value(flag: &str, rendered: &str, a: &Addresses) -> Option<String> {
+fn local_value(flag: &str, a: &Addresses) -> Option<String> {
     Some(match flag {
         "--model-repository" => a.mount_point.display().to_string(),
         "--http-port" => a.model_server_port.to_string(),
@@ -284,10 +282,7 @@ fn local_value(flag: &str, rendered: &str, a: &Addresses) -> Option<String> {
         "--health" => format!("127.0.0.1:{}", a.health_port),
         "--upstream" => format!("127.0.0.1:{}", a.model_server_port),
         "--attestation-url" => a.authority_url.clone(),
-        _ => {
-            let _ = rendered;
-            return None;
-        }
+        _ => return None,
     })
 }
 
