@@ -1,29 +1,12 @@
 //! Where rules are read from and written to: the real `iptables-save`/`iptables-restore` pair, or a recorder.
 
-use std::fmt;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use thiserror::Error;
 
-/// An IP address family; each has its own rule set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// IPv4 (`iptables`).
-    Ipv4,
-    /// IPv6 (`ip6tables`).
-    Ipv6,
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Ipv4 => "ipv4",
-            Self::Ipv6 => "ipv6",
-        })
-    }
-}
+use crate::chains::Family;
 
 /// A failure to read or write rules.
 #[derive(Debug, Error)]
@@ -138,20 +121,6 @@ pub struct Recording {
     pub saved: String,
     /// Every `restore` call, in order.
     pub restored: Mutex<Vec<(Family, String)>>,
-}
-
-impl crate::nft::NftRunner for Recording {
-    fn list_tables(&self) -> Result<String, BackendError> {
-        Ok(self.saved.clone())
-    }
-
-    fn run_script(&self, script: &str) -> Result<(), BackendError> {
-        self.restored
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((Family::Ipv4, script.to_owned()));
-        Ok(())
-    }
 }
 
 impl Backend for Recording {

@@ -17,13 +17,15 @@
 //! the same rules as applying once.
 
 pub mod backend;
+pub mod chains;
 pub mod nft;
 pub mod plan;
 pub mod state;
 
-pub use backend::{Backend, BackendError, Family, Flavor, IptablesRestore, Recording};
+pub use backend::{Backend, BackendError, Flavor, IptablesRestore, Recording};
+pub use chains::{Family, INBOUND_CHAIN, OUTBOUND_CHAIN};
 pub use nft::{Nft, NftFamily, NftRunner};
-pub use plan::{INBOUND_CHAIN, InboundRedirect, OUTBOUND_CHAIN, OutboundRestriction, PlanError, RulePlan};
+pub use plan::{InboundRedirect, OutboundRestriction, PlanError, RulePlan};
 pub use state::{OurRules, parse_save};
 
 use thiserror::Error;

@@ -8,7 +8,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::backend::{BackendError, run};
+use crate::backend::{BackendError, Recording, run};
+use crate::chains::Family;
 use crate::plan::RulePlan;
 
 /// Our table's name (in family `inet` or `ip`).
@@ -52,6 +53,22 @@ impl NftRunner for Nft {
 
     fn run_script(&self, script: &str) -> Result<(), BackendError> {
         run("nft", &["-f", "-"], Some(script)).map(drop)
+    }
+}
+
+/// Records scripts as [`Backend::restore`](crate::Backend::restore) does (under [`Family::Ipv4`]), and lists
+/// the saved text as the tables.
+impl NftRunner for Recording {
+    fn list_tables(&self) -> Result<String, BackendError> {
+        Ok(self.saved.clone())
+    }
+
+    fn run_script(&self, script: &str) -> Result<(), BackendError> {
+        self.restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((Family::Ipv4, script.to_owned()));
+        Ok(())
     }
 }
 

@@ -9,15 +9,8 @@ use std::fmt::Write as _;
 
 use thiserror::Error;
 
-use crate::backend::Family;
+use crate::chains::{Family, INBOUND_CHAIN, OUTBOUND_CHAIN, UDP_CHAIN};
 use crate::state::{OurRules, TableRules};
-
-/// Our chain in the `nat` table; `PREROUTING` jumps to it.
-pub const INBOUND_CHAIN: &str = "CINFER_INBOUND";
-/// Our chain in the `filter` table; `OUTPUT` jumps to it.
-pub const OUTBOUND_CHAIN: &str = "CINFER_OUTBOUND";
-/// Our chain in the `filter` table for inbound UDP; `INPUT` jumps to it for UDP.
-pub const UDP_CHAIN: &str = "CINFER_INBOUND_UDP";
 
 /// Everything `cinfer-init apply` installs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! Only two things matter: whether our chain exists in its table, and which rules of other chains jump into it
 //! (kept verbatim, so that `clean` can delete exactly those rules with `-D`).
 
-use crate::plan::{INBOUND_CHAIN, OUTBOUND_CHAIN, UDP_CHAIN};
+use crate::chains::{INBOUND_CHAIN, OUTBOUND_CHAIN, UDP_CHAIN};
 
 /// Our rules in one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
