@@ -27,6 +27,7 @@ pub fn args_for(config: &DeployConfig) -> EncfsSideCarArgs {
             identity: config.identity.as_ref().map(|i| Identity {
                 client_id: i.client_id.clone(),
             }),
+            cinfer_workload_identity: false,
         },
         azure_filesystems: vec![AzureFilesystem {
             azure_url: model.image_url.clone(),

@@ -58,9 +58,19 @@ pub struct AzureInfo {
     /// The seed's certificate cache (THIM/AMD endpoint). Accepted; cinfer's evidence carries its own chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certcache: Option<CertCache>,
-    /// The user-assigned managed identity for IMDS tokens.
+    /// The user-assigned managed identity for IMDS tokens. With [`Self::cinfer_workload_identity`], the client id
+    /// the webhook injects (`AZURE_CLIENT_ID`) must equal this one when it is given (so the measured arguments pin
+    /// the identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// cinfer: get Entra ID tokens (the vault's, unless `key.akv.bearer_token` is given, and those of
+    /// `azure_url_private` blobs) through Azure Workload Identity instead of IMDS: the federated service-account
+    /// token in `AZURE_FEDERATED_TOKEN_FILE` is exchanged at `AZURE_AUTHORITY_HOST` for tenant `AZURE_TENANT_ID`
+    /// and client `AZURE_CLIENT_ID` (the four variables the AKS webhook injects into a pod labelled
+    /// `azure.workload.identity/use: "true"`). When true the sidecar refuses to start without them, naming the
+    /// missing one; it never falls back to IMDS. Omitted when false, so arguments without it serialise as before.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cinfer_workload_identity: bool,
 }
 
 /// `azure_info.certcache` (seed only).
@@ -356,6 +366,7 @@ mod tests {
             azure_info: AzureInfo {
                 certcache: None,
                 identity: Some(Identity { client_id: "id".into() }),
+                cinfer_workload_identity: true,
             },
             azure_filesystems: vec![AzureFilesystem {
                 azure_url: "https://h/c/b".into(),
@@ -391,6 +402,9 @@ mod tests {
         assert_eq!(EncfsSideCarArgs::from_env_value(&b64).unwrap(), a);
         assert_eq!(EncfsSideCarArgs::from_env_value(&a.to_json()).unwrap(), a);
         assert!(a.to_json().contains(r#""cinfer_verify":"full""#));
+        assert!(a.to_json().contains(r#""cinfer_workload_identity":true"#));
+        // False is omitted: arguments rendered before the field existed serialise (and measure) as before.
+        assert!(!EncfsSideCarArgs::default().to_json().contains("workload"));
         assert!(EncfsSideCarArgs::from_env_value("not base64!").is_err());
         let bad = EncfsSideCarArgs::from_json(br#"{"azure_filesystems":[{},{"cinfer_verify":"some"}]}"#);
         let e = bad.unwrap_err().to_string();

@@ -117,6 +117,8 @@ pub struct SidecarConfig {
     pub filesystems: Vec<FilesystemSpec>,
     /// User-assigned managed identity client id (`azure_info.identity.client_id`).
     pub identity_client_id: Option<String>,
+    /// Entra ID tokens through Workload Identity instead of IMDS (`azure_info.cinfer_workload_identity`).
+    pub workload_identity: bool,
     /// Warnings (unknown fields, ignored seed fields).
     pub warnings: Vec<String>,
 }
@@ -135,6 +137,7 @@ impl SidecarConfig {
     /// Validates the arguments (unknown fields were already refused by the contract type).
     pub fn from_args(args: EncfsSideCarArgs) -> Result<Self, ConfigError> {
         let mut warnings = Vec::new();
+        let workload_identity = args.azure_info.cinfer_workload_identity;
         let identity_client_id = args
             .azure_info
             .identity
@@ -245,6 +248,7 @@ impl SidecarConfig {
         Ok(Self {
             filesystems,
             identity_client_id,
+            workload_identity,
             warnings,
         })
     }

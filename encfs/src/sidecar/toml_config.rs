@@ -6,6 +6,7 @@
 //!
 //! ```toml
 //! identity_client_id = "..."            # optional: user-assigned managed identity (private blobs, vault)
+//! workload_identity = false             # true: Entra ID tokens through AKS Workload Identity, not IMDS
 //!
 //! [attester]                            # optional: default is the SEV-SNP guest device
 //! kind = "mock"                         # "snp" or "mock" (testing only)
@@ -42,6 +43,9 @@ pub struct SidecarFile {
     /// User-assigned managed identity client id.
     #[serde(default)]
     pub identity_client_id: Option<String>,
+    /// Tokens through Workload Identity (`azure_info.cinfer_workload_identity`).
+    #[serde(default)]
+    pub workload_identity: bool,
     /// Evidence source (default: the SEV-SNP device).
     #[serde(default)]
     pub attester: Option<AttesterSection>,
@@ -143,6 +147,7 @@ impl SidecarFile {
             azure_info: AzureInfo {
                 certcache: None,
                 identity: self.identity_client_id.map(|client_id| Identity { client_id }),
+                cinfer_workload_identity: self.workload_identity,
             },
             azure_filesystems: self.filesystems.into_iter().map(FilesystemSection::into_args).collect(),
         };
@@ -222,6 +227,12 @@ key = { kid = "k2/v1", kty = "RSA-HSM", authority = "a.example", vault = "v.exam
             cfg.identity_client_id.as_deref(),
             Some("11111111-2222-3333-4444-555555555555")
         );
+        assert!(!cfg.workload_identity);
+        let wi = format!("workload_identity = true\n{GOOD}");
+        let (wi, _) = SidecarFile::parse(&wi)
+            .and_then(SidecarFile::into_config)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(wi.workload_identity);
         assert_eq!(cfg.filesystems.len(), 2);
         let a = &cfg.filesystems[0];
         assert_eq!(a.expect_root, Some([1; 32]));
