@@ -5,6 +5,7 @@
 //! neither `/dev/sev-guest` nor `/dev/sev` exists, and the mock is only built when asked for.
 
 pub mod device;
+pub mod host;
 pub mod mock;
 pub mod thim;
 
@@ -28,5 +29,6 @@ pub trait Attester: Send + Sync {
 }
 
 pub use device::SnpDeviceAttester;
+pub use host::{HostInputs, HostSources, Origin};
 pub use mock::{MockAttester, MockConfig, MockRoot};
 pub use thim::{ThimCerts, UvmInformation};

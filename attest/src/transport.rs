@@ -69,6 +69,26 @@ pub fn check_endpoint(what: &str, endpoint: &str, allow_plain_http: bool) -> Res
     })
 }
 
+/// Azure's instance metadata address, link-local and answered by the host itself: IMDS (managed identity tokens)
+/// and THIM (the VCEK chain) listen there, over plain HTTP only.
+pub const AZURE_METADATA_HOST: &str = "169.254.169.254";
+
+/// As [`check_endpoint`], and plain HTTP to [`AZURE_METADATA_HOST`] is accepted too: the one documented exception,
+/// for answers whose every byte is verified end to end whatever the transport. THIM's VCEK chain is one: the
+/// attestation service verifies it to the pinned AMD root and the report's signature with it, so a substituted
+/// chain makes attestation fail (which anyone on the host's link can cause anyway) and never makes a report pass.
+/// Any other link-local or private address stays refused.
+pub fn check_metadata_endpoint(what: &str, endpoint: &str, allow_plain_http: bool) -> Result<(), TransportError> {
+    let e = endpoint.trim();
+    if e.to_ascii_lowercase().starts_with("http://")
+        && let Ok(url) = reqwest::Url::parse(e)
+        && url.host_str() == Some(AZURE_METADATA_HOST)
+    {
+        return Ok(());
+    }
+    check_endpoint(what, endpoint, allow_plain_http)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +120,25 @@ mod tests {
                 Ok(()),
                 "{bad} with the dangerous option"
             );
+        }
+    }
+
+    #[test]
+    fn the_metadata_address_is_the_only_plain_http_exception() {
+        let thim = "http://169.254.169.254/metadata/THIM/amd/certification";
+        assert_eq!(check_metadata_endpoint("THIM", thim, false), Ok(()));
+        assert_eq!(check_metadata_endpoint("THIM", "http://127.0.0.1:9/x", false), Ok(()));
+        assert!(
+            check_endpoint("THIM", thim, false).is_err(),
+            "check_endpoint itself keeps refusing it"
+        );
+        for bad in [
+            "http://169.254.169.253/metadata/THIM/amd/certification",
+            "http://169.254.169.254.evil.example/x",
+            "http://10.0.0.1/metadata/THIM/amd/certification",
+        ] {
+            let e = check_metadata_endpoint("THIM", bad, false).unwrap_err();
+            assert!(matches!(e, TransportError::PlainHttp { .. }), "{bad}: {e}");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Real SNP reports from the guest device: `/dev/sev-guest` (kernel 6.x, `SNP_GET_REPORT`) or `/dev/sev`
-//! (kernel 5.x as on older ACI hosts, `SEV_SNP_GUEST_MSG_REPORT`). The VCEK chain comes from the ACI host
-//! certificate (THIM JSON, see [`super::thim`]).
+//! (kernel 5.x as on older ACI hosts, `SEV_SNP_GUEST_MSG_REPORT`). The VCEK chain and the UVM endorsement come
+//! from the host: ACI's security context, or on AKS THIM and the node's reference-info file ([`super::host`]).
 //!
 //! The ioctl argument structs mirror the kernel UAPI headers byte for byte; their sizes and offsets are
 //! unit-tested against the documented layouts since the ioctls cannot run outside an SNP guest.
@@ -9,8 +9,10 @@
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use crate::error::EvidenceError;
+use crate::evidence::host::{HostSources, Origin, fetch_thim_blocking};
 use crate::evidence::thim::UvmInformation;
 use crate::evidence::{Attester, Evidence};
 use crate::report::REPORT_LEN;
@@ -188,18 +190,26 @@ fn get_report_5x(path: &Path, report_data: &[u8; 64]) -> Result<Vec<u8>, Evidenc
     report_from_response(&resp).map_err(dev_err)
 }
 
-/// Attester backed by the SNP guest device, with certificates from the ACI host.
+/// Attester backed by the SNP guest device, with the host's certificates and endorsement ([`HostSources`]).
 #[derive(Debug)]
 pub struct SnpDeviceAttester {
     device: PathBuf,
     legacy: bool,
-    uvm: UvmInformation,
+    uvm: RwLock<UvmInformation>,
+    /// THIM's URL when the chain came from THIM (it is asked again when the reported TCB moves on).
+    thim: Option<String>,
 }
 
 impl SnpDeviceAttester {
-    /// Find the device and load UVM information. Fails with [`EvidenceError::NoDevice`] when there is no
-    /// SNP guest device (no fallback), and when the host provides no VCEK chain.
+    /// [`Self::open_with`] the platform's default places ([`HostSources::platform`]).
     pub fn open() -> Result<Self, EvidenceError> {
+        Self::open_with(&HostSources::platform(None, None))
+    }
+
+    /// Find the device, then gather the host's inputs from `sources`. Fails with [`EvidenceError::NoDevice`] when
+    /// there is no SNP guest device (no fallback), and when no VCEK chain is found (the error names each place
+    /// looked at and what THIM answered).
+    pub fn open_with(sources: &HostSources) -> Result<Self, EvidenceError> {
         let (device, legacy) = if Path::new(SEV_GUEST_DEVICE).exists() {
             (PathBuf::from(SEV_GUEST_DEVICE), false)
         } else if Path::new(SEV_DEVICE_5X).exists() {
@@ -207,18 +217,43 @@ impl SnpDeviceAttester {
         } else {
             return Err(EvidenceError::NoDevice);
         };
-        let uvm = UvmInformation::load()?;
-        if uvm.host_amd_certs.is_none() {
-            return Err(EvidenceError::Certificates(
-                "no host AMD certificate (security-context host-amd-cert-base64 or UVM_HOST_AMD_CERTIFICATE)".into(),
-            ));
-        }
-        Ok(Self { device, legacy, uvm })
+        let inputs = sources.gather()?;
+        let thim = match inputs.certs_from {
+            Origin::Thim(url) => Some(url),
+            _ => None,
+        };
+        Ok(Self {
+            device,
+            legacy,
+            uvm: RwLock::new(inputs.uvm),
+            thim,
+        })
     }
 
     /// UVM information in use.
-    pub fn uvm(&self) -> &UvmInformation {
-        &self.uvm
+    pub fn uvm(&self) -> UvmInformation {
+        self.uvm.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// When the chain came from THIM and the report's reported TCB is not the one its VCEK was issued for (the host
+    /// took a firmware update since), asks THIM again and keeps the answer if it is for the reported TCB.
+    fn refresh_if_stale(&self, report: &[u8]) {
+        let (Some(url), Some(reported)) = (&self.thim, crate::evidence::thim::reported_tcb(report)) else {
+            return;
+        };
+        let current = self.uvm().host_amd_certs.and_then(|c| c.tcbm().ok());
+        if current == Some(reported) {
+            return;
+        }
+        match fetch_thim_blocking(url) {
+            Ok(certs) if certs.tcbm().ok() == Some(reported) => {
+                tracing::info!(tcbm = %certs.tcbm, "THIM certificate refreshed for the reported TCB");
+                self.uvm.write().unwrap_or_else(|p| p.into_inner()).host_amd_certs = Some(certs);
+            }
+            Ok(certs) => tracing::warn!(tcbm = %certs.tcbm, reported = format!("{reported:016x}"),
+                                        "THIM still serves a VCEK for another TCB"),
+            Err(e) => tracing::warn!(url, "refreshing the THIM certificate: THIM {e}"),
+        }
     }
 }
 
@@ -229,7 +264,8 @@ impl Attester for SnpDeviceAttester {
         } else {
             get_report_6x(&self.device, report_data)?
         };
-        self.uvm.evidence(report)
+        self.refresh_if_stale(&report);
+        self.uvm.read().unwrap_or_else(|p| p.into_inner()).evidence(report)
     }
 }
 

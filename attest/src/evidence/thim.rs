@@ -1,4 +1,5 @@
 //! THIM certificate JSON and ACI UVM information (security policy, host AMD certificate, reference info).
+//! Where each comes from on ACI and on AKS: [`super::host`].
 //!
 //! On ACI the host provides, base64 (standard alphabet) encoded, in files of the security-context
 //! directory or in environment variables:
@@ -84,14 +85,13 @@ impl UvmInformation {
     pub fn evidence(&self, report: Vec<u8>) -> Result<Evidence, EvidenceError> {
         let certs = self.host_amd_certs.as_ref().ok_or_else(|| {
             EvidenceError::Certificates(
-                "no host AMD certificate (security-context host-amd-cert-base64 or UVM_HOST_AMD_CERTIFICATE)".into(),
+                "no host AMD certificate (ACI host-amd-cert-base64, UVM_HOST_AMD_CERTIFICATE or THIM)".into(),
             )
         })?;
-        if let (Ok(tcbm), Some(raw)) = (certs.tcbm(), report.get(0x180..0x188)) {
-            let reported = u64::from_le_bytes(raw.try_into().unwrap_or_default());
-            if reported != tcbm {
-                tracing::warn!(reported = format!("{reported:016x}"), tcbm = %certs.tcbm, "reported TCB differs from the host VCEK's TCB");
-            }
+        if let (Ok(tcbm), Some(reported)) = (certs.tcbm(), reported_tcb(&report))
+            && reported != tcbm
+        {
+            tracing::warn!(reported = format!("{reported:016x}"), tcbm = %certs.tcbm, "reported TCB differs from the host VCEK's TCB");
         }
         if self.reference_info.is_empty() {
             tracing::warn!(
@@ -103,18 +103,6 @@ impl UvmInformation {
             cert_chain_pem: certs.chain_pem(),
             uvm_endorsements: (!self.reference_info.is_empty()).then(|| self.reference_info.clone()),
         })
-    }
-
-    /// Read from the security-context directory (`$UVM_SECURITY_CONTEXT_DIR`, else the first `/` entry
-    /// whose name starts with `security-context-`), falling back to the `UVM_*` environment variables.
-    pub fn load() -> Result<Self, EvidenceError> {
-        if let Some(dir) = security_context_dir() {
-            let info = Self::from_dir(&dir)?;
-            if info.host_amd_certs.is_some() {
-                return Ok(info);
-            }
-        }
-        Self::from_env()
     }
 
     /// Read the three `*-base64` files from `dir` (missing files are empty).
@@ -165,7 +153,15 @@ impl UvmInformation {
     }
 }
 
-fn decode_b64(name: &str, bytes: &[u8]) -> Result<Vec<u8>, EvidenceError> {
+/// The report's REPORTED_TCB (offset 0x180, u64 LE): the TCB a THIM VCEK must be issued for.
+pub(crate) fn reported_tcb(report: &[u8]) -> Option<u64> {
+    report
+        .get(0x180..0x188)
+        .and_then(|raw| raw.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+pub(crate) fn decode_b64(name: &str, bytes: &[u8]) -> Result<Vec<u8>, EvidenceError> {
     let trimmed: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
         .decode(trimmed)
