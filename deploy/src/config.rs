@@ -345,6 +345,9 @@ pub struct Commands {
     pub model_server: Vec<String>,
     /// The encfs sidecar's command (it reads `EncfsSideCarArgs` from the environment).
     pub encfs: Vec<String>,
+    /// The command of the Kubernetes pod's init container that releases the key, verifies the image and
+    /// extracts its files into a memory-backed volume (no FUSE there); same arguments as `encfs`.
+    pub encfs_extract: Vec<String>,
     /// The server proxy's command; `{port}`, `{health_port}`, `{upstream_port}`, `{authority}` are substituted.
     pub proxy: Vec<String>,
 }
@@ -364,6 +367,7 @@ impl Default for Commands {
                 "--exit-on-error=false",
             ]),
             encfs: s(&["/usr/local/bin/cinfer-encfs", "sidecar"]),
+            encfs_extract: s(&["/usr/local/bin/cinfer-encfs", "extract"]),
             proxy: s(&[
                 "/usr/local/bin/cinfer-proxy",
                 "server",
@@ -456,6 +460,17 @@ pub struct KubernetesOptions {
     pub runtime_class: String,
     /// Service type: `LoadBalancer`, `ClusterIP` or `NodePort`.
     pub service_type: String,
+    /// The Kubernetes service account the pods run as, federated with an Entra ID identity that may release the
+    /// model key (and read a private image): Workload Identity, the only identity confidential pods get on AKS
+    /// (the node's IMDS serves node-pool identities only). Required to render Kubernetes manifests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Room for the model's plaintext, MiB: the size limit of the memory-backed volume the pod's `cinfer-encfs
+    /// extract` init container writes the verified files into (at least the total size of the image's files;
+    /// `cinfer-mkimage inspect` prints it). It is added to the memory limits of the extracting init container and
+    /// of the model server, so the utility VM is sized for it. Required to render Kubernetes manifests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_mb: Option<u64>,
 }
 
 impl Default for KubernetesOptions {
@@ -464,6 +479,8 @@ impl Default for KubernetesOptions {
             namespace: "default".to_owned(),
             runtime_class: "kata-cc-isolation".to_owned(),
             service_type: "LoadBalancer".to_owned(),
+            service_account: None,
+            model_mb: None,
         }
     }
 }
@@ -623,6 +640,7 @@ impl DeployConfig {
         for (what, cmd) in [
             ("commands.model_server", &self.commands.model_server),
             ("commands.encfs", &self.commands.encfs),
+            ("commands.encfs_extract", &self.commands.encfs_extract),
             ("commands.proxy", &self.commands.proxy),
         ] {
             if cmd.is_empty() {
@@ -659,6 +677,16 @@ impl DeployConfig {
                 return bad(format!("{what}: cpu and memory_gb must be positive"));
             }
         }
+        if let Some(sa) = &self.kubernetes.service_account
+            && !is_dns_subdomain(sa)
+        {
+            return bad(format!(
+                "kubernetes.service_account {sa:?} is not a valid Kubernetes name"
+            ));
+        }
+        if self.kubernetes.model_mb == Some(0) {
+            return bad("kubernetes.model_mb must be at least 1".to_owned());
+        }
         if !matches!(
             self.kubernetes.service_type.as_str(),
             "LoadBalancer" | "ClusterIP" | "NodePort"
@@ -689,6 +717,11 @@ impl DeployConfig {
 
 fn is_pem(s: &str) -> bool {
     s.trim_start().starts_with("-----BEGIN ")
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 fn is_dns_label(s: &str) -> bool {

@@ -12,10 +12,19 @@ use serde_json::{Value, json};
 use crate::aci::{VOLUME, init_command, volume_path};
 use crate::config::{DeployConfig, Resource};
 use crate::policy::SecurityPolicy;
-use crate::sidecar::{args_for, encfs_command};
+use crate::sidecar::args_for;
 
 /// The pod annotation that carries the Kata agent policy (its SHA-256 is the hostdata).
 pub const POLICY_ANNOTATION: &str = "io.katacontainers.config.agent.policy";
+
+/// The pod label that makes AKS's Workload Identity webhook project the federated token into the pod.
+pub const WORKLOAD_IDENTITY_LABEL: &str = "azure.workload.identity/use";
+
+/// The node file with the utility VM's reference info (its endorsement), mounted at the same path.
+pub const REFERENCE_INFO_PATH: &str = "/opt/confidential-containers/share/kata-containers/reference-info-base64";
+
+/// The volume carrying [`REFERENCE_INFO_PATH`].
+pub const REFERENCE_INFO_VOLUME: &str = "uvm-reference-info";
 
 fn labels(config: &DeployConfig) -> Value {
     json!({ "app.kubernetes.io/name": config.name, "app.kubernetes.io/part-of": "cinfer" })
@@ -29,25 +38,106 @@ fn resources(r: &Resource) -> Value {
     json!({ "requests": { "cpu": cpu, "memory": memory }, "limits": { "cpu": cpu, "memory": memory } })
 }
 
+/// The model volume's memory (GiB) from `kubernetes.model_mb` (0 when unset: rendering refuses that).
+fn model_gib(config: &DeployConfig) -> f64 {
+    config.kubernetes.model_mb.unwrap_or(0) as f64 / 1024.0
+}
+
+/// `r` with `extra_gib` more memory.
+fn plus(r: &Resource, extra_gib: f64) -> Resource {
+    Resource {
+        cpu: r.cpu,
+        memory_gb: r.memory_gb + extra_gib,
+    }
+}
+
 /// The utility VM one pod gets on AKS confidential containers: vCPUs = the sum of the containers' CPU limits
 /// (rounded up; init containers run before the others, so the largest of them counts against the rest), memory =
-/// 2 GiB + the sum of the memory limits. Returns (vCPUs, GiB).
+/// 2 GiB + the sum of the memory limits. The model's plaintext (`kubernetes.model_mb`) is in the limits of the
+/// extracting init container and of the model server. Returns (vCPUs, GiB).
 pub fn uvm_size(config: &DeployConfig) -> (u32, f64) {
     let r = &config.resources;
-    let main = [&r.model_server, &r.encfs, &r.proxy];
-    let cpu: f64 = main.iter().map(|c| c.cpu).sum::<f64>().max(r.init.cpu);
-    let memory: f64 = main.iter().map(|c| c.memory_gb).sum::<f64>().max(r.init.memory_gb);
+    let model = model_gib(config);
+    let main = [plus(&r.model_server, model), r.proxy];
+    let init = [r.init, plus(&r.encfs, model)];
+    let sum = |v: &[Resource], f: fn(&Resource) -> f64| v.iter().map(f).sum::<f64>();
+    let max = |v: &[Resource], f: fn(&Resource) -> f64| v.iter().map(f).fold(0.0, f64::max);
+    let cpu = sum(&main, |c| c.cpu).max(max(&init, |c| c.cpu));
+    let memory = sum(&main, |c| c.memory_gb).max(max(&init, |c| c.memory_gb));
     (cpu.ceil() as u32, 2.0 + memory)
 }
 
+/// Why a config cannot be rendered for Kubernetes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct K8sConfigError(pub String);
+
+/// Checks what only Kubernetes needs: the Workload Identity service account and the model volume's size.
+pub fn check_config(config: &DeployConfig) -> Result<(), K8sConfigError> {
+    if config.kubernetes.service_account.is_none() {
+        return Err(K8sConfigError(
+            "kubernetes.service_account is not set: confidential pods on AKS get their Entra ID token through \
+             Workload Identity (the node's IMDS serves node-pool identities only), so the key could not be released; \
+             name the service account federated with the identity the release policy's vault trusts"
+                .to_owned(),
+        ));
+    }
+    if config.kubernetes.model_mb.is_none() {
+        return Err(K8sConfigError(
+            "kubernetes.model_mb is not set: the pod extracts the verified model into a memory-backed volume (AKS \
+             confidential containers have no FUSE), whose size limit and memory this sets; give at least the \
+             image's total file size in MiB (`cinfer-mkimage inspect`)"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The pod's volume mount of the node's UVM reference info (the attester's endorsement input on AKS).
+fn reference_info_mount() -> Value {
+    json!({ "name": REFERENCE_INFO_VOLUME, "mountPath": REFERENCE_INFO_PATH, "readOnly": true })
+}
+
+/// The init container that releases the key, verifies the image and extracts it into the model volume.
+fn extract_container(config: &DeployConfig, volume: &str) -> Value {
+    let mut command = config.expand(&config.commands.encfs_extract);
+    if config.model.allow_unpinned {
+        command.push("--allow-unpinned".to_owned());
+    }
+    json!({
+        "name": "encfs-extract",
+        "image": config.images.encfs,
+        "command": command,
+        "env": [{ "name": sidecar_args::ENV_VAR, "value": k8s_args_for(config).to_base64() }],
+        "volumeMounts": [{ "name": VOLUME, "mountPath": volume }, reference_info_mount()],
+        "resources": resources(&plus(&config.resources.encfs, model_gib(config))),
+        // No FUSE, no device, no capability: it reads /dev/sev-guest (which kata-cc gives every container) and
+        // writes files into the volume.
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "allowPrivilegeEscalation": false,
+            "capabilities": { "drop": ["ALL"] },
+        },
+    })
+}
+
 /// The Deployment. With a policy (from `az confcom katapolicygen`), it goes into the pod annotation.
+///
+/// The pod layout AKS confidential containers allow (`../docs/DEPLOY.md`, "Kubernetes"): no FUSE and no mount
+/// propagation. The init container `encfs-extract` attests, releases the key, verifies the image and writes its
+/// files into a memory-backed `emptyDir` (the utility VM's encrypted memory); the model server reads them
+/// read-only. Call [`check_config`] first.
 pub fn deployment(config: &DeployConfig, policy: Option<&SecurityPolicy>) -> Value {
     let p = &config.proxy;
     let volume = volume_path(config);
-    let mut pod_meta = json!({ "labels": labels(config) });
+    let mut pod_labels = labels(config);
+    pod_labels[WORKLOAD_IDENTITY_LABEL] = json!("true");
+    let mut pod_meta = json!({ "labels": pod_labels });
     if let Some(policy) = policy {
         pod_meta["annotations"] = json!({ POLICY_ANNOTATION: policy.base64 });
     }
+    let model_mb = config.kubernetes.model_mb.unwrap_or(0);
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -59,35 +149,29 @@ pub fn deployment(config: &DeployConfig, policy: Option<&SecurityPolicy>) -> Val
                 "metadata": pod_meta,
                 "spec": {
                     "runtimeClassName": config.kubernetes.runtime_class,
-                    "initContainers": [{
-                        "name": "cinfer-init",
-                        "image": config.images.init,
-                        "command": init_command(config),
-                        "resources": resources(&config.resources.init),
-                        "securityContext": {
-                            "runAsUser": 0,
-                            "runAsNonRoot": false,
-                            "capabilities": { "drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"] },
+                    "serviceAccountName": config.kubernetes.service_account,
+                    "initContainers": [
+                        {
+                            "name": "cinfer-init",
+                            "image": config.images.init,
+                            "command": init_command(config),
+                            "resources": resources(&config.resources.init),
+                            "securityContext": {
+                                "runAsUser": 0,
+                                "runAsNonRoot": false,
+                                "capabilities": { "drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"] },
+                            },
                         },
-                    }],
+                        extract_container(config, &volume),
+                    ],
                     "containers": [
                         {
                             "name": "model-server",
                             "image": config.images.model_server,
                             "command": config.expand(&config.commands.model_server),
-                            "volumeMounts": [{ "name": VOLUME, "mountPath": volume, "mountPropagation": "HostToContainer" }],
-                            "resources": resources(&config.resources.model_server),
+                            "volumeMounts": [{ "name": VOLUME, "mountPath": volume, "readOnly": true }],
+                            "resources": resources(&plus(&config.resources.model_server, model_gib(config))),
                             "securityContext": { "allowPrivilegeEscalation": false },
-                        },
-                        {
-                            "name": "encfs",
-                            "image": config.images.encfs,
-                            "command": encfs_command(config),
-                            "env": [{ "name": sidecar_args::ENV_VAR, "value": args_for(config).to_base64() }],
-                            "volumeMounts": [{ "name": VOLUME, "mountPath": volume, "mountPropagation": "Bidirectional" }],
-                            "resources": resources(&config.resources.encfs),
-                            // Bidirectional propagation (the mount must reach the model server) requires privileged.
-                            "securityContext": { "privileged": true },
                         },
                         {
                             "name": "proxy",
@@ -97,6 +181,7 @@ pub fn deployment(config: &DeployConfig, policy: Option<&SecurityPolicy>) -> Val
                                 { "name": "atls", "containerPort": p.port, "protocol": "TCP" },
                                 { "name": "health", "containerPort": p.health_port, "protocol": "TCP" },
                             ],
+                            "volumeMounts": [reference_info_mount()],
                             // httpGet: the health port answers 503 once the attested token expired (tcpSocket
                             // would only see the port open).
                             "readinessProbe": { "httpGet": { "path": "/", "port": p.health_port }, "periodSeconds": 5 },
@@ -109,11 +194,21 @@ pub fn deployment(config: &DeployConfig, policy: Option<&SecurityPolicy>) -> Val
                             },
                         },
                     ],
-                    "volumes": [{ "name": VOLUME, "emptyDir": {} }],
+                    "volumes": [
+                        { "name": VOLUME, "emptyDir": { "medium": "Memory", "sizeLimit": format!("{model_mb}Mi") } },
+                        { "name": REFERENCE_INFO_VOLUME, "hostPath": { "path": REFERENCE_INFO_PATH, "type": "File" } },
+                    ],
                 },
             },
         },
     })
+}
+
+/// The sidecar arguments of the Kubernetes layout: as for ACI, with Workload Identity.
+pub fn k8s_args_for(config: &DeployConfig) -> sidecar_args::EncfsSideCarArgs {
+    let mut args = args_for(config);
+    args.azure_info.cinfer_workload_identity = true;
+    args
 }
 
 /// The Service: the public port of every replica (redirected to its proxy by `cinfer-init`).

@@ -5,7 +5,8 @@
 //! [`DeployConfig`] feeds every output:
 //!
 //! - [`aci`]: the confidential container group (ARM template + parameters) for Azure Container Instances;
-//! - [`k8s`]: a Deployment and a Service for confidential pods (AKS confidential containers, `kata-cc-isolation`);
+//! - [`k8s`]: a Deployment and a Service for confidential pods (AKS confidential containers, `kata-cc-isolation`),
+//!   checked against that platform's rules by [`platform`];
 //! - [`sidecar`]: the encfs sidecar's `EncfsSideCarArgs` in the seed's schema;
 //! - [`policy`]: hostdata = SHA-256 of the decoded security policy (as the platform measures it), and from it
 //!   the AKV release policy, the attestation policy an auditor signs, and the client attestation policies
@@ -22,6 +23,7 @@ pub mod canonical;
 pub mod config;
 pub mod k8s;
 pub mod local;
+pub mod platform;
 pub mod policy;
 pub mod render;
 pub mod sidecar;

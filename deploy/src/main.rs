@@ -51,7 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bundle = if aci {
                 render_aci(&config, policy.as_ref(), signer.as_ref())
             } else {
-                render_k8s(&config, policy.as_ref(), signer.as_ref())
+                render_k8s(&config, policy.as_ref(), signer.as_ref())?
             };
             check(&bundle, aci, policy.is_some())?;
             bundle

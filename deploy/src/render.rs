@@ -60,7 +60,7 @@ pub fn render_aci(config: &DeployConfig, policy: Option<&SecurityPolicy>, signer
     let mut bundle = Bundle::default();
     bundle.add("template.json", to_json_pretty(&aci::template(config)));
     bundle.add("parameters.json", to_json_pretty(&aci::parameters(policy)));
-    add_common(&mut bundle, config, policy, signer);
+    add_common(&mut bundle, config, &args_for(config), policy, signer);
     if policy.is_none() {
         bundle.notes.insert(
             0,
@@ -72,16 +72,24 @@ pub fn render_aci(config: &DeployConfig, policy: Option<&SecurityPolicy>, signer
     bundle
 }
 
-/// The Kubernetes deployment: `deployment.yaml`, `service.yaml`, the sidecar arguments and the policies.
-pub fn render_k8s(config: &DeployConfig, policy: Option<&SecurityPolicy>, signer: Option<&SignerJwk>) -> Bundle {
+/// The Kubernetes deployment: `deployment.yaml`, `service.yaml`, the sidecar arguments and the policies. Fails
+/// when the config lacks what only Kubernetes needs ([`k8s::check_config`]).
+pub fn render_k8s(
+    config: &DeployConfig,
+    policy: Option<&SecurityPolicy>,
+    signer: Option<&SignerJwk>,
+) -> Result<Bundle, k8s::K8sConfigError> {
+    k8s::check_config(config)?;
     let mut bundle = Bundle::default();
     bundle.add("deployment.yaml", to_yaml(&k8s::deployment(config, policy)));
     bundle.add("service.yaml", to_yaml(&k8s::service(config)));
-    add_common(&mut bundle, config, policy, signer);
+    add_common(&mut bundle, config, &k8s::k8s_args_for(config), policy, signer);
     let (vcpus, gib) = k8s::uvm_size(config);
     bundle.notes.push(format!(
         "each pod runs in its own utility VM of {vcpus} vCPU and {gib:.2} GiB (CPU = sum of the containers' CPU \
-         limits, memory = 2 GiB + sum of the memory limits; [resources] sets them)"
+         limits, memory = 2 GiB + sum of the memory limits, the model's {} MiB of plaintext included; [resources] \
+         and kubernetes.model_mb set them)",
+        config.kubernetes.model_mb.unwrap_or(0)
     ));
     if policy.is_none() {
         bundle.notes.insert(
@@ -94,11 +102,17 @@ pub fn render_k8s(config: &DeployConfig, policy: Option<&SecurityPolicy>, signer
             ),
         );
     }
-    bundle
+    Ok(bundle)
 }
 
-fn add_common(bundle: &mut Bundle, config: &DeployConfig, policy: Option<&SecurityPolicy>, signer: Option<&SignerJwk>) {
-    let args: Value = serde_json::from_str(&args_for(config).to_json()).unwrap_or_default();
+fn add_common(
+    bundle: &mut Bundle,
+    config: &DeployConfig,
+    args: &crate::sidecar::EncfsSideCarArgs,
+    policy: Option<&SecurityPolicy>,
+    signer: Option<&SignerJwk>,
+) {
+    let args: Value = serde_json::from_str(&args.to_json()).unwrap_or_default();
     bundle.add("encfs-sidecar-args.json", to_json_pretty(&args));
     let Some(policy) = policy else {
         bundle.notes.push(

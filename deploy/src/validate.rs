@@ -186,10 +186,11 @@ pub fn check_k8s(deployment: &Value, service: &Value, expect_policy: bool) -> Ve
             }
         }
     }
-    let annotation = pod["metadata"]["annotations"][crate::k8s::POLICY_ANNOTATION].as_str();
-    if expect_policy && annotation.is_none_or(str::is_empty) {
-        problems.push("the pod has no policy annotation".to_owned());
-    }
+    problems.extend(
+        crate::platform::check_aks(deployment, expect_policy)
+            .iter()
+            .map(ToString::to_string),
+    );
     for (what, doc) in [("deployment", deployment), ("service", service)] {
         problems.extend(placeholders(doc).into_iter().map(|p| format!("{what}: unfilled {p}")));
     }

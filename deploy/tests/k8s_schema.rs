@@ -48,8 +48,11 @@ fn rendered_manifests_pass_strict_schema_validation_for_the_supported_versions()
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (what, bundle) in [
-        ("without policy", render_k8s(&config, None, None)),
-        ("with policy", render_k8s(&config, Some(&policy), None)),
+        ("without policy", render_k8s(&config, None, None).expect("k8s render")),
+        (
+            "with policy",
+            render_k8s(&config, Some(&policy), None).expect("k8s render"),
+        ),
     ] {
         let files = [
             write(dir.path(), "deployment.yaml", bundle.file("deployment.yaml").unwrap()),
@@ -62,7 +65,7 @@ fn rendered_manifests_pass_strict_schema_validation_for_the_supported_versions()
         }
     }
     // The validator refuses what a strict API server would: an unknown field in the pod spec.
-    let bundle = render_k8s(&config, None, None);
+    let bundle = render_k8s(&config, None, None).expect("k8s render");
     let broken = bundle
         .file("deployment.yaml")
         .unwrap()

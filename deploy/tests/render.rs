@@ -223,7 +223,7 @@ fn aci_without_policy_tells_the_user_and_leaves_only_the_policy_unfilled() {
 fn k8s_bundle_matches_golden_with_replicas_runtime_class_and_policy_annotation() {
     let config = config();
     let policy = real_policy();
-    let bundle = render_k8s(&config, Some(&policy), Some(&signer()));
+    let bundle = render_k8s(&config, Some(&policy), Some(&signer())).expect("k8s render");
     golden(&bundle, "k8s");
     let deployment = yaml(&bundle, "deployment.yaml");
     let service = yaml(&bundle, "service.yaml");
@@ -239,22 +239,37 @@ fn k8s_bundle_matches_golden_with_replicas_runtime_class_and_policy_annotation()
         pod["spec"]["initContainers"][0]["securityContext"]["capabilities"]["add"],
         serde_json::json!(["NET_ADMIN", "NET_RAW"])
     );
-    // The same containers and sidecar arguments as ACI.
+    // The same sidecar arguments as ACI, but for the identity: Workload Identity, with its service account and
+    // label (AKS confidential pods get no IMDS identity of their own).
     let aci = render_aci(&config, Some(&policy), None);
-    assert_eq!(
-        bundle.file("encfs-sidecar-args.json"),
-        aci.file("encfs-sidecar-args.json")
-    );
+    let mut k8s_args: Value = serde_json::from_str(bundle.file("encfs-sidecar-args.json").unwrap()).unwrap();
+    let aci_args: Value = serde_json::from_str(aci.file("encfs-sidecar-args.json").unwrap()).unwrap();
+    assert_eq!(k8s_args["azure_info"]["cinfer_workload_identity"], true);
+    assert_ne!(aci_args["azure_info"]["cinfer_workload_identity"], true);
+    k8s_args["azure_info"]["cinfer_workload_identity"] = aci_args["azure_info"]["cinfer_workload_identity"].clone();
+    if aci_args["azure_info"].get("cinfer_workload_identity").is_none() {
+        k8s_args["azure_info"]
+            .as_object_mut()
+            .unwrap()
+            .remove("cinfer_workload_identity");
+    }
+    assert_eq!(k8s_args, aci_args);
+    assert_eq!(pod["spec"]["serviceAccountName"], "cinfer-resnet");
+    assert_eq!(pod["metadata"]["labels"]["azure.workload.identity/use"], "true");
     assert_eq!(bundle.file("release-policy.json"), aci.file("release-policy.json"));
     assert_eq!(service["spec"]["ports"][0]["port"], 8000);
     assert_eq!(service["spec"]["type"], "LoadBalancer");
 
-    let unannotated = render_k8s(&config, None, None);
+    let unannotated = render_k8s(&config, None, None).expect("k8s render");
     let deployment = yaml(&unannotated, "deployment.yaml");
     let service = yaml(&unannotated, "service.yaml");
     assert_eq!(
         validate::check_k8s(&deployment, &service, true),
-        vec!["the pod has no policy annotation".to_owned()]
+        vec![
+            "AKS rule policy: the pod has no io.katacontainers.config.agent.policy annotation (its SHA-256 is the \
+             hostdata)"
+                .to_owned()
+        ]
     );
     assert_eq!(validate::check_k8s(&deployment, &service, false), Vec::<String>::new());
 }
@@ -270,11 +285,11 @@ fn validators_catch_unfilled_and_inconsistent_outputs() {
     let problems = validate::check_arm(&template, &parameters, true);
     assert_eq!(problems.len(), 3, "{problems:?}");
 
-    let k8s = render_k8s(&config(), None, None);
+    let k8s = render_k8s(&config(), None, None).expect("k8s render");
     let mut deployment = yaml(&k8s, "deployment.yaml");
     let mut service = yaml(&k8s, "service.yaml");
     service["spec"]["selector"]["app.kubernetes.io/name"] = "other".into();
-    deployment["spec"]["template"]["spec"]["containers"][2]["command"][2] = "--listen=0.0.0.0:{port}".into();
+    deployment["spec"]["template"]["spec"]["containers"][1]["command"][2] = "--listen=0.0.0.0:{port}".into();
     let problems = validate::check_k8s(&deployment, &service, false);
     assert_eq!(problems.len(), 2, "{problems:?}");
 }
@@ -372,7 +387,7 @@ fn outbound_restriction_reaches_the_init_command_of_both_renderers() {
     let template = json(&aci, "template.json");
     let command = &template["resources"][0]["properties"]["initContainers"][0]["properties"]["command"];
     assert_eq!(command[4], "--outbound-allow-uid=65532,0");
-    let k8s = render_k8s(&config, None, None);
+    let k8s = render_k8s(&config, None, None).expect("k8s render");
     let deployment = yaml(&k8s, "deployment.yaml");
     assert_eq!(
         deployment["spec"]["template"]["spec"]["initContainers"][0]["command"][4],
@@ -393,7 +408,7 @@ fn outbound_restriction_reaches_the_init_command_of_both_renderers() {
 #[test]
 fn k8s_pods_carry_limits_an_http_probe_and_the_uvm_size_is_told() {
     let config = config();
-    let bundle = render_k8s(&config, None, None);
+    let bundle = render_k8s(&config, None, None).expect("k8s render");
     let deployment = yaml(&bundle, "deployment.yaml");
     let spec = &deployment["spec"]["template"]["spec"];
     for kind in ["initContainers", "containers"] {
@@ -415,13 +430,14 @@ fn k8s_pods_carry_limits_an_http_probe_and_the_uvm_size_is_told() {
         .unwrap();
     assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 15021);
     assert!(proxy["readinessProbe"]["tcpSocket"].is_null());
-    // 3 + 1 + 0.5 CPU -> 5 vCPU; 2 GiB + 12 + 4 + 1 GiB.
-    assert_eq!(deploy::k8s::uvm_size(&config), (5, 19.0));
+    // Model server 3 + proxy 0.5 CPU -> 4 vCPU (the extracting init container's 1 runs before them); 2 GiB +
+    // model server 12 + the model's 1 (model_mb = 1024) + proxy 1 GiB.
+    assert_eq!(deploy::k8s::uvm_size(&config), (4, 16.0));
     assert!(
         bundle
             .notes
             .iter()
-            .any(|n| n.contains("utility VM of 5 vCPU and 19.00 GiB")),
+            .any(|n| n.contains("utility VM of 4 vCPU and 16.00 GiB")),
         "{:?}",
         bundle.notes
     );

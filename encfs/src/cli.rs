@@ -37,7 +37,12 @@ pub(crate) enum Command {
     Unmount(UnmountArgs),
     /// The confidential sidecar: mount every filesystem of the seed's `EncfsSideCarArgs`, each only after
     /// attested key release and verification; serve until SIGTERM, then unmount and exit 0.
-    Sidecar(crate::sidecar_main::SidecarArgs),
+    Sidecar(crate::sidecar_main::SidecarCmd),
+    /// The sidecar's work without FUSE, for platforms that have none (AKS confidential containers): for every
+    /// filesystem of `EncfsSideCarArgs`, release its key through attestation, verify the image, and write its
+    /// files (each checked against the authenticated index) into the mount point's volume; exit 0 once all are
+    /// there. Run it as an init container writing into a memory-backed volume.
+    Extract(crate::sidecar_main::SidecarArgs),
 }
 
 /// Arguments of `mount`.

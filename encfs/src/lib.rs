@@ -17,6 +17,8 @@ pub mod signature;
 #[cfg(feature = "fuse")]
 pub mod cache;
 #[cfg(feature = "fuse")]
+pub mod extract;
+#[cfg(feature = "fuse")]
 pub mod fs;
 #[cfg(feature = "fuse")]
 pub mod fuse;

@@ -48,7 +48,12 @@ fn main() -> ExitCode {
         Command::Sidecar(args) => {
             init_logging();
             log_dumpable(not_dumpable);
-            sidecar_main::run_sidecar(&args)
+            sidecar_main::run_sidecar(&args.common, Some(&args.fuse))
+        }
+        Command::Extract(args) => {
+            init_logging();
+            log_dumpable(not_dumpable);
+            sidecar_main::run_sidecar(&args, None)
         }
     };
     match result {

@@ -72,13 +72,24 @@ pub struct SidecarOptions {
     pub listener: Option<tokio::net::TcpListener>,
     /// Retries of transient failures.
     pub backoff: Backoff,
-    /// FUSE settings (threads, allow_other); `fs_name` is set per filesystem.
-    pub mount: MountConfig,
+    /// Mount each filesystem (FUSE), or extract its files.
+    pub delivery: Delivery,
     /// Called once every filesystem is ready (for example to log the start→ready time).
     pub on_ready: Option<Box<dyn FnOnce(Duration) + Send>>,
     /// Mount filesystems that pin neither a root nor a signer (testing only); otherwise they fail at
     /// [`Step::Config`] before any key is released.
     pub allow_unpinned: bool,
+}
+
+/// What the sidecar does with a verified image.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    /// Mount it with FUSE (these settings; `fs_name` is set per filesystem) and serve until shutdown.
+    Mount(MountConfig),
+    /// Write its files into the mount point's volume ([`crate::extract`]) and return once all are written and
+    /// checked: for platforms without FUSE (`cinfer-encfs extract`, an init container on AKS). Legacy LUKS2
+    /// images are refused (convert them with `cinfer-mkimage convert`).
+    Extract,
 }
 
 /// Why an unpinned filesystem is refused.
@@ -165,10 +176,11 @@ fn expose(hidden: &Path, mp: &Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, mp)
 }
 
-/// One mounted filesystem.
+/// One mounted (or extracted) filesystem.
 struct Mounted {
     index: usize,
-    session: MountSession,
+    /// The FUSE session; None for an extracted tree (nothing to serve).
+    session: Option<MountSession>,
     hidden: PathBuf,
     mount_point: PathBuf,
 }
@@ -177,12 +189,24 @@ impl Mounted {
     fn unmount(self) {
         // The symlink goes first, so nobody opens the mount while it is being torn down.
         let _ = std::fs::remove_file(&self.mount_point);
-        if let Err(e) = self.session.unmount() {
+        let Some(session) = self.session else {
+            // An extracted tree of a run that failed elsewhere: its plaintext goes too.
+            if let Err(e) = crate::extract::remove_tree(&self.hidden) {
+                warn!("removing the extracted tree: {e}");
+            }
+            info!(mount_point = %self.mount_point.display(), "extracted tree removed");
+            return;
+        };
+        if let Err(e) = session.unmount() {
             warn!(mountpoint = %self.hidden.display(), "unmount failed ({e}); detaching lazily");
             clean_stale(&self.hidden);
         }
         let _ = std::fs::remove_dir(&self.hidden);
         info!(mount_point = %self.mount_point.display(), "unmounted");
+    }
+
+    fn is_finished(&self) -> bool {
+        self.session.as_ref().is_some_and(MountSession::is_finished)
     }
 }
 
@@ -212,7 +236,7 @@ async fn bring_up(
     identity: Option<&str>,
     backoff: Backoff,
     status: &Status,
-    mount_cfg: &MountConfig,
+    delivery: &Delivery,
     rt: tokio::runtime::Handle,
 ) -> Result<(Mounted, String), StepError> {
     let label = spec.index.to_string();
@@ -273,9 +297,9 @@ async fn bring_up(
             .unwrap_or(crate::cache::DEFAULT_BUDGET_MIB)
             .saturating_mul(1 << 20);
         let source = CachingSource::new(source, CacheConfig::for_budget(budget), status.sources.clone());
-        return open_and_mount(source, blob, model_key, spec, (hidden, mp), mount_cfg, rt).await;
+        return open_and_mount(source, blob, model_key, spec, (hidden, mp), delivery, rt).await;
     }
-    open_and_mount(source, blob, model_key, spec, (hidden, mp), mount_cfg, rt).await
+    open_and_mount(source, blob, model_key, spec, (hidden, mp), delivery, rt).await
 }
 
 /// Opens the image with the released key (header, index, root pin), checks the signature if configured, mounts it
@@ -286,7 +310,7 @@ async fn open_and_mount<B: BlobSource>(
     model_key: ModelKey,
     spec: &FilesystemSpec,
     (hidden, mp): (PathBuf, PathBuf),
-    mount_cfg: &MountConfig,
+    delivery: &Delivery,
     rt: tokio::runtime::Handle,
 ) -> Result<(Mounted, String), StepError> {
     let ids = std::fs::metadata("/proc/self")
@@ -304,6 +328,13 @@ async fn open_and_mount<B: BlobSource>(
         message: format!("{blob}: {}", error_chain(&e)),
     })?;
     if luks {
+        let Delivery::Mount(mount_cfg) = delivery else {
+            return Err(StepError::fatal(
+                Step::Extract,
+                "a legacy LUKS2 image cannot be extracted (it has no authenticated index to check the files against): \
+                 convert it with `cinfer-mkimage convert`",
+            ));
+        };
         return mount_legacy(reader, model_key, spec, (hidden, mp), mount_cfg, ids);
     }
     let source = reader.into_source();
@@ -344,10 +375,42 @@ async fn open_and_mount<B: BlobSource>(
         tokio::task::block_in_place(|| crate::gate::run(fs_ref, &key, spec.verify, &handle))
             .map_err(|e| StepError::fatal(Step::Signature, error_chain(&e)))?;
     }
+    let mount_cfg = match delivery {
+        Delivery::Mount(cfg) => cfg,
+        Delivery::Extract => return Ok((extract_tree(&fs, spec, (hidden, mp), &rt)?, root)),
+    };
     let cfg = prepare_hidden(spec, &hidden, mount_cfg)?;
     let session = tokio::task::block_in_place(|| crate::fuse::mount(Arc::new(fs), rt, &hidden, &cfg))
         .map_err(|e| StepError::fatal(Step::Mount, format!("mounting on {}: {e}", hidden.display())))?;
     Ok((finish_mount(spec, session, (hidden, mp))?, root))
+}
+
+/// Writes the verified image's files to the hidden directory and exposes it at the mount point.
+fn extract_tree<B: BlobSource>(
+    fs: &EncFs<B>,
+    spec: &FilesystemSpec,
+    (hidden, mp): (PathBuf, PathBuf),
+    rt: &tokio::runtime::Handle,
+) -> Result<Mounted, StepError> {
+    // A previous run's tree (a restarted init container) is replaced, never trusted.
+    clean_stale(&hidden);
+    crate::extract::remove_tree(&hidden).map_err(|e| StepError::fatal(Step::Extract, e.to_string()))?;
+    let stats = tokio::task::block_in_place(|| crate::extract::extract(fs, &hidden, rt))
+        .map_err(|e| StepError::fatal(Step::Extract, e.to_string()))?;
+    info!(filesystem = spec.index, files = stats.files, dirs = stats.dirs, symlinks = stats.symlinks,
+          bytes = stats.bytes, ms = stats.ms, dir = %hidden.display(), "image extracted");
+    let mounted = Mounted {
+        index: spec.index,
+        session: None,
+        hidden,
+        mount_point: mp,
+    };
+    if let Err(e) = expose(&mounted.hidden, &mounted.mount_point) {
+        let msg = format!("exposing {}: {e}", mounted.mount_point.display());
+        mounted.unmount();
+        return Err(StepError::fatal(Step::Extract, msg));
+    }
+    Ok(mounted)
 }
 
 /// Mounts a legacy LUKS2 (`aes-xts-plain64` + ext4) image: the released key is its passphrase. Such an image has
@@ -406,7 +469,7 @@ fn finish_mount(
     }
     let mounted = Mounted {
         index: spec.index,
-        session,
+        session: Some(session),
         hidden,
         mount_point: mp,
     };
@@ -467,7 +530,7 @@ pub fn run(
             let identity = identity.clone();
             let status = status.clone();
             let backoff = opts.backoff;
-            let mount_cfg = opts.mount.clone();
+            let delivery = opts.delivery.clone();
             let handle = rt.handle().clone();
             let allow_unpinned = opts.allow_unpinned;
             rt.spawn(async move {
@@ -477,7 +540,7 @@ pub fn run(
                     if spec.expect_root.is_none() && spec.signer_key.is_none() {
                         warn!(filesystem = spec.index, "UNPINNED (--allow-unpinned): {UNPINNED}");
                     }
-                    bring_up(&spec, &*attester, identity.as_deref(), backoff, &status, &mount_cfg, handle).await
+                    bring_up(&spec, &*attester, identity.as_deref(), backoff, &status, &delivery, handle).await
                 };
                 match &r {
                     Ok((_, root)) => {
@@ -547,13 +610,20 @@ pub fn run(
     if let Some(f) = opts.on_ready.take() {
         f(start.elapsed());
     }
+    if let Delivery::Extract = opts.delivery {
+        // Nothing to serve: the trees stay for their consumers (and the ready files with them).
+        if let Some(s) = server {
+            s.abort();
+        }
+        return Ok(());
+    }
     rt.block_on(async {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => { info!("shutdown: unmounting"); break; }
                 () = tokio::time::sleep(Duration::from_millis(500)) => {
-                    if let Some(m) = mounted.iter().find(|m| m.session.is_finished()) {
+                    if let Some(m) = mounted.iter().find(|m| m.is_finished()) {
                         error!(mount_point = %m.mount_point.display(), "a mount ended; unmounting the others and exiting");
                         break;
                     }
@@ -564,12 +634,14 @@ pub fn run(
     let mut ended = Vec::new();
     for m in mounted {
         let i = m.index;
-        if m.session.is_finished() {
+        if m.is_finished() {
             // The consumers' path goes first; a dead mount (nobody serves it) is detached, not left behind.
             let _ = std::fs::remove_file(&m.mount_point);
-            let how = match m.session.finish_ended() {
-                crate::fuse::Ended::Dead { detached: Ok(()) } => "stopped serving (detached)".to_string(),
-                crate::fuse::Ended::Dead { detached: Err(e) } => format!("stopped serving (detaching failed: {e})"),
+            let how = match m.session.map(MountSession::finish_ended) {
+                Some(crate::fuse::Ended::Dead { detached: Ok(()) }) => "stopped serving (detached)".to_string(),
+                Some(crate::fuse::Ended::Dead { detached: Err(e) }) => {
+                    format!("stopped serving (detaching failed: {e})")
+                }
                 _ => "was unmounted from outside".to_string(),
             };
             let _ = std::fs::remove_dir(&m.hidden);

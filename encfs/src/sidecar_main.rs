@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use encfs::sidecar::config::SidecarConfig;
 use encfs::sidecar::release::Backoff;
 use encfs::sidecar::toml_config::{AttesterChoice, AttesterSection, SidecarFile};
-use encfs::sidecar::{SidecarOptions, run};
+use encfs::sidecar::{Delivery, SidecarOptions, run};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -54,6 +54,20 @@ pub(crate) struct SidecarArgs {
     /// served. Testing only (a flag, not an environment variable: the platform measures the command line).
     #[arg(long)]
     pub(crate) allow_unpinned: bool,
+}
+
+/// Arguments of `sidecar`: [`SidecarArgs`] and the FUSE settings.
+#[derive(Debug, Args)]
+pub(crate) struct SidecarCmd {
+    #[command(flatten)]
+    pub(crate) common: SidecarArgs,
+    #[command(flatten)]
+    pub(crate) fuse: FuseArgs,
+}
+
+/// FUSE settings of `sidecar` (`extract` mounts nothing).
+#[derive(Debug, Args)]
+pub(crate) struct FuseArgs {
     /// Let other users access the mounts (containers reading as another uid).
     #[arg(long)]
     pub(crate) allow_other: bool,
@@ -142,8 +156,9 @@ impl SidecarArgs {
     }
 }
 
-/// Runs the sidecar until SIGTERM/SIGINT; exit 0 after a clean unmount.
-pub(crate) fn run_sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
+/// Runs the sidecar (`fuse`: mount, until SIGTERM/SIGINT; exit 0 after a clean unmount) or extracts (`None`:
+/// exit 0 once every filesystem's files are written and checked).
+pub(crate) fn run_sidecar(args: &SidecarArgs, fuse: Option<&FuseArgs>) -> anyhow::Result<()> {
     let (config, attester_section) = args.config()?;
     let attester = args.attester(attester_section)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -177,10 +192,13 @@ pub(crate) fn run_sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
             attempts: args.release_attempts.max(1),
             ..Backoff::default()
         },
-        mount: encfs::fuse::MountConfig {
-            threads: usize::from(args.threads),
-            allow_other: args.allow_other,
-            ..encfs::fuse::MountConfig::default()
+        delivery: match fuse {
+            Some(fuse) => Delivery::Mount(encfs::fuse::MountConfig {
+                threads: usize::from(fuse.threads),
+                allow_other: fuse.allow_other,
+                ..encfs::fuse::MountConfig::default()
+            }),
+            None => Delivery::Extract,
         },
         on_ready: None,
         allow_unpinned: args.allow_unpinned,
@@ -205,16 +223,32 @@ mod tests {
     #[test]
     fn only_the_sidecar_arguments_come_from_the_environment() {
         let cli = crate::cli::Cli::command();
-        let sidecar = cli
-            .find_subcommand("sidecar")
-            .unwrap_or_else(|| unreachable!("sidecar subcommand"));
-        let envs: Vec<String> = sidecar
-            .get_arguments()
-            .filter_map(|a| {
-                a.get_env()
-                    .map(|e| format!("--{}: {}", a.get_id(), e.to_string_lossy()))
-            })
-            .collect();
-        assert_eq!(envs, [format!("--sidecar_args: {}", sidecar_args::ENV_VAR)]);
+        for name in ["sidecar", "extract"] {
+            let sidecar = cli
+                .find_subcommand(name)
+                .unwrap_or_else(|| unreachable!("{name} subcommand"));
+            let envs: Vec<String> = sidecar
+                .get_arguments()
+                .filter_map(|a| {
+                    a.get_env()
+                        .map(|e| format!("--{}: {}", a.get_id(), e.to_string_lossy()))
+                })
+                .collect();
+            assert_eq!(envs, [format!("--sidecar_args: {}", sidecar_args::ENV_VAR)], "{name}");
+        }
+    }
+
+    /// `extract` mounts nothing: the FUSE settings are `sidecar`'s only.
+    #[test]
+    fn extract_takes_no_fuse_settings() {
+        use clap::Parser as _;
+        let ok = crate::cli::Cli::try_parse_from(["cinfer-encfs", "extract", "--args-file", "a"]);
+        assert!(ok.is_ok(), "{ok:?}");
+        for flag in ["--allow-other", "--threads=4"] {
+            let r = crate::cli::Cli::try_parse_from(["cinfer-encfs", "extract", "--args-file", "a", flag]);
+            assert!(r.is_err(), "extract accepted {flag}");
+            let r = crate::cli::Cli::try_parse_from(["cinfer-encfs", "sidecar", "--args-file", "a", flag]);
+            assert!(r.is_ok(), "sidecar refused {flag}: {r:?}");
+        }
     }
 }

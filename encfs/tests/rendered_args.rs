@@ -32,7 +32,8 @@ fn policy() -> SecurityPolicy {
     SecurityPolicy::parse(&std::fs::read_to_string(dir).unwrap()).unwrap()
 }
 
-/// The `EncfsSideCarArgs` value of the `encfs` container in a rendered ACI template or Kubernetes Deployment.
+/// The `EncfsSideCarArgs` value of the `encfs` container in a rendered ACI template, or of the `encfs-extract`
+/// init container of a Kubernetes Deployment.
 fn rendered_args(bundle: &Bundle, aci: bool) -> String {
     let encfs = if aci {
         let t: Value = serde_json::from_str(bundle.file("template.json").unwrap()).unwrap();
@@ -44,8 +45,14 @@ fn rendered_args(bundle: &Bundle, aci: bool) -> String {
         c["properties"]["environmentVariables"].clone()
     } else {
         let d: Value = serde_norway::from_str(bundle.file("deployment.yaml").unwrap()).unwrap();
-        let containers = d["spec"]["template"]["spec"]["containers"].as_array().unwrap().clone();
-        let c = containers.into_iter().find(|c| c["name"] == "encfs").unwrap();
+        let spec = &d["spec"]["template"]["spec"];
+        let c = spec["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "encfs-extract")
+            .unwrap();
+        assert_eq!(c["command"][1], "extract");
         c["env"].clone()
     };
     let vars = encfs.as_array().unwrap();
@@ -61,8 +68,8 @@ fn rendered_sidecar_args_parse_into_every_configured_value() {
     for (what, bundle, aci) in [
         ("aci", render_aci(&c, None, None), true),
         ("aci -p", render_aci(&c, Some(&p), None), true),
-        ("k8s", render_k8s(&c, None, None), false),
-        ("k8s -p", render_k8s(&c, Some(&p), None), false),
+        ("k8s", render_k8s(&c, None, None).expect("k8s render"), false),
+        ("k8s -p", render_k8s(&c, Some(&p), None).expect("k8s render"), false),
     ] {
         let value = rendered_args(&bundle, aci);
         let parsed = SidecarConfig::from_env_value(&value).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -72,6 +79,8 @@ fn rendered_sidecar_args_parse_into_every_configured_value() {
             Some(c.identity.as_ref().unwrap().client_id.as_str()),
             "{what}"
         );
+        // Kubernetes pods take their Entra ID token through Workload Identity; ACI through IMDS.
+        assert_eq!(parsed.workload_identity, !aci, "{what}");
         assert_eq!(parsed.filesystems.len(), 1, "{what}");
         let fs = &parsed.filesystems[0];
         assert_eq!(fs.url, c.model.image_url, "{what}");

@@ -38,6 +38,8 @@ pub enum Step {
     Signature,
     /// The FUSE mount and exposing it.
     Mount,
+    /// Extracting the files (`cinfer-encfs extract`) and exposing them.
+    Extract,
 }
 
 impl Step {
@@ -54,6 +56,7 @@ impl Step {
             Self::RootPin => "root pin",
             Self::Signature => "signature",
             Self::Mount => "mount",
+            Self::Extract => "extract",
         }
     }
 }
