@@ -142,15 +142,17 @@ class Crate:
         tests = test_spans(text)
         # Inline `mod x { ... }` blocks are kept in the file's module (only tests use them here).
         found = []
-        for m in re.finditer(r"\buse\s+([^;]+);", text):
+        for m in re.finditer(r"\b(pub(?:\([a-z]+\))?\s+)?use\s+([^;]+);", text):
             in_test = any(a <= m.start() < b for a, b in tests)
-            for p in expand_use_tree(m.group(1)):
-                found.append((p, in_test, True))
+            for p in expand_use_tree(m.group(2)):
+                found.append((p, in_test, bool(m.group(1))))
         for m in re.finditer(r"(?<![:\w])((?:crate|super|self)(?:::" + IDENT + r")+)", text):
+            if re.match(r"(?:pub(?:\([a-z]+\))?\s+)?use\b", text[text.rfind("\n", 0, m.start()) + 1:m.start()].strip()):
+                continue  # already taken from its `use` tree
             in_test = any(a <= m.start() < b for a, b in tests)
             found.append((m.group(1), in_test, False))
         out = []
-        for p, in_test, is_use in found:
+        for p, in_test, reexport in found:
             if in_test and not self.include_tests:
                 continue
             segs = [s for s in p.split("::") if s]
@@ -158,7 +160,7 @@ class Crate:
                 continue
             # In a test block, `super` is the file's module; that block is a child of it.
             base = module + (("tests",) if in_test and segs[0] == "super" else ())
-            out.append((self.absolute(base, segs), in_test))
+            out.append((self.absolute(base, segs), in_test, reexport))
         return out
 
     def absolute(self, module, segs):
@@ -254,8 +256,9 @@ def main():
     sibling = defaultdict(lambda: defaultdict(set))
     witness = defaultdict(set)
     up = defaultdict(set)
+    down = set()  # (parent, child) where the parent uses the child's items (not only re-exports them)
     for module in crate.files:
-        for path, _in_test in crate.uses(module):
+        for path, _in_test, reexport in crate.uses(module):
             target = crate.resolve(path)
             if target is None or target == module:
                 continue
@@ -263,6 +266,8 @@ def main():
                 up[(module, target)].add("::".join(path[len(target):]) or "*")
                 continue
             if target[: len(module)] == module:
+                if not reexport:
+                    down.add((module, target[: len(module) + 1]))
                 continue  # a module using its own child
             k = 0
             while module[k] == target[k]:
@@ -286,8 +291,14 @@ def main():
                     if b in comp:
                         via = ", ".join(f"{x} -> {y}" for x, y in sorted(witness[(a, b)]))
                         print(f"    {name(a)} -> {name(b)}  ({via})")
+    # A child using its ancestor's items is the usual shape (the parent holds the trait or error type its children
+    # share, and re-exports them); it is a circle when the ancestor also uses that child's items.
     for (child, parent), items in sorted(up.items()):
-        if "--edges" in sys.argv or "--up" in sys.argv:
+        back = (parent, child[: len(parent) + 1]) in down
+        if back:
+            circles += 1
+            print(f"circle with parent: {name(child)} -> {name(parent)} ({', '.join(sorted(items))}), and back")
+        elif "--edges" in sys.argv or "--up" in sys.argv:
             print(f"up to parent: {name(child)} -> {name(parent)} ({', '.join(sorted(items))})")
     print(f"{len(crate.files)} modules, {circles} circle(s), {len(up)} child-to-ancestor edge(s)")
     sys.exit(1 if circles else 0)

@@ -29,6 +29,11 @@ use crate::source::{BlobError, BlobKey, BlobSource, ETag};
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
 
+/// Largest read the filesystem is asked for (bytes): the FUSE adapter mounts with this `max_read` and clamps
+/// READs to it, and [`readahead`] sizes its out-of-order window by it. 1 MiB is the kernel's default
+/// `max_pages_limit`.
+pub const MAX_READ: u32 = 1 << 20;
+
 /// Largest sealed index accepted at all ([`EncFsConfig::max_index_len`] may lower it).
 pub const MAX_INDEX_LEN: u64 = 1 << 30;
 

@@ -31,14 +31,11 @@ use tracing::{debug, error, info, instrument, warn};
 pub mod mountinfo;
 
 use crate::fs::readahead::{ReadAhead, ReadAheadConfig};
-use crate::fs::{Attr, EncFs, FileKind, FsError};
+use crate::fs::{Attr, EncFs, FileKind, FsError, MAX_READ};
 use crate::source::BlobSource;
 
 /// How long the kernel may cache attributes and lookups: the image never changes under a mount.
 const TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// Largest READ the kernel may send (bytes); 1 MiB is the kernel's default `max_pages_limit`.
-pub const MAX_READ: u32 = 1 << 20;
 
 /// The kernel readahead a mount gets by default, in KiB (written to sysfs after mounting, when allowed).
 ///

@@ -30,7 +30,6 @@
 //! both, so reading it again fetches it afresh.
 
 pub mod disk;
-pub(crate) mod pool;
 mod split;
 
 use std::collections::HashMap;
@@ -44,9 +43,9 @@ use tracing::warn;
 
 use self::disk::{BLOCK, Lookup};
 pub use self::disk::{DiskConfig, DiskError, DiskStore};
-use self::pool::BufPool;
 pub use self::split::Split;
 use crate::metrics::Metrics;
+use crate::pool::BufPool;
 use crate::source::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
 
 /// A stream prefetches once it has read this much contiguously (so touching 1 MiB, plus the kernel's own

@@ -20,12 +20,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::{EncFs, FsError};
+use super::{EncFs, FsError, MAX_READ};
 use crate::source::BlobSource;
 
 /// How far behind the expected offset a READ may arrive and still count as part of the same sequential run
 /// (two READs of the largest size, which is what the kernel keeps in flight).
-const OUT_OF_ORDER: u64 = 2 * crate::fuse::MAX_READ as u64;
+const OUT_OF_ORDER: u64 = 2 * MAX_READ as u64;
 
 /// Read-ahead settings; plain data. [`Default`] is [`Self::OFF`]; the daemon uses [`Self::LOCAL`] for local
 /// image files.

@@ -388,7 +388,7 @@ impl<R: ReadAt + 'static> LegacyFs<R> {
 
 impl<R: ReadAt + 'static> fuser::Filesystem for LegacyFs<R> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let _ = config.set_max_readahead(crate::fuse::MAX_READ);
+        let _ = config.set_max_readahead(crate::fs::MAX_READ);
         Ok(())
     }
 
@@ -452,7 +452,7 @@ impl<R: ReadAt + 'static> fuser::Filesystem for LegacyFs<R> {
         let TreeKind::File { size: len } = n.entry.kind else {
             return reply.error(Errno::EINVAL);
         };
-        let want = u64::from(size.min(crate::fuse::MAX_READ)).min(len.saturating_sub(offset)) as usize;
+        let want = u64::from(size.min(crate::fs::MAX_READ)).min(len.saturating_sub(offset)) as usize;
         if want == 0 {
             return reply.data(&[]);
         }

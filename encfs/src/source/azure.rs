@@ -149,7 +149,10 @@ impl ImdsToken {
     }
 
     async fn fetch(&self) -> Result<(HeaderValue, Instant), HttpSourceError> {
-        self.fetch_token().await.map_err(|e| HttpSourceError::Imds(Box::new(e)))
+        self.fetch_token().await.map_err(|e| HttpSourceError::Imds {
+            endpoint: IMDS_ENDPOINT,
+            source: Box::new(e),
+        })
     }
 
     async fn fetch_token(&self) -> Result<(HeaderValue, Instant), HttpSourceError> {

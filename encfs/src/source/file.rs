@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
-use crate::cache::pool::BufPool;
+use crate::pool::BufPool;
 
 /// Errors of [`FileSource`].
 #[derive(Debug, thiserror::Error)]

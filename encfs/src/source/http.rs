@@ -131,8 +131,14 @@ pub enum HttpSourceError {
     #[error("{0}")]
     Config(String),
     /// Getting a managed-identity token failed.
-    #[error("getting a managed-identity token from IMDS ({})", super::azure::IMDS_ENDPOINT)]
-    Imds(#[source] Box<Self>),
+    #[error("getting a managed-identity token from IMDS ({endpoint})")]
+    Imds {
+        /// The token endpoint asked.
+        endpoint: &'static str,
+        /// What went wrong.
+        #[source]
+        source: Box<Self>,
+    },
 }
 
 impl HttpSourceError {

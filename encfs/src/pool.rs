@@ -1,6 +1,9 @@
 //! Reusable byte buffers behind [`Bytes`]: a part's memory goes back to its pool when the last reader drops
 //! its slice, so a streaming read reuses the same few hundred MiB instead of asking the allocator for fresh
 //! pages every 2 MiB (which costs page faults and, with glibc, leaves fragmented arenas above the budget).
+//!
+//! Below both of its users, the sources (a local file's read buffers) and the cache (its parts), and imports
+//! nothing of the crate.
 
 use std::sync::{Arc, Mutex, Weak};
 
