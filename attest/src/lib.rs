@@ -27,6 +27,9 @@
 //!   ([`endorsement::verify_uvm_endorsement`]: COSE_Sign1, did:x509 issuer, feed, SVN) and measurement
 //!   equality; [`claims::aci_claims`] turns the result into MAA claims (`azure-compliant-uvm` only when
 //!   endorsed). Offline collateral: [`collateral::Collateral`] / [`collateral::CollateralBuilder`].
+//! * **GPU evidence** — [`gpu::verify_gpu`]`(&`[`gpu::GpuEvidence`]`, &`[`gpu::GpuTrust`]`, &`[`gpu::GpuVerifyOptions`]`)`:
+//!   NVIDIA Hopper SPDM reports, device chain to NVIDIA's root, signed RIMs (XML-DSig), measurements,
+//!   offline collateral ([`gpu::collateral::GpuCollateral`]); [`gpu::claims::gpu_claims`] names claims as NVIDIA does.
 //! * **Tokens** — [`token::verify_token`]`(jwt, &`[`token::Jwks`]`, &`[`token::TokenCheck`]`)` → claims
 //!   (RS256 only, pinned keys, issuer, `exp`/`nbf`). The proxy calls this, then compares
 //!   `claims["x-ms-runtime"]` and its policy claims by exact equality ([`policy::claim_equals`]).
@@ -81,6 +84,7 @@ pub mod collateral;
 pub mod endorsement;
 pub mod error;
 pub mod evidence;
+pub mod gpu;
 pub mod keystore;
 pub mod keywrap;
 pub mod pins;
