@@ -39,6 +39,8 @@ pub(crate) enum Command {
     MockEvidence(MockEvidenceArgs),
     /// Verify a report and chain; print MAA claims as JSON.
     VerifyReport(VerifyReportArgs),
+    /// Verify NVIDIA GPU evidence offline (report, device chain, RIMs); print the claims as JSON.
+    VerifyGpu(VerifyGpuArgs),
     /// Attest: get an attestation token for runtime data (prints the JWT).
     Attest(AttestArgs),
     /// Import a symmetric key with a release policy (AKV JSON) into a vault or the local broker.
@@ -240,6 +242,38 @@ pub(crate) struct MockEvidenceArgs {
     /// Where to write the PEM chain (VCEK, ASK, ARK).
     #[arg(long)]
     pub(crate) out_certs: PathBuf,
+}
+
+/// `verify-gpu`: exit 0 with the claims on stdout, or 1 with the failed check named on stderr.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyGpuArgs {
+    /// Attestation report: hex text as NVIDIA's tools write it, or the raw bytes.
+    #[arg(long)]
+    pub(crate) report: PathBuf,
+    /// The GPU's PEM certificate chain, leaf first, ending in the device root.
+    #[arg(long)]
+    pub(crate) cert_chain: PathBuf,
+    /// Driver RIM (SWID tag) to compare the driver's measurements with.
+    #[arg(long)]
+    pub(crate) driver_rim: Option<PathBuf>,
+    /// VBIOS RIM (SWID tag) to compare the VBIOS measurements with.
+    #[arg(long)]
+    pub(crate) vbios_rim: Option<PathBuf>,
+    /// Offline GPU collateral bundle (JSON: RIMs chosen by the report's versions, revoked serials).
+    #[arg(long)]
+    pub(crate) collateral: Option<PathBuf>,
+    /// RIM signing root (PEM; default: NVIDIA's CoRIM signing root, shipped in the binary).
+    #[arg(long)]
+    pub(crate) rim_root: Option<PathBuf>,
+    /// Device identity root (PEM; default: NVIDIA's Device Identity CA, shipped in the binary).
+    #[arg(long)]
+    pub(crate) device_root: Option<PathBuf>,
+    /// Expected nonce of the SPDM request (64 hex digits).
+    #[arg(long)]
+    pub(crate) nonce: Option<String>,
+    /// Verification time (RFC 3339) for certificate and RIM validity; default now.
+    #[arg(long)]
+    pub(crate) at: Option<String>,
 }
 
 /// `verify-report`.

@@ -1,6 +1,7 @@
 //! `cinfer-attest`: command-line entry point.
 
 mod cli;
+mod gpu_cmd;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -351,6 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&claims)?);
             Ok(())
         }
+        Command::VerifyGpu(a) => gpu_cmd::run(&a, parse_at(a.at.as_deref())?),
         Command::Attest(a) => {
             check_endpoint("--maa", &a.maa, &a.tls)?;
             let trust = client_tls(&a.tls)?;
