@@ -347,6 +347,14 @@ pub(crate) struct AttesterArgs {
     /// Evidence source. There is no default fallback: `snp` fails without the device.
     #[arg(long, value_enum, default_value_t = AttesterKind::Snp)]
     pub(crate) attester: AttesterKind,
+    /// With `snp`: the UVM reference info (base64 of the endorsement), read when there is no ACI security context
+    /// (default: AKS's node file /opt/confidential-containers/share/kata-containers/reference-info-base64).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) reference_info_file: Option<PathBuf>,
+    /// With `snp`: THIM, asked for the VCEK chain when there is no ACI host certificate (default
+    /// http://169.254.169.254/metadata/THIM/amd/certification; https, loopback or that address only).
+    #[arg(long, value_name = "URL")]
+    pub(crate) thim_url: Option<String>,
     /// Mock fields.
     #[command(flatten)]
     pub(crate) mock: MockArgs,
@@ -411,6 +419,10 @@ pub(crate) struct ImportKeyArgs {
     /// Use an IMDS managed identity token instead.
     #[arg(long)]
     pub(crate) imds: bool,
+    /// Use an Entra ID token from Azure Workload Identity instead (AKS): needs AZURE_CLIENT_ID, AZURE_TENANT_ID,
+    /// AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST, as the workload-identity webhook injects them.
+    #[arg(long, conflicts_with_all = ["token_file", "imds"])]
+    pub(crate) workload_identity: bool,
     /// Import with a release policy that pins neither `x-ms-sevsnpvm-hostdata` nor `x-ms-policy-signer`, or not
     /// `x-ms-sevsnpvm-is-debuggable = false`: the key would be released to other guests. Testing only.
     #[arg(long)]
@@ -447,6 +459,11 @@ pub(crate) struct ReleaseKeyArgs {
     /// Use an IMDS managed identity token for the vault.
     #[arg(long)]
     pub(crate) imds: bool,
+    /// Use an Entra ID token from Azure Workload Identity for the vault (AKS): needs AZURE_CLIENT_ID,
+    /// AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST, as the workload-identity webhook
+    /// injects them; the federated token file is read for every exchange.
+    #[arg(long, conflicts_with_all = ["token_file", "imds"])]
+    pub(crate) workload_identity: bool,
     /// Transport (for both `--maa` and `--vault`).
     #[command(flatten)]
     pub(crate) tls: ClientTlsArgs,

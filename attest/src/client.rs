@@ -5,12 +5,14 @@
 //! name gets `https://`. `https://` trusts the system's CA certificates unless the client is given another
 //! [`TlsTrust`] (`with_tls`), such as the pinned certificate of a `cinfer-attest serve --tls-self-signed`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE as B64URL_PAD;
 use serde_json::{Value, json};
 
+use crate::credential::{Credential, TokenProvider};
 use crate::error::{ClientError, KeyWrapError};
 use crate::evidence::{Attester, Evidence};
 use crate::keywrap::{KeyDerivation, ReleasedKey, RuntimeKey};
@@ -25,8 +27,6 @@ use crate::verify::maa_report_data;
 pub const MAA_API_VERSION: &str = "2020-10-01";
 /// AKV API version the seed uses.
 pub const AKV_API_VERSION: &str = "7.4";
-/// IMDS token endpoint.
-pub const IMDS_TOKEN_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 
 fn base_url(endpoint: &str) -> String {
     let e = endpoint.trim().trim_end_matches('/');
@@ -199,11 +199,19 @@ pub enum VaultAuth {
     None,
     /// A given bearer token (AAD token, or the local broker's admin token for imports).
     Bearer(SecretBytes),
-    /// Managed identity from IMDS (`Metadata: true`), optionally a user-assigned client id.
-    Imds {
-        /// User-assigned identity client id.
-        client_id: Option<String>,
-    },
+    /// Entra ID tokens for the vault's resource (`https://vault.azure.net`, or `https://managedhsm.azure.net` for a
+    /// managed HSM) from a managed identity or Workload Identity ([`crate::credential`]); share the provider with
+    /// the process's other clients so its cache serves them all.
+    Entra(Arc<TokenProvider>),
+}
+
+impl VaultAuth {
+    /// Tokens from an IMDS managed identity (user-assigned when `client_id` is given).
+    pub fn imds(client_id: Option<String>) -> Result<Self, ClientError> {
+        Ok(Self::Entra(Arc::new(TokenProvider::new(
+            Credential::ManagedIdentity { client_id },
+        )?)))
+    }
 }
 
 /// How to check the signature of a release response (a JWS).
@@ -326,7 +334,7 @@ impl KeyReleaseClient {
     }
 
     /// The same client trusting `trust` for `https://` instead (a pinned `cinfer-attest serve` certificate).
-    /// The IMDS token request, plain HTTP to the link-local metadata address, is unaffected.
+    /// Token requests ([`VaultAuth::Entra`]) are unaffected.
     pub fn with_tls(self, trust: &TlsTrust) -> Result<Self, ClientError> {
         Ok(Self {
             http: http_client(trust)?,
@@ -338,15 +346,13 @@ impl KeyReleaseClient {
         match &self.auth {
             VaultAuth::None => Ok(None),
             VaultAuth::Bearer(t) => Ok(Some(t.clone())),
-            VaultAuth::Imds { client_id } => {
+            VaultAuth::Entra(provider) => {
                 let resource = if self.base.contains("managedhsm") {
                     "https://managedhsm.azure.net"
                 } else {
                     "https://vault.azure.net"
                 };
-                Ok(Some(
-                    imds_token(&self.http, IMDS_TOKEN_URL, resource, client_id.as_deref()).await?,
-                ))
+                Ok(Some(provider.token(resource).await?))
             }
         }
     }
@@ -506,53 +512,6 @@ pub fn unwrap_release_payload(payload: &Value, runtime_key: &RuntimeKey) -> Resu
     Ok(ReleasedKey::from_kty(kty, bytes)?)
 }
 
-/// An AAD token from IMDS managed identity (3 tries, 1 s and 4 s apart, as the seed).
-pub async fn imds_token(
-    http: &reqwest::Client,
-    imds_url: &str,
-    resource: &str,
-    client_id: Option<&str>,
-) -> Result<SecretBytes, ClientError> {
-    let ctx = "IMDS token";
-    let mut query = vec![("api-version", "2018-02-01"), ("resource", resource)];
-    if let Some(c) = client_id {
-        query.push(("client_id", c));
-    }
-    let mut last = None;
-    for attempt in 1..=3u64 {
-        match http.get(imds_url).header("Metadata", "true").query(&query).send().await {
-            Ok(r) if r.status().is_success() => {
-                let v: Value = r.json().await.map_err(|source| ClientError::Http {
-                    context: ctx.into(),
-                    source,
-                })?;
-                let t = v
-                    .get("access_token")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| ClientError::Response {
-                        context: ctx.into(),
-                        detail: "no access_token".into(),
-                    })?;
-                return Ok(SecretBytes::from_slice(t.as_bytes()));
-            }
-            Ok(r) => last = Some(check(r, ctx).await.err()),
-            Err(source) => {
-                last = Some(Some(ClientError::Http {
-                    context: ctx.into(),
-                    source,
-                }))
-            }
-        }
-        if attempt < 3 {
-            tokio::time::sleep(Duration::from_secs(attempt * attempt)).await;
-        }
-    }
-    Err(last.flatten().unwrap_or(ClientError::Response {
-        context: ctx.into(),
-        detail: "no response".into(),
-    }))
-}
-
 /// The whole seed flow for one model key: fresh runtime key (unless given) → evidence → attestation
 /// token → release → unwrap → 32-byte key (oct as is, RSA via HKDF with `derivation`).
 pub async fn secure_key_release(
@@ -636,34 +595,6 @@ mod tests {
         )
         .unwrap();
         (root.to_der().unwrap(), int.to_der().unwrap(), leaf.to_der().unwrap())
-    }
-
-    #[tokio::test]
-    async fn imds_token_sends_metadata_header_and_resource() {
-        use axum::extract::Query;
-        use axum::http::HeaderMap;
-        let app = axum::Router::new().route(
-            "/metadata/identity/oauth2/token",
-            axum::routing::get(|headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>| async move {
-                if headers.get("Metadata").and_then(|v| v.to_str().ok()) != Some("true") {
-                    return (axum::http::StatusCode::BAD_REQUEST, "no Metadata header".to_string());
-                }
-                let body = json!({"access_token": format!("tok:{}:{}", q["resource"], q.get("client_id").cloned().unwrap_or_default()),
-                                  "expires_in": "3600", "token_type": "Bearer"});
-                (axum::http::StatusCode::OK, body.to_string())
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/metadata/identity/oauth2/token",
-            listener.local_addr().unwrap()
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let http = http_client(&TlsTrust::SystemRoots).unwrap();
-        let t = imds_token(&http, &url, "https://vault.azure.net", Some("abc"))
-            .await
-            .unwrap();
-        assert_eq!(t.expose(), b"tok:https://vault.azure.net:abc");
     }
 
     #[test]

@@ -540,6 +540,9 @@ pub enum ClientError {
     /// The TLS trust configuration could not be built.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// No Entra ID token for the vault.
+    #[error(transparent)]
+    Credential(#[from] crate::credential::CredentialError),
 }
 
 /// The service could not start or persist state.

@@ -15,7 +15,9 @@
 //! # Public API (what other crates use)
 //!
 //! * **Evidence** — [`evidence::Attester`] (`fn evidence(&self, report_data: &[u8; 64])`), implemented by
-//!   [`evidence::SnpDeviceAttester::open`] (`/dev/sev-guest`, `/dev/sev`; certificates from the ACI host)
+//!   [`evidence::SnpDeviceAttester::open_with`] (`/dev/sev-guest`, `/dev/sev`; the host's certificates and UVM
+//!   endorsement from ACI's security context, or on AKS from THIM and the node's reference-info file:
+//!   [`evidence::HostSources`])
 //!   and [`evidence::MockAttester::new`]`(&`[`evidence::MockRoot`]`, `[`evidence::MockConfig`]`)`.
 //! * **Verification** — [`verify::verify_report`]`(report, &`[`verify::CertChain`]`, &TrustStore,
 //!   &`[`verify::VerifyOptions`]`)` → [`verify::VerifiedReport`]; errors name the failed check.
@@ -41,7 +43,10 @@
 //!   Release responses are JWS: verify them with the local service's pinned JWKS
 //!   ([`client::ResponseVerification::Pinned`]) or, for AKV/mHSM, the `x5c` chain to the system CAs for
 //!   the vault's host name ([`client::ResponseVerification::system_roots`]). Vault auth:
-//!   [`client::VaultAuth`] (`None`, `Bearer`, `Imds`).
+//!   [`client::VaultAuth`] (`None`, `Bearer`, `Entra`).
+//! * **Entra ID tokens** — [`credential::TokenProvider`] for a [`credential::Credential`]: an IMDS managed
+//!   identity or Azure Workload Identity ([`credential::WorkloadIdentity::from_env`], AKS), cached per resource;
+//!   used for the vault and by encfs for private blobs.
 //! * **Transport** — [`tls::ServerTls`] (certificate files or self-signed at start, [`tls::Fingerprints`]) in
 //!   [`service::ServiceConfig::tls`]; clients trust `https://` per [`tls::TlsTrust`] (system roots by default, a
 //!   CA, or a pinned certificate) via `with_tls`; [`transport::check_endpoint`] refuses plain HTTP beyond loopback.
@@ -81,6 +86,7 @@ pub mod appraisal;
 pub mod claims;
 pub mod client;
 pub mod collateral;
+pub mod credential;
 pub mod endorsement;
 pub mod error;
 pub mod evidence;

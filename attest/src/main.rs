@@ -5,6 +5,7 @@ mod gpu_cmd;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, bail};
@@ -12,8 +13,9 @@ use attest::aci::{AciEvidence, verify_aci};
 use attest::appraisal::{Appraisal, MinimumTcb};
 use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
 use attest::collateral::{Collateral, CollateralBuilder};
+use attest::credential::{Credential, TokenProvider, WorkloadIdentity};
 use attest::endorsement::{UvmIssuer, UvmTrust};
-use attest::evidence::{Attester, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
+use attest::evidence::{Attester, HostSources, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
 use attest::keywrap::KeyDerivation;
 use attest::report::Generation;
 use attest::secret::SecretBytes;
@@ -201,7 +203,10 @@ fn mock_attester(m: &MockArgs) -> anyhow::Result<MockAttester> {
 
 fn attester(a: &AttesterArgs) -> anyhow::Result<Box<dyn Attester>> {
     Ok(match a.attester {
-        AttesterKind::Snp => Box::new(SnpDeviceAttester::open()?),
+        AttesterKind::Snp => Box::new(SnpDeviceAttester::open_with(&HostSources::platform(
+            a.reference_info_file.clone(),
+            a.thim_url.clone(),
+        ))?),
         AttesterKind::Mock => {
             tracing::warn!("using the MOCK attester: evidence verifies only where its root is explicitly trusted");
             Box::new(mock_attester(&a.mock)?)
@@ -384,7 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = SecretBytes::new(
                 std::fs::read(&a.key_file).with_context(|| format!("reading {}", a.key_file.display()))?,
             );
-            let auth = vault_auth(a.token_file.as_deref(), a.imds)?;
+            let auth = vault_auth(a.token_file.as_deref(), a.imds, a.workload_identity)?;
             let client = KeyReleaseClient::new(&a.vault, auth, ResponseVerification::system_roots(&a.vault))?
                 .with_tls(&trust)?;
             let bundle = runtime()?.block_on(client.import_oct(&a.name, key.expose(), &policy))?;
@@ -401,7 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let att = attester(&a.attester)?;
             let rt = runtime()?;
             let maa = AttestationClient::new(&a.maa)?.with_tls(&trust)?;
-            let auth = vault_auth(a.token_file.as_deref(), a.imds)?;
+            let auth = vault_auth(a.token_file.as_deref(), a.imds, a.workload_identity)?;
             let key = rt.block_on(async {
                 // The local broker signs release responses with the attestation service's key; AKV's x5c
                 // chain is validated against the system CA certificates for the vault's host name.
@@ -595,13 +600,16 @@ fn trusted_authority(spec: &str) -> anyhow::Result<attest::service::TrustedAutho
     })
 }
 
-fn vault_auth(token_file: Option<&Path>, imds: bool) -> anyhow::Result<VaultAuth> {
+fn vault_auth(token_file: Option<&Path>, imds: bool, workload_identity: bool) -> anyhow::Result<VaultAuth> {
     Ok(match (token_file, imds) {
         (Some(_), true) => bail!("--token-file and --imds are exclusive"),
+        _ if workload_identity => {
+            let wi = WorkloadIdentity::from_env().context("--workload-identity")?;
+            tracing::info!(client_id = %wi.client_id, tenant = %wi.tenant_id, "vault token through workload identity");
+            VaultAuth::Entra(Arc::new(TokenProvider::new(Credential::WorkloadIdentity(wi))?))
+        }
         (Some(p), false) => VaultAuth::Bearer(read_token_file(p, "--token-file")?),
-        (None, true) => VaultAuth::Imds {
-            client_id: std::env::var("AZURE_CLIENT_ID").ok(),
-        },
+        (None, true) => VaultAuth::imds(std::env::var("AZURE_CLIENT_ID").ok())?,
         (None, false) => VaultAuth::None,
     })
 }

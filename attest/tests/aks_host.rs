@@ -124,7 +124,11 @@ fn aks_inputs_come_from_the_node_file_and_thim_and_attest_as_a_compliant_uvm() {
         .gather()
         .unwrap();
     assert_eq!(thim.hits(), 1);
-    assert_eq!(found.certs_from, Origin::Thim(thim.url.clone()));
+    assert!(
+        matches!(&found.certs_from, Origin::Thim(u) if *u == thim.url),
+        "{:?}",
+        found.certs_from
+    );
     assert_eq!(
         found.reference_info_from,
         Origin::File(node.path().join("reference-info-base64"))
@@ -195,7 +199,11 @@ fn an_aci_directory_without_a_certificate_falls_back_to_thim_and_the_node_file()
         ..aks(&node, Some(&b64(ENDORSEMENT)), &thim.url)
     };
     let found = sources.gather().unwrap();
-    assert_eq!(found.certs_from, Origin::Thim(thim.url.clone()));
+    assert!(
+        matches!(&found.certs_from, Origin::Thim(u) if *u == thim.url),
+        "{:?}",
+        found.certs_from
+    );
     assert!(matches!(found.reference_info_from, Origin::File(_)));
     assert_eq!(
         hex::encode(found.uvm.policy_digest()),

@@ -144,7 +144,7 @@ pub struct Imported {
 fn client(vault: &str, token: Option<SecretBytes>) -> Result<KeyReleaseClient, KeysError> {
     let auth = match token {
         Some(t) => VaultAuth::Bearer(t),
-        None => VaultAuth::Imds { client_id: None },
+        None => VaultAuth::imds(None)?,
     };
     // Imports get no signed response; the verification setting only matters for releases.
     Ok(KeyReleaseClient::new(
