@@ -261,9 +261,12 @@ impl MountArgs {
         opts.retry.stall_timeout = opts.retry.request_timeout;
         opts.retry.budget = secs(self.retry_budget, "--retry-budget")?;
         if self.azure_managed_identity || self.azure_client_id.is_some() {
-            opts.azure_auth = encfs::source::AzureAuth::ManagedIdentity {
+            let credential = attest::credential::Credential::ManagedIdentity {
                 client_id: self.azure_client_id.clone(),
             };
+            opts.azure_auth = encfs::source::AzureAuth::Entra(std::sync::Arc::new(
+                attest::credential::TokenProvider::new(credential).context("managed identity")?,
+            ));
         }
         Ok(opts)
     }

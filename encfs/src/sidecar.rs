@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
+use attest::credential::{Credential, TokenProvider};
 use attest::evidence::Attester;
 use attest::keywrap::KeyDerivation;
 use attest::secret::SecretBytes;
@@ -38,7 +39,7 @@ use crate::fuse::{MountConfig, MountSession};
 use crate::legacy::mount::{BlobReadAt, Unverifiable, check_demands};
 use crate::source::{AnySource, AzureAuth, BlobKey, BlobSource, SourceOptions};
 
-use self::config::{FilesystemSpec, SidecarConfig};
+use self::config::{ConfigError, FilesystemSpec, SidecarConfig};
 use self::ready::{FsState, Status};
 use self::release::{Backoff, ReleaseContext, Step, StepError};
 
@@ -210,18 +211,19 @@ impl Mounted {
     }
 }
 
+/// The vault client: the configured bearer token; else with Workload Identity its token (a local broker ignores
+/// it); else none for a local `http://` broker; else the managed identity's token.
 fn vault_client(
     spec: &FilesystemSpec,
-    identity: Option<&str>,
+    tokens: &Arc<TokenProvider>,
     jwks: Option<attest::token::Jwks>,
 ) -> Result<KeyReleaseClient, StepError> {
     let local = spec.vault.starts_with("http://");
+    let workload_identity = matches!(tokens.credential(), Credential::WorkloadIdentity(_));
     let auth = match &spec.bearer_token {
         Some(t) => VaultAuth::Bearer(SecretBytes::from_slice(t.expose().as_bytes())),
-        None if local => VaultAuth::None,
-        None => VaultAuth::Imds {
-            client_id: identity.map(str::to_string),
-        },
+        None if local && !workload_identity => VaultAuth::None,
+        None => VaultAuth::Entra(tokens.clone()),
     };
     let verification = match jwks {
         Some(j) => ResponseVerification::Pinned(j),
@@ -233,7 +235,7 @@ fn vault_client(
 async fn bring_up(
     spec: &FilesystemSpec,
     attester: &dyn Attester,
-    identity: Option<&str>,
+    tokens: &Arc<TokenProvider>,
     backoff: Backoff,
     status: &Status,
     delivery: &Delivery,
@@ -242,14 +244,13 @@ async fn bring_up(
     let label = spec.index.to_string();
     let (hidden, mp) = paths(spec)?;
     prepare_mount_point(&mp)?;
-    // The sources share the sidecar's counters (served at /metrics); `azure_url_private` fetches the blob with a
-    // managed-identity token (the seed's meaning), for the user-assigned identity when one is configured.
+    // The sources share the sidecar's counters (served at /metrics); `azure_url_private` fetches the blob with an
+    // Entra ID token (the seed's meaning): the managed identity's (user-assigned when configured), or Workload
+    // Identity's.
     let source_opts = SourceOptions {
         metrics: status.sources.clone(),
         azure_auth: if spec.url_private {
-            AzureAuth::ManagedIdentity {
-                client_id: identity.map(str::to_owned),
-            }
+            AzureAuth::Entra(tokens.clone())
         } else {
             AzureAuth::UrlOrAnonymous
         },
@@ -265,7 +266,7 @@ async fn bring_up(
     } else {
         None
     };
-    let vault = vault_client(spec, identity, jwks)?;
+    let vault = vault_client(spec, tokens, jwks)?;
     let key_ref = KeyRef::parse(&spec.kid);
     let derivation = KeyDerivation {
         salt: spec.salt.clone(),
@@ -520,14 +521,24 @@ pub fn run(
     ));
     let server = opts.listener.take().map(|l| rt.spawn(ready::serve(l, status.clone())));
     let total = config.filesystems.len();
-    let identity = config.identity_client_id.clone();
+    // One provider for every filesystem, vault and blob: one cached token per resource. Workload Identity's
+    // variables are checked here, before any filesystem starts.
+    let tokens = config
+        .credential(|name| std::env::var(name).ok())
+        .and_then(|c| TokenProvider::new(c).map_err(|e| ConfigError::WorkloadIdentity(e.to_string())))
+        .map(Arc::new)
+        .map_err(|e| SidecarError::Setup(e.to_string()))?;
+    if let Credential::WorkloadIdentity(wi) = tokens.credential() {
+        info!(client_id = %wi.client_id, tenant = %wi.tenant_id, authority = %wi.authority_host,
+              "Entra ID tokens through workload identity");
+    }
     let specs: Vec<Arc<FilesystemSpec>> = config.filesystems.into_iter().map(Arc::new).collect();
     let tasks: Vec<_> = specs
         .iter()
         .map(|spec| {
             let spec = spec.clone();
             let attester = opts.attester.clone();
-            let identity = identity.clone();
+            let tokens = tokens.clone();
             let status = status.clone();
             let backoff = opts.backoff;
             let delivery = opts.delivery.clone();
@@ -540,7 +551,7 @@ pub fn run(
                     if spec.expect_root.is_none() && spec.signer_key.is_none() {
                         warn!(filesystem = spec.index, "UNPINNED (--allow-unpinned): {UNPINNED}");
                     }
-                    bring_up(&spec, &*attester, identity.as_deref(), backoff, &status, &delivery, handle).await
+                    bring_up(&spec, &*attester, &tokens, backoff, &status, &delivery, handle).await
                 };
                 match &r {
                     Ok((_, root)) => {

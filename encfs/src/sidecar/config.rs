@@ -8,6 +8,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use attest::credential::{Credential, WorkloadIdentity};
 use sidecar_args::ArgsError;
 
 /// A configuration error (the message names the filesystem and field).
@@ -31,6 +32,9 @@ pub enum ConfigError {
     /// cinfer's own config file is not valid TOML of its shape (unknown fields included).
     #[error("sidecar config file: {0}")]
     Toml(String),
+    /// `azure_info.cinfer_workload_identity` is set, but the workload identity is incomplete or not the one named.
+    #[error("azure_info.cinfer_workload_identity: {0}")]
+    WorkloadIdentity(String),
 }
 
 pub use sidecar_args::{EncfsSideCarArgs, SecretString, VerifyMode as ArgsVerifyMode};
@@ -124,6 +128,28 @@ pub struct SidecarConfig {
 }
 
 impl SidecarConfig {
+    /// Where Entra ID tokens come from (the vault's unless `akv.bearer_token` is given, and `azure_url_private`
+    /// blobs'): with `azure_info.cinfer_workload_identity`, Workload Identity from the webhook's variables (`env`
+    /// looks one up; every one is required, and `AZURE_CLIENT_ID` must equal `azure_info.identity.client_id` when
+    /// that is given); otherwise the IMDS managed identity. Never the one in place of the other.
+    pub fn credential(&self, env: impl Fn(&str) -> Option<String>) -> Result<Credential, ConfigError> {
+        if !self.workload_identity {
+            return Ok(Credential::ManagedIdentity {
+                client_id: self.identity_client_id.clone(),
+            });
+        }
+        let wi = WorkloadIdentity::from_vars(env).map_err(|e| ConfigError::WorkloadIdentity(e.to_string()))?;
+        if let Some(id) = &self.identity_client_id
+            && *id != wi.client_id
+        {
+            return Err(ConfigError::WorkloadIdentity(format!(
+                "AZURE_CLIENT_ID {} is not azure_info.identity.client_id {id}",
+                wi.client_id
+            )));
+        }
+        Ok(Credential::WorkloadIdentity(wi))
+    }
+
     /// Parses `EncfsSideCarArgs`: standard base64 of the JSON, or the JSON itself (starting with `{`).
     pub fn from_env_value(value: &str) -> Result<Self, ConfigError> {
         Self::from_args(EncfsSideCarArgs::from_env_value(value)?)

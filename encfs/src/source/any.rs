@@ -31,7 +31,7 @@ pub struct SourceOptions {
     pub retry: RetryPolicy,
     /// Counters the source updates (share them with a cache and a metrics endpoint).
     pub metrics: Arc<Metrics>,
-    /// How Azure Blob URLs are authorized (a managed identity also makes any URL an Azure one).
+    /// How Azure Blob URLs are authorized (a token credential also makes any URL an Azure one).
     pub azure_auth: AzureAuth,
 }
 
@@ -100,7 +100,7 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<(AnySource, BlobKey), An
             }),
         };
     }
-    if is_url(spec) && (is_azure_url(spec) || opts.azure_auth != AzureAuth::UrlOrAnonymous) {
+    if is_url(spec) && (is_azure_url(spec) || !matches!(opts.azure_auth, AzureAuth::UrlOrAnonymous)) {
         let src = AzureSource::new(opts.retry.clone(), opts.metrics.clone(), opts.azure_auth.clone())?;
         return Ok((AnySource::Azure(src), BlobKey::new(spec)));
     }

@@ -1,19 +1,21 @@
 //! Azure Blob Storage: `https://<account>.blob.core.windows.net/<container>/<blob>` and Azurite-style
 //! `http://127.0.0.1:PORT/<account>/<container>/<blob>` URLs, with a SAS in the URL, anonymous (public
-//! container) access, or a managed-identity bearer token from IMDS (the seed's `azure_url_private: true`).
+//! container) access, or an Entra ID bearer token (the seed's `azure_url_private: true`) from an IMDS managed
+//! identity or Azure Workload Identity, through [`attest::credential::TokenProvider`] (the same definition the
+//! vault client uses).
 //!
 //! **Why not the official SDK (`azure_storage_blob`)**: the three REST calls needed (ranged `GET` with
 //! `x-ms-version`, `If-Match`, and the IMDS token request) are a thin layer over [`HttpSource`], which already
 //! carries the retry, timeout, short-body and pinning logic the SDK would need wrapping for anyway. The SDK has no
 //! shared-key auth, refuses token credentials over plain http (so it cannot talk to Azurite with a token), and
 //! pulls a second HTTP stack and its TLS backend into the daemon (see `crate-probes.md` §2). Bearer tokens are
-//! likewise only sent over https here.
+//! only sent over https, or plain http to a loopback address ([`attest::transport::check_endpoint`]).
 
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use attest::credential::TokenProvider;
 use bytes::Bytes;
 use reqwest::header::{HeaderName, HeaderValue};
 
@@ -24,21 +26,19 @@ use crate::metrics::Metrics;
 /// The storage REST version sent with every request.
 pub const X_MS_VERSION: &str = "2021-08-06";
 
-/// The IMDS token endpoint (link-local, reachable only inside Azure).
-pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+/// The resource of Blob Storage tokens.
+pub const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
 
 /// How requests are authorized.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub enum AzureAuth {
     /// Whatever the URL carries: a SAS query, or nothing (public container).
     #[default]
     UrlOrAnonymous,
-    /// A managed-identity token from IMDS, for the given user-assigned identity (client id) or the system one.
-    ManagedIdentity {
-        /// Client id of a user-assigned identity.
-        client_id: Option<String>,
-    },
+    /// Entra ID tokens for [`STORAGE_RESOURCE`] from this provider (a managed identity or Workload Identity); share
+    /// it with the vault client and the other sources so one cached token serves them.
+    Entra(Arc<TokenProvider>),
 }
 
 /// True if `url` looks like Azure Blob Storage: a `*.blob.core.windows.net` host, or an Azurite path whose
@@ -53,11 +53,11 @@ pub fn is_azure_url(url: &str) -> bool {
     host.ends_with(".blob.core.windows.net") || path.starts_with("devstoreaccount1/")
 }
 
-/// Reads Azure blobs: an [`HttpSource`] that sends `x-ms-version` and, with a managed identity, a bearer token.
+/// Reads Azure blobs: an [`HttpSource`] that sends `x-ms-version` and, with [`AzureAuth::Entra`], a bearer token.
 #[derive(Clone, Debug)]
 pub struct AzureSource {
     http: HttpSource,
-    token_over_https_only: bool,
+    sends_token: bool,
 }
 
 impl AzureSource {
@@ -67,22 +67,17 @@ impl AzureSource {
             HeaderName::from_static("x-ms-version"),
             HeaderValue::from_static(X_MS_VERSION),
         );
-        let mut token_over_https_only = false;
-        if let AzureAuth::ManagedIdentity { client_id } = auth {
-            http = http.with_authorizer(Arc::new(ImdsToken::new(client_id)?));
-            token_over_https_only = true;
+        let sends_token = matches!(auth, AzureAuth::Entra(_));
+        if let AzureAuth::Entra(provider) = auth {
+            http = http.with_authorizer(Arc::new(EntraToken(provider)));
         }
-        Ok(Self {
-            http,
-            token_over_https_only,
-        })
+        Ok(Self { http, sends_token })
     }
 
     fn check(&self, key: &BlobKey) -> Result<(), BlobError<HttpSourceError>> {
-        if self.token_over_https_only && !key.as_str().to_ascii_lowercase().starts_with("https://") {
-            return Err(BlobError::Backend(HttpSourceError::Config(
-                "managed-identity tokens are only sent over https".into(),
-            )));
+        if self.sends_token {
+            attest::transport::check_endpoint("private blob (bearer token)", key.as_str(), false)
+                .map_err(|e| BlobError::Backend(HttpSourceError::Config(e.to_string())))?;
         }
         Ok(())
     }
@@ -118,97 +113,21 @@ impl BlobSource for AzureSource {
     }
 }
 
-/// A managed-identity token for `https://storage.azure.com/`, fetched from IMDS and reused until 5 minutes before
-/// it expires. The token is never logged.
-struct ImdsToken {
-    client: reqwest::Client,
-    client_id: Option<String>,
-    cached: tokio::sync::Mutex<Option<(HeaderValue, Instant)>>,
-}
+/// The `Authorization` header from an Entra ID token for [`STORAGE_RESOURCE`] (cached by the provider; never
+/// logged: the header value is marked sensitive).
+#[derive(Debug)]
+struct EntraToken(Arc<TokenProvider>);
 
-impl std::fmt::Debug for ImdsToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImdsToken")
-            .field("client_id", &self.client_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ImdsToken {
-    fn new(client_id: Option<String>) -> Result<Self, HttpSourceError> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| HttpSourceError::Config(format!("building the IMDS client: {e}")))?;
-        Ok(Self {
-            client,
-            client_id,
-            cached: tokio::sync::Mutex::new(None),
-        })
-    }
-
-    async fn fetch(&self) -> Result<(HeaderValue, Instant), HttpSourceError> {
-        self.fetch_token().await.map_err(|e| HttpSourceError::Imds {
-            endpoint: IMDS_ENDPOINT,
-            source: Box::new(e),
-        })
-    }
-
-    async fn fetch_token(&self) -> Result<(HeaderValue, Instant), HttpSourceError> {
-        let mut q = vec![
-            ("api-version", "2018-02-01"),
-            ("resource", "https://storage.azure.com/"),
-        ];
-        if let Some(id) = &self.client_id {
-            q.push(("client_id", id));
-        }
-        let url = reqwest::Url::parse_with_params(IMDS_ENDPOINT, &q)
-            .map_err(|e| HttpSourceError::Config(format!("IMDS URL: {e}")))?;
-        let err = |reason: String| HttpSourceError::BadResponse { reason };
-        let resp = self
-            .client
-            .get(url)
-            .header("Metadata", "true")
-            .send()
-            .await
-            .map_err(HttpSourceError::transport)?;
-        if !resp.status().is_success() {
-            return Err(HttpSourceError::Status {
-                status: resp.status().as_u16(),
-            });
-        }
-        let body = resp.bytes().await.map_err(HttpSourceError::transport)?;
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(format!("token JSON: {e}")))?;
-        let token = v["access_token"]
-            .as_str()
-            .ok_or_else(|| err("no access_token".into()))?;
-        let expires_in = v["expires_in"]
-            .as_str()
-            .and_then(|s| s.parse::<u64>().ok())
-            .or_else(|| v["expires_in"].as_u64())
-            .unwrap_or(3600);
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| err("bad token".into()))?;
-        value.set_sensitive(true);
-        // `expires_in` comes from the response: saturate, an `Instant` panics on overflow.
-        let fresh_until =
-            super::http::response::deadline(Instant::now(), Duration::from_secs(expires_in.saturating_sub(300)));
-        Ok((value, fresh_until))
-    }
-}
-
-impl Authorizer for ImdsToken {
+impl Authorizer for EntraToken {
     fn authorization(&self) -> Pin<Box<dyn Future<Output = Result<Option<HeaderValue>, HttpSourceError>> + Send + '_>> {
         Box::pin(async move {
-            let mut cached = self.cached.lock().await;
-            if let Some((v, until)) = cached.as_ref()
-                && Instant::now() < *until
-            {
-                return Ok(Some(v.clone()));
-            }
-            let (v, until) = self.fetch().await?;
-            *cached = Some((v.clone(), until));
-            Ok(Some(v))
+            let token = self.0.token(STORAGE_RESOURCE).await.map_err(HttpSourceError::Token)?;
+            let mut bearer = zeroize::Zeroizing::new(b"Bearer ".to_vec());
+            bearer.extend_from_slice(token.expose());
+            let mut value = HeaderValue::from_bytes(&bearer)
+                .map_err(|_| HttpSourceError::Config("the token is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            Ok(Some(value))
         })
     }
 }

@@ -130,15 +130,10 @@ pub enum HttpSourceError {
     /// The URL or a header could not be used.
     #[error("{0}")]
     Config(String),
-    /// Getting a managed-identity token failed.
-    #[error("getting a managed-identity token from IMDS ({endpoint})")]
-    Imds {
-        /// The token endpoint asked.
-        endpoint: &'static str,
-        /// What went wrong.
-        #[source]
-        source: Box<Self>,
-    },
+    /// Getting an Entra ID token (managed identity or Workload Identity) failed; the source names the credential
+    /// and the endpoint.
+    #[error("getting an Entra ID token for the blob")]
+    Token(#[source] attest::credential::CredentialError),
 }
 
 impl HttpSourceError {
