@@ -48,8 +48,8 @@ fn main() {
     let report_only = time(rounds, || {
         verify_gpu(&ev, &trust, &opts).unwrap();
     });
-    let mut with_vbios = opts.clone();
-    with_vbios.vbios_rim = Some(vbios.clone());
+    let mut with_vbios = opts;
+    with_vbios.vbios_rim = Some(vbios);
     let report_vbios = time(rounds, || {
         verify_gpu(&ev, &trust, &with_vbios).unwrap();
     });

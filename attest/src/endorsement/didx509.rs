@@ -184,8 +184,9 @@ impl DidX509 {
 }
 
 /// Accepts any well-formed EKU list: webpki would apply one EKU to every certificate on the path, while
-/// did:x509's `eku` predicate is about the leaf only, checked in [`check_predicates`].
-struct AnyEku;
+/// did:x509's `eku` predicate is about the leaf only, checked in [`check_predicates`]. Also used for the GPU
+/// chains (`crate::gpu::certs`), whose certificates name no EKU that webpki's usages would.
+pub(crate) struct AnyEku;
 
 impl webpki::ExtendedKeyUsageValidator for AnyEku {
     fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {

@@ -14,6 +14,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 
+use crate::endorsement::didx509::AnyEku;
 use crate::verify::fmt_time;
 
 /// TCG DICE FWID extension (`tcg-dice-TcbInfo`), which NVIDIA's leaf certificates carry.
@@ -99,6 +100,31 @@ impl Cert {
             .is_some_and(|bc| bc.ca)
     }
 
+    /// Verify an ECDSA P-384/SHA-384 signature (`r ‖ s`, 96 bytes) over `message` with this certificate's key.
+    pub fn verify_p384(&self, message: &[u8], signature_rs: &[u8]) -> Result<(), String> {
+        use p384::ecdsa::signature::Verifier as _;
+        let key = self
+            .parsed
+            .tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes();
+        let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(key)
+            .map_err(|_| format!("the key of {:?} is not ECDSA P-384", self.subject()))?;
+        let sig = p384::ecdsa::Signature::from_slice(signature_rs).map_err(|_| {
+            format!(
+                "the signature ({} bytes) is not an ECDSA P-384 r ‖ s",
+                signature_rs.len()
+            )
+        })?;
+        vk.verify(message, &sig).map_err(|_| {
+            format!(
+                "ECDSA P-384/SHA-384 does not verify with the key of {:?}",
+                self.subject()
+            )
+        })
+    }
+
     /// Whether `self` is signed by `issuer`'s key (ECDSA P-384/SHA-384, the only scheme NVIDIA uses).
     pub fn signed_by(&self, issuer: &Self) -> bool {
         use p384::ecdsa::signature::Verifier as _;
@@ -178,19 +204,6 @@ pub enum PathError {
     Expiry(String),
     /// Anything else.
     Invalid(String),
-}
-
-/// Accepts any well-formed EKU list: NVIDIA's device and RIM certificates carry none that webpki's
-/// server/client usages would name.
-struct AnyEku;
-
-impl webpki::ExtendedKeyUsageValidator for AnyEku {
-    fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
-        for id in iter {
-            id?;
-        }
-        Ok(())
-    }
 }
 
 /// Validate `leaf` through `intermediates` to `root` at `at`.

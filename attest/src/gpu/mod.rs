@@ -333,26 +333,10 @@ pub fn verify_gpu(ev: &GpuEvidence, trust: &GpuTrust, opts: &GpuVerifyOptions) -
 }
 
 fn verify_report_signature(report: &GpuReport, leaf: &Cert) -> Result<(), GpuError> {
-    use p384::ecdsa::signature::Verifier as _;
-    let key = leaf
-        .parsed
-        .tbs_certificate()
-        .subject_public_key_info()
-        .subject_public_key
-        .raw_bytes();
-    let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(key).map_err(|_| GpuError::Signature {
-        detail: "the leaf certificate's key is not ECDSA P-384".into(),
-    })?;
-    let sig = p384::ecdsa::Signature::from_slice(&report.signature).map_err(|_| GpuError::Signature {
-        detail: "the signature's r or s is out of range".into(),
-    })?;
-    vk.verify(report.signed_bytes(), &sig).map_err(|_| GpuError::Signature {
-        detail: format!(
-            "ECDSA P-384/SHA-384 over request ‖ response ({} bytes) does not verify with the leaf {:?}",
-            report.signed_bytes().len(),
-            leaf.subject()
-        ),
-    })
+    leaf.verify_p384(report.signed_bytes(), &report.signature)
+        .map_err(|e| GpuError::Signature {
+            detail: format!("over request ‖ response ({} bytes): {e}", report.signed_bytes().len()),
+        })
 }
 
 fn verify_rim_for(

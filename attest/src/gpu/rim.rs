@@ -210,7 +210,8 @@ pub fn verify_rim(bytes: &[u8], kind: RimKind, root: &TrustedRoot, at: SystemTim
 
     // --- 3. signature over the canonical SignedInfo
     let signed_info_c14n = c14n::canonicalize_subtree(signed_info).map_err(|e| parse_err(kind, e))?;
-    verify_ecdsa_p384(leaf, &signed_info_c14n, &signature_value).map_err(|e| sig_err(kind, e))?;
+    leaf.verify_p384(&signed_info_c14n, &signature_value)
+        .map_err(|e| sig_err(kind, format!("over the canonical SignedInfo: {e}")))?;
 
     // --- the signed content
     let meta = child(top, SWID_NS, "Meta").ok_or_else(|| parse_err(kind, "no Meta element"))?;
@@ -252,22 +253,6 @@ pub fn golden_unverified(bytes: &[u8], kind: RimKind) -> Result<Vec<GoldenMeasur
     let doc = roxmltree::Document::parse(text).map_err(|e| parse_err(kind, format!("XML: {e}")))?;
     let payload = child(doc.root_element(), SWID_NS, "Payload").ok_or_else(|| parse_err(kind, "no Payload element"))?;
     parse_measurements(payload, kind)
-}
-
-fn verify_ecdsa_p384(leaf: &Cert, message: &[u8], signature: &[u8]) -> Result<(), String> {
-    use p384::ecdsa::signature::Verifier as _;
-    let key = leaf
-        .parsed
-        .tbs_certificate()
-        .subject_public_key_info()
-        .subject_public_key
-        .raw_bytes();
-    let vk =
-        p384::ecdsa::VerifyingKey::from_sec1_bytes(key).map_err(|_| "the signing certificate's key is not P-384")?;
-    let sig = p384::ecdsa::Signature::from_slice(signature)
-        .map_err(|_| format!("SignatureValue is {} bytes, not an ECDSA P-384 r ‖ s", signature.len()))?;
-    vk.verify(message, &sig)
-        .map_err(|_| "the ECDSA P-384 signature over the canonical SignedInfo does not verify".to_string())
 }
 
 fn parse_measurements(payload: roxmltree::Node<'_, '_>, kind: RimKind) -> Result<Vec<GoldenMeasurement>, GpuError> {
