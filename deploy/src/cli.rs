@@ -55,6 +55,15 @@ pub(crate) enum StoreArg {
     Http,
 }
 
+/// Which rendered deployment `cinfer-deploy local` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LayoutArg {
+    /// `render aci`: the encfs sidecar mounts the image with FUSE beside the model server.
+    Aci,
+    /// `render k8s`: the pod's init container extracts the verified files (no FUSE), then the containers start.
+    K8s,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct LocalArgs {
     /// Exit after the example inference instead of serving until Ctrl-C.
@@ -69,6 +78,9 @@ pub(crate) struct LocalArgs {
     /// Where the encrypted image is served from.
     #[arg(long, value_enum, default_value = "azurite")]
     pub(crate) image_store: StoreArg,
+    /// Which rendered deployment to run: the ACI container group or the Kubernetes pod.
+    #[arg(long, value_enum, default_value = "aci")]
+    pub(crate) layout: LayoutArg,
     /// Work directory (image, keys, logs, mount point); kept. Default: a temporary directory, removed on exit.
     #[arg(long, value_name = "DIR")]
     pub(crate) work: Option<PathBuf>,

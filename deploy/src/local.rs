@@ -31,6 +31,6 @@ mod stages;
 pub mod triton;
 
 pub use error::LocalError;
-pub use pipeline::{ImageStore, Options, Pipeline, Ports, StageEvent};
+pub use pipeline::{ImageStore, Layout, Options, Pipeline, Ports, StageEvent};
 pub use shutdown::Cancel;
 pub use stages::image::{ExampleInput, make_signer};

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use deploy::DeployConfig;
 use deploy::config::ProxyPorts;
-use deploy::local::{Cancel, ImageStore, LocalError, Options, Pipeline, Ports, StageEvent};
+use deploy::local::{Cancel, ImageStore, Layout, LocalError, Options, Pipeline, Ports, StageEvent};
 
-use crate::cli::{LocalArgs, StoreArg};
+use crate::cli::{LayoutArg, LocalArgs, StoreArg};
 
 /// Runs the command; the exit code follows `cinfer-deploy local --help`.
 pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
@@ -21,8 +21,12 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
         ImageStore::Http => "local HTTP range server",
         _ => "Azurite",
     };
+    let delivery = match opts.layout {
+        Layout::K8s => "verified extraction (Kubernetes pod: init container encfs-extract)",
+        _ => "FUSE mount (ACI: encfs sidecar)",
+    };
     eprintln!(
-        "== cinfer local: model -> signed, encrypted image -> {store} -> attested key release -> FUSE mount -> \
+        "== cinfer local: model -> signed, encrypted image -> {store} -> attested key release -> {delivery} -> \
          Triton -> attested TLS proxies"
     );
     let p = match Pipeline::start(&opts) {
@@ -82,8 +86,12 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "  work dir     {} (logs in logs/)", p.work.display())?;
     writeln!(
         out,
-        "  rendered     {} (cinfer-deploy render aci)",
-        p.rendered.display()
+        "  rendered     {} (cinfer-deploy render {})",
+        p.rendered.display(),
+        match p.layout {
+            Layout::K8s => "k8s",
+            _ => "aci",
+        }
     )?;
     for note in &p.config_notes {
         writeln!(out, "  config       {note}")?;
@@ -111,7 +119,11 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
     if p.example.is_some() {
         writeln!(
             out,
-            "\nexample inference: tritonclient -> client proxy -> attested TLS -> server proxy -> Triton -> FUSE mount"
+            "\nexample inference: tritonclient -> client proxy -> attested TLS -> server proxy -> Triton -> {}",
+            match p.layout {
+                Layout::K8s => "extracted, verified files",
+                _ => "FUSE mount",
+            }
         )?;
         out.flush()?;
         for model in &serving {
@@ -213,6 +225,10 @@ fn options(args: &LocalArgs, cancel: Cancel) -> anyhow::Result<Options> {
             client_proxy: args.ports.client_proxy_port,
         },
         config: args.config.clone(),
+        layout: match args.layout {
+            LayoutArg::Aci => Layout::Aci,
+            LayoutArg::K8s => Layout::K8s,
+        },
         cancel,
         progress: Some(progress),
         ..Default::default()

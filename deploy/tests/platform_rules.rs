@@ -1,6 +1,8 @@
 //! The rules of AKS confidential containers (`../shared/docs/k8s-platforms.md`, encoded in `deploy::platform`):
 //! the rendered Deployment meets every one, and a render broken in any one way is refused naming that rule.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::path::PathBuf;
 
 use deploy::{DeployConfig, SecurityPolicy, render_k8s};

@@ -159,8 +159,8 @@ pub fn extract<B: BlobSource>(
 /// read-only).
 pub fn remove_tree(path: &Path) -> Result<(), ExtractError> {
     match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io("inspecting", path)(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("inspecting", path)(e)),
         Ok(m) if m.is_dir() => {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
             for entry in std::fs::read_dir(path).map_err(io("listing", path))? {

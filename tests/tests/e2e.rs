@@ -9,7 +9,8 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use cinfer_tests::{env_u32, show_stages};
-use deploy::local::{ImageStore, Options, Pipeline};
+use deploy::local::pipeline::mounts_under;
+use deploy::local::{ImageStore, Layout, Options, Pipeline};
 
 #[test]
 fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
@@ -121,6 +122,56 @@ fn e2e_tritonclient_through_attested_proxies_to_triton_on_the_fuse_mount() {
         assert!(out.contains("(1) = COFFEE MUG"), "{out}");
         assert!(out.contains("\"equal_to_plaintext_onnxruntime\": true"), "{out}");
     }
+    drop(p);
+
+    // The Kubernetes pod (`render k8s`, what AKS confidential containers allow): its init container encfs-extract
+    // releases the key through attestation and writes the verified files into the model volume, no FUSE; Triton
+    // serves them and the answers through the proxies equal onnxruntime's.
+    let p = Pipeline::start(&Options {
+        layout: Layout::K8s,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(p.mounted, "{:?}; see {}", p.mount_failure, p.logs().display());
+    let extract = p.launched.iter().find(|l| l.process == "encfs-extract").unwrap();
+    assert!(
+        extract
+            .source
+            .ends_with("deployment.yaml initContainers[1] \"encfs-extract\""),
+        "{}",
+        extract.source
+    );
+    assert!(
+        !p.launched.iter().any(|l| l.process == "encfs-sidecar"),
+        "the pod runs no FUSE sidecar"
+    );
+    assert!(
+        mounts_under(&p.work).is_empty(),
+        "something is mounted: {:?}",
+        mounts_under(&p.work)
+    );
+    let config = p.mount.join("classifier/config.pbtxt");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&config).unwrap().permissions());
+    assert_eq!(mode & 0o222, 0, "{} is writable ({mode:o})", config.display());
+    let (ok, out) = p.client("infer", "classifier", &[]).unwrap();
+    eprintln!("k8s layout: {out}");
+    assert!(ok && out.contains("= COFFEE MUG"), "{out}");
+    assert!(out.contains("\"equal_to_plaintext_onnxruntime\": true"), "{out}");
+    drop(p);
+    // The pod with evidence of another hostdata: the init container is refused at key release; nothing is written.
+    let p = Pipeline::start(&Options {
+        layout: Layout::K8s,
+        evidence_host_data: Some("11".repeat(32)),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!p.mounted, "a key was released to the pod with the wrong hostdata");
+    let failure: serde_json::Value = serde_json::from_str(p.mount_failure.as_deref().unwrap()).unwrap();
+    assert_eq!(failure["step"], "release", "{failure}");
+    assert!(
+        std::fs::read_dir(&p.mount).unwrap().next().is_none(),
+        "something was written"
+    );
     drop(p);
 
     // A client policy pinning another hostdata: the client proxy refuses, Triton sees no request.

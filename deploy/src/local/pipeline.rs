@@ -7,7 +7,9 @@
 //! 5. the deployment rendered (`render aci` of the example config or the user's, pinned to this image and its
 //!    signer) into `work/rendered/`, and the model key imported with its release policy for the hostdata H;
 //! 6. the rendered `encfs` container: key release through attestation (mock evidence carrying the container's
-//!    host_data), the FUSE mount of the image's URL, root pinned and signature checked as rendered;
+//!    host_data), the FUSE mount of the image's URL, root pinned and signature checked as rendered; with
+//!    [`Layout::K8s`], the rendered Kubernetes pod's init container `encfs-extract` instead, run to its end: the
+//!    same steps, then the verified files written into the model volume (no FUSE);
 //! 7. the rendered `model-server` container: Triton serving the repository from the mount (Python backend, and
 //!    a Python-based onnxruntime backend for standard ONNX models); a model that fails to load is reported;
 //! 8. the rendered `proxy` container (attested TLS in front of Triton), and the client proxy with the rendered
@@ -50,6 +52,18 @@ pub enum ImageStore {
     Azurite,
     /// A local HTTP server with Range support (what a web server or a presigned URL gives).
     Http,
+}
+
+/// Which rendered deployment runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Layout {
+    /// `render aci`: the encfs sidecar mounts the image with FUSE beside the model server.
+    #[default]
+    Aci,
+    /// `render k8s`: the pod's init container `encfs-extract` writes the verified files into the model volume
+    /// (no FUSE), then the model server and the proxy start.
+    K8s,
 }
 
 /// Fixed ports on 127.0.0.1; 0 picks a free one.
@@ -136,6 +150,8 @@ pub struct Options {
     pub client_host_data: Option<String>,
     /// The deployment config to render (TOML or YAML); None: the example config.
     pub config: Option<PathBuf>,
+    /// Which rendered deployment runs.
+    pub layout: Layout,
     /// Set to stop a start in progress.
     pub cancel: Cancel,
     /// Called when a stage starts and ends.
@@ -154,6 +170,7 @@ impl std::fmt::Debug for Options {
             .field("evidence_host_data", &self.evidence_host_data)
             .field("client_host_data", &self.client_host_data)
             .field("config", &self.config)
+            .field("layout", &self.layout)
             .finish_non_exhaustive()
     }
 }
@@ -163,9 +180,9 @@ const STAGES: [&str; 8] = [
     "sign + encrypt (cinfer-mkimage build)",
     "image store: Azurite + upload (cinfer-mkimage upload)",
     "attestation service + key broker (cinfer-attest serve)",
-    "render the deployment (ACI) + key import with its release policy",
+    "render the deployment + key import with its release policy",
     "encfs sidecar: attested key release + FUSE mount",
-    "Triton loads the model from the mount",
+    "Triton loads the model repository",
     "attested TLS server proxy + client proxy",
 ];
 
@@ -188,6 +205,8 @@ pub struct Pipeline {
     pub failed_models: Vec<(String, String)>,
     /// The rendered deployment (`work/rendered`).
     pub rendered: PathBuf,
+    /// Which rendered deployment runs.
+    pub layout: Layout,
     /// What local mode set in the config before rendering (the pin and signer of the image built here).
     pub config_notes: Vec<String>,
     /// The processes started from the rendered deployment.
@@ -270,8 +289,8 @@ fn stop_in_order(
     if let Some(mut t) = triton.take() {
         let _ = t.proc_mut().stop();
     }
-    if let Some(mut s) = sidecar.take() {
-        match s.proc.stop() {
+    if let Some(mut s) = sidecar.take().and_then(|s| s.proc) {
+        match s.stop() {
             Ok(st) if !st.success() => warn!(status = %st, "the encfs sidecar stopped with an error"),
             _ => {}
         }
@@ -381,7 +400,7 @@ impl Pipeline {
         let (authority_url, mock) = (authority.url.clone(), authority.mock.clone());
         up.authority = Some(authority);
         let rendered = timer.run(STAGES[4], || {
-            let r = render::render(&ctx, opts.config.as_deref(), &img.root, &img.signer_pub)?;
+            let r = render::render(&ctx, opts.config.as_deref(), &img.root, &img.signer_pub, opts.layout)?;
             let policy = localize_release_policy(
                 &r.json("release-policy.json")?,
                 &Addresses {
@@ -434,11 +453,21 @@ impl Pipeline {
                 added: cmd.added.clone(),
             });
         };
-        let sc = timer.run(STAGES[5], || {
-            let cmd = localize(rendered.container("encfs")?, &addresses, &platform)?;
-            launch("encfs-sidecar", &cmd);
-            sidecar::start(&ctx, &cmd, addresses.mount_point.clone(), platform.ready_dir.clone())
-        })?;
+        let sc = match opts.layout {
+            Layout::Aci => timer.run(STAGES[5], || {
+                let cmd = localize(rendered.container("encfs")?, &addresses, &platform)?;
+                launch("encfs-sidecar", &cmd);
+                sidecar::start(&ctx, &cmd, addresses.mount_point.clone(), platform.ready_dir.clone())
+            })?,
+            Layout::K8s => timer.run(
+                "encfs-extract (init container): attested key release + verified extraction",
+                || {
+                    let cmd = localize(rendered.container("encfs-extract")?, &addresses, &platform)?;
+                    launch("encfs-extract", &cmd);
+                    sidecar::extract(&ctx, &cmd, addresses.mount_point.clone(), platform.ready_dir.clone())
+                },
+            )?,
+        };
         let (mount, mounted, mount_failure) = (sc.mount.clone(), sc.mounted, sc.failure.clone());
         if let Some(why) = &mount_failure {
             warn!(%why, "the sidecar did not mount the image");
@@ -508,6 +537,7 @@ impl Pipeline {
             model_names,
             failed_models,
             rendered: rendered.dir.clone(),
+            layout: opts.layout,
             config_notes: rendered.notes.clone(),
             launched,
             example,
@@ -647,10 +677,10 @@ impl Pipeline {
         if let Some(t) = &mut self.triton {
             t.proc_mut().check_running()?;
         }
-        if let Some(s) = &mut self.sidecar
+        if let Some(p) = self.sidecar.as_mut().and_then(|s| s.proc.as_mut())
             && self.mounted
         {
-            s.proc.check_running()?;
+            p.check_running()?;
         }
         if let Some(a) = &mut self.authority {
             a.proc.check_running()?;
@@ -687,8 +717,8 @@ impl Pipeline {
         if let Some(a) = &self.authority {
             v.push(&a.proc);
         }
-        if let Some(s) = &self.sidecar {
-            v.push(&s.proc);
+        if let Some(p) = self.sidecar.as_ref().and_then(|s| s.proc.as_ref()) {
+            v.push(p);
         }
         if let Some(t) = &self.triton {
             v.push(t.proc());

@@ -1,5 +1,6 @@
-//! What `cinfer-deploy local` runs is what `cinfer-deploy render aci` wrote: each container of the rendered
-//! container group becomes a local process with the rendered command, arguments and environment.
+//! What `cinfer-deploy local` runs is what `cinfer-deploy render aci` (or, with `--layout k8s`, `render k8s`)
+//! wrote: each container of the rendered container group (or pod) becomes a local process with the rendered
+//! command, arguments and environment.
 //!
 //! [`localize`] is the one place where the rendered deployment is changed for this machine, and it changes only
 //! where things are:
@@ -16,6 +17,7 @@
 //! | `EncfsSideCarArgs`: `key.authority.endpoint`, `key.akv.endpoint` | the local attestation service and key broker |
 //! | `EncfsSideCarArgs`: `mount_point`          | the local mount point                              |
 //! | release policy: `anyOf[].authority`        | the local attestation service                      |
+//! | `EncfsSideCarArgs`: `azure_info.cinfer_workload_identity` (Kubernetes) | false: the local broker and store take no Entra ID token |
 //!
 //! Everything else (the root pin, the signer key, the verify mode, the cache size, the key id, the identity,
 //! Triton's loopback binding, every other flag) is passed as rendered. What this machine lacks is *added*, never
@@ -84,6 +86,42 @@ pub fn aci_containers(template: &Value, file: &str) -> Result<Vec<RenderedContai
             })
         })
         .collect()
+}
+
+/// The containers of a rendered Kubernetes Deployment: its init containers, then its containers, in order.
+pub fn k8s_containers(deployment: &Value, file: &str) -> Result<Vec<RenderedContainer>> {
+    let spec = deployment
+        .pointer("/spec/template/spec")
+        .ok_or_else(|| LocalError::Unexpected {
+            what: format!("the rendered {file}"),
+            got: "no spec.template.spec".into(),
+        })?;
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for kind in ["initContainers", "containers"] {
+        for (i, c) in spec[kind].as_array().into_iter().flatten().enumerate() {
+            let name = c["name"].as_str().unwrap_or_default().to_owned();
+            let env = c["env"]
+                .as_array()
+                .map(|vars| {
+                    vars.iter()
+                        .filter_map(|v| Some((v["name"].as_str()?.to_owned(), v["value"].as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(RenderedContainer {
+                source: format!("{file} {kind}[{i}] {name:?}"),
+                name,
+                command: strings(&c["command"]),
+                env,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Where things are on this machine: the only values [`localize`] puts into a rendered deployment.
@@ -333,6 +371,14 @@ pub fn localize_sidecar_args(value: &str, a: &Addresses) -> Result<(EncfsSideCar
             local: "false (the local store's URL carries a SAS)".into(),
         });
     }
+    if args.azure_info.cinfer_workload_identity {
+        args.azure_info.cinfer_workload_identity = false;
+        subs.push(Substitution {
+            what: format!("{} azure_info.cinfer_workload_identity", sidecar_args::ENV_VAR),
+            rendered: "true".into(),
+            local: "false (the local key broker and store take no Entra ID token)".into(),
+        });
+    }
     Ok((args, subs))
 }
 
@@ -411,6 +457,33 @@ mod tests {
 
     fn t(what: &str, rendered: &str, local: &str) -> (String, String, String) {
         (what.into(), rendered.into(), local.into())
+    }
+
+    /// The Kubernetes pod's containers, in order (init containers first), and the extracting init container
+    /// localized with the ACI sidecar's substitutions plus Workload Identity off (the local broker takes no token).
+    #[test]
+    fn k8s_containers_localize_like_the_sidecar_plus_the_identity() {
+        let config = DeployConfig::example().unwrap();
+        let bundle = crate::render_k8s(&config, None, None).unwrap();
+        let d: Value = serde_norway::from_str(bundle.file("deployment.yaml").unwrap()).unwrap();
+        let c = k8s_containers(&d, "deployment.yaml").unwrap();
+        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["cinfer-init", "encfs-extract", "model-server", "proxy"]);
+        assert_eq!(c[1].source, "deployment.yaml initContainers[1] \"encfs-extract\"");
+        let (a, p) = (addresses(), platform());
+        let extract = localize(&c[1], &a, &p).unwrap();
+        assert_eq!(extract.args[0], "extract");
+        let aci_sidecar = localize(&rendered()[1], &a, &p).unwrap();
+        let mut want = subs(&aci_sidecar);
+        want.push(t(
+            "EncfsSideCarArgs azure_info.cinfer_workload_identity",
+            "true",
+            "false (the local key broker and store take no Entra ID token)",
+        ));
+        assert_eq!(subs(&extract), want);
+        assert_eq!(extract.added, aci_sidecar.added);
+        // The model server reads the extracted tree where the sidecar's mount was.
+        assert_eq!(subs(&localize(&c[2], &a, &p).unwrap()), subs(&localize(&rendered()[0], &a, &p).unwrap()));
     }
 
     /// Exactly these values are substituted, and exactly these are added; everything else is as rendered.

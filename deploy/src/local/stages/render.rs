@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 
 use super::Ctx;
 use crate::local::error::{LocalError, Result};
-use crate::local::rendered::{RenderedContainer, aci_containers};
-use crate::{Bundle, DeployConfig, SecurityPolicy, render_aci};
+use crate::local::pipeline::Layout;
+use crate::local::rendered::{RenderedContainer, aci_containers, k8s_containers};
+use crate::{Bundle, DeployConfig, SecurityPolicy, render_aci, render_k8s};
 
 /// The rendered deployment.
 #[derive(Debug)]
@@ -48,14 +49,20 @@ impl Rendered {
             .iter()
             .find(|c| c.name == name)
             .ok_or_else(|| LocalError::Unexpected {
-                what: "the rendered template.json".into(),
+                what: "the rendered deployment".into(),
                 got: format!("no container {name:?}"),
             })
     }
 }
 
 /// Loads the config (`None`: the example), points its pin and signer at the image built here, and renders it.
-pub(crate) fn render(ctx: &Ctx, config: Option<&Path>, root: &str, signer_pub: &Path) -> Result<Rendered> {
+pub(crate) fn render(
+    ctx: &Ctx,
+    config: Option<&Path>,
+    root: &str,
+    signer_pub: &Path,
+    layout: Layout,
+) -> Result<Rendered> {
     let invalid = |e: crate::ConfigError| LocalError::Unexpected {
         what: "the deployment config".into(),
         got: format!("{e:#}"),
@@ -99,11 +106,24 @@ pub(crate) fn render(ctx: &Ctx, config: Option<&Path>, root: &str, signer_pub: &
     }
     config.validate().map_err(invalid)?;
 
-    let unpolicied = render_aci(&config, None, None);
-    let template = unpolicied.file("template.json").unwrap_or_default();
+    let k8s_render = |policy: Option<&SecurityPolicy>| {
+        render_k8s(&config, policy, None).map_err(|e| LocalError::Unexpected {
+            what: "the deployment config (--layout k8s)".into(),
+            got: e.to_string(),
+        })
+    };
+    let (unpolicied, main_file, tool) = match layout {
+        Layout::Aci => (
+            render_aci(&config, None, None),
+            "template.json",
+            "az confcom acipolicygen",
+        ),
+        Layout::K8s => (k8s_render(None)?, "deployment.yaml", "az confcom katapolicygen"),
+    };
+    let template = unpolicied.file(main_file).unwrap_or_default();
     let rego = format!(
-        "package policy\n# cinfer-deploy local: stand-in for az confcom acipolicygen\n\
-         # template.json sha256 {}\n# image root {root}\nallow := true\n",
+        "package policy\n# cinfer-deploy local: stand-in for {tool}\n\
+         # {main_file} sha256 {}\n# image root {root}\nallow := true\n",
         hex::encode(Sha256::digest(template.as_bytes()))
     );
     let b64 = base64::engine::general_purpose::STANDARD.encode(&rego);
@@ -111,7 +131,10 @@ pub(crate) fn render(ctx: &Ctx, config: Option<&Path>, root: &str, signer_pub: &
         what: "the local security policy".into(),
         got: e.to_string(),
     })?;
-    let bundle = render_aci(&config, Some(&policy), None);
+    let bundle = match layout {
+        Layout::Aci => render_aci(&config, Some(&policy), None),
+        Layout::K8s => k8s_render(Some(&policy))?,
+    };
     let dir = ctx.work.join("rendered");
     bundle
         .write(&dir)
@@ -127,6 +150,16 @@ pub(crate) fn render(ctx: &Ctx, config: Option<&Path>, root: &str, signer_pub: &
         bundle,
         notes,
     };
-    rendered.containers = aci_containers(&rendered.json("template.json")?, "template.json")?;
+    rendered.containers = match layout {
+        Layout::Aci => aci_containers(&rendered.json("template.json")?, "template.json")?,
+        Layout::K8s => {
+            let text = rendered.bundle.file("deployment.yaml").unwrap_or_default();
+            let deployment: serde_json::Value = serde_norway::from_str(text).map_err(|e| LocalError::Unexpected {
+                what: "the rendered deployment.yaml".into(),
+                got: e.to_string(),
+            })?;
+            k8s_containers(&deployment, "deployment.yaml")?
+        }
+    };
     Ok(rendered)
 }

@@ -14,7 +14,8 @@ use crate::local::rendered::LocalCommand;
 /// The sidecar and the outcome of its first attempt.
 #[derive(Debug)]
 pub(crate) struct Sidecar {
-    pub(crate) proc: Proc,
+    /// The running sidecar (None for the Kubernetes layout's init container, which has exited).
+    pub(crate) proc: Option<Proc>,
     pub(crate) mount: PathBuf,
     /// Whether the key was released and the image mounted.
     pub(crate) mounted: bool,
@@ -58,7 +59,48 @@ pub(crate) fn start(ctx: &Ctx, cmd: &LocalCommand, mount: PathBuf, ready: PathBu
         std::fs::create_dir_all(&mount).map_err(LocalError::io(format!("creating {}", mount.display())))?;
     }
     Ok(Sidecar {
-        proc,
+        proc: Some(proc),
+        mount,
+        mounted,
+        failure,
+    })
+}
+
+/// The Kubernetes layout's init container `encfs-extract` (`cinfer-encfs extract`): runs it to its end, as the
+/// pod does before its containers start; the extracted tree is at `mount` when it succeeded.
+pub(crate) fn extract(ctx: &Ctx, cmd: &LocalCommand, mount: PathBuf, ready: PathBuf) -> Result<Sidecar> {
+    if let Some(parent) = mount.parent() {
+        std::fs::create_dir_all(parent).map_err(LocalError::io(format!("creating {}", parent.display())))?;
+    }
+    let mut proc = Proc::spawn("encfs-extract", cmd.command(), &ctx.logs)?.with_grace(Duration::from_secs(20));
+    let mut exited = None;
+    wait_for(
+        "the init container encfs-extract to finish",
+        Duration::from_secs(600),
+        &ctx.cancel,
+        || {
+            if let Err(e) = proc.check_running() {
+                exited = Some(e.to_string());
+                return Ok(true);
+            }
+            Ok(false)
+        },
+    )?;
+    let status = proc.stop()?;
+    let mounted = status.success() && ready.join("ready").exists();
+    let failure = (!mounted).then(|| {
+        std::fs::read_to_string(ready.join("filesystem-0.failed"))
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .or(exited)
+            .unwrap_or_else(|| format!("encfs-extract exited with {status}"))
+    });
+    if !mounted {
+        // The model server still starts, on an empty repository: it must report the model not ready.
+        std::fs::create_dir_all(&mount).map_err(LocalError::io(format!("creating {}", mount.display())))?;
+    }
+    Ok(Sidecar {
+        proc: None,
         mount,
         mounted,
         failure,
