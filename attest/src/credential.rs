@@ -42,6 +42,13 @@ pub const ENV_TENANT_ID: &str = "AZURE_TENANT_ID";
 pub const ENV_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
 /// The Entra authority, e.g. `https://login.microsoftonline.com/`.
 pub const ENV_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+/// The four variables the AKS workload-identity webhook injects.
+pub const WORKLOAD_IDENTITY_ENV: [&str; 4] = [
+    ENV_CLIENT_ID,
+    ENV_TENANT_ID,
+    ENV_FEDERATED_TOKEN_FILE,
+    ENV_AUTHORITY_HOST,
+];
 /// The client assertion type of a federated credential.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 

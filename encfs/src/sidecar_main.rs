@@ -39,6 +39,15 @@ pub(crate) struct SidecarArgs {
     /// With `--attester mock`: the launch measurement (96 hex digits; default zeros).
     #[arg(long, value_name = "HEX")]
     pub(crate) mock_measurement: Option<String>,
+    /// With the SEV-SNP attester: the UVM reference info (base64 of the endorsement), read when there is no ACI
+    /// security context (default: AKS's node file
+    /// /opt/confidential-containers/share/kata-containers/reference-info-base64, mounted by a hostPath).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) reference_info_file: Option<PathBuf>,
+    /// With the SEV-SNP attester: THIM, asked for the VCEK chain when there is no ACI host certificate (default
+    /// http://169.254.169.254/metadata/THIM/amd/certification; https, loopback or that address only).
+    #[arg(long, value_name = "URL")]
+    pub(crate) thim_url: Option<String>,
     /// Directory for readiness files: `filesystem-<i>.ready` (JSON: mount point, root), `filesystem-<i>.failed`
     /// (JSON: step, error) and `ready` once all are mounted.
     #[arg(long, value_name = "DIR")]
@@ -125,8 +134,11 @@ impl SidecarArgs {
                 if mock_root_dir.is_some() {
                     bail!("a mock root directory is only valid with the mock attester");
                 }
+                let sources =
+                    attest::evidence::HostSources::platform(self.reference_info_file.clone(), self.thim_url.clone());
                 Ok(Arc::new(
-                    attest::evidence::SnpDeviceAttester::open().context("opening the SEV-SNP guest device")?,
+                    attest::evidence::SnpDeviceAttester::open_with(&sources)
+                        .context("opening the SEV-SNP guest device")?,
                 ))
             }
             AttesterKind::Mock => {

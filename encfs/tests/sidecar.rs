@@ -1488,3 +1488,285 @@ fn forty_small_filesystems_stay_within_the_per_filesystem_memory_overhead() {
     sc.sigterm();
     assert!(sc.wait_exit().0);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Workload Identity (AKS confidential pods): the vault's and the private blob's tokens come from an Entra-shaped
+// token endpoint in the test, which checks the client assertion; the vault and the blob server accept only
+// tokens it minted, each for its own scope.
+
+const WI_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const WI_CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+const VAULT_SCOPE: &str = "https://vault.azure.net/.default";
+const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
+
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+
+/// `POST /{WI_TENANT}/oauth2/v2.0/token`: client credentials with a jwt-bearer assertion equal to the token file's
+/// content at that moment, for [`WI_CLIENT`]; mints a token per request, remembered with its scope.
+struct Entra {
+    authority: String,
+    minted: Shared<std::collections::HashMap<String, String>>,
+    /// The (scope, assertion) of each request.
+    requests: Shared<Vec<(String, String)>>,
+}
+
+fn form(body: &[u8]) -> std::collections::HashMap<String, String> {
+    reqwest::Url::parse(&format!("http://x/?{}", String::from_utf8_lossy(body)))
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn json_response(code: u16, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The value of header `name` in `head`.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+impl Entra {
+    fn start(token_file: PathBuf) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority = format!("http://{}/", listener.local_addr().unwrap());
+        let minted: Shared<std::collections::HashMap<String, String>> = Default::default();
+        let requests: Shared<Vec<(String, String)>> = Default::default();
+        let (m, r) = (minted.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (head, body) = read_message(&mut conn);
+                let f = form(&body);
+                let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+                r.lock().unwrap().push((get("scope"), get("client_assertion")));
+                let expected = std::fs::read_to_string(&token_file).unwrap_or_default();
+                let answer = if !head.starts_with(&format!("POST /{WI_TENANT}/oauth2/v2.0/token ")) {
+                    json_response(404, r#"{"error":"not_found"}"#)
+                } else if get("grant_type") != "client_credentials"
+                    || get("client_assertion_type") != attest::credential::JWT_BEARER
+                    || get("client_id") != WI_CLIENT
+                    || !get("scope").ends_with("/.default")
+                {
+                    json_response(400, r#"{"error":"invalid_request","error_description":"AADSTS900144"}"#)
+                } else if get("client_assertion") != expected.trim() {
+                    json_response(401, r#"{"error":"invalid_client","error_description":"AADSTS700213"}"#)
+                } else {
+                    let mut minted = m.lock().unwrap();
+                    let token = format!("wi-access-token-{}", minted.len());
+                    minted.insert(token.clone(), get("scope"));
+                    json_response(
+                        200,
+                        &format!(r#"{{"token_type":"Bearer","expires_in":3599,"access_token":"{token}"}}"#),
+                    )
+                };
+                let _ = conn.write_all(&answer);
+            }
+        });
+        Self {
+            authority,
+            minted,
+            requests,
+        }
+    }
+
+    /// Whether `head` carries a bearer token this endpoint minted for `scope`.
+    fn authorizes(minted: &Shared<std::collections::HashMap<String, String>>, head: &str, scope: &str) -> bool {
+        let token = header(head, "authorization").and_then(|v| v.strip_prefix("Bearer "));
+        token.is_some_and(|t| minted.lock().unwrap().get(t).map(String::as_str) == Some(scope))
+    }
+}
+
+/// A private blob (`/devstoreaccount1/models/model.img`) served with ranges and an ETag, only to bearers of a token
+/// minted for the storage scope; counts the requests it refused.
+fn start_private_blob(
+    data: Vec<u8>,
+    minted: Shared<std::collections::HashMap<String, String>>,
+) -> (String, Shared<u32>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/devstoreaccount1/models/model.img",
+        listener.local_addr().unwrap()
+    );
+    let refused: Shared<u32> = Default::default();
+    let r = refused.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (minted, data, r) = (minted.clone(), data.clone(), r.clone());
+            std::thread::spawn(move || {
+                let (head, _) = read_message(&mut conn);
+                if !Entra::authorizes(&minted, &head, STORAGE_SCOPE) || header(&head, "x-ms-version").is_none() {
+                    *r.lock().unwrap() += 1;
+                    let _ = conn.write_all(&json_response(403, r#"{"error":"AuthorizationFailure"}"#));
+                    return;
+                }
+                let (a, b) = header(&head, "range")
+                    .and_then(|v| v.strip_prefix("bytes="))
+                    .and_then(|v| v.split_once('-'))
+                    .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()))
+                    .unwrap();
+                let b = b.min(data.len() - 1);
+                let body = &data[a..=b];
+                let head = format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\nContent-Length: {}\r\n\
+                     ETag: \"0x8D0001\"\r\nConnection: close\r\n\r\n",
+                    data.len(),
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(body);
+            });
+        }
+    });
+    (url, refused)
+}
+
+/// A front to the local broker that forwards everything, but a key release only with a token minted for the vault
+/// scope (as AKV wants); counts the releases it let through.
+fn start_vault_front(
+    upstream: &str,
+    minted: Shared<std::collections::HashMap<String, String>>,
+) -> (String, Shared<u32>) {
+    let upstream = upstream.strip_prefix("http://").unwrap().to_owned();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let released: Shared<u32> = Default::default();
+    let n = released.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (head, body) = read_message(&mut conn);
+            let answer = if head.lines().next().unwrap().contains("/release") {
+                if Entra::authorizes(&minted, &head, VAULT_SCOPE) {
+                    *n.lock().unwrap() += 1;
+                    forward(&upstream, &head, &body)
+                } else {
+                    error_response(401)
+                }
+            } else {
+                forward(&upstream, &head, &body)
+            };
+            let _ = conn.write_all(&answer);
+        }
+    });
+    (url, released)
+}
+
+/// `EncfsSideCarArgs` for this world's image at `url` (private), the vault at `vault`, with Workload Identity.
+fn workload_identity_args(w: &World, mount_point: &Path, url: &str, vault: &str) -> String {
+    let json = FsEntry {
+        url,
+        vault,
+        ..w.fs_entry(mount_point)
+    }
+    .args_json();
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["azure_filesystems"][0]["azure_url_private"] = true.into();
+    v["azure_info"] = serde_json::json!({"identity": {"client_id": WI_CLIENT}, "cinfer_workload_identity": true});
+    v.to_string()
+}
+
+fn start_sidecar_with_env(w: &World, json: &str, env: &[(&str, String)], tag: &str) -> Sidecar {
+    let config = SidecarConfig::from_json(json.as_bytes()).unwrap();
+    let hidden = vec![
+        config.filesystems[0]
+            .mount_point
+            .parent()
+            .unwrap()
+            .join(".filesystem-0"),
+    ];
+    let mut cmd = common::encfs_bin();
+    cmd.arg("sidecar")
+        .args(["--attester", "mock", "--mock-root-dir"])
+        .arg(&w.mock_root_dir)
+        .args(["--mock-host-data", &hex::encode(HOST_DATA)])
+        .arg("--allow-unpinned")
+        .env(
+            "EncfsSideCarArgs",
+            base64::engine::general_purpose::STANDARD.encode(json),
+        );
+    for k in attest::credential::WORKLOAD_IDENTITY_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    spawn_sidecar(w, cmd, hidden, tag, 2)
+}
+
+#[test]
+fn workload_identity_gets_the_vault_and_blob_tokens_and_the_sidecar_mounts_the_private_blob() {
+    assert!(
+        fuse_available(),
+        "this test needs /dev/fuse, fusermount3 (Debian fuse3) and root"
+    );
+    let w = World::new();
+    let token_file = w.dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, "projected-service-account-token\n").unwrap();
+    let entra = Entra::start(token_file.clone());
+    let (blob_url, refused) = start_private_blob(std::fs::read(&w.image).unwrap(), entra.minted.clone());
+    let (vault_url, released) = start_vault_front(&w.svc.url, entra.minted.clone());
+    let base = w.dir.path().join("mnt");
+    std::fs::create_dir(&base).unwrap();
+    let mount_point = base.join("models");
+    let json = workload_identity_args(&w, &mount_point, &blob_url, &vault_url);
+    let env = vec![
+        ("AZURE_CLIENT_ID", WI_CLIENT.to_owned()),
+        ("AZURE_TENANT_ID", WI_TENANT.to_owned()),
+        ("AZURE_FEDERATED_TOKEN_FILE", token_file.display().to_string()),
+        ("AZURE_AUTHORITY_HOST", entra.authority.clone()),
+    ];
+
+    let mut sc = start_sidecar_with_env(&w, &json, &env, "wi");
+    sc.wait_ready();
+    assert!(std::fs::read(mount_point.join("weights/model.bin")).unwrap() == w.content);
+    // One token per scope (the blob's is cached across all its reads), each for the file's assertion.
+    let mut requests = entra.requests.lock().unwrap().clone();
+    requests.sort();
+    let assertion = "projected-service-account-token".to_owned();
+    assert_eq!(
+        requests,
+        [
+            (STORAGE_SCOPE.to_owned(), assertion.clone()),
+            (VAULT_SCOPE.to_owned(), assertion)
+        ]
+    );
+    assert_eq!((*released.lock().unwrap(), *refused.lock().unwrap()), (1, 0));
+    sc.sigterm();
+    let (ok, log) = sc.wait_exit();
+    assert!(ok, "{log}");
+    assert!(log.contains("workload identity"), "{log}");
+    assert!(
+        !log.contains("projected-service-account-token") && !log.contains("wi-access-token"),
+        "{log}"
+    );
+
+    // A webhook variable missing: the sidecar refuses to start, naming it, and asks nobody for anything (no IMDS).
+    for missing in 0..env.len() {
+        let mut partial = env.clone();
+        let (name, _) = partial.remove(missing);
+        let mut sc = start_sidecar_with_env(&w, &json, &partial, "wi-missing");
+        let (code, log) = sc.wait_exit_code();
+        assert_eq!(code, Some(1), "{log}");
+        assert!(log.contains(&format!("{name} is not set")), "{log}");
+    }
+    // The identity the measured arguments name must be the webhook's.
+    let mut other = env.clone();
+    other[0].1 = "99999999-2222-3333-4444-555555555555".into();
+    let mut sc = start_sidecar_with_env(&w, &json, &other, "wi-other");
+    let (code, log) = sc.wait_exit_code();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("AZURE_CLIENT_ID 99999999-2222-3333-4444-555555555555 is not azure_info.identity.client_id"),
+        "{log}"
+    );
+    assert_eq!(entra.requests.lock().unwrap().len(), 2);
+    assert_eq!(*released.lock().unwrap(), 1);
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use attest::client::AttestationClient;
-use attest::evidence::{Attester, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
+use attest::evidence::{Attester, HostSources, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
 use attest::token::Jwks;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use proxy::atls::limit::FreshLimits;
@@ -72,6 +72,15 @@ struct ServerArgs {
     /// Evidence source.
     #[arg(long, value_enum, default_value_t = AttesterKind::Snp)]
     attester: AttesterKind,
+    /// With `--attester snp`: the UVM reference info (base64 of the endorsement), read when there is no ACI
+    /// security context (default: AKS's node file
+    /// /opt/confidential-containers/share/kata-containers/reference-info-base64, mounted by a hostPath).
+    #[arg(long, value_name = "PATH")]
+    reference_info_file: Option<PathBuf>,
+    /// With `--attester snp`: THIM, asked for the VCEK chain when there is no ACI host certificate (default
+    /// http://169.254.169.254/metadata/THIM/amd/certification; https, loopback or that address only).
+    #[arg(long, value_name = "URL")]
+    thim_url: Option<String>,
     /// Certificate subject name.
     #[arg(long, default_value = "cinfer")]
     name: String,
@@ -222,9 +231,13 @@ fn hex_array<const N: usize>(s: &str, what: &str) -> anyhow::Result<[u8; N]> {
         .map_err(|_| anyhow::anyhow!("{what}: expected {} hex digits", 2 * N))
 }
 
-fn attester(kind: AttesterKind, m: &MockArgs) -> anyhow::Result<Arc<dyn Attester>> {
-    Ok(match kind {
-        AttesterKind::Snp => Arc::new(SnpDeviceAttester::open().context("opening the SNP guest device")?),
+fn attester(a: &ServerArgs) -> anyhow::Result<Arc<dyn Attester>> {
+    let m = &a.mock;
+    Ok(match a.attester {
+        AttesterKind::Snp => {
+            let sources = HostSources::platform(a.reference_info_file.clone(), a.thim_url.clone());
+            Arc::new(SnpDeviceAttester::open_with(&sources).context("opening the SNP guest device")?)
+        }
         AttesterKind::Mock => {
             let dir = m.mock_root.as_ref().context("--attester mock needs --mock-root")?;
             let root = MockRoot::load(dir).with_context(|| format!("loading the mock root from {}", dir.display()))?;
@@ -245,7 +258,7 @@ fn attester(kind: AttesterKind, m: &MockArgs) -> anyhow::Result<Arc<dyn Attester
 }
 
 async fn server(a: ServerArgs) -> anyhow::Result<()> {
-    let att = attester(a.attester, &a.mock)?;
+    let att = attester(&a)?;
     attest::transport::check_endpoint("--attestation-url", &a.attestation_url, a.dangerously_allow_plain_http)?;
     let client = AttestationClient::new(&a.attestation_url).context("attestation client")?;
     let issuer = Arc::new(TokenIssuer::new(client, att));

@@ -94,6 +94,7 @@ impl StepError {
         let transient = match e {
             ClientError::Http { .. } => true,
             ClientError::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            ClientError::Credential(c) => c.is_transient(),
             _ => false,
         };
         // Unwrap failures surface from `release` (which unwraps inside); name the step that failed.
