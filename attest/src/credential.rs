@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::error::chain;
 use crate::secret::SecretBytes;
 use crate::transport::TransportError;
 
@@ -356,13 +357,13 @@ impl TokenProvider {
         let resp = request.send().await.map_err(|e| CredentialError::Unreachable {
             credential,
             endpoint: endpoint.clone(),
-            detail: error_chain(&e.without_url()),
+            detail: chain(&e.without_url()),
         })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| CredentialError::Unreachable {
             credential,
             endpoint: endpoint.clone(),
-            detail: error_chain(&e.without_url()),
+            detail: chain(&e.without_url()),
         })?;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         if !status.is_success() {
@@ -408,18 +409,6 @@ fn entra_error(v: &Value) -> String {
         }
         text.truncate(end);
         text.push('…');
-    }
-    text
-}
-
-/// An error and its causes, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cur = c.source();
     }
     text
 }

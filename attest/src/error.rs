@@ -497,6 +497,18 @@ pub enum EvidenceError {
     Mock(String),
 }
 
+/// An error and its causes, `: `-separated (reqwest's own text is only "error sending request").
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    text
+}
+
 /// A client call to an attestation service or key vault failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

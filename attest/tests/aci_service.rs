@@ -5,7 +5,8 @@
 //! compliance; a mock UVM signer's endorsement counts only where its issuer is configured.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use attest::appraisal::{Appraisal, MinimumTcb};
+mod common;
+
 use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerification, VaultAuth};
 use attest::endorsement::UvmTrust;
 use attest::endorsement::mock::MockUvmSigner;
@@ -50,22 +51,6 @@ fn aci_evidence(endorsement: &[u8]) -> Evidence {
         .unwrap()
 }
 
-/// A service whose Milan floor is the 2022 report's own TCB: the report predates the bulletins behind the
-/// default floors, so these tests of the endorsement give it this explicit lower floor.
-fn config_2022() -> ServiceConfig {
-    let mut min_tcb = MinimumTcb::amd_default();
-    min_tcb
-        .apply_spec("milan:bootloader=3,tee=0,snp=8,microcode=115")
-        .unwrap();
-    ServiceConfig {
-        appraisal: Appraisal {
-            min_tcb,
-            ..Appraisal::default()
-        },
-        ..ServiceConfig::default()
-    }
-}
-
 async fn claims_of(svc: &RunningService, token: &str) -> Claims {
     let jwks = AttestationClient::new(&svc.url).unwrap().jwks().await.unwrap();
     verify_token(token, &jwks, &TokenCheck::issuer(svc.url.clone())).unwrap()
@@ -87,7 +72,7 @@ async fn real_aci_evidence_with_its_endorsement_is_an_azure_compliant_uvm() {
         ENDORSEMENT
     );
 
-    let svc = RunningService::start(config_2022()).await.unwrap();
+    let svc = RunningService::start(common::config_2022()).await.unwrap();
     let maa = AttestationClient::new(&svc.url).unwrap();
     let token = maa.attest(&ev, RUNTIME).await.unwrap();
     let claims = claims_of(&svc, &token).await;
@@ -105,7 +90,7 @@ async fn real_aci_evidence_with_its_endorsement_is_an_azure_compliant_uvm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_endorsement_the_token_is_not_compliant_and_a_failing_one_is_refused() {
-    let svc = RunningService::start(config_2022()).await.unwrap();
+    let svc = RunningService::start(common::config_2022()).await.unwrap();
     let maa = AttestationClient::new(&svc.url).unwrap();
 
     let token = maa.attest(&aci_evidence(&[]), RUNTIME).await.unwrap();
@@ -125,7 +110,7 @@ async fn without_an_endorsement_the_token_is_not_compliant_and_a_failing_one_is_
     // An issuer the service does not trust.
     let svc2 = RunningService::start(ServiceConfig {
         uvm_trust: UvmTrust::none(),
-        ..config_2022()
+        ..common::config_2022()
     })
     .await
     .unwrap();

@@ -5,14 +5,15 @@
 //! `azure-compliant-uvm`. Every failure names what was missing.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use attest::appraisal::{Appraisal, MinimumTcb};
 use attest::client::AttestationClient;
 use attest::evidence::{HostSources, Origin, ThimCerts, UvmInformation};
-use attest::service::{RunningService, ServiceConfig};
+use attest::service::RunningService;
 use attest::token::{TokenCheck, verify_token};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
@@ -100,21 +101,6 @@ fn aci_dir() -> tempfile::TempDir {
     dir
 }
 
-/// A service whose Milan floor is the 2022 report's own TCB (the report predates the default floors).
-fn config_2022() -> ServiceConfig {
-    let mut min_tcb = MinimumTcb::amd_default();
-    min_tcb
-        .apply_spec("milan:bootloader=3,tee=0,snp=8,microcode=115")
-        .unwrap();
-    ServiceConfig {
-        appraisal: Appraisal {
-            min_tcb,
-            ..Appraisal::default()
-        },
-        ..ServiceConfig::default()
-    }
-}
-
 #[test]
 fn aks_inputs_come_from_the_node_file_and_thim_and_attest_as_a_compliant_uvm() {
     let thim = Thim::start(vec![(200, THIM_JSON.to_vec())]);
@@ -151,7 +137,7 @@ fn aks_inputs_come_from_the_node_file_and_thim_and_attest_as_a_compliant_uvm() {
     // The attestation service verifies the THIM chain to the AMD root and the endorsement: compliant.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let svc = RunningService::start(config_2022()).await.unwrap();
+        let svc = RunningService::start(common::config_2022()).await.unwrap();
         let maa = AttestationClient::new(&svc.url).unwrap();
         let token = maa.attest(&aks_evidence, RUNTIME).await.unwrap();
         let jwks = maa.jwks().await.unwrap();

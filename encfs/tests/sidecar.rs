@@ -1769,4 +1769,21 @@ fn workload_identity_gets_the_vault_and_blob_tokens_and_the_sidecar_mounts_the_p
     );
     assert_eq!(entra.requests.lock().unwrap().len(), 2);
     assert_eq!(*released.lock().unwrap(), 1);
+
+    // Entra refuses the blob's token (another client id; the vault takes a given bearer token): the source fails at
+    // once with Entra's answer, not after the read retry budget (30 s).
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["azure_info"] = serde_json::json!({"cinfer_workload_identity": true});
+    v["azure_filesystems"][0]["key"]["akv"] =
+        serde_json::json!({"endpoint": w.svc.url, "bearer_token": "given-vault-token"});
+    let t = Instant::now();
+    let mut sc = start_sidecar_with_env(&w, &v.to_string(), &other, "wi-refused");
+    let (code, log) = sc.wait_exit_code();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("getting an Entra ID token for the blob") && log.contains("HTTP 400: invalid_request"),
+        "{log}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert_eq!(*refused.lock().unwrap(), 0, "no request without a token");
 }

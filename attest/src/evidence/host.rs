@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::EvidenceError;
+use crate::error::{EvidenceError, chain};
 use crate::evidence::thim::{ThimCerts, UvmInformation, decode_b64, security_context_dir};
 
 /// AKS confidential containers: the UVM reference info on the node (base64 of the COSE_Sign1 endorsement).
@@ -255,18 +255,6 @@ async fn fetch_thim_once(http: &reqwest::Client, url: &str) -> Result<ThimCerts,
     let certs = ThimCerts::from_json(&body).map_err(|e| ThimError::Body(e.to_string()))?;
     certs.tcbm().map_err(|e| ThimError::Body(e.to_string()))?;
     Ok(certs)
-}
-
-/// An error and its causes, `: `-separated (reqwest's own text is only "error sending request").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cur = c.source();
-    }
-    text
 }
 
 /// [`fetch_thim`] on a thread with its own runtime: callers may be inside a runtime or not.

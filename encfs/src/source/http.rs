@@ -182,6 +182,15 @@ pub struct HttpSource {
     health: Arc<health::Health>,
 }
 
+/// A request that could not be sent: retried, unless no token can be had for it and asking again will not help
+/// (the identity is refused, its token file is gone): that fails at once, naming why.
+fn send_failed<T>(err: HttpSourceError) -> Attempt<T> {
+    match &err {
+        HttpSourceError::Token(c) if !c.is_transient() => Attempt::Fail(BlobError::Backend(err)),
+        _ => Attempt::Retry { err, after: None },
+    }
+}
+
 /// One attempt's outcome.
 enum Attempt<T> {
     Done(T),
@@ -437,7 +446,7 @@ impl HttpSource {
     async fn stat_attempt(&self, key: &BlobKey) -> Attempt<BlobMeta> {
         let resp = match self.send(key, 0..1, None).await {
             Ok(r) => r,
-            Err(err) => return Attempt::Retry { err, after: None },
+            Err(err) => return send_failed(err),
         };
         let bad = |reason: String| Attempt::Fail(BlobError::Backend(HttpSourceError::BadResponse { reason }));
         let etag = etag_of(resp.headers());
@@ -485,7 +494,7 @@ impl HttpSource {
         let t0 = Instant::now();
         let mut resp = match self.send(key, range.clone(), if_match).await {
             Ok(r) => r,
-            Err(err) => return Attempt::Retry { err, after: None },
+            Err(err) => return send_failed(err),
         };
         let headers_at = t0.elapsed();
         let bad = |reason: String| Attempt::Fail(BlobError::Backend(HttpSourceError::BadResponse { reason }));
