@@ -16,6 +16,8 @@
 //! it, for mounts whose kernel window keeps only one READ in flight.
 
 pub mod readahead;
+#[cfg(test)]
+mod tests;
 
 use std::ops::Range;
 use std::time::{Duration, SystemTime};

@@ -10,6 +10,8 @@
 //!   instead of `SIGBUS`).
 //! * [`MmapSource`]: a local file mapped read-only (zero-copy; `SIGBUS` if the file is truncated under it).
 //! * [`MemSource`]: bytes in memory, for tests and for wrapping in fault-injecting sources.
+//! * `FaultySource` (feature `testing`): wraps any source and injects errors, delays, short or corrupted
+//!   answers and new ETags, request by request, for tests of the cache and the filesystem.
 //! * [`HttpSource`]: any HTTP(S) URL with `Range` support (plain servers, presigned and SAS URLs), with retries.
 //! * [`AzureSource`]: Azure Blob Storage (and Azurite) with a SAS, anonymously, or with a managed identity.
 //!
@@ -18,6 +20,8 @@
 
 mod any;
 pub mod azure;
+#[cfg(any(test, feature = "testing"))]
+pub mod faulty;
 mod file;
 pub mod http;
 mod mem;
@@ -31,6 +35,8 @@ use bytes::Bytes;
 
 pub use any::{AnySource, AnySourceError, LocalIo, SourceOptions, is_url, open};
 pub use azure::{AzureAuth, AzureSource};
+#[cfg(any(test, feature = "testing"))]
+pub use faulty::{Fault, FaultySource, Rule};
 pub use file::{FileSource, FileSourceError};
 pub use http::{HttpSource, HttpSourceError, RetryPolicy};
 pub use mem::MemSource;

@@ -124,6 +124,15 @@ pub enum CacheError<E: std::error::Error + 'static> {
     /// read tries again.
     #[error("the fetch of a cache part ended without a result")]
     Aborted,
+    /// The source answered a range with another number of bytes than asked for (a broken backend): nothing of
+    /// the answer is kept or returned.
+    #[error("the source returned {got} bytes for a {want}-byte range")]
+    WrongLength {
+        /// Bytes received.
+        got: u64,
+        /// Bytes asked for.
+        want: u64,
+    },
 }
 
 /// A part's outcome, shareable between every reader waiting for it.
@@ -132,6 +141,7 @@ enum Shared<E> {
     NotFound,
     PreconditionFailed,
     OutOfRange { start: u64, end: u64, len: u64 },
+    WrongLength { got: u64, want: u64 },
     Backend(Arc<E>),
 }
 
@@ -145,6 +155,7 @@ impl<E> Clone for Shared<E> {
                 end: *end,
                 len: *len,
             },
+            Self::WrongLength { got, want } => Self::WrongLength { got: *got, want: *want },
             Self::Backend(e) => Self::Backend(e.clone()),
         }
     }
@@ -441,9 +452,19 @@ impl<B: BlobSource> CachingSource<B> {
         if_match: Option<&ETag>,
     ) -> Result<Bytes, BlobError<CacheError<B::Error>>> {
         let len = (range.end - range.start) as usize;
+        let asked = split::pieces(range.clone(), self.config.split);
         let pieces = split::read(&*self.inner, key, range, if_match, self.config.split)
             .await
             .map_err(lift)?;
+        // A piece of another length than asked would shift every byte after it: the read fails instead.
+        if let Some((got, want)) = pieces
+            .iter()
+            .zip(&asked)
+            .map(|(p, r)| (p.len() as u64, r.end - r.start))
+            .find(|(got, want)| got != want)
+        {
+            return Err(BlobError::Backend(CacheError::WrongLength { got, want }));
+        }
         Ok(self.join(pieces, len))
     }
 
@@ -557,8 +578,6 @@ impl<B: BlobSource> CachingSource<B> {
                                 wanted.push((i, rx));
                             }
                         }
-                    } else {
-                        Metrics::add(&self.metrics.cache_misses, 1);
                     }
                     !all_cached
                 }
@@ -568,6 +587,8 @@ impl<B: BlobSource> CachingSource<B> {
             if let Some(b) = self.recent_hit(key, &range) {
                 return Ok(b);
             }
+            // Counted here, not before the recent reads were looked at: a read they hold is a hit only.
+            Metrics::add(&self.metrics.cache_misses, 1);
             let got = self.read_direct(key, range.clone(), blob_len, if_match).await?;
             self.remember(key, range, &got);
             return Ok(got);
@@ -671,6 +692,10 @@ impl<B: BlobSource> PartFetch<B> {
                 .read_range_into(&self.key, range, self.etag.as_ref(), &mut buf)
                 .await
                 .map_err(share)
+                .and_then(|()| match buf.len() as u64 {
+                    got if got == len => Ok(()),
+                    got => Err(Shared::WrongLength { got, want: len }),
+                })
         };
         let r = match r {
             Ok(()) => {
@@ -728,6 +753,7 @@ fn unshare<E: std::error::Error + 'static>(e: Shared<E>) -> BlobError<CacheError
         Shared::NotFound => BlobError::NotFound,
         Shared::PreconditionFailed => BlobError::PreconditionFailed,
         Shared::OutOfRange { start, end, len } => BlobError::OutOfRange { start, end, len },
+        Shared::WrongLength { got, want } => BlobError::Backend(CacheError::WrongLength { got, want }),
         Shared::Backend(e) => BlobError::Backend(CacheError::Source(e)),
     }
 }
@@ -812,186 +838,4 @@ impl<B: BlobSource> BlobSource for CachingSource<B> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::AtomicU64;
-
-    use super::*;
-    use crate::source::MemSource;
-
-    /// Counts what the inner source is asked for. With `gate`, every read also waits (up to two seconds) until
-    /// that many reads are in flight together, and counts it in `alone` if they never are.
-    #[derive(Debug, Default)]
-    struct Counting {
-        mem: MemSource,
-        requests: AtomicU64,
-        bytes: AtomicU64,
-        largest: AtomicU64,
-        ranges: Mutex<Vec<Range<u64>>>,
-        gate: Option<tokio::sync::Barrier>,
-        alone: AtomicU64,
-    }
-
-    impl BlobSource for Counting {
-        type Error = std::convert::Infallible;
-
-        async fn stat(&self, key: &BlobKey) -> Result<BlobMeta, BlobError<Self::Error>> {
-            self.mem.stat(key).await
-        }
-
-        async fn read_range(
-            &self,
-            key: &BlobKey,
-            range: Range<u64>,
-            if_match: Option<&ETag>,
-        ) -> Result<Bytes, BlobError<Self::Error>> {
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            self.bytes.fetch_add(range.end - range.start, Ordering::Relaxed);
-            self.largest.fetch_max(range.end - range.start, Ordering::Relaxed);
-            self.ranges.lock().unwrap().push(range.clone());
-            if let Some(gate) = &self.gate
-                && tokio::time::timeout(std::time::Duration::from_secs(2), gate.wait())
-                    .await
-                    .is_err()
-            {
-                self.alone.fetch_add(1, Ordering::Relaxed);
-            }
-            tokio::task::yield_now().await;
-            self.mem.read_range(key, range, if_match).await
-        }
-    }
-
-    fn data(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 31 % 251) as u8).collect()
-    }
-
-    #[test]
-    fn sequential_reads_prefetch_within_the_memory_bound_and_return_exact_bytes() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
-        let blob = data(64 << 20);
-        let key = BlobKey::new("b");
-        let inner = Counting::default();
-        inner.mem.put(key.clone(), blob.clone());
-        let cfg = CacheConfig {
-            capacity: 8 << 20,
-            part_size: 1 << 20,
-            max_window: 4 << 20,
-            max_streams: 4,
-            max_requests: 8,
-            split: DEFAULT_SPLIT,
-            disk: None,
-        };
-        let cache = CachingSource::new(inner, cfg, Arc::default());
-        rt.block_on(async {
-            let meta = cache.stat(&key).await.unwrap();
-            let step = 128 << 10;
-            let mut off = 0u64;
-            while off < meta.len {
-                let end = (off + step).min(meta.len);
-                let got = cache.read_range(&key, off..end, meta.etag.as_ref()).await.unwrap();
-                assert!(got[..] == blob[off as usize..end as usize], "bytes differ at {off}");
-                off = end;
-            }
-        });
-        let inner = cache.inner();
-        // The first 2 MiB as read (16 exact reads, 4 requests each), then whole 1 MiB parts; nothing much twice.
-        assert!(
-            inner.requests.load(Ordering::Relaxed) <= 4 + 16 * 4 + 64,
-            "{}",
-            inner.requests.load(Ordering::Relaxed)
-        );
-        assert!(inner.bytes.load(Ordering::Relaxed) <= (64 << 20) + (2 << 20));
-        assert!(cache.high_water() <= 8 << 20, "high water {}", cache.high_water());
-        assert!(
-            cache.high_water() >= 3 << 20,
-            "no read-ahead happened: {}",
-            cache.high_water()
-        );
-    }
-
-    #[test]
-    fn random_reads_fetch_exactly_their_range_in_pieces_of_at_least_the_minimum() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
-        let blob = data(32 << 20);
-        let key = BlobKey::new("b");
-        let inner = Counting::default();
-        inner.mem.put(key.clone(), blob.clone());
-        let cache = CachingSource::new(inner, CacheConfig::default(), Arc::default());
-        let mut want = Vec::new();
-        rt.block_on(async {
-            let meta = cache.stat(&key).await.unwrap();
-            // Distinct 2 MiB slots in shuffled order: no read continues another.
-            for i in 0..16u64 {
-                let off = ((i * 5) % 16) * (2 << 20) + 12_345;
-                assert!(off + 131_072 <= meta.len);
-                let got = cache.read_range(&key, off..off + 131_072, None).await.unwrap();
-                assert!(got[..] == blob[off as usize..off as usize + 131_072]);
-                want.push(off..off + 131_072);
-            }
-        });
-        // Besides the first stat's one-byte warm-up reads (at offset 0), the requests tile exactly the ranges
-        // read, each in four pieces of 32 KiB.
-        let mut got: Vec<Range<u64>> = cache.inner().ranges.lock().unwrap().clone();
-        got.retain(|r| r.start >= 12_345);
-        got.sort_by_key(|r| r.start);
-        assert_eq!(got.len(), 16 * 4, "{got:?}");
-        assert!(got.iter().all(|r| r.end - r.start == 32 << 10), "{got:?}");
-        let mut merged: Vec<Range<u64>> = Vec::new();
-        for r in got {
-            match merged.last_mut() {
-                Some(last) if last.end == r.start => last.end = r.end,
-                _ => merged.push(r),
-            }
-        }
-        want.sort_by_key(|r| r.start);
-        assert_eq!(merged, want);
-    }
-
-    #[test]
-    fn the_first_stat_warms_up_connections_and_a_cold_read_sends_its_pieces_at_once() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_time()
-            .build()
-            .unwrap();
-        let blob = data(4 << 20);
-        let key = BlobKey::new("b");
-        // Every request waits until four are in flight: requests sent one after another would time out.
-        let inner = Counting {
-            gate: Some(tokio::sync::Barrier::new(DEFAULT_SPLIT.max)),
-            ..Counting::default()
-        };
-        inner.mem.put(key.clone(), blob.clone());
-        let cache = CachingSource::new(inner, CacheConfig::default(), Arc::default());
-        let counting = |n| {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while cache.inner().requests.load(Ordering::Relaxed) < n && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            cache.inner().requests.load(Ordering::Relaxed)
-        };
-        let meta = rt.block_on(cache.stat(&key)).unwrap();
-        // The stat starts one tiny request per connection a split read will use, together, in the background.
-        assert_eq!(counting(4), 4);
-        assert!(cache.inner().largest.load(Ordering::Relaxed) <= 1);
-        // The kernel's first READ of a file (128 KiB, here two sealed 64 KiB chunks): four requests at once,
-        // none larger than a quarter of it.
-        let range = 4096..4096 + 2 * 65_552;
-        let got = rt
-            .block_on(cache.read_range(&key, range.clone(), meta.etag.as_ref()))
-            .unwrap();
-        assert!(got[..] == blob[range.start as usize..range.end as usize]);
-        assert_eq!(cache.inner().requests.load(Ordering::Relaxed), 8);
-        assert_eq!(cache.inner().largest.load(Ordering::Relaxed), 65_552 / 2);
-        assert_eq!(
-            cache.inner().alone.load(Ordering::Relaxed),
-            0,
-            "requests ran one after another"
-        );
-    }
-}
+mod tests;
