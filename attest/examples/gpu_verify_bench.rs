@@ -65,12 +65,24 @@ fn main() {
         }
     });
     println!("rounds: {rounds} (composite: {})", rounds.div_ceil(4));
-    println!("report + chain + signature:                  {:>8.2} ms", report_only.as_secs_f64() * 1e3);
-    println!("  + VBIOS RIM (XML-DSig, chain, 12 compared): {:>8.2} ms", report_vbios.as_secs_f64() * 1e3);
-    println!("driver RIM alone (XML-DSig, chain):           {:>8.2} ms", driver_rim.as_secs_f64() * 1e3);
+    println!(
+        "report + chain + signature:                  {:>8.2} ms",
+        report_only.as_secs_f64() * 1e3
+    );
+    println!(
+        "  + VBIOS RIM (XML-DSig, chain, 12 compared): {:>8.2} ms",
+        report_vbios.as_secs_f64() * 1e3
+    );
+    println!(
+        "driver RIM alone (XML-DSig, chain):           {:>8.2} ms",
+        driver_rim.as_secs_f64() * 1e3
+    );
     println!(
         "per GPU, both RIMs (sum):                     {:>8.2} ms",
         (report_vbios + driver_rim).as_secs_f64() * 1e3
     );
-    println!("8-GPU composite, sequential:                  {:>8.2} ms", composite.as_secs_f64() * 1e3);
+    println!(
+        "8-GPU composite, sequential:                  {:>8.2} ms",
+        composite.as_secs_f64() * 1e3
+    );
 }

@@ -37,6 +37,10 @@ pub(crate) enum Command {
     MockInit(MockInitArgs),
     /// Produce mock evidence (report + chain) for runtime data.
     MockEvidence(MockEvidenceArgs),
+    /// Generate mock GPUs into a directory: a root (for `serve --trust-mock-gpu-root DIR/root.pem`), the
+    /// GPUs' configuration (for `--mock-gpu-dir DIR`) and the matching collateral (`DIR/collateral.json`, for
+    /// `serve --gpu-collateral`).
+    MockGpuInit(MockGpuInitArgs),
     /// Verify a report and chain; print MAA claims as JSON.
     VerifyReport(VerifyReportArgs),
     /// Verify NVIDIA GPU evidence offline (report, device chain, RIMs); print the claims as JSON.
@@ -174,6 +178,41 @@ pub(crate) struct ServeArgs {
     /// instance and a saved copy of its `/certs`).
     #[arg(long, value_name = "ISSUER=JWKS_FILE")]
     pub(crate) trusted_authority: Vec<String>,
+    /// Offline GPU collateral bundle (JSON: driver and VBIOS RIMs, chosen by each report's versions, revoked
+    /// serials, a validity window). Without it GPU measurements are not compared (CC mode then `unknown`).
+    /// Refuses to start when it is not valid now.
+    #[arg(long)]
+    pub(crate) gpu_collateral: Option<PathBuf>,
+    /// Trust a mock GPU root (`root.pem` from `mock-gpu-init`) as device and RIM root instead of NVIDIA's.
+    /// Never in production.
+    #[arg(long)]
+    pub(crate) trust_mock_gpu_root: Option<PathBuf>,
+}
+
+/// `mock-gpu-init`.
+#[derive(Debug, Args)]
+pub(crate) struct MockGpuInitArgs {
+    /// Output directory (created 0700; the mock's private keys are written 0600).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Number of GPUs.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) count: u32,
+    /// Driver version the GPUs report (and of the generated driver RIM).
+    #[arg(long, default_value = "550.90.07")]
+    pub(crate) driver_version: String,
+    /// VBIOS version the GPUs report (and of the generated VBIOS RIM).
+    #[arg(long, default_value = "96.00.9F.00.01")]
+    pub(crate) vbios_version: String,
+    /// The GPUs report a DevTools-mode measurement (their measurements then do not match the RIMs).
+    #[arg(long)]
+    pub(crate) devtools: bool,
+    /// The GPUs report feature flag PPCIe (protected PCIe: CC mode off on the GPUs).
+    #[arg(long)]
+    pub(crate) ppcie: bool,
+    /// Validity of the collateral bundle, in days.
+    #[arg(long, default_value_t = 365)]
+    pub(crate) validity_days: u64,
 }
 
 /// `mock-init`.
@@ -225,6 +264,10 @@ pub(crate) struct MockArgs {
     /// VMPL.
     #[arg(long, default_value_t = 0)]
     pub(crate) vmpl: u32,
+    /// Add mock GPUs' evidence (directory from `mock-gpu-init`), each GPU's SPDM nonce derived from the
+    /// report_data (composite evidence). With `attest` and `release-key`.
+    #[arg(long)]
+    pub(crate) mock_gpu_dir: Option<PathBuf>,
 }
 
 /// `mock-evidence`.

@@ -108,12 +108,17 @@ impl AttestationClient {
             let endorsements = json!({"Uvm": [B64URL_PAD.encode(uvm)]});
             report["Endorsements"] = Value::String(B64URL_PAD.encode(endorsements.to_string()));
         }
-        json!({
+        let mut body = json!({
             "report": B64URL_PAD.encode(report.to_string()),
             "runtimeData": {"data": B64URL_PAD.encode(runtime_data), "dataType": "JSON"},
             "initTimeData": {"data": "", "dataType": ""},
             "nonce": u64::from_le_bytes(crate::secret::random_bytes::<8>()),
-        })
+        });
+        // Composite evidence (cinfer's extension; MAA has none): NVIDIA's per-GPU evidence objects.
+        if !evidence.gpus.is_empty() {
+            body["gpuEvidence"] = json!(evidence.gpus);
+        }
+        body
     }
 
     /// `POST /attest/SevSnpVm`: evidence (whose report_data must be `SHA-256(runtime_data) ‖ 0³²`) → JWT.

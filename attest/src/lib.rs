@@ -32,6 +32,12 @@
 //! * **GPU evidence** — [`gpu::verify_gpu`]`(&`[`gpu::GpuEvidence`]`, &`[`gpu::GpuTrust`]`, &`[`gpu::GpuVerifyOptions`]`)`:
 //!   NVIDIA Hopper SPDM reports, device chain to NVIDIA's root, signed RIMs (XML-DSig), measurements,
 //!   offline collateral ([`gpu::collateral::GpuCollateral`]); [`gpu::claims::gpu_claims`] names claims as NVIDIA does.
+//! * **Composite evidence (SNP + GPUs)** — [`evidence::CompositeAttester`] adds the GPUs' evidence
+//!   ([`gpu::GpuAttester`]) with each SPDM nonce = [`gpu::binding::gpu_nonce`]`(report_data)`; the service
+//!   verifies both ([`service::GpuServiceConfig`]) into one token ([`gpu::claims::composite_claims`]);
+//!   [`gpu::requirement::GpuRequirement`] turns "at least N GPUs, CC on, no DevTools, measurements matched,
+//!   driver/VBIOS minimums" into release-policy conditions. Mock GPUs: [`gpu::mock`] (never trusted unless
+//!   configured, like the mock SNP root).
 //! * **Tokens** — [`token::verify_token`]`(jwt, &`[`token::Jwks`]`, &`[`token::TokenCheck`]`)` → claims
 //!   (RS256 only, pinned keys, issuer, `exp`/`nbf`). The proxy calls this, then compares
 //!   `claims["x-ms-runtime"]` and its policy claims by exact equality ([`policy::claim_equals`]).

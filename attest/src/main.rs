@@ -15,11 +15,16 @@ use attest::client::{AttestationClient, KeyRef, KeyReleaseClient, ResponseVerifi
 use attest::collateral::{Collateral, CollateralBuilder};
 use attest::credential::{Credential, TokenProvider, WorkloadIdentity};
 use attest::endorsement::{UvmIssuer, UvmTrust};
-use attest::evidence::{Attester, HostSources, MockAttester, MockConfig, MockRoot, SnpDeviceAttester};
+use attest::evidence::{
+    Attester, CompositeAttester, HostSources, MockAttester, MockConfig, MockRoot, SnpDeviceAttester,
+};
+use attest::gpu::GpuTrust;
+use attest::gpu::collateral::GpuCollateral;
+use attest::gpu::mock::{self, MockGpuAttester, MockGpuConfig};
 use attest::keywrap::KeyDerivation;
 use attest::report::Generation;
 use attest::secret::SecretBytes;
-use attest::service::ServiceConfig;
+use attest::service::{GpuServiceConfig, ServiceConfig};
 use attest::tls::{ServerTls, TlsTrust};
 use attest::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data};
 use clap::Parser;
@@ -209,9 +214,42 @@ fn attester(a: &AttesterArgs) -> anyhow::Result<Box<dyn Attester>> {
         ))?),
         AttesterKind::Mock => {
             tracing::warn!("using the MOCK attester: evidence verifies only where its root is explicitly trusted");
-            Box::new(mock_attester(&a.mock)?)
+            let cpu = mock_attester(&a.mock)?;
+            match &a.mock.mock_gpu_dir {
+                None => Box::new(cpu),
+                Some(dir) => {
+                    let gpus = MockGpuAttester::load(dir)
+                        .with_context(|| format!("loading the mock GPUs from {}", dir.display()))?;
+                    tracing::warn!(count = gpus.config().count, "adding MOCK GPU evidence");
+                    Box::new(CompositeAttester::new(Arc::new(cpu), Arc::new(gpus)))
+                }
+            }
         }
     })
+}
+
+/// The GPU verification settings of `serve`: NVIDIA's roots unless a mock root is given, and the collateral.
+fn gpu_service_config(a: &ServeArgs) -> anyhow::Result<GpuServiceConfig> {
+    let trust = match &a.trust_mock_gpu_root {
+        None => GpuTrust::nvidia(),
+        Some(p) => {
+            let pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let t = GpuTrust::mock(&pem, &pem).with_context(|| format!("{}: not a mock GPU root", p.display()))?;
+            tracing::warn!(root = %t.label, "trusting a MOCK GPU root instead of NVIDIA's");
+            t
+        }
+    };
+    let collateral = match &a.gpu_collateral {
+        None => None,
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let c = GpuCollateral::from_json(&bytes).with_context(|| format!("{}", p.display()))?;
+            c.check_valid(SystemTime::now())
+                .with_context(|| format!("{}", p.display()))?;
+            Some(c)
+        }
+    };
+    Ok(GpuServiceConfig { trust, collateral })
 }
 
 fn trust_store(amd: bool, mock_roots: &[std::path::PathBuf]) -> anyhow::Result<TrustStore> {
@@ -247,6 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (Some(c), true) => c.uvm_trust().unwrap_or_default(),
                 _ => uvm_trust(&a.uvm_issuer)?,
             };
+            let gpu = gpu_service_config(&a)?;
             let config = ServiceConfig {
                 issuer: a.issuer,
                 state_dir: a.state_dir,
@@ -268,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?,
                 tls: tls.clone(),
                 dangerously_accept_weak_release_policies: a.dangerously_accept_weak_policy,
+                gpu,
             };
             runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&a.listen)
@@ -294,7 +334,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", a.out.join("ark.pem").display());
             Ok(())
         }
+        Command::MockGpuInit(a) => {
+            let config = MockGpuConfig {
+                count: a.count,
+                driver_version: a.driver_version,
+                vbios_version: a.vbios_version,
+                devtools: a.devtools,
+                ppcie: a.ppcie,
+            };
+            mock::init_dir(
+                &a.out,
+                &config,
+                std::time::Duration::from_secs(a.validity_days * 24 * 3600),
+            )?;
+            println!("{}", a.out.join("root.pem").display());
+            Ok(())
+        }
         Command::MockEvidence(a) => {
+            if a.mock.mock_gpu_dir.is_some() {
+                bail!("--mock-gpu-dir is for `attest` and `release-key` (mock-evidence writes the SNP part only)");
+            }
             let att = mock_attester(&a.mock)?;
             let rt = std::fs::read(&a.runtime_data).with_context(|| format!("reading {}", a.runtime_data.display()))?;
             let ev = att.evidence(&maa_report_data(&rt))?;

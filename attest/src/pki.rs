@@ -69,7 +69,7 @@ pub(crate) fn issue_pss(
         .map_err(|e| e.to_string())
 }
 
-/// Issue a certificate signed with ECDSA P-384/SHA-384 (tests of X.509 path validation).
+/// Issue a certificate signed with ECDSA P-384/SHA-384 valid for a day (tests of X.509 path validation).
 #[cfg(test)]
 pub(crate) fn issue_p384(
     issuer_key: &p384::ecdsa::SigningKey,
@@ -79,9 +79,31 @@ pub(crate) fn issue_p384(
     serial: u32,
     extensions: Vec<Extension>,
 ) -> Result<Certificate, String> {
+    issue_p384_for(
+        issuer_key,
+        issuer,
+        subject,
+        spki,
+        serial,
+        extensions,
+        Duration::from_secs(24 * 3600),
+    )
+}
+
+/// Issue a certificate signed with ECDSA P-384/SHA-384 (the NVIDIA scheme; the mock GPU's chains), valid
+/// from one hour ago for `lifetime`.
+pub(crate) fn issue_p384_for(
+    issuer_key: &p384::ecdsa::SigningKey,
+    issuer: Name,
+    subject: Name,
+    spki: SubjectPublicKeyInfoOwned,
+    serial: u32,
+    extensions: Vec<Extension>,
+    lifetime: Duration,
+) -> Result<Certificate, String> {
     let now = SystemTime::now();
     let nb = Time::try_from(now - Duration::from_secs(3600)).map_err(|e| e.to_string())?;
-    let na = Time::try_from(now + Duration::from_secs(24 * 3600)).map_err(|e| e.to_string())?;
+    let na = Time::try_from(now + lifetime).map_err(|e| e.to_string())?;
     let profile = FixedProfile {
         issuer,
         subject,

@@ -687,6 +687,18 @@ impl ClaimCondition {
         }
     }
 
+    /// A condition on `claim` from an operator object, `{"greaterOrEquals": 2}` or `{"equals": "on"}`: exactly
+    /// one of AKV's operators with a valid value, nothing else (as a client policy writes one); `None` otherwise.
+    pub fn from_operator(claim: &str, operator: &Value) -> Option<Self> {
+        let mut object = operator.as_object()?.clone();
+        if object.contains_key("claim") {
+            return None;
+        }
+        object.insert("claim".into(), Value::String(claim.to_string()));
+        let c: Self = serde_json::from_value(Value::Object(object)).ok()?;
+        c.operator().is_ok().then_some(c)
+    }
+
     /// The one operator and its value.
     fn operator(&self) -> Result<(AkvOp, &Value), String> {
         let present: Vec<(AkvOp, &Value)> = [
@@ -1015,6 +1027,26 @@ authorizationrules
             serde_json::to_string(&ClaimCondition::equals("x-ms-sevsnpvm-vmpl", "0")).unwrap(),
             r#"{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}"#
         );
+    }
+
+    #[test]
+    fn operator_objects_become_conditions_and_other_objects_do_not() {
+        let c = ClaimCondition::from_operator("x-cinfer-gpu-count", &json!({"greaterOrEquals": 2})).unwrap();
+        assert_eq!(c, ClaimCondition::at_least("x-cinfer-gpu-count", 2));
+        assert!(c.holds(&claims(json!({"x-cinfer-gpu-count": 2}))));
+        assert!(!c.holds(&claims(json!({"x-cinfer-gpu-count": 1}))));
+        let eq = ClaimCondition::from_operator("m", &json!({"equals": "on"})).unwrap();
+        assert!(eq.holds(&claims(json!({"m": "on"}))));
+        for not_one in [
+            json!({"kty": "RSA", "x5c": ["AA=="]}),
+            json!({"greaterOrEquals": "many"}),
+            json!({"equals": 1, "less": 2}),
+            json!({"claim": "other", "equals": 1}),
+            json!({}),
+            json!(3),
+        ] {
+            assert_eq!(ClaimCondition::from_operator("m", &not_one), None, "{not_one}");
+        }
     }
 
     #[test]

@@ -41,6 +41,17 @@
 //! migration agent ([`crate::appraisal`]); a report below is refused with 400 naming the component, the
 //! reported and the minimum value.
 //!
+//! **GPU evidence (composite attestation).** The SevSnpVm request may carry `gpuEvidence`: a list of NVIDIA
+//! per-GPU evidence objects (`{"evidence": b64(SPDM report), "certificate": b64(PEM chain)}`, as nvtrust's
+//! remote evidence and NRAS take them), at most [`MAX_GPUS`]. Each GPU's SPDM nonce must be
+//! [`crate::gpu::binding::gpu_nonce`] of the report_data the SNP report binds; each report is verified with
+//! [`crate::gpu::verify_gpu`] against [`ServiceConfig::gpu`] (NVIDIA's roots unless a mock root is configured;
+//! RIMs and revoked serials from the offline bundle). One that fails refuses the request (400, naming the
+//! check and the GPU); when all verify, the token carries the GPU claims beside the SNP ones
+//! ([`crate::gpu::claims::composite_claims`]: `x-cinfer-gpu` per GPU under NVIDIA's names, and the summary
+//! `x-cinfer-gpu-count`, `-cc-mode`, `-devtools`, `-measurements-matched`, `-driver-min`, `-vbios-min`).
+//! Without `gpuEvidence` nothing changes.
+//!
 //! **Policy reload.** With a policy file, every attestation checks the file's content digest and reloads
 //! it when changed; an invalid (or unreadable) new policy makes attestation fail closed until it is fixed.
 
@@ -68,6 +79,8 @@ use crate::claims;
 use crate::collateral::Collateral;
 use crate::endorsement::UvmTrust;
 use crate::error::{CollateralError, PolicyError, ReleaseError, ServiceError};
+use crate::gpu::collateral::GpuCollateral;
+use crate::gpu::{GpuEvidence, GpuTrust, GpuVerifyOptions, VerifiedGpu, binding, verify_gpu};
 use crate::keystore::{KeyStore, KeyVersion, key_bundle, valid_key_name};
 use crate::keywrap::{CKM_RSA_AES_KEY_WRAP, rsa_aes_wrap, rsa_public_from_jwk};
 use crate::pins::require_release_pins;
@@ -110,6 +123,28 @@ pub fn check_admin_token(token: &SecretBytes) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// The most GPUs one request may carry (NVIDIA's largest systems have 8; each costs ~11 ms to verify).
+pub const MAX_GPUS: usize = 16;
+
+/// How the service verifies GPU evidence.
+#[derive(Clone, Debug)]
+pub struct GpuServiceConfig {
+    /// Device and RIM roots: NVIDIA's by default; a mock GPU root only when configured explicitly.
+    pub trust: GpuTrust,
+    /// Offline collateral (RIMs chosen by the reports' versions, revoked serials, validity window). Without
+    /// it, measurements are not compared and the claims say so (`measres: not-run`, CC mode `unknown`).
+    pub collateral: Option<GpuCollateral>,
+}
+
+impl Default for GpuServiceConfig {
+    fn default() -> Self {
+        Self {
+            trust: GpuTrust::nvidia(),
+            collateral: None,
+        }
+    }
+}
+
 /// Service configuration (plain data; the CLI builds it).
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -149,6 +184,8 @@ pub struct ServiceConfig {
     pub tls: Option<ServerTls>,
     /// Import keys whose release policy does not pin the workload and a non-debuggable guest. Testing only.
     pub dangerously_accept_weak_release_policies: bool,
+    /// GPU evidence verification (composite attestation).
+    pub gpu: GpuServiceConfig,
 }
 
 impl Default for ServiceConfig {
@@ -170,6 +207,7 @@ impl Default for ServiceConfig {
             trusted_authorities: Vec::new(),
             tls: None,
             dangerously_accept_weak_release_policies: false,
+            gpu: GpuServiceConfig::default(),
         }
     }
 }
@@ -193,6 +231,7 @@ struct AppState {
     authorities: Vec<TrustedAuthority>,
     keys: KeyStore,
     accept_weak_release_policies: bool,
+    gpu: GpuServiceConfig,
 }
 
 #[derive(Debug)]
@@ -324,6 +363,7 @@ impl AppState {
             authorities: config.trusted_authorities,
             keys,
             accept_weak_release_policies: config.dangerously_accept_weak_release_policies,
+            gpu: config.gpu,
         })
     }
 
@@ -401,6 +441,9 @@ struct AttestRequest {
     #[serde(default)]
     #[allow(dead_code)]
     nonce: Option<Value>,
+    /// Composite evidence: the guest's GPUs.
+    #[serde(default)]
+    gpu_evidence: Vec<GpuEvidence>,
 }
 
 #[derive(serde::Deserialize)]
@@ -534,6 +577,10 @@ fn attest_blocking(state: &AppState, body: &[u8]) -> ApiResult<String> {
     if state.compliant.contains(&measurement) {
         claims::mark_listed_compliant(&mut claims);
     }
+    if !req.gpu_evidence.is_empty() {
+        let gpus = verify_gpus(state, &req.gpu_evidence, &maa_report_data(&runtime), now)?;
+        claims.extend(crate::gpu::claims::composite_claims(&gpus));
+    }
     let policy = state.current_policy().map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -558,6 +605,49 @@ fn attest_blocking(state: &AppState, body: &[u8]) -> ApiResult<String> {
         .identity
         .sign(&claims, Some(format!("{}/certs", state.issuer)), false)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))
+}
+
+/// Verify every GPU's evidence for SNP evidence binding `report_data` (the nonce each must carry is derived
+/// from it), at `at`. Refusals name the check and the GPU.
+fn verify_gpus(
+    state: &AppState,
+    evidence: &[GpuEvidence],
+    report_data: &[u8; 64],
+    at: SystemTime,
+) -> ApiResult<Vec<VerifiedGpu>> {
+    if evidence.len() > MAX_GPUS {
+        return Err(ApiError::bad(format!(
+            "gpuEvidence: {} GPUs, at most {MAX_GPUS} are accepted",
+            evidence.len()
+        )));
+    }
+    let nonce = binding::gpu_nonce(report_data);
+    evidence
+        .iter()
+        .enumerate()
+        .map(|(i, ev)| {
+            let named = |e: crate::gpu::GpuError| {
+                let message = format!("{e} (GPU-{i})");
+                match e {
+                    crate::gpu::GpuError::Collateral { .. } => {
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CollateralExpired", message)
+                    }
+                    _ => ApiError::bad(message),
+                }
+            };
+            let opts = match &state.gpu.collateral {
+                Some(c) => {
+                    let report = crate::gpu::spdm::GpuReport::parse(&ev.report).map_err(named)?;
+                    c.options_for(&report, at, Some(nonce)).map_err(named)?
+                }
+                None => GpuVerifyOptions {
+                    nonce: Some(nonce),
+                    ..GpuVerifyOptions::at(at)
+                },
+            };
+            verify_gpu(ev, &state.gpu.trust, &opts).map_err(named)
+        })
+        .collect()
 }
 
 async fn certs(State(state): State<Arc<AppState>>) -> Json<Jwks> {

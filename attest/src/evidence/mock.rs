@@ -392,6 +392,7 @@ impl Attester for MockAttester {
             report: self.report(report_data),
             cert_chain_pem: self.cert_chain_pem(),
             uvm_endorsements: None,
+            gpus: Vec::new(),
         })
     }
 }

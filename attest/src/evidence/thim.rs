@@ -102,6 +102,7 @@ impl UvmInformation {
             report,
             cert_chain_pem: certs.chain_pem(),
             uvm_endorsements: (!self.reference_info.is_empty()).then(|| self.reference_info.clone()),
+            gpus: Vec::new(),
         })
     }
 

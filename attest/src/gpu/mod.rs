@@ -37,12 +37,16 @@
 //! * The device root is pinned by the caller (NVIDIA's verifier trusts the chain's own last certificate
 //!   after building an OpenSSL store from it).
 
+pub mod binding;
 pub mod c14n;
 pub mod certs;
 pub mod claims;
 pub mod collateral;
 pub mod error;
 pub mod measure;
+pub mod mock;
+pub mod mode;
+pub mod requirement;
 pub mod rim;
 pub mod spdm;
 
@@ -165,6 +169,13 @@ impl GpuEvidence {
     pub fn to_b64_json(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(self).unwrap_or_default())
     }
+}
+
+/// Produces the evidence of the guest's GPUs for an SPDM nonce (the composite flow derives it with
+/// [`binding::gpu_nonce`] from the SNP report_data: [`crate::evidence::CompositeAttester`]).
+pub trait GpuAttester: Send + Sync {
+    /// One [`GpuEvidence`] per GPU, each report's request carrying exactly `nonce`.
+    fn gpu_evidence(&self, nonce: &[u8; spdm::NONCE_LEN]) -> Result<Vec<GpuEvidence>, crate::error::EvidenceError>;
 }
 
 /// What to verify against.

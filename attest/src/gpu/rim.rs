@@ -18,15 +18,15 @@ use super::c14n;
 use super::certs::{self, Cert, PathError, TrustedRoot};
 use super::error::{GpuError, RimKind};
 
-const SWID_NS: &str = "http://standards.iso.org/iso/19770/-2/2015/schema.xsd";
-const DSIG_NS: &str = "http://www.w3.org/2000/09/xmldsig#";
-const SHA384_NS: &str = "http://www.w3.org/2001/04/xmlenc#sha384";
+pub(super) const SWID_NS: &str = "http://standards.iso.org/iso/19770/-2/2015/schema.xsd";
+pub(super) const DSIG_NS: &str = "http://www.w3.org/2000/09/xmldsig#";
+pub(super) const SHA384_NS: &str = "http://www.w3.org/2001/04/xmlenc#sha384";
 const TCG_RIM_NS: &str =
     "https://trustedcomputinggroup.org/resource/tcg-reference-integrity-manifest-rim-information-model/";
-const ALG_C14N11: &str = "http://www.w3.org/2006/12/xml-c14n11";
-const ALG_ENVELOPED: &str = "http://www.w3.org/2000/09/xmldsig#enveloped-signature";
-const ALG_SHA384: &str = "http://www.w3.org/2001/04/xmldsig-more#sha384";
-const ALG_ECDSA_SHA384: &str = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384";
+pub(super) const ALG_C14N11: &str = "http://www.w3.org/2006/12/xml-c14n11";
+pub(super) const ALG_ENVELOPED: &str = "http://www.w3.org/2000/09/xmldsig#enveloped-signature";
+pub(super) const ALG_SHA384: &str = "http://www.w3.org/2001/04/xmldsig-more#sha384";
+pub(super) const ALG_ECDSA_SHA384: &str = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384";
 
 /// Largest RIM accepted (NVIDIA's are about 21 KB).
 pub const MAX_RIM_BYTES: usize = 1 << 20;

@@ -64,7 +64,8 @@ pub mod field {
     pub const PROTECTED_PCIE_STATUS: u16 = 21;
     /// Opaque data version.
     pub const OPAQUE_DATA_VERSION: u16 = 34;
-    /// Feature flag: 0 single-GPU passthrough, 1 multi-GPU passthrough, 2 protected PCIe.
+    /// Feature flag, little-endian: 0 MPT (multi-GPU passthrough), 1 SPT (single-GPU passthrough), 2 PPCIe
+    /// (protected PCIe), as NVIDIA's attestation SDK reads it (`OpaqueDataFeatureFlag`).
     pub const FEATURE_FLAG: u16 = 36;
 
     /// NVIDIA's name for a field type, when known.
