@@ -10,14 +10,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use encfs::format::ModelKey;
-use encfs::fs::{EncFs, EncFsConfig};
+use encfs::fs::EncFsConfig;
 use encfs::fuse;
-use encfs::legacy::mount::{BlobReadAt, check_demands, mount as legacy_mount};
+use encfs::pipeline::{self, ImageSpec, Serving};
 use encfs::source::{BlobKey, BlobSource};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -187,31 +186,29 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
         )
     };
     let (uid, gid) = ids();
-    let mut config = EncFsConfig {
-        uid,
-        gid,
-        // The header's index length is not authenticated until the index is: read no more than the budget allows.
-        max_index_len: encfs::fs::index_limit_for_budget(args.cache_size.saturating_mul(1 << 20)),
-        ..EncFsConfig::default()
-    };
+    let mut fs_config = EncFsConfig::default();
     if let Ok(v) = std::env::var("CINFER_UNSTABLE_PARALLEL_MIN_CHUNKS") {
-        config.parallel_min_chunks = v.parse().context("CINFER_UNSTABLE_PARALLEL_MIN_CHUNKS")?;
+        fs_config.parallel_min_chunks = v.parse().context("CINFER_UNSTABLE_PARALLEL_MIN_CHUNKS")?;
         warn!(
-            value = config.parallel_min_chunks,
+            value = fs_config.parallel_min_chunks,
             "CINFER_UNSTABLE_PARALLEL_MIN_CHUNKS is set"
         );
     }
-    let signals = Signals { sigterm, sigint };
-    let setup = Setup {
-        args,
-        image,
-        mountpoint: &mountpoint,
-        model_key,
+    // The mount, as data: the same pipeline the sidecar runs.
+    let image_spec = ImageSpec {
+        shown: image.to_owned(),
         expect_root,
         signer,
-        config,
-        rt: &rt,
-        ready,
+        verify: args.verify.mode(),
+        budget: args.cache_size.saturating_mul(1 << 20),
+        uid,
+        gid,
+        fs: fs_config,
+    };
+    let serving = Serving {
+        config: args.mount_config(),
+        local: !encfs::source::is_url(spec),
+        read_ahead_kb: args.read_ahead_kb,
     };
     if let Some(addr) = args.metrics_addr {
         let listener = rt
@@ -220,12 +217,15 @@ pub(crate) fn run_mount(args: &MountArgs, ready: &Ready) -> anyhow::Result<()> {
         rt.spawn(encfs::metrics::serve(listener, metrics.clone()));
         info!(%addr, "metrics endpoint up");
     }
-    if encfs::source::is_url(spec) {
+    let signals = Signals { sigterm, sigint };
+    let session = if encfs::source::is_url(spec) {
         // Remote: prefetch and cache ciphertext parts within --cache-size.
         let source = encfs::cache::CachingSource::new(source, args.cache_config(), metrics);
-        return serve(source, key, setup, signals);
-    }
-    serve(source, key, setup, signals)
+        open_and_mount(source, key, model_key, &image_spec, &mountpoint, &serving, &rt)?
+    } else {
+        open_and_mount(source, key, model_key, &image_spec, &mountpoint, &serving, &rt)?
+    };
+    serve(session, &mountpoint, ready, &rt, signals)
 }
 
 struct Signals {
@@ -233,88 +233,28 @@ struct Signals {
     sigint: tokio::signal::unix::Signal,
 }
 
-struct Setup<'a> {
-    args: &'a MountArgs,
-    image: &'a str,
-    mountpoint: &'a Path,
+/// The pipeline's open, verify and mount; returns the session and the root to report.
+fn open_and_mount<B: BlobSource>(
+    source: B,
+    blob: BlobKey,
     model_key: ModelKey,
-    expect_root: Option<[u8; 32]>,
-    signer: Option<encfs::signature::VerifyingKey>,
-    config: EncFsConfig,
-    rt: &'a tokio::runtime::Runtime,
-    ready: &'a Ready,
+    spec: &ImageSpec,
+    mountpoint: &Path,
+    serving: &Serving,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<(fuse::MountSession, String)> {
+    let verified = pipeline::open_verified(source, blob, model_key, spec, rt.handle())?;
+    Ok(pipeline::mount(verified, spec, mountpoint, serving, rt.handle())?)
 }
 
-fn serve<B: BlobSource>(source: B, key: BlobKey, s: Setup<'_>, mut signals: Signals) -> anyhow::Result<()> {
-    let Setup {
-        args,
-        image,
-        mountpoint,
-        model_key,
-        expect_root,
-        signer,
-        config,
-        rt,
-        ready,
-    } = s;
-    // A legacy LUKS2 image (the seed's) is served from the same source, read-only, without integrity.
-    let reader =
-        BlobReadAt::open(source, key.clone(), rt.handle().clone()).with_context(|| format!("reading {image}"))?;
-    let (session, root) = if reader.is_luks().with_context(|| format!("reading {image}"))? {
-        check_demands(expect_root.is_some(), signer.is_some()).with_context(|| format!("refusing {image}"))?;
-        let (session, uuid) = legacy_mount(
-            reader,
-            model_key.expose(),
-            config.uid,
-            config.gid,
-            mountpoint,
-            &args.mount_config(),
-        )
-        .with_context(|| format!("refusing to mount legacy image {image}"))?;
-        drop(model_key);
-        // The passphrase went through the LUKS2 key derivation on this thread.
-        encfs::format::scrub_stack();
-        (session, format!("legacy-luks2:{uuid}"))
-    } else {
-        let fs = rt
-            .block_on(EncFs::open(
-                reader.into_source(),
-                key,
-                &model_key,
-                expect_root.as_ref(),
-                config,
-            ))
-            .with_context(|| format!("refusing to mount {image}"))?;
-        drop(model_key);
-        let root = hex::encode(fs.root());
-        info!(image, root = %root, chunk_size = fs.header().chunk_size, "image verified");
-        if let Some(signer) = &signer {
-            encfs::gate::run(&fs, signer, args.verify.mode(), rt.handle())
-                .with_context(|| format!("refusing to mount {image}"))?;
-        }
-        let mut mount_config = args.mount_config();
-        if !encfs::source::is_url(image) && args.read_ahead_kb <= fuse::DECRYPT_AHEAD_MAX_WINDOW_KB {
-            // A remote image's part cache fetches ahead on its own; a local file read through a small kernel
-            // window gets decrypt-ahead (a larger window keeps several READs in flight by itself).
-            mount_config.read_ahead = encfs::fs::readahead::ReadAheadConfig::LOCAL;
-        }
-        if let Ok(v) = std::env::var("CINFER_UNSTABLE_READ_AHEAD_STREAMS") {
-            mount_config.read_ahead.max_streams = v.parse().context("CINFER_UNSTABLE_READ_AHEAD_STREAMS")?;
-            warn!(
-                value = mount_config.read_ahead.max_streams,
-                "CINFER_UNSTABLE_READ_AHEAD_STREAMS is set"
-            );
-        }
-        let session = fuse::mount(Arc::new(fs), rt.handle().clone(), mountpoint, &mount_config)
-            .with_context(|| format!("mounting on {}", mountpoint.display()))?;
-        (session, root)
-    };
-    if args.read_ahead_kb > 0 {
-        match session.set_read_ahead_kb(args.read_ahead_kb) {
-            Ok(()) => info!(kb = args.read_ahead_kb, "readahead raised"),
-            Err(e) => warn!("could not raise readahead (needs root and a writable /sys): {e}"),
-        }
-    }
+/// Reports readiness, then serves until unmounted or signalled.
+fn serve(
+    (session, root): (fuse::MountSession, String),
+    mountpoint: &Path,
+    ready: &Ready,
+    rt: &tokio::runtime::Runtime,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
     ready.ready(&root);
     let signalled = rt.block_on(async {
         loop {

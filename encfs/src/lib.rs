@@ -27,6 +27,8 @@ pub mod gate;
 #[cfg(feature = "fuse")]
 pub mod metrics;
 #[cfg(feature = "fuse")]
+pub mod pipeline;
+#[cfg(feature = "fuse")]
 pub(crate) mod pool;
 #[cfg(feature = "fuse")]
 pub mod sidecar;

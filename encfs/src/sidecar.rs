@@ -30,13 +30,13 @@ use attest::credential::{Credential, TokenProvider};
 use attest::evidence::Attester;
 use attest::keywrap::KeyDerivation;
 use attest::secret::SecretBytes;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::cache::{CacheConfig, CachingSource};
 use crate::format::ModelKey;
-use crate::fs::{EncFs, EncFsConfig, OpenError};
+use crate::fs::EncFs;
 use crate::fuse::{MountConfig, MountSession};
-use crate::legacy::mount::{BlobReadAt, Unverifiable, check_demands};
+use crate::pipeline::{self, ImageSpec, PipelineError, Serving, Stage, Verified};
 use crate::source::{AnySource, AzureAuth, BlobKey, BlobSource, SourceOptions};
 
 use self::config::{ConfigError, FilesystemSpec, SidecarConfig};
@@ -303,8 +303,20 @@ async fn bring_up(
     open_and_mount(source, blob, model_key, spec, (hidden, mp), delivery, rt).await
 }
 
-/// Opens the image with the released key (header, index, root pin), checks the signature if configured, mounts it
-/// on the hidden directory and exposes it at the mount point. Returns the mount and the image root (hex).
+/// The pipeline's step, as the sidecar reports it.
+fn step_of(stage: Stage) -> Step {
+    match stage {
+        Stage::Source => Step::Source,
+        Stage::RootPin => Step::RootPin,
+        Stage::Signature => Step::Signature,
+        Stage::Mount => Step::Mount,
+        _ => Step::Index,
+    }
+}
+
+/// Opens and verifies the image with the released key through the one pipeline ([`crate::pipeline`]: header,
+/// index, root pin, signature, or a legacy image's demands), then mounts it on the hidden directory and exposes
+/// it at the mount point, or extracts it. Returns the mount and the image root (hex).
 async fn open_and_mount<B: BlobSource>(
     source: B,
     blob: BlobKey,
@@ -317,73 +329,62 @@ async fn open_and_mount<B: BlobSource>(
     let ids = std::fs::metadata("/proc/self")
         .map(|m| (m.uid(), m.gid()))
         .unwrap_or((0, 0));
-    // A legacy LUKS2 image (what the seed's users have in blob storage) is served from the same source.
-    let (reader, luks) = tokio::task::block_in_place(|| {
-        let reader = BlobReadAt::open(source, blob.clone(), rt.clone())?;
-        let luks = reader.is_luks()?;
-        Ok::<_, std::io::Error>((reader, luks))
-    })
-    .map_err(|e| StepError {
-        step: Step::Source,
-        transient: false,
-        message: format!("{blob}: {}", error_chain(&e)),
-    })?;
-    if luks {
-        let Delivery::Mount(mount_cfg) = delivery else {
-            return Err(StepError::fatal(
-                Step::Extract,
-                "a legacy LUKS2 image cannot be extracted (it has no authenticated index to check the files against): \
-                 convert it with `cinfer-mkimage convert`",
-            ));
-        };
-        return mount_legacy(reader, model_key, spec, (hidden, mp), mount_cfg, ids);
-    }
-    let source = reader.into_source();
-    let budget = spec
-        .cache_mb
-        .unwrap_or(crate::cache::DEFAULT_BUDGET_MIB)
-        .saturating_mul(1 << 20);
-    let config = EncFsConfig {
+    let signer = match &spec.signer_key {
+        None => None,
+        Some(signer) => {
+            let pem = signer
+                .pem()
+                .map_err(|e| StepError::fatal(Step::Signature, format!("{signer}: {e}")))?;
+            Some(
+                crate::signature::VerifyingKey::from_pem(&pem)
+                    .map_err(|e| StepError::fatal(Step::Signature, format!("{signer}: {e}")))?,
+            )
+        }
+    };
+    let image = ImageSpec {
+        shown: blob.to_string(),
+        expect_root: spec.expect_root,
+        signer,
+        verify: spec.verify,
+        budget: spec
+            .cache_mb
+            .unwrap_or(crate::cache::DEFAULT_BUDGET_MIB)
+            .saturating_mul(1 << 20),
         uid: ids.0,
         gid: ids.1,
-        // The header's index length is not authenticated until the index is: read no more than the budget allows.
-        max_index_len: crate::fs::index_limit_for_budget(budget),
-        ..EncFsConfig::default()
+        fs: crate::fs::EncFsConfig::default(),
     };
-    let fs = EncFs::open(source, blob.clone(), &model_key, spec.expect_root.as_ref(), config)
-        .await
-        .map_err(|e| match &e {
-            OpenError::Format(crate::format::FormatError::RootMismatch { .. }) => {
-                StepError::fatal(Step::RootPin, e.to_string())
-            }
-            OpenError::Source { .. } => StepError {
-                step: Step::Source,
-                transient: false,
-                message: format!("{blob}: {}", error_chain(&e)),
-            },
-            _ => StepError::fatal(Step::Index, error_chain(&e)),
-        })?;
-    drop(model_key);
-    let root = hex::encode(fs.root());
-    if let Some(signer) = &spec.signer_key {
-        let pem = signer
-            .pem()
-            .map_err(|e| StepError::fatal(Step::Signature, format!("{signer}: {e}")))?;
-        let key = crate::signature::VerifyingKey::from_pem(&pem)
-            .map_err(|e| StepError::fatal(Step::Signature, format!("{signer}: {e}")))?;
-        let handle = rt.clone();
-        let fs_ref = &fs;
-        tokio::task::block_in_place(|| crate::gate::run(fs_ref, &key, spec.verify, &handle))
-            .map_err(|e| StepError::fatal(Step::Signature, error_chain(&e)))?;
-    }
-    let mount_cfg = match delivery {
-        Delivery::Mount(cfg) => cfg,
-        Delivery::Extract => return Ok((extract_tree(&fs, spec, (hidden, mp), &rt)?, root)),
+    let local = !crate::source::is_url(&spec.url);
+    let pipeline_err = |e: PipelineError| StepError::fatal(step_of(e.stage), e.message);
+    let verified = tokio::task::block_in_place(|| pipeline::open_verified(source, blob, model_key, &image, &rt))
+        .map_err(pipeline_err)?;
+    let root = match &verified {
+        Verified::Image(fs) => hex::encode(fs.root()),
+        Verified::Legacy(..) => String::new(),
     };
-    let cfg = prepare_hidden(spec, &hidden, mount_cfg)?;
-    let session = tokio::task::block_in_place(|| crate::fuse::mount(Arc::new(fs), rt, &hidden, &cfg))
-        .map_err(|e| StepError::fatal(Step::Mount, format!("mounting on {}: {e}", hidden.display())))?;
-    Ok((finish_mount(spec, session, (hidden, mp))?, root))
+    let mount_cfg = match (delivery, verified) {
+        (Delivery::Mount(cfg), verified) => {
+            let cfg = prepare_hidden(spec, &hidden, cfg)?;
+            let serving = Serving {
+                config: cfg,
+                local,
+                read_ahead_kb: crate::fuse::DEFAULT_READ_AHEAD_KB,
+            };
+            let (session, root) =
+                tokio::task::block_in_place(|| pipeline::mount(verified, &image, &hidden, &serving, &rt))
+                    .map_err(pipeline_err)?;
+            return Ok((finish_mount(spec, session, (hidden, mp))?, root));
+        }
+        (Delivery::Extract, Verified::Image(fs)) => fs,
+        (Delivery::Extract, Verified::Legacy(..)) => {
+            return Err(StepError::fatal(
+                Step::Extract,
+                "a legacy LUKS2 image cannot be extracted (it has no authenticated index to check the files \
+                 against): convert it with `cinfer-mkimage convert`",
+            ));
+        }
+    };
+    Ok((extract_tree(&mount_cfg, spec, (hidden, mp), &rt)?, root))
 }
 
 /// Writes the verified image's files to the hidden directory and exposes it at the mount point.
@@ -414,39 +415,6 @@ fn extract_tree<B: BlobSource>(
     Ok(mounted)
 }
 
-/// Mounts a legacy LUKS2 (`aes-xts-plain64` + ext4) image: the released key is its passphrase. Such an image has
-/// no root digest and no signature, so a filesystem that pins either is refused rather than mounted unchecked.
-fn mount_legacy<B: BlobSource>(
-    reader: BlobReadAt<B>,
-    model_key: ModelKey,
-    spec: &FilesystemSpec,
-    (hidden, mp): (PathBuf, PathBuf),
-    mount_cfg: &MountConfig,
-    (uid, gid): (u32, u32),
-) -> Result<(Mounted, String), StepError> {
-    check_demands(spec.expect_root.is_some(), spec.signer_key.is_some()).map_err(|e| {
-        let step = match e {
-            Unverifiable::Signature => Step::Signature,
-            _ => Step::RootPin,
-        };
-        StepError::fatal(step, e.to_string())
-    })?;
-    let cfg = prepare_hidden(spec, &hidden, mount_cfg)?;
-    let (session, uuid) = tokio::task::block_in_place(|| {
-        let mounted = crate::legacy::mount::mount(reader, model_key.expose(), uid, gid, &hidden, &cfg);
-        // The passphrase went through the LUKS2 key derivation on this thread.
-        crate::format::scrub_stack();
-        mounted
-    })
-    .map_err(|e| StepError::fatal(Step::Index, format!("legacy LUKS2 image: {}", error_chain(&e))))?;
-    drop(model_key);
-    info!(filesystem = spec.index, uuid = %uuid, "legacy LUKS2 image mounted (no integrity: XTS)");
-    Ok((
-        finish_mount(spec, session, (hidden, mp))?,
-        format!("legacy-luks2:{uuid}"),
-    ))
-}
-
 /// Makes an empty hidden directory to mount on, and the mount settings for `spec`.
 fn prepare_hidden(spec: &FilesystemSpec, hidden: &Path, mount_cfg: &MountConfig) -> Result<MountConfig, StepError> {
     clean_stale(hidden);
@@ -464,10 +432,6 @@ fn finish_mount(
     session: MountSession,
     (hidden, mp): (PathBuf, PathBuf),
 ) -> Result<Mounted, StepError> {
-    match session.set_read_ahead_kb(crate::fuse::DEFAULT_READ_AHEAD_KB) {
-        Ok(()) => debug!(kb = crate::fuse::DEFAULT_READ_AHEAD_KB, "readahead raised"),
-        Err(e) => warn!("could not raise readahead (needs root and a writable /sys): {e}"),
-    }
     let mounted = Mounted {
         index: spec.index,
         session: Some(session),
@@ -483,14 +447,7 @@ fn finish_mount(
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    pipeline::chain(e)
 }
 
 /// Runs the sidecar on `rt` until `shutdown` completes (SIGTERM) or a mount disappears: brings every
