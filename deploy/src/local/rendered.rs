@@ -56,11 +56,6 @@ pub fn aci_containers(template: &Value, file: &str) -> Result<Vec<RenderedContai
         .pointer("/resources/0/properties/containers")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("no resources[0].properties.containers"))?;
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default()
-    };
     containers
         .iter()
         .enumerate()
@@ -70,22 +65,32 @@ pub fn aci_containers(template: &Value, file: &str) -> Result<Vec<RenderedContai
                 .ok_or_else(|| bad("a container without a name"))?
                 .to_owned();
             let p = &c["properties"];
-            let env = p["environmentVariables"]
-                .as_array()
-                .map(|vars| {
-                    vars.iter()
-                        .filter_map(|v| Some((v["name"].as_str()?.to_owned(), v["value"].as_str()?.to_owned())))
-                        .collect()
-                })
-                .unwrap_or_default();
             Ok(RenderedContainer {
                 source: format!("{file} containers[{i}] {name:?}"),
                 name,
-                command: strings(p.get("command")),
-                env,
+                command: strings(&p["command"]),
+                env: env_pairs(&p["environmentVariables"]),
             })
         })
         .collect()
+}
+
+/// A JSON array's strings.
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// `[{name, value}]` (ACI `environmentVariables`, Kubernetes `env`) as pairs; secure values are not read.
+fn env_pairs(vars: &Value) -> Vec<(String, String)> {
+    vars.as_array()
+        .map(|vars| {
+            vars.iter()
+                .filter_map(|v| Some((v["name"].as_str()?.to_owned(), v["value"].as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The containers of a rendered Kubernetes Deployment: its init containers, then its containers, in order.
@@ -96,28 +101,15 @@ pub fn k8s_containers(deployment: &Value, file: &str) -> Result<Vec<RenderedCont
             what: format!("the rendered {file}"),
             got: "no spec.template.spec".into(),
         })?;
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default()
-    };
     let mut out = Vec::new();
     for kind in ["initContainers", "containers"] {
         for (i, c) in spec[kind].as_array().into_iter().flatten().enumerate() {
             let name = c["name"].as_str().unwrap_or_default().to_owned();
-            let env = c["env"]
-                .as_array()
-                .map(|vars| {
-                    vars.iter()
-                        .filter_map(|v| Some((v["name"].as_str()?.to_owned(), v["value"].as_str()?.to_owned())))
-                        .collect()
-                })
-                .unwrap_or_default();
             out.push(RenderedContainer {
                 source: format!("{file} {kind}[{i}] {name:?}"),
                 name,
                 command: strings(&c["command"]),
-                env,
+                env: env_pairs(&c["env"]),
             });
         }
     }
@@ -483,7 +475,10 @@ mod tests {
         assert_eq!(subs(&extract), want);
         assert_eq!(extract.added, aci_sidecar.added);
         // The model server reads the extracted tree where the sidecar's mount was.
-        assert_eq!(subs(&localize(&c[2], &a, &p).unwrap()), subs(&localize(&rendered()[0], &a, &p).unwrap()));
+        assert_eq!(
+            subs(&localize(&c[2], &a, &p).unwrap()),
+            subs(&localize(&rendered()[0], &a, &p).unwrap())
+        );
     }
 
     /// Exactly these values are substituted, and exactly these are added; everything else is as rendered.
