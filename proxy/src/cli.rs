@@ -123,6 +123,9 @@ struct MockArgs {
     /// Set the debug bit.
     #[arg(long)]
     mock_debug: bool,
+    /// Add mock GPUs' evidence (directory from `cinfer-attest mock-gpu-init`), bound to the same report_data.
+    #[arg(long)]
+    mock_gpu_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +177,16 @@ struct GeneratePolicyArgs {
     /// Output file (default: stdout).
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Also require at least this many GPUs in the server's composite token, in CC mode, not in DevTools mode,
+    /// with measurements matching their RIMs.
+    #[arg(long, value_name = "N", help_heading = "GPU requirements")]
+    gpus: Option<u32>,
+    /// With --gpus: lowest driver version accepted (e.g. 550.90.07).
+    #[arg(long, requires = "gpus", help_heading = "GPU requirements")]
+    gpu_min_driver: Option<String>,
+    /// With --gpus: lowest VBIOS version accepted (e.g. 96.00.9F.00.01).
+    #[arg(long, requires = "gpus", help_heading = "GPU requirements")]
+    gpu_min_vbios: Option<String>,
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
@@ -217,6 +230,14 @@ fn generate_policy(a: &GeneratePolicyArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --hostdata or --policysigner"),
     };
+    let policy = match a.gpus {
+        None => policy,
+        Some(n) => policy.require_gpus(&attest::gpu::requirement::GpuRequirement {
+            min_driver: a.gpu_min_driver.clone(),
+            min_vbios: a.gpu_min_vbios.clone(),
+            ..attest::gpu::requirement::GpuRequirement::gpus(n)
+        })?,
+    };
     let json = policy.to_json_pretty() + "\n";
     match &a.output {
         Some(p) => std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?,
@@ -252,7 +273,16 @@ fn attester(a: &ServerArgs) -> anyhow::Result<Arc<dyn Attester>> {
                 config.measurement = hex_array(h, "--mock-measurement")?;
             }
             tracing::warn!("using the MOCK attester: evidence is not from an SNP guest");
-            Arc::new(MockAttester::new(&root, config).context("building the mock attester")?)
+            let cpu = Arc::new(MockAttester::new(&root, config).context("building the mock attester")?);
+            match &m.mock_gpu_dir {
+                None => cpu,
+                Some(dir) => {
+                    let gpus = attest::gpu::mock::MockGpuAttester::load(dir)
+                        .with_context(|| format!("loading the mock GPUs from {}", dir.display()))?;
+                    tracing::warn!(count = gpus.config().count, "adding MOCK GPU evidence");
+                    Arc::new(attest::evidence::CompositeAttester::new(cpu, Arc::new(gpus)))
+                }
+            }
         }
     })
 }

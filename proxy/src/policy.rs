@@ -12,11 +12,22 @@
 //! Scalars compare as MAA does ([`attest::policy::claim_equals`]: `false` equals `"false"`). An object
 //! value pins each of its members: `x-ms-policy-signer` in the token also carries `n` and `e`, so the
 //! policy's `{"kty","x5c"}` matches the token's signer when `kty` and the whole `x5c` array are equal.
+//!
+//! An object holding exactly one of AKV's release-policy operators is a condition instead
+//! ([`attest::policy::ClaimCondition::from_operator`]), which is how GPU requirements are written
+//! ([`ClientPolicy::require_gpus`], `generate-policy --gpus N`):
+//!
+//! ```json
+//! {"x-cinfer-gpu-count": {"greaterOrEquals": 1}, "x-cinfer-gpu-cc-mode": {"equals": "on"},
+//!  "x-cinfer-gpu-devtools": {"equals": "false"}, "x-cinfer-gpu-measurements-matched": {"equals": "true"},
+//!  "x-cinfer-gpu-driver-min": {"greaterOrEquals": 550090007}}
+//! ```
 
 use attest::claims::{
     ATTESTATION_TYPE, AZURE_COMPLIANT_UVM, COMPLIANCE_STATUS, HOSTDATA, IS_DEBUGGABLE, POLICY_SIGNER, SEVSNPVM,
 };
-use attest::policy::claim_equals;
+use attest::gpu::requirement::{GpuRequirement, RequirementError};
+use attest::policy::{ClaimCondition, claim_equals};
 use attest::token::Claims;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64STD;
@@ -62,6 +73,9 @@ pub enum PolicyError {
         /// What is wrong.
         detail: String,
     },
+    /// GPU requirements that cannot be written as conditions.
+    #[error("client policy: {0}")]
+    Gpu(#[from] RequirementError),
 }
 
 /// Claims the attestation token must carry.
@@ -152,6 +166,12 @@ impl ClientPolicy {
         Ok(Self::policy_signer(&der))
     }
 
+    /// Also require the server's GPUs to meet `gpu` (conditions on the composite token's GPU claims).
+    pub fn require_gpus(mut self, gpu: &GpuRequirement) -> Result<Self, PolicyError> {
+        self.claims.extend(gpu.client_policy_claims()?);
+        Ok(self)
+    }
+
     /// The pinned claims.
     pub fn claims(&self) -> &Map<String, Value> {
         &self.claims
@@ -162,11 +182,16 @@ impl ClientPolicy {
         serde_json::to_string_pretty(&Value::Object(self.claims.clone())).unwrap_or_default()
     }
 
-    /// Every pinned claim must be present in `claims` and equal; the first difference is returned.
+    /// Every pinned claim must be present in `claims` and equal (or meet its operator condition); the first
+    /// difference is returned.
     pub fn check(&self, claims: &Claims) -> Result<(), AtlsError> {
         for (name, expected) in &self.claims {
             let actual = claims.get(name);
-            if !actual.is_some_and(|a| matches(a, expected)) {
+            let holds = match ClaimCondition::from_operator(name, expected) {
+                Some(condition) => condition.holds(claims),
+                None => actual.is_some_and(|a| matches(a, expected)),
+            };
+            if !holds {
                 return Err(AtlsError::Policy {
                     claim: name.clone(),
                     expected: expected.to_string(),
@@ -270,6 +295,42 @@ mod tests {
         c.remove(HOSTDATA);
         let e = p.check(&c).unwrap_err().to_string();
         assert!(e.contains("x-ms-sevsnpvm-hostdata is missing"), "{e}");
+    }
+
+    #[test]
+    fn gpu_requirements_are_conditions_on_the_composite_claims() {
+        let mut need = GpuRequirement::gpus(2);
+        need.min_driver = Some("550.90.07".into());
+        let p = ClientPolicy::hostdata(&"11".repeat(32))
+            .unwrap()
+            .require_gpus(&need)
+            .unwrap();
+        let v: Value = serde_json::from_str(&p.to_json_pretty()).unwrap();
+        assert_eq!(v["x-cinfer-gpu-count"], json!({"greaterOrEquals": 2}));
+        assert_eq!(v["x-cinfer-gpu-cc-mode"], json!({"equals": "on"}));
+        let mut c = claims(
+            json!({"x-ms-attestation-type":"sevsnpvm","x-ms-compliance-status":"azure-compliant-uvm",
+            "x-ms-sevsnpvm-hostdata":"11".repeat(32),"x-ms-sevsnpvm-is-debuggable":false,
+            "x-cinfer-gpu-count": 2, "x-cinfer-gpu-cc-mode": "on", "x-cinfer-gpu-devtools": false,
+            "x-cinfer-gpu-measurements-matched": true, "x-cinfer-gpu-driver-min": 550_090_007}),
+        );
+        p.check(&c).unwrap();
+        c.insert("x-cinfer-gpu-count".into(), json!(1));
+        let e = p.check(&c).unwrap_err().to_string();
+        assert!(e.contains("claim x-cinfer-gpu-count is 1"), "{e}");
+        c.insert("x-cinfer-gpu-count".into(), json!(8));
+        c.insert("x-cinfer-gpu-driver-min".into(), json!(535_086_009));
+        let e = p.check(&c).unwrap_err().to_string();
+        assert!(e.contains("x-cinfer-gpu-driver-min is 535086009"), "{e}");
+        c.remove("x-cinfer-gpu-driver-min");
+        c.remove("x-cinfer-gpu-count");
+        let e = p.check(&c).unwrap_err().to_string();
+        assert!(e.contains("x-cinfer-gpu-count is missing"), "{e}");
+        let bad = GpuRequirement {
+            min_vbios: Some("new".into()),
+            ..GpuRequirement::gpus(1)
+        };
+        assert!(ClientPolicy::policy_signer(b"x").require_gpus(&bad).is_err());
     }
 
     #[test]

@@ -329,3 +329,44 @@ async fn checks_run_in_the_stated_order() {
     assert_eq!(e.check(), Check::Policy);
     assert!(e.to_string().contains("x-ms-sevsnpvm-hostdata"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_policy_accepts_a_composite_server_and_refuses_one_without_gpus() {
+    use attest::gpu::mock::{MockGpuAttester, MockGpuConfig, MockGpuRoot};
+    let gpu_root = MockGpuRoot::generate().unwrap();
+    let gpus = MockGpuConfig::default();
+    let mut config = service_config();
+    config.gpu = attest::service::GpuServiceConfig {
+        trust: gpu_root.trust().unwrap(),
+        collateral: Some(gpu_root.collateral(&gpus, Duration::from_secs(3600)).unwrap()),
+    };
+    let svc = service_with("maa", config).await;
+    let policy = good_policy()
+        .require_gpus(&attest::gpu::requirement::GpuRequirement::gpus(1))
+        .unwrap();
+
+    // A server whose token carries a GPU in CC mode: the client's GPU policy holds.
+    let cpu = attest::evidence::MockAttester::new(&root(), guest(GOOD_HOSTDATA, false)).unwrap();
+    let composite = attest::evidence::CompositeAttester::new(
+        Arc::new(cpu),
+        Arc::new(MockGpuAttester::new(&gpu_root, gpus).unwrap()),
+    );
+    let issuer = Arc::new(proxy::atls::TokenIssuer::new(
+        attest::client::AttestationClient::new(&svc.url).unwrap(),
+        Arc::new(composite),
+    ));
+    let up = upstream().await;
+    let (_srv, addr) = server(IdentitySource::Attested(issuer), &up, None).await;
+    let ok = client(verifier(&svc, policy.clone())).await;
+    let r = proxy_get(ok, addr, "/gpu").await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // The same guest without GPU evidence: refused, naming the GPU condition, before any byte goes upstream.
+    refused_by_policy(
+        &svc,
+        guest(GOOD_HOSTDATA, false),
+        policy,
+        "x-cinfer-gpu-cc-mode is missing",
+    )
+    .await;
+}
