@@ -31,7 +31,6 @@ use zeroize::Zeroizing;
 
 use crate::error::chain;
 use crate::secret::SecretBytes;
-use crate::transport::TransportError;
 
 /// IMDS's managed-identity token endpoint.
 pub const IMDS_TOKEN_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -62,66 +61,7 @@ const RENEW_BEFORE: Duration = Duration::from_secs(300);
 /// Entra's error text, at most this long, goes into an error.
 const MAX_DETAIL: usize = 400;
 
-/// A token could not be had; the text names the credential, the endpoint and what failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CredentialError {
-    /// A Workload Identity variable is missing or empty.
-    #[error(
-        "workload identity: {var} is not set (the AKS workload-identity webhook injects it into pods labelled \
-         azure.workload.identity/use: \"true\" whose service account names a federated client id)"
-    )]
-    MissingEnv {
-        /// The variable.
-        var: &'static str,
-    },
-    /// A setting is unusable.
-    #[error("workload identity: {0}")]
-    Invalid(String),
-    /// The authority is not https (or loopback).
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// The federated token file could not be read, or is empty.
-    #[error("workload identity: the federated token file {path}: {detail}")]
-    TokenFile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        detail: String,
-    },
-    /// No answer.
-    #[error("{credential}: token request to {endpoint}: {detail}")]
-    Unreachable {
-        /// `managed identity (IMDS)` or `workload identity`.
-        credential: &'static str,
-        /// Where.
-        endpoint: String,
-        /// The transport error.
-        detail: String,
-    },
-    /// A non-success answer.
-    #[error("{credential}: token request to {endpoint}: HTTP {status}{detail}")]
-    Status {
-        /// `managed identity (IMDS)` or `workload identity`.
-        credential: &'static str,
-        /// Where.
-        endpoint: String,
-        /// The status.
-        status: u16,
-        /// `: error: description` from the body when it has them.
-        detail: String,
-    },
-    /// A success without a usable token.
-    #[error("{credential}: token response from {endpoint}: {detail}")]
-    Response {
-        /// `managed identity (IMDS)` or `workload identity`.
-        credential: &'static str,
-        /// Where.
-        endpoint: String,
-        /// What is wrong.
-        detail: String,
-    },
-}
+pub use crate::error::CredentialError;
 
 impl CredentialError {
     /// Worth retrying later (no answer, 408, 429, 5xx) rather than final.

@@ -554,7 +554,7 @@ pub enum ClientError {
     Tls(#[from] crate::tls::TlsError),
     /// No Entra ID token for the vault.
     #[error(transparent)]
-    Credential(#[from] crate::credential::CredentialError),
+    Credential(#[from] CredentialError),
 }
 
 /// The service could not start or persist state.
@@ -579,4 +579,65 @@ pub enum ServiceError {
     /// Key material.
     #[error(transparent)]
     Key(#[from] KeyWrapError),
+}
+
+/// A token could not be had; the text names the credential, the endpoint and what failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialError {
+    /// A Workload Identity variable is missing or empty.
+    #[error(
+        "workload identity: {var} is not set (the AKS workload-identity webhook injects it into pods labelled \
+         azure.workload.identity/use: \"true\" whose service account names a federated client id)"
+    )]
+    MissingEnv {
+        /// The variable.
+        var: &'static str,
+    },
+    /// A setting is unusable.
+    #[error("workload identity: {0}")]
+    Invalid(String),
+    /// The authority is not https (or loopback).
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// The federated token file could not be read, or is empty.
+    #[error("workload identity: the federated token file {path}: {detail}")]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// No answer.
+    #[error("{credential}: token request to {endpoint}: {detail}")]
+    Unreachable {
+        /// `managed identity (IMDS)` or `workload identity`.
+        credential: &'static str,
+        /// Where.
+        endpoint: String,
+        /// The transport error.
+        detail: String,
+    },
+    /// A non-success answer.
+    #[error("{credential}: token request to {endpoint}: HTTP {status}{detail}")]
+    Status {
+        /// `managed identity (IMDS)` or `workload identity`.
+        credential: &'static str,
+        /// Where.
+        endpoint: String,
+        /// The status.
+        status: u16,
+        /// `: error: description` from the body when it has them.
+        detail: String,
+    },
+    /// A success without a usable token.
+    #[error("{credential}: token response from {endpoint}: {detail}")]
+    Response {
+        /// `managed identity (IMDS)` or `workload identity`.
+        credential: &'static str,
+        /// Where.
+        endpoint: String,
+        /// What is wrong.
+        detail: String,
+    },
 }
