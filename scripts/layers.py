@@ -119,7 +119,7 @@ class Crate:
         self.src = src
         self.include_tests = include_tests
         self.files = {}  # module path (tuple) -> file
-        self.crate_of = {}  # module path -> root name ("lib" / "bin")
+        self.test_only = set()  # modules declared under `#[cfg(test)]` (and their children)
         for root in ("lib.rs", "main.rs"):
             if (src / root).exists():
                 self.walk((root[:-3],), src / root, src)
@@ -129,6 +129,9 @@ class Crate:
         text = strip_comments(path.read_text())
         for m in re.finditer(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+(" + IDENT + r")\s*;", text, re.M):
             name = m.group(1)
+            before = text[: m.start()].rstrip()
+            if module in self.test_only or re.search(r"#\[cfg\(test\)\]$", before):
+                self.test_only.add(module + (name,))
             base = dir_ if path.name in ("lib.rs", "main.rs", "mod.rs") else dir_ / path.stem
             for cand in (base / f"{name}.rs", base / name / "mod.rs"):
                 if cand.exists():
@@ -137,7 +140,9 @@ class Crate:
                     break
 
     def uses(self, module):
-        """(path segments, is_test) for each `crate::`/`super::`/`self::` path in the module's own file."""
+        """(path, is_test, is_reexport) for each `crate::`/`super::`/`self::` path in the module's own file."""
+        if module in self.test_only and not self.include_tests:
+            return []
         text = strip_comments(self.files[module].read_text())
         tests = test_spans(text)
         # Inline `mod x { ... }` blocks are kept in the file's module (only tests use them here).

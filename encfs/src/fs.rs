@@ -7,14 +7,15 @@
 //! fails the whole read ([`FsError::ChunkAuth`]); no byte of it is returned.
 //!
 //! Inode numbers are entry numbers plus one, so the root directory (entry 0) is inode 1 as FUSE expects, and
-//! they are stable for the life of the image. This module knows nothing of FUSE: [`crate::fuse`] adapts it,
-//! and tests drive it directly.
+//! they are stable for the life of the image. This module knows nothing of FUSE: [`ImageTree`] serves it as a
+//! [`crate::tree::ReadOnlyTree`], which [`crate::fuse`] adapts, and tests drive it directly.
 //!
 //! A read of many chunks that finds no other read being decrypted is split over rayon's global pool (one thread
 //! per core, started when an image is opened); with the kernel keeping two READs in flight (2 MiB readahead)
 //! each READ already has a core. [`readahead`] starts a sequential reader's next read before the kernel asks for
 //! it, for mounts whose kernel window keeps only one READ in flight.
 
+mod image_tree;
 pub mod readahead;
 #[cfg(test)]
 mod tests;
@@ -22,11 +23,13 @@ mod tests;
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
+pub use self::image_tree::ImageTree;
 use crate::format::{
     ChunkLoc, EntryKind, FileLayout, FormatError, HEADER_LEN, Header, ImageKeys, ModelKey, OpenedImage,
     open_chunk_into, seal_chunk,
 };
 use crate::source::{BlobError, BlobKey, BlobSource, ETag};
+pub use crate::tree::{Attr, DirEntry, FileKind, StatFs};
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
@@ -151,70 +154,12 @@ impl FsError {
     }
 }
 
-/// The kind of an entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileKind {
-    /// A directory.
-    Dir,
-    /// A regular file.
-    File,
-    /// A symbolic link.
-    Symlink,
-}
-
-/// Attributes of one entry, as `stat` shows them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Attr {
-    /// Inode number.
-    pub ino: u64,
-    /// Kind.
-    pub kind: FileKind,
-    /// Size in bytes (target length for symlinks).
-    pub size: u64,
-    /// 512-byte blocks.
-    pub blocks: u64,
-    /// Permission bits.
-    pub perm: u16,
-    /// Link count: 1 for files and symlinks, 2 + subdirectories for directories.
-    pub nlink: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Modification time (also reported as access and change time).
-    pub mtime: SystemTime,
-    /// Preferred I/O size ([`preferred_io_size`]): a quarter of the image's chunk size, at least 4 KiB.
-    pub blksize: u32,
-}
-
 /// The `st_blksize` of files with `chunk_size`-byte chunks: a quarter chunk, at least 4 KiB (16 KiB for 64 KiB
 /// chunks). Buffered readers (stdio, Python's `open`) read one such block at a time, and the kernel makes the
 /// first read of a file a READ of up to four times its size: so opening a file and reading a byte asks for one
 /// chunk, not two (a chunk-sized block made it 128 KiB: twice the bytes on the wire before the first byte).
 pub fn preferred_io_size(chunk_size: u32) -> u32 {
     (chunk_size / 4).max(4096)
-}
-
-/// One directory entry returned by [`EncFs::readdir`].
-#[derive(Clone, Copy, Debug)]
-pub struct DirEntry<'a> {
-    /// Inode of the entry.
-    pub ino: u64,
-    /// Offset to pass to `readdir` to continue after this entry.
-    pub next_offset: u64,
-    /// Kind.
-    pub kind: FileKind,
-    /// Name (bytes; `.` and `..` included).
-    pub name: &'a [u8],
-}
-
-/// Totals for `statfs`.
-#[derive(Clone, Copy, Debug)]
-pub struct StatFs {
-    /// Plaintext bytes of all files.
-    pub bytes: u64,
-    /// Number of entries.
-    pub files: u64,
 }
 
 /// An opened, authenticated image, served from a [`BlobSource`].

@@ -1,24 +1,24 @@
-//! The FUSE adapter: translates `fuser` requests into [`EncFs`] calls and results into replies.
+//! The FUSE adapter: translates `fuser` requests into calls of a [`ReadOnlyTree`] and results into replies; one
+//! adapter for images ([`ImageTree`], an [`EncFs`]) and legacy LUKS2 + ext4 images alike.
 //!
-//! It holds no filesystem logic. Each error becomes an errno with one log line; a chunk that fails
-//! authentication is logged at `error` once per chunk index (the kernel retries failed readahead page by page,
-//! which would otherwise flood the log) and the read gets `EIO` with no data.
+//! It holds no filesystem logic and no logging policy: a tree answers a failure with an errno it has logged
+//! (a chunk that fails authentication once per chunk index, the kernel retrying a failed readahead page by page
+//! would otherwise flood the log), and a read that fails gets that errno with no data.
 //!
 //! Performance settings (see `perf-anchors.md` §3.3–3.4): several request threads, each with its own cloned
 //! `/dev/fuse` fd; `max_background` 64; reads of up to 1 MiB (`max_read`), served through decrypt-ahead for
-//! sequential readers when configured ([`ReadAhead`], one file handle per open); `FOPEN_KEEP_CACHE` on every open,
-//! since the image is immutable and pinned, so the page cache survives close and reopen; and long attribute
+//! sequential readers when configured (`fs::readahead`, one file handle per open); `FOPEN_KEEP_CACHE` on every
+//! open, since the image is immutable and pinned, so the page cache survives close and reopen; and long attribute
 //! and entry TTLs for the same reason. The kernel's readahead can only be raised after the mount, through
 //! the bdi in sysfs ([`MountSession::set_read_ahead_kb`]).
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{
@@ -26,13 +26,14 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
     Request, SessionACL,
 };
-use tracing::{debug, error, info, instrument, warn};
+use tracing::{error, info, instrument, warn};
 
 pub mod mountinfo;
 
-use crate::fs::readahead::{ReadAhead, ReadAheadConfig};
-use crate::fs::{Attr, EncFs, FileKind, FsError, MAX_READ};
+use crate::fs::readahead::ReadAheadConfig;
+use crate::fs::{EncFs, ImageTree, MAX_READ};
 use crate::source::BlobSource;
+use crate::tree::{self, Attr, FileKind, ReadOnlyTree, ReadReply};
 
 /// How long the kernel may cache attributes and lookups: the image never changes under a mount.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -116,11 +117,6 @@ fn threads_within_fd_limit(wanted: usize) -> usize {
 /// this size (KiB).
 pub const DECRYPT_AHEAD_MAX_WINDOW_KB: u32 = 1024;
 
-thread_local! {
-    /// The read buffer of each FUSE request thread.
-    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Mount settings; plain data, [`Default`] gives the tuned values.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
@@ -135,7 +131,7 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Source name shown in `/proc/mounts`.
     pub fs_name: String,
-    /// Decrypt-ahead for sequential readers ([`ReadAhead`]); off by default, the daemon turns it on for local
+    /// Decrypt-ahead for sequential readers (`fs::readahead::ReadAhead`); off by default, the daemon turns it on for local
     /// images ([`ReadAheadConfig::LOCAL`]).
     pub read_ahead: ReadAheadConfig,
 }
@@ -153,74 +149,40 @@ impl Default for MountConfig {
     }
 }
 
-/// The `fuser` filesystem: an [`EncFs`], read through [`ReadAhead`] on the runtime its async reads run on.
-pub struct FuseFs<B: BlobSource> {
-    fs: Arc<EncFs<B>>,
-    reads: ReadAhead<B>,
+/// The `fuser` filesystem over any [`ReadOnlyTree`]: each request becomes one tree call, each result one reply.
+/// The tree has logged whatever it answers with an errno.
+pub struct FuseAdapter<T> {
+    tree: T,
     max_background: u16,
-    /// The next file handle (one per open, so read-ahead can follow each reader).
-    next_fh: AtomicU64,
-    /// Chunk indices already logged as failing authentication.
-    logged_bad_chunks: Mutex<HashSet<u64>>,
 }
 
-impl<B: BlobSource> std::fmt::Debug for FuseFs<B> {
+impl<T: std::fmt::Debug> std::fmt::Debug for FuseAdapter<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FuseFs").field("fs", &self.fs).finish_non_exhaustive()
+        f.debug_struct("FuseAdapter")
+            .field("tree", &self.tree)
+            .finish_non_exhaustive()
     }
 }
 
-impl<B: BlobSource> FuseFs<B> {
-    /// Wraps `fs`; async operations are driven on `rt` (blocking the calling FUSE thread until done).
-    pub fn new(
-        fs: Arc<EncFs<B>>,
-        rt: tokio::runtime::Handle,
-        max_background: u16,
-        read_ahead: ReadAheadConfig,
-    ) -> Self {
-        Self {
-            reads: ReadAhead::new(Arc::clone(&fs), rt, read_ahead),
-            fs,
-            max_background,
-            next_fh: AtomicU64::new(1),
-            logged_bad_chunks: Mutex::new(HashSet::new()),
-        }
-    }
-
-    /// Logs `err` once, at a level that fits it, and returns its errno.
-    fn fail(&self, op: &'static str, ino: u64, err: &FsError) -> Errno {
-        match err {
-            FsError::NotFound => debug!(op, ino, "{err}"),
-            FsError::ChunkAuth { index } => {
-                let first = self
-                    .logged_bad_chunks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(*index);
-                if first {
-                    error!(op, ino, chunk = index, "chunk failed authentication: returning EIO");
-                }
-            }
-            FsError::Source(_) => error!(op, ino, "{}", ErrorChain(err)),
-            _ => warn!(op, ino, "{err}"),
-        }
-        Errno::from_i32(err.errno())
+impl<T: ReadOnlyTree> FuseAdapter<T> {
+    /// Serves `tree`, letting the kernel keep `max_background` asynchronous requests in flight.
+    pub fn new(tree: T, max_background: u16) -> Self {
+        Self { tree, max_background }
     }
 }
 
-/// Displays an error with its sources, `: `-separated.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
+impl ReadReply for ReplyData {
+    fn data(self, data: &[u8]) {
+        Self::data(self, data);
     }
+
+    fn error(self, errno: tree::Errno) {
+        Self::error(self, errno_of(errno));
+    }
+}
+
+fn errno_of(e: tree::Errno) -> Errno {
+    Errno::from_i32(e.0)
 }
 
 fn file_type(kind: FileKind) -> FileType {
@@ -251,7 +213,7 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
+impl<T: ReadOnlyTree> fuser::Filesystem for FuseAdapter<T> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         if let Err(max) = config.set_max_background(self.max_background) {
             warn!(requested = self.max_background, max, "kernel refused max_background");
@@ -264,24 +226,24 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
 
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name.as_bytes()) {
+        match self.tree.lookup(parent.0, name.as_bytes()) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(self.fail("lookup", parent.0, &e)),
+            Err(e) => reply.error(errno_of(e)),
         }
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        match self.tree.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(self.fail("getattr", ino.0, &e)),
+            Err(e) => reply.error(errno_of(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        match self.tree.readlink(ino.0) {
             Ok(t) => reply.data(t),
-            Err(e) => reply.error(self.fail("readlink", ino.0, &e)),
+            Err(e) => reply.error(errno_of(e)),
         }
     }
 
@@ -291,12 +253,10 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
             reply.error(Errno::EROFS);
             return;
         }
-        match self.fs.open_file(ino.0) {
-            Ok(_) => reply.opened(
-                FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed)),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(self.fail("open", ino.0, &e)),
+        // The image never changes under a mount: the page cache may outlive an open.
+        match self.tree.open_file(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno_of(e)),
         }
     }
 
@@ -310,7 +270,7 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.reads.release(fh.0);
+        self.tree.release(fh.0);
         reply.ok();
     }
 
@@ -326,14 +286,7 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        // One buffer per request thread, reused: no allocation or page faults per read.
-        READ_BUF.with_borrow_mut(|buf| {
-            self.reads
-                .read(fh.0, ino.0, offset, size.min(MAX_READ), buf, |r| match r {
-                    Ok(data) => reply.data(data),
-                    Err(e) => reply.error(self.fail("read", ino.0, &e)),
-                });
-        });
+        self.tree.read(ino.0, fh.0, offset, size.min(MAX_READ), reply);
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
@@ -341,37 +294,33 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.readdir(ino.0, 0) {
-            Ok(_) => reply.opened(
+        match self.tree.open_dir(ino.0) {
+            Ok(()) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
             ),
-            Err(e) => reply.error(self.fail("opendir", ino.0, &e)),
+            Err(e) => reply.error(errno_of(e)),
         }
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset))]
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.fs.readdir(ino.0, offset) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(
-                        INodeNo(e.ino),
-                        e.next_offset,
-                        file_type(e.kind),
-                        OsStr::from_bytes(e.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(self.fail("readdir", ino.0, &e)),
+        let listed = self.tree.readdir(ino.0, offset, &mut |e| {
+            reply.add(
+                INodeNo(e.ino),
+                e.next_offset,
+                file_type(e.kind),
+                OsStr::from_bytes(e.name),
+            )
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(e)),
         }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let s = self.fs.statfs();
+        let s = self.tree.statfs();
         let bsize = 4096u32;
         reply.statfs(
             s.bytes.div_ceil(u64::from(bsize)),
@@ -415,9 +364,9 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // Permission bits are enforced by the kernel (`default_permissions`); this only checks existence.
-        match self.fs.getattr(ino.0) {
+        match self.tree.getattr(ino.0) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(self.fail("access", ino.0, &e)),
+            Err(e) => reply.error(errno_of(e)),
         }
     }
 }
@@ -427,8 +376,8 @@ impl<B: BlobSource> fuser::Filesystem for FuseFs<B> {
 /// serving. Without it a panic ends the thread, silently shrinking the pool until no thread is left and the
 /// mount is dead (`ENOTCONN`).
 ///
-/// Delegates every method that [`FuseFs`] or `LegacyFs` implement (for any other the wrapped filesystem has
-/// fuser's default, as the wrapper does); a method added to either must be added here.
+/// Delegates every method that [`FuseAdapter`] implements (for any other the wrapped filesystem has fuser's
+/// default, as the wrapper does); a method added there must be added here.
 struct PanicGuard<F>(F);
 
 impl<F> PanicGuard<F> {
@@ -574,16 +523,13 @@ pub fn mount<B: BlobSource>(
     mountpoint: &Path,
     cfg: &MountConfig,
 ) -> io::Result<MountSession> {
-    mount_filesystem(FuseFs::new(fs, rt, cfg.max_background, cfg.read_ahead), mountpoint, cfg)
+    mount_tree(ImageTree::new(fs, rt, cfg.read_ahead), mountpoint, cfg)
 }
 
-/// Mounts any read-only `fuser` filesystem with the same options, threads and session handling as [`mount`]
-/// (used for legacy LUKS2 images, `crate::legacy::mount::LegacyFs`).
-pub fn mount_filesystem<F: fuser::Filesystem + Send + 'static>(
-    filesystem: F,
-    mountpoint: &Path,
-    cfg: &MountConfig,
-) -> io::Result<MountSession> {
+/// Mounts any [`ReadOnlyTree`] with the same adapter, options, threads and session handling as [`mount`] (used
+/// for legacy LUKS2 images, `crate::legacy::mount::LegacyFs`).
+pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig) -> io::Result<MountSession> {
+    let filesystem = FuseAdapter::new(tree, cfg.max_background);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,

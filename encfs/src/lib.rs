@@ -5,7 +5,8 @@
 //!
 //! * [`source`]: the [`source::BlobSource`] trait (async ranged reads) and its backends;
 //! * [`fs`]: the filesystem logic, generic over the source, with no FUSE types;
-//! * [`fuse`]: the thin `fuser` adapter and the mount call.
+//! * [`tree`]: the read-only tree trait that both images ([`fs::ImageTree`]) and legacy LUKS2 images implement;
+//! * [`fuse`]: the one thin `fuser` adapter over any such tree, and the mount calls.
 //!
 //! The feature `testing` adds the module `testing`, an in-process image builder for tests.
 
@@ -34,5 +35,7 @@ pub(crate) mod pool;
 pub mod sidecar;
 #[cfg(feature = "fuse")]
 pub mod source;
+#[cfg(feature = "fuse")]
+pub mod tree;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

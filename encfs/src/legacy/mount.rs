@@ -1,5 +1,6 @@
-//! Serving a legacy image with FUSE (feature `fuse`): the daemon's sources, mount options, threads and session
-//! ([`crate::fuse::mount_filesystem`]), with a `fuser` filesystem over the ext4 tree.
+//! Serving a legacy image with FUSE (feature `fuse`): the ext4 tree as a [`ReadOnlyTree`] ([`LegacyFs`]), served
+//! by the one FUSE adapter with the daemon's sources, mount options, threads and session
+//! ([`crate::fuse::mount_tree`]). Only what differs from an image lives here: the block device and the ext4 walk.
 //!
 //! * The image is read through any [`BlobSource`] ([`BlobReadAt`] blocks on the daemon's runtime, pinned to
 //!   the ETag seen at open), so legacy images come from the same places as v1 images.
@@ -13,24 +14,16 @@
 //!   v1 images.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
-};
-use tracing::{debug, error};
+use tracing::error;
 
 use super::{Ext4File, LegacyError, LegacyImage, ReadAt, TreeEntry, TreeKind};
 use crate::source::{BlobKey, BlobSource, ETag};
-
-/// How long the kernel may cache attributes and lookups: the image is pinned and read-only.
-const TTL: Duration = Duration::from_secs(24 * 3600);
+use crate::tree::{Attr, DirEntry, Errno, FileKind, ReadOnlyTree, ReadReply, StatFs};
 /// Open handles kept per reader thread.
 const OPEN_FILES_PER_READER: usize = 32;
 /// Open handles kept per file (at different positions).
@@ -172,7 +165,7 @@ pub fn mount<B: BlobSource>(
         readers,
         "legacy LUKS2 image opened"
     );
-    let session = crate::fuse::mount_filesystem(fs, mountpoint, cfg).map_err(LegacyMountError::Mount)?;
+    let session = crate::fuse::mount_tree(fs, mountpoint, cfg).map_err(LegacyMountError::Mount)?;
     Ok((session, uuid))
 }
 
@@ -200,16 +193,19 @@ impl<R> Shared<R> {
         if first {
             error!(op, ino, "legacy image: {err}: returning EIO");
         }
-        Errno::EIO
+        Errno(libc::EIO)
     }
 }
+
+/// Where a read's outcome goes.
+type Reply = Box<dyn FnOnce(Result<&[u8], Errno>) + Send>;
 
 /// One read, handed to the reader thread that owns the inode; the reader replies.
 struct Job {
     ino: u64,
     offset: u64,
     len: usize,
-    reply: ReplyData,
+    reply: Reply,
 }
 
 /// A reader thread: its own ext4 view, and open handles (least recently used first).
@@ -224,11 +220,11 @@ fn reader<R: ReadAt + 'static>(shared: Arc<Shared<R>>, jobs: Receiver<Job>) {
     let mut open: Vec<(u64, Ext4File)> = Vec::new();
     for job in jobs {
         let Some(fs) = &fs else {
-            job.reply.error(Errno::EIO);
+            (job.reply)(Err(Errno(libc::EIO)));
             continue;
         };
         let Some(node) = job.ino.checked_sub(1).and_then(|i| shared.nodes.get(i as usize)) else {
-            job.reply.error(Errno::ENOENT);
+            (job.reply)(Err(Errno(libc::ENOENT)));
             continue;
         };
         // A handle already at the offset; else a new one while the file has few; else its least recent.
@@ -254,13 +250,13 @@ fn reader<R: ReadAt + 'static>(shared: Arc<Shared<R>>, jobs: Receiver<Job>) {
             n
         });
         match result {
-            Ok(n) => job.reply.data(&buf[..n]),
-            Err(e) => job.reply.error(shared.eio("read", job.ino, &e)),
+            Ok(n) => (job.reply)(Ok(&buf[..n])),
+            Err(e) => (job.reply)(Err(shared.eio("read", job.ino, &e))),
         }
     }
 }
 
-/// A legacy image's ext4 tree as a read-only `fuser` filesystem.
+/// A legacy image's ext4 tree as a [`ReadOnlyTree`].
 pub struct LegacyFs<R> {
     shared: Arc<Shared<R>>,
     readers: Vec<Mutex<Sender<Job>>>,
@@ -340,17 +336,17 @@ impl<R: ReadAt + 'static> LegacyFs<R> {
     fn node(&self, ino: u64) -> Result<&Node, Errno> {
         ino.checked_sub(1)
             .and_then(|i| self.shared.nodes.get(i as usize))
-            .ok_or(Errno::ENOENT)
+            .ok_or(Errno(libc::ENOENT))
     }
 
-    fn attr(&self, ino: u64, n: &Node) -> FileAttr {
+    fn attr(&self, ino: u64, n: &Node) -> Attr {
         let e = &n.entry;
         let (kind, size, perm) = match &e.kind {
-            TreeKind::Dir => (FileType::Directory, 4096, e.mode),
-            TreeKind::File { size } => (FileType::RegularFile, *size, e.mode),
-            TreeKind::Symlink { target } => (FileType::Symlink, target.len() as u64, 0o777),
+            TreeKind::Dir => (FileKind::Dir, 4096, e.mode),
+            TreeKind::File { size } => (FileKind::File, *size, e.mode),
+            TreeKind::Symlink { target } => (FileKind::Symlink, target.len() as u64, 0o777),
             // Shown as an empty read-only file whose open fails with EIO.
-            _ => (FileType::RegularFile, 0, 0o444),
+            _ => (FileKind::File, 0, 0o444),
         };
         let subdirs = n
             .children
@@ -366,174 +362,116 @@ impl<R: ReadAt + 'static> LegacyFs<R> {
         } else {
             SystemTime::UNIX_EPOCH
         };
-        FileAttr {
-            ino: INodeNo(ino),
+        Attr {
+            ino,
+            kind,
             size,
             blocks: size.div_ceil(512),
-            atime: mtime,
-            mtime,
-            ctime: mtime,
-            crtime: mtime,
-            kind,
             perm: perm & 0o7777,
-            nlink: if kind == FileType::Directory { 2 + subdirs } else { 1 },
+            nlink: if kind == FileKind::Dir { 2 + subdirs } else { 1 },
             uid: self.uid,
             gid: self.gid,
-            rdev: 0,
+            mtime,
             blksize: 4096,
-            flags: 0,
         }
     }
 }
 
-impl<R: ReadAt + 'static> fuser::Filesystem for LegacyFs<R> {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let _ = config.set_max_readahead(crate::fs::MAX_READ);
+impl<R: ReadAt + Send + Sync + 'static> ReadOnlyTree for LegacyFs<R> {
+    fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        Ok(self.attr(ino, self.node(ino)?))
+    }
+
+    fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, Errno> {
+        let p = self.node(parent)?;
+        let ino = match name {
+            b"." => parent,
+            b".." => p.parent,
+            _ => p
+                .children
+                .binary_search_by(|(n, _)| n.as_slice().cmp(name))
+                .map(|i| p.children[i].1)
+                .map_err(|_| Errno(libc::ENOENT))?,
+        };
+        Ok(self.attr(ino, self.node(ino)?))
+    }
+
+    fn readlink(&self, ino: u64) -> Result<&[u8], Errno> {
+        match &self.node(ino)?.entry.kind {
+            TreeKind::Symlink { target } => Ok(target),
+            _ => Err(Errno(libc::EINVAL)),
+        }
+    }
+
+    fn open_file(&self, ino: u64) -> Result<u64, Errno> {
+        match &self.node(ino)?.entry.kind {
+            TreeKind::File { .. } => Ok(0),
+            TreeKind::Dir => Err(Errno(libc::EISDIR)),
+            TreeKind::Unreadable { reason } => Err(self.shared.eio("open", ino, reason)),
+            _ => Err(Errno(libc::EINVAL)),
+        }
+    }
+
+    fn open_dir(&self, ino: u64) -> Result<(), Errno> {
+        match &self.node(ino)?.entry.kind {
+            TreeKind::Dir => Ok(()),
+            TreeKind::Unreadable { reason } => Err(self.shared.eio("opendir", ino, reason)),
+            _ => Err(Errno(libc::ENOTDIR)),
+        }
+    }
+
+    fn readdir(&self, ino: u64, offset: u64, add: &mut dyn FnMut(DirEntry<'_>) -> bool) -> Result<(), Errno> {
+        let n = self.node(ino)?;
+        let dots: [(&[u8], u64); 2] = [(b".", ino), (b"..", n.parent)];
+        let kids = n.children.iter().map(|(name, child)| (name.as_slice(), *child));
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (name, child)) in dots.into_iter().chain(kids).enumerate().skip(skip) {
+            let kind = self.node(child).map_or(FileKind::File, |c| self.attr(child, c).kind);
+            let entry = DirEntry {
+                ino: child,
+                next_offset: i as u64 + 1,
+                kind,
+                name,
+            };
+            if add(entry) {
+                break;
+            }
+        }
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let found = self.node(parent.0).and_then(|p| {
-            p.children
-                .binary_search_by(|(n, _)| n.as_slice().cmp(name.as_bytes()))
-                .map(|i| p.children[i].1)
-                .map_err(|_| Errno::ENOENT)
-        });
-        match found.and_then(|ino| Ok((ino, self.node(ino)?))) {
-            Ok((ino, n)) => reply.entry(&TTL, &self.attr(ino, n), Generation(0)),
-            Err(e) => reply.error(e),
+    fn statfs(&self) -> StatFs {
+        StatFs {
+            bytes: self.bytes,
+            files: self.shared.nodes.len() as u64,
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino.0) {
-            Ok(n) => reply.attr(&TTL, &self.attr(ino.0, n)),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino.0).map(|n| &n.entry.kind) {
-            Ok(TreeKind::Symlink { target }) => reply.data(target),
-            Ok(_) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != fuser::OpenAccMode::O_RDONLY {
-            reply.error(Errno::EROFS);
-            return;
-        }
-        match self.node(ino.0).map(|n| &n.entry.kind) {
-            Ok(TreeKind::File { .. }) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(TreeKind::Dir) => reply.error(Errno::EISDIR),
-            Ok(TreeKind::Unreadable { reason }) => reply.error(self.shared.eio("open", ino.0, reason)),
-            Ok(_) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<fuser::LockOwner>,
-        reply: ReplyData,
-    ) {
-        let n = match self.node(ino.0) {
+    fn read(&self, ino: u64, _fh: u64, offset: u64, size: u32, reply: impl ReadReply) {
+        let n = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let TreeKind::File { size: len } = n.entry.kind else {
-            return reply.error(Errno::EINVAL);
+            return reply.error(Errno(libc::EINVAL));
         };
-        let want = u64::from(size.min(crate::fs::MAX_READ)).min(len.saturating_sub(offset)) as usize;
+        let want = u64::from(size).min(len.saturating_sub(offset)) as usize;
         if want == 0 {
             return reply.data(&[]);
         }
         let job = Job {
-            ino: ino.0,
+            ino,
             offset,
             len: want,
-            reply,
+            reply: Box::new(move |r| match r {
+                Ok(data) => reply.data(data),
+                Err(e) => reply.error(e),
+            }),
         };
-        let reader = &self.readers[(ino.0 % self.readers.len() as u64) as usize];
+        let reader = &self.readers[(ino % self.readers.len() as u64) as usize];
         let sent = reader.lock().unwrap_or_else(|e| e.into_inner()).send(job);
         if let Err(std::sync::mpsc::SendError(job)) = sent {
-            job.reply.error(self.shared.eio("read", ino.0, &"reader thread gone"));
-        }
-    }
-
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
-        reply.ok();
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino.0).map(|n| &n.entry.kind) {
-            Ok(TreeKind::Dir) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Ok(TreeKind::Unreadable { reason }) => reply.error(self.shared.eio("opendir", ino.0, reason)),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let n = match self.node(ino.0) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        let dots = [(b".".to_vec(), ino.0), (b"..".to_vec(), n.parent)];
-        for (i, (name, child)) in dots.iter().chain(n.children.iter()).enumerate().skip(offset as usize) {
-            let kind = self
-                .node(*child)
-                .map_or(FileType::RegularFile, |c| self.attr(*child, c).kind);
-            if reply.add(INodeNo(*child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(
-            self.bytes.div_ceil(4096),
-            0,
-            0,
-            self.shared.nodes.len() as u64,
-            0,
-            4096,
-            255,
-            4096,
-        );
-    }
-
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::NO_XATTR);
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
-    }
-
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        match self.node(ino.0) {
-            Ok(_) => reply.ok(),
-            Err(e) => {
-                debug!(ino = ino.0, "access: no such inode");
-                reply.error(e)
-            }
+            (job.reply)(Err(self.shared.eio("read", ino, &"reader thread gone")));
         }
     }
 }
