@@ -35,7 +35,7 @@ pub(crate) mod pool;
 pub mod sidecar;
 #[cfg(feature = "fuse")]
 pub mod source;
-#[cfg(feature = "fuse")]
-pub mod tree;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(feature = "fuse")]
+pub mod tree;
