@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use super::env::{bin, port_or_free, python};
 use super::error::{LocalError, Result};
 use super::proc::{Proc, run};
+pub use super::rendered::Layout;
 use super::rendered::{Addresses, LocalCommand, Platform, localize, localize_release_policy};
 use super::scripts;
 use super::shutdown::Cancel;
@@ -52,18 +53,6 @@ pub enum ImageStore {
     Azurite,
     /// A local HTTP server with Range support (what a web server or a presigned URL gives).
     Http,
-}
-
-/// Which rendered deployment runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Layout {
-    /// `render aci`: the encfs sidecar mounts the image with FUSE beside the model server.
-    #[default]
-    Aci,
-    /// `render k8s`: the pod's init container `encfs-extract` writes the verified files into the model volume
-    /// (no FUSE), then the model server and the proxy start.
-    K8s,
 }
 
 /// Fixed ports on 127.0.0.1; 0 picks a free one.

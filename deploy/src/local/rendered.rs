@@ -33,6 +33,18 @@ use sidecar_args::EncfsSideCarArgs;
 use super::error::{LocalError, Result};
 use super::http::redact;
 
+/// Which rendered deployment runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Layout {
+    /// `render aci`: the encfs sidecar mounts the image with FUSE beside the model server.
+    #[default]
+    Aci,
+    /// `render k8s`: the pod's init container `encfs-extract` writes the verified files into the model volume
+    /// (no FUSE), then the model server and the proxy start.
+    K8s,
+}
+
 /// One container of the rendered deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedContainer {

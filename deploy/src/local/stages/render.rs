@@ -13,8 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::Ctx;
 use crate::local::error::{LocalError, Result};
-use crate::local::pipeline::Layout;
-use crate::local::rendered::{RenderedContainer, aci_containers, k8s_containers};
+use crate::local::rendered::{Layout, RenderedContainer, aci_containers, k8s_containers};
 use crate::{Bundle, DeployConfig, SecurityPolicy, render_aci, render_k8s};
 
 /// The rendered deployment.
