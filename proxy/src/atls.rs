@@ -140,15 +140,8 @@ pub enum AtlsError {
         detail: String,
     },
     /// A client-policy claim is missing or differs.
-    #[error("policy: claim {claim} is {actual}, the policy requires {expected}")]
-    Policy {
-        /// Claim name.
-        claim: String,
-        /// Expected value (JSON).
-        expected: String,
-        /// Actual value (JSON, or `missing`).
-        actual: String,
-    },
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::PolicyMismatch),
     /// Strict freshness failed.
     #[error("freshness: {detail}")]
     Freshness {

@@ -35,8 +35,6 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Map, Value, json};
 
-use crate::atls::AtlsError;
-
 /// A client policy could not be read or built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -184,7 +182,7 @@ impl ClientPolicy {
 
     /// Every pinned claim must be present in `claims` and equal (or meet its operator condition); the first
     /// difference is returned.
-    pub fn check(&self, claims: &Claims) -> Result<(), AtlsError> {
+    pub fn check(&self, claims: &Claims) -> Result<(), PolicyMismatch> {
         for (name, expected) in &self.claims {
             let actual = claims.get(name);
             let holds = match ClaimCondition::from_operator(name, expected) {
@@ -192,7 +190,7 @@ impl ClientPolicy {
                 None => actual.is_some_and(|a| matches(a, expected)),
             };
             if !holds {
-                return Err(AtlsError::Policy {
+                return Err(PolicyMismatch {
                     claim: name.clone(),
                     expected: expected.to_string(),
                     actual: actual.map_or_else(|| "missing".to_string(), short),
@@ -201,6 +199,18 @@ impl ClientPolicy {
         }
         Ok(())
     }
+}
+
+/// A client-policy claim is missing or differs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("claim {claim} is {actual}, the policy requires {expected}")]
+pub struct PolicyMismatch {
+    /// Claim name.
+    pub claim: String,
+    /// Expected value (JSON).
+    pub expected: String,
+    /// Actual value (JSON, or `missing`).
+    pub actual: String,
 }
 
 fn short(v: &Value) -> String {
@@ -286,7 +296,8 @@ mod tests {
         );
         p.check(&c).unwrap();
         c.insert(IS_DEBUGGABLE.into(), json!(true));
-        let e = p.check(&c).unwrap_err();
+        // As a refusal shows it: the check's name, then the claim.
+        let e = crate::atls::AtlsError::from(p.check(&c).unwrap_err());
         assert!(
             e.to_string()
                 .starts_with("policy: claim x-ms-sevsnpvm-is-debuggable is true"),
