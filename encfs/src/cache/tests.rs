@@ -654,18 +654,19 @@ fn read_all(cache: &CachingSource<Faulty>, key: &BlobKey, blob: &[u8]) {
     });
 }
 
+/// A first daemon reads the whole blob, storing every part in the disk cache at `dir`, and stops.
+fn fill_disk(dir: &std::path::Path, key: &BlobKey, blob: &[u8]) {
+    let first = disk_cache(dir, fresh(key, blob));
+    read_all(&first, key, blob);
+    let written = count(&first.metrics.disk_written_bytes);
+    assert_eq!(written, BLOB, "each part stored once");
+}
+
 #[test]
 fn a_restarted_cache_reads_what_its_disk_holds_without_asking_the_source() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, key, blob) = faulty_cache(small());
-    let first = disk_cache(tmp.path(), fresh(&key, &blob));
-    read_all(&first, &key, &blob);
-    assert!(
-        eventually(|| count(&first.metrics.disk_written_bytes) == BLOB),
-        "written {}",
-        count(&first.metrics.disk_written_bytes)
-    );
-    drop(first);
+    fill_disk(tmp.path(), &key, &blob);
     let second = disk_cache(tmp.path(), fresh(&key, &blob));
     read_all(&second, &key, &blob);
     assert_eq!(
@@ -708,15 +709,8 @@ fn a_random_read_is_stored_in_whole_blocks_and_served_from_disk_after_a_restart(
 fn a_damaged_disk_part_is_discarded_and_fetched_from_the_source() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, key, blob) = faulty_cache(small());
-    let first = disk_cache(tmp.path(), fresh(&key, &blob));
-    read_all(&first, &key, &blob);
-    assert!(
-        eventually(|| count(&first.metrics.disk_written_bytes) == BLOB),
-        "written {}",
-        count(&first.metrics.disk_written_bytes)
-    );
+    fill_disk(tmp.path(), &key, &blob);
     let id = disk::identity(&key.to_string(), "v0", BLOB);
-    drop(first);
     let data = tmp.path().join(&id).join("5.d");
     assert!(data.is_file(), "no part file at {}", data.display());
     let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
@@ -763,14 +757,7 @@ fn an_auth_failure_drops_the_disk_copy_too() {
 fn a_replaced_blob_never_reads_the_old_copy_and_a_blob_without_etag_gets_no_disk_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, key, blob) = faulty_cache(small());
-    let first = disk_cache(tmp.path(), fresh(&key, &blob));
-    read_all(&first, &key, &blob);
-    assert!(
-        eventually(|| count(&first.metrics.disk_written_bytes) == BLOB),
-        "written {}",
-        count(&first.metrics.disk_written_bytes)
-    );
-    drop(first);
+    fill_disk(tmp.path(), &key, &blob);
     // Same URL and length, another ETag: another identity, nothing read from the old one.
     let src = fresh(&key, &blob);
     src.add(Rule::stat(Fault::ChangeEtag).times(1));
