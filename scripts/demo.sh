@@ -9,6 +9,9 @@
 # `cinfer-deploy local` (e.g. --keep, --image-store http); without --once it keeps serving until Ctrl-C:
 #   ./scripts/demo.sh            # once, then exit
 #   CINFER_DEMO_SERVE=1 ./scripts/demo.sh   # serve until Ctrl-C
+#   ./scripts/demo.sh --gpu [N]  # composite flow: the container has N (default 1) mock NVIDIA GPUs; the key's release
+#                                # policy and the client policy require them (CC on, no DevTools, measurements
+#                                # matched); prints a composite token's GPU claims and the key refused without GPUs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -92,6 +92,12 @@ pub(crate) struct LocalArgs {
     /// ports are the default local ports.
     #[arg(short, long)]
     pub(crate) config: Option<PathBuf>,
+    /// Give the confidential container N mock GPUs (default 1 with a bare `--gpu`): composite evidence (SEV-SNP +
+    /// GPUs, bound to one runtime data); the key's release policy and the client policy then require N GPUs in CC
+    /// mode, not in DevTools mode, with measurements matching their RIMs; prints a composite token's GPU claims
+    /// and the key refused to the same guest without GPU evidence.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1")]
+    pub(crate) gpu: Option<u32>,
     /// Ports (0: any free port).
     #[command(flatten)]
     pub(crate) ports: LocalPorts,

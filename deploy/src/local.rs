@@ -34,3 +34,4 @@ pub use error::LocalError;
 pub use pipeline::{ImageStore, Layout, Options, Pipeline, Ports, StageEvent};
 pub use shutdown::Cancel;
 pub use stages::image::{ExampleInput, make_signer};
+pub use stages::keys::GpuCheck;

@@ -96,6 +96,33 @@ pub(crate) fn run(args: &LocalArgs) -> anyhow::Result<ExitCode> {
     for note in &p.config_notes {
         writeln!(out, "  config       {note}")?;
     }
+    if let Some(gpu) = &p.gpu {
+        writeln!(
+            out,
+            "GPUs (mock, composite evidence: SEV-SNP report + SPDM reports bound to one runtime data):"
+        )?;
+        writeln!(out, "  key release policy also requires:")?;
+        for c in &gpu.conditions {
+            writeln!(out, "    {c}")?;
+        }
+        writeln!(out, "  a composite token's GPU claims:")?;
+        for (k, v) in &gpu.claims {
+            writeln!(out, "    {k:<34} {v}")?;
+        }
+        for line in &gpu.per_gpu {
+            writeln!(out, "    {line}")?;
+        }
+        writeln!(
+            out,
+            "  the same guest without GPU evidence: key refused: {}",
+            gpu.refused_without_gpus
+        )?;
+        writeln!(
+            out,
+            "  the client policy requires the same of the server ({})",
+            p.work.join("client-policy-gpu.json").display()
+        )?;
+    }
     writeln!(
         out,
         "processes, from the rendered deployment (only addresses substituted):"
@@ -229,6 +256,7 @@ fn options(args: &LocalArgs, cancel: Cancel) -> anyhow::Result<Options> {
             LayoutArg::Aci => Layout::Aci,
             LayoutArg::K8s => Layout::K8s,
         },
+        gpus: args.gpu.unwrap_or(0),
         cancel,
         progress: Some(progress),
         ..Default::default()

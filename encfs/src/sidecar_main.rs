@@ -39,6 +39,10 @@ pub(crate) struct SidecarArgs {
     /// With `--attester mock`: the launch measurement (96 hex digits; default zeros).
     #[arg(long, value_name = "HEX")]
     pub(crate) mock_measurement: Option<String>,
+    /// With `--attester mock`: add mock GPUs' evidence (directory from `cinfer-attest mock-gpu-init`), each GPU's
+    /// nonce derived from the report_data (composite evidence, for keys whose release policy requires GPUs).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) mock_gpu_dir: Option<PathBuf>,
     /// With the SEV-SNP attester: the UVM reference info (base64 of the endorsement), read when there is no ACI
     /// security context (default: AKS's node file
     /// /opt/confidential-containers/share/kata-containers/reference-info-base64, mounted by a hostPath).
@@ -131,8 +135,8 @@ impl SidecarArgs {
         let mock_root_dir = self.mock_root_dir.as_ref().or(file.mock_root_dir.as_ref());
         match kind {
             AttesterKind::Snp => {
-                if mock_root_dir.is_some() {
-                    bail!("a mock root directory is only valid with the mock attester");
+                if mock_root_dir.is_some() || self.mock_gpu_dir.is_some() {
+                    bail!("a mock root or mock GPU directory is only valid with the mock attester");
                 }
                 let sources =
                     attest::evidence::HostSources::platform(self.reference_info_file.clone(), self.thim_url.clone());
@@ -162,7 +166,14 @@ impl SidecarArgs {
                     )?,
                     ..Default::default()
                 };
-                Ok(Arc::new(attest::evidence::MockAttester::new(&root, config)?))
+                let cpu = Arc::new(attest::evidence::MockAttester::new(&root, config)?);
+                let Some(gpu_dir) = &self.mock_gpu_dir else {
+                    return Ok(cpu);
+                };
+                let gpus = attest::gpu::mock::MockGpuAttester::load(gpu_dir)
+                    .with_context(|| format!("loading mock GPUs {}", gpu_dir.display()))?;
+                warn!(count = gpus.config().count, "!!! MOCK GPUs: GPU evidence is NOT from NVIDIA hardware !!!");
+                Ok(Arc::new(attest::evidence::CompositeAttester::new(cpu, Arc::new(gpus))))
             }
         }
     }

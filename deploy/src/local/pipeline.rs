@@ -17,6 +17,12 @@
 //!
 //! The rendered containers run with only their addresses changed ([`super::rendered::localize`]).
 //!
+//! With [`Options::gpus`] the confidential container has mock GPUs: the service trusts their root and uses their
+//! collateral, the key's release policy and the client policy require them (at least that many, CC mode on, no
+//! DevTools, measurements matched), the sidecar and the server proxy send composite evidence, and stage 5 also
+//! shows a composite token's GPU claims and the key refused to the same guest without GPU evidence
+//! ([`Pipeline::gpu`]).
+//!
 //! [`Options`] can make the evidence or the client policy disagree with H, for the negative paths. Dropping a
 //! [`Pipeline`] (or [`Pipeline::shutdown`]) stops everything in reverse order: the proxies, Triton (it holds
 //! files of the mount open), the sidecar (SIGTERM: it unmounts), the attestation service, the store.
@@ -141,6 +147,8 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// Which rendered deployment runs.
     pub layout: Layout,
+    /// Mock GPUs in the confidential container (0: none); the key and the client then require them.
+    pub gpus: u32,
     /// Set to stop a start in progress.
     pub cancel: Cancel,
     /// Called when a stage starts and ends.
@@ -160,6 +168,7 @@ impl std::fmt::Debug for Options {
             .field("client_host_data", &self.client_host_data)
             .field("config", &self.config)
             .field("layout", &self.layout)
+            .field("gpus", &self.gpus)
             .finish_non_exhaustive()
     }
 }
@@ -222,6 +231,8 @@ pub struct Pipeline {
     pub client_script: PathBuf,
     /// The Python interpreter with tritonclient.
     pub python: PathBuf,
+    /// With [`Options::gpus`]: the GPU conditions, a composite token's GPU claims, and the refusal without GPUs.
+    pub gpu: Option<keys::GpuCheck>,
     // Processes, stopped in this order by `stop_all`.
     proxies: Option<Proxies>,
     triton: Option<Triton>,
@@ -385,12 +396,17 @@ impl Pipeline {
         let (url, image_url, image_size, image_etag) =
             (stored.url.clone(), stored.shown_url(), stored.size, stored.etag.clone());
         up.store = Some(stored);
-        let authority = timer.run(STAGES[3], || keys::start_authority(&ctx, opts.ports.attest))?;
-        let (authority_url, mock) = (authority.url.clone(), authority.mock.clone());
+        let authority = timer.run(STAGES[3], || keys::start_authority(&ctx, opts.ports.attest, opts.gpus))?;
+        let (authority_url, mock, mock_gpu) = (
+            authority.url.clone(),
+            authority.mock.clone(),
+            authority.mock_gpu.clone(),
+        );
         up.authority = Some(authority);
+        let mut gpu = None;
         let rendered = timer.run(STAGES[4], || {
             let r = render::render(&ctx, opts.config.as_deref(), &img.root, &img.signer_pub, opts.layout)?;
-            let policy = localize_release_policy(
+            let mut policy = localize_release_policy(
                 &r.json("release-policy.json")?,
                 &Addresses {
                     authority_url: authority_url.clone(),
@@ -398,11 +414,21 @@ impl Pipeline {
                 },
             )
             .0;
+            let conditions = match opts.gpus {
+                0 => Vec::new(),
+                n => keys::require_gpus(&mut policy, n)?,
+            };
             let release = work.join("release-policy.json");
             std::fs::write(&release, policy.to_string())
                 .map_err(LocalError::io(format!("writing {}", release.display())))?;
             if let Some(a) = &up.authority {
                 keys::import_key(&ctx, a, &r.config.model.key_id, &img.key, &release)?;
+                if opts.gpus > 0 {
+                    let host_data = opts.evidence_host_data.clone().unwrap_or_else(|| r.hostdata.clone());
+                    let mut check = keys::gpu_check(&ctx, a, &r.config.model.key_id, &host_data)?;
+                    check.conditions = conditions;
+                    gpu = Some(check);
+                }
             }
             Ok(r)
         })?;
@@ -428,6 +454,7 @@ impl Pipeline {
         };
         let mut platform = Platform {
             mock_root: mock,
+            mock_gpu_dir: mock_gpu,
             host_data: evidence_hd,
             measurement: MEASUREMENT.to_owned(),
             ready_dir: work.join("ready"),
@@ -485,7 +512,10 @@ impl Pipeline {
             Ok((triton, failed))
         })?;
         up.triton = Some(triton);
-        let client_policy_file = rendered.dir.join("client-policy-hostdata.json");
+        let client_policy_file = match opts.gpus {
+            0 => rendered.dir.join("client-policy-hostdata.json"),
+            n => gpu_client_policy(&rendered.dir.join("client-policy-hostdata.json"), n, &work)?,
+        };
         let proxies = timer.run(STAGES[7], || {
             let cmd = localize(rendered.container("proxy")?, &addresses, &platform)?;
             launch("server-proxy", &cmd);
@@ -544,6 +574,7 @@ impl Pipeline {
             triton: up.triton.take(),
             sidecar: up.sidecar.take(),
             authority: up.authority.take(),
+            gpu,
             store: up.store.take(),
             tmp,
         })
@@ -771,6 +802,28 @@ impl Drop for Pipeline {
     }
 }
 
+/// The rendered client policy with the GPU conditions for `gpus` GPUs added, written to `work`.
+fn gpu_client_policy(rendered: &Path, gpus: u32, work: &Path) -> Result<PathBuf> {
+    let text = std::fs::read(rendered).map_err(LocalError::io(format!("reading {}", rendered.display())))?;
+    let mut policy: serde_json::Value = serde_json::from_slice(&text).map_err(|e| LocalError::Unexpected {
+        what: rendered.display().to_string(),
+        got: e.to_string(),
+    })?;
+    let conditions = attest::gpu::requirement::GpuRequirement::gpus(gpus)
+        .client_policy_claims()
+        .map_err(|e| LocalError::Unexpected {
+            what: "the GPU requirement".into(),
+            got: e.to_string(),
+        })?;
+    if let Some(o) = policy.as_object_mut() {
+        o.extend(conditions);
+    }
+    let out = work.join("client-policy-gpu.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&policy).unwrap_or_default())
+        .map_err(LocalError::io(format!("writing {}", out.display())))?;
+    Ok(out)
+}
+
 /// What a previous run in the same `--work` directory left and this one makes anew: keys, image, store data,
 /// broker state, ready files, and the generated example repository when it is generated again (a previous
 /// `--large-mb` model must not linger). The Triton copy and the logs (appended) stay. A mount still there is an
@@ -784,7 +837,10 @@ fn clear_previous_run(work: &Path, generate: bool) -> Result<()> {
         });
     }
     let generated: &[&str] = if generate { &["models"] } else { &[] };
-    for name in ["ready", "azurite", "attest-state", "mock"].iter().chain(generated) {
+    for name in ["ready", "azurite", "attest-state", "mock", "mock-gpu"]
+        .iter()
+        .chain(generated)
+    {
         let p = work.join(name);
         if p.is_dir() {
             std::fs::remove_dir_all(&p).map_err(LocalError::io(format!("removing {}", p.display())))?;

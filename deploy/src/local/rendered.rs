@@ -22,8 +22,9 @@
 //! Everything else (the root pin, the signer key, the verify mode, the cache size, the key id, the identity,
 //! Triton's loopback binding, every other flag) is passed as rendered. What this machine lacks is *added*, never
 //! substituted, and listed with the substitutions ([`Platform`]): the mock SEV-SNP attester (root, host_data,
-//! measurement, as flags) for the sidecar and the server proxy, the sidecar's readiness directory, and the bundled
-//! Triton's backend directory and environment.
+//! measurement, as flags) for the sidecar and the server proxy, with `--gpu` the mock GPUs (`--mock-gpu-dir`) for
+//! both, the sidecar's readiness directory, and the bundled Triton's backend directory and environment. (With
+//! `--gpu` the release policy and the client policy also gain the GPU conditions, added by the pipeline.)
 
 use std::path::{Path, PathBuf};
 
@@ -156,6 +157,8 @@ pub struct Platform {
     pub host_data: String,
     /// The mock launch measurement.
     pub measurement: String,
+    /// Mock GPUs (`cinfer-attest mock-gpu-init --out DIR`) whose evidence the encfs and proxy containers add.
+    pub mock_gpu_dir: Option<PathBuf>,
     /// The sidecar's readiness directory.
     pub ready_dir: PathBuf,
     /// The bundled Triton's backend directory.
@@ -282,6 +285,11 @@ pub fn localize(c: &RenderedContainer, a: &Addresses, platform: &Platform) -> Re
             ];
             added.extend(extra.iter().cloned());
             args.extend(extra);
+            if let Some(dir) = &platform.mock_gpu_dir {
+                let gpu = format!("--mock-gpu-dir={}", dir.display());
+                added.push(gpu.clone());
+                args.push(gpu);
+            }
         }
         "cinfer-proxy" => {
             let extra = [
@@ -292,6 +300,11 @@ pub fn localize(c: &RenderedContainer, a: &Addresses, platform: &Platform) -> Re
             ];
             added.extend(extra.iter().cloned());
             args.extend(extra);
+            if let Some(dir) = &platform.mock_gpu_dir {
+                let gpu = format!("--mock-gpu-dir={}", dir.display());
+                added.push(gpu.clone());
+                args.push(gpu);
+            }
         }
         "tritonserver" => {
             let extra = format!("--backend-directory={}", platform.backend_dir.display());
@@ -442,6 +455,7 @@ mod tests {
             ready_dir: "/w/ready".into(),
             backend_dir: "/w/tritonserver/backends".into(),
             triton_env: vec![("LD_LIBRARY_PATH".into(), "/x".into())],
+            mock_gpu_dir: None,
         }
     }
 
@@ -622,6 +636,23 @@ mod tests {
             ]
         );
         assert_eq!(proxy.added.len(), 4);
+    }
+
+    /// With mock GPUs, the sidecar and the server proxy also get `--mock-gpu-dir`, listed as added; Triton does not.
+    #[test]
+    fn mock_gpus_are_added_to_the_attesting_containers_only() {
+        let (a, p) = (addresses(), platform());
+        let p = Platform {
+            mock_gpu_dir: Some("/w/mock-gpu".into()),
+            ..p
+        };
+        let c = rendered();
+        for (i, with) in [(0, false), (1, true), (2, true)] {
+            let l = localize(&c[i], &a, &p).unwrap();
+            let flag = "--mock-gpu-dir=/w/mock-gpu".to_owned();
+            assert_eq!(l.args.contains(&flag), with, "{}: {:?}", c[i].name, l.args);
+            assert_eq!(l.added.contains(&flag), with, "{}", c[i].name);
+        }
     }
 
     /// `--flag value` forms are substituted too; unknown programs are refused, not run as something else.
