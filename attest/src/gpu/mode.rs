@@ -10,9 +10,9 @@
 //! **What cinfer derives, failing closed** (per GPU):
 //!
 //! * `OPAQUE_FIELD_ID_FEATURE_FLAG` (36), when present, is signed: NVIDIA's SDK reads it as `MPT = 0`,
-//!   `SPT = 1`, `PPCIE = 2` (`GpuEvidence::AttestationReport::OpaqueDataFeatureFlag`). PPCIe is NVIDIA's
-//!   protected-PCIe mode, in which the GPUs run with CC mode off; so `2` gives [`CcMode::ProtectedPcie`] and
-//!   any value other than 0, 1, 2 gives [`CcMode::Unknown`].
+//!   `SPT = 1`, `PPCIE = 2` (`GpuEvidence::AttestationReport::OpaqueDataFeatureFlag`). PPCIe (protected PCIe) is
+//!   NVIDIA's alternative to CC mode (nvtrust `init_nvml` requires "either Confidential Compute mode or PPCIE
+//!   mode"), so `2` gives [`CcMode::ProtectedPcie`] and any value other than 0, 1, 2 gives [`CcMode::Unknown`].
 //! * Otherwise CC mode is [`CcMode::On`] only when both RIMs verified and every active golden measurement
 //!   matched: NVIDIA's RIMs describe the production CC firmware state, and NVIDIA's own claims derive
 //!   `secboot: true` and `dbgstat: disabled` from exactly that (`ClaimsUtils.get_current_gpu_claims`).
@@ -24,7 +24,9 @@
 //!   not match is refused by the verifier before any claim exists, so `Some(true)` is never derived.
 //!
 //! The limit of this inference: a CC or DevTools state that changed no measured value would not be seen;
-//! NVIDIA's verifier has the same limit, and cinfer never reports "on" for what it did not establish.
+//! NVIDIA's verifier has the same limit, and cinfer never reports "on" for what it did not establish. The
+//! sources disagree on DevTools (dstack issue #778 says NVIDIA's overall result can pass in DevTools mode), so
+//! `false` here is NVIDIA's inference, not a value read from the GPU.
 
 use super::VerifiedGpu;
 use super::spdm::field;
