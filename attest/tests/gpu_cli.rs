@@ -1,5 +1,5 @@
 //! `cinfer-attest verify-gpu` run as a binary on NVIDIA's data: claims JSON and exit 0, or exit 1 with the
-//! failed check named on stderr.
+//! failed check named on stderr; `mock-gpu-init` and `serve`'s GPU settings.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::process::Command;
@@ -97,4 +97,83 @@ fn verify_gpu_names_the_failed_check() {
             "{check}: {stderr}"
         );
     }
+}
+
+/// `mock-gpu-init` writes a root, keys (0600, directory 0700), the GPUs' config and a collateral bundle that
+/// `verify-gpu` accepts for the mock GPUs' evidence (both RIMs compared); `serve` refuses a collateral bundle
+/// out of its window and a mock GPU root that is not a root, before listening.
+#[test]
+fn mock_gpu_init_output_verifies_and_serve_refuses_bad_gpu_settings() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use attest::gpu::GpuAttester as _;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gpu");
+    let st = Command::new(BIN)
+        .args(["mock-gpu-init", "--count", "2", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("brom.key.pem"), 0o600);
+    assert_eq!(mode("rim-signer.key.pem"), 0o600);
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o700);
+
+    let gpus = attest::gpu::mock::MockGpuAttester::load(&out).unwrap();
+    assert_eq!(gpus.config().count, 2);
+    let ev = gpus.gpu_evidence(&[0x5a; 32]).unwrap();
+    assert_eq!(ev.len(), 2);
+    let report = dir.path().join("report.txt");
+    let chain = dir.path().join("chain.pem");
+    std::fs::write(&report, hex::encode(&ev[1].report)).unwrap();
+    std::fs::write(&chain, &ev[1].cert_chain_pem).unwrap();
+    let root = out.join("root.pem");
+    let p = |p: &std::path::Path| p.display().to_string();
+    let (code, stdout, stderr) = run(&[
+        "--report",
+        &p(&report),
+        "--cert-chain",
+        &p(&chain),
+        "--collateral",
+        &p(&out.join("collateral.json")),
+        "--device-root",
+        &p(&root),
+        "--rim-root",
+        &p(&root),
+        "--nonce",
+        &"5a".repeat(32),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let claims: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(claims["measres"], "success");
+    assert_eq!(claims["x-cinfer-gpu-cc-mode"], "on");
+    assert_eq!(claims["x-cinfer-gpu-feature-flag"], 0, "two GPUs: MPT");
+    // NVIDIA's default roots refuse it.
+    let (code, _, stderr) = run(&["--report", &p(&report), "--cert-chain", &p(&chain)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("gpu root:"), "{stderr}");
+
+    let serve = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let mut bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("collateral.json")).unwrap()).unwrap();
+    bundle["not_after"] = "2020-01-01T00:00:00Z".into();
+    let expired = dir.path().join("expired.json");
+    std::fs::write(&expired, bundle.to_string()).unwrap();
+    let (code, stderr) = serve(&["--gpu-collateral", &p(&expired)]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("gpu collateral: the bundle is valid from"), "{stderr}");
+    let (code, stderr) = serve(&["--trust-mock-gpu-root", &p(&out.join("brom.pem"))]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("not a mock GPU root") && stderr.contains("not self-signed"),
+        "{stderr}"
+    );
 }
