@@ -151,7 +151,7 @@ impl Default for MountConfig {
 
 /// The `fuser` filesystem over any [`ReadOnlyTree`]: each request becomes one tree call, each result one reply.
 /// The tree has logged whatever it answers with an errno.
-pub struct FuseAdapter<T> {
+struct FuseAdapter<T> {
     tree: T,
     max_background: u16,
 }
@@ -166,7 +166,7 @@ impl<T: std::fmt::Debug> std::fmt::Debug for FuseAdapter<T> {
 
 impl<T: ReadOnlyTree> FuseAdapter<T> {
     /// Serves `tree`, letting the kernel keep `max_background` asynchronous requests in flight.
-    pub fn new(tree: T, max_background: u16) -> Self {
+    fn new(tree: T, max_background: u16) -> Self {
         Self { tree, max_background }
     }
 }
