@@ -585,8 +585,18 @@ mod tests {
             name("vault.test", "t").unwrap(),
         );
         let spki = |k: &p384::ecdsa::SigningKey| SubjectPublicKeyInfoOwned::from_key(k.verifying_key()).unwrap();
-        let root = issue_p384(&root_key, rn.clone(), rn.clone(), spki(&root_key), 1, vec![ca_ext()]).unwrap();
-        let int = issue_p384(&root_key, rn, inn.clone(), spki(&int_key), 2, vec![ca_ext()]).unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        let root = issue_p384(
+            &root_key,
+            rn.clone(),
+            rn.clone(),
+            spki(&root_key),
+            1,
+            vec![ca_ext()],
+            day,
+        )
+        .unwrap();
+        let int = issue_p384(&root_key, rn, inn.clone(), spki(&int_key), 2, vec![ca_ext()], day).unwrap();
         let leaf_key = RuntimeKey::from_pem(include_str!("../tests/data/csc-test-rsa-key.pem")).unwrap();
         let san = SubjectAltName(vec![GeneralName::DnsName(Ia5String::new("vault.test").unwrap())]);
         let leaf_spki = SubjectPublicKeyInfoOwned::from_key(&leaf_key.public_key()).unwrap();
@@ -597,6 +607,7 @@ mod tests {
             leaf_spki,
             3,
             vec![ext("2.5.29.17", false, san.to_der().unwrap())],
+            day,
         )
         .unwrap();
         (root.to_der().unwrap(), int.to_der().unwrap(), leaf.to_der().unwrap())

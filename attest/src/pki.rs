@@ -42,6 +42,26 @@ pub(crate) fn name(cn: &str, org: &str) -> Result<Name, der::Error> {
     Name::from_str(&format!("CN={cn},O={org},OU=Engineering"))
 }
 
+/// A builder for a certificate valid from `backdate` ago for `lifetime`.
+fn builder(
+    issuer: Name,
+    subject: Name,
+    spki: SubjectPublicKeyInfoOwned,
+    serial: u32,
+    extensions: Vec<Extension>,
+    (backdate, lifetime): (Duration, Duration),
+) -> Result<CertificateBuilder<FixedProfile>, String> {
+    let now = SystemTime::now();
+    let nb = Time::try_from(now - backdate).map_err(|e| e.to_string())?;
+    let na = Time::try_from(now + lifetime).map_err(|e| e.to_string())?;
+    let profile = FixedProfile {
+        issuer,
+        subject,
+        extensions,
+    };
+    CertificateBuilder::new(profile, SerialNumber::from(serial), Validity::new(nb, na), spki).map_err(|e| e.to_string())
+}
+
 /// Issue a certificate signed by `issuer_key` with RSASSA-PSS (SHA-384, MGF1-SHA-384, salt 48), valid
 /// from one day ago for `lifetime`.
 pub(crate) fn issue_pss(
@@ -53,46 +73,16 @@ pub(crate) fn issue_pss(
     extensions: Vec<Extension>,
     lifetime: Duration,
 ) -> Result<Certificate, String> {
-    let now = SystemTime::now();
-    let nb = Time::try_from(now - Duration::from_secs(24 * 3600)).map_err(|e| e.to_string())?;
-    let na = Time::try_from(now + lifetime).map_err(|e| e.to_string())?;
     let signer = rsa::pss::SigningKey::<Sha384>::new_with_salt_len(issuer_key.clone(), 48);
-    let profile = FixedProfile {
-        issuer,
-        subject,
-        extensions,
-    };
-    let builder = CertificateBuilder::new(profile, SerialNumber::from(serial), Validity::new(nb, na), spki)
-        .map_err(|e| e.to_string())?;
-    builder
+    let validity = (Duration::from_secs(24 * 3600), lifetime);
+    builder(issuer, subject, spki, serial, extensions, validity)?
         .build::<_, rsa::pss::Signature>(&signer)
         .map_err(|e| e.to_string())
 }
 
-/// Issue a certificate signed with ECDSA P-384/SHA-384 valid for a day (tests of X.509 path validation).
-#[cfg(test)]
+/// Issue a certificate signed with ECDSA P-384/SHA-384 (the NVIDIA scheme: the mock GPU's chains; tests of
+/// X.509 path validation), valid from one hour ago for `lifetime`.
 pub(crate) fn issue_p384(
-    issuer_key: &p384::ecdsa::SigningKey,
-    issuer: Name,
-    subject: Name,
-    spki: SubjectPublicKeyInfoOwned,
-    serial: u32,
-    extensions: Vec<Extension>,
-) -> Result<Certificate, String> {
-    issue_p384_for(
-        issuer_key,
-        issuer,
-        subject,
-        spki,
-        serial,
-        extensions,
-        Duration::from_secs(24 * 3600),
-    )
-}
-
-/// Issue a certificate signed with ECDSA P-384/SHA-384 (the NVIDIA scheme; the mock GPU's chains), valid
-/// from one hour ago for `lifetime`.
-pub(crate) fn issue_p384_for(
     issuer_key: &p384::ecdsa::SigningKey,
     issuer: Name,
     subject: Name,
@@ -101,17 +91,8 @@ pub(crate) fn issue_p384_for(
     extensions: Vec<Extension>,
     lifetime: Duration,
 ) -> Result<Certificate, String> {
-    let now = SystemTime::now();
-    let nb = Time::try_from(now - Duration::from_secs(3600)).map_err(|e| e.to_string())?;
-    let na = Time::try_from(now + lifetime).map_err(|e| e.to_string())?;
-    let profile = FixedProfile {
-        issuer,
-        subject,
-        extensions,
-    };
-    let builder = CertificateBuilder::new(profile, SerialNumber::from(serial), Validity::new(nb, na), spki)
-        .map_err(|e| e.to_string())?;
-    builder
+    let validity = (Duration::from_secs(3600), lifetime);
+    builder(issuer, subject, spki, serial, extensions, validity)?
         .build::<_, p384::ecdsa::DerSignature>(issuer_key)
         .map_err(|e| e.to_string())
 }

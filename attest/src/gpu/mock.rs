@@ -202,7 +202,7 @@ impl MockGpuRoot {
         let name = |cn: &str| pki::name(cn, ORG).map_err(mock_err);
         let root_name = name("cinfer mock GPU root")?;
         let issue = |subject, key: &SigningKey, serial, exts| {
-            pki::issue_p384_for(
+            pki::issue_p384(
                 &root_key,
                 root_name.clone(),
                 subject,
@@ -281,7 +281,7 @@ impl MockGpuRoot {
     /// Issue a GPU leaf under the BROM CA carrying `fwid`; returns its key and the chain (leaf, BROM, root).
     fn issue_gpu(&self, serial: u32, fwid: &[u8; 48]) -> Result<(SigningKey, String), EvidenceError> {
         let key = new_key();
-        let leaf = pki::issue_p384_for(
+        let leaf = pki::issue_p384(
             &self.brom_key,
             self.brom.tbs_certificate().subject().clone(),
             pki::name(&format!("GH100 A01 FSP/GSP FMC LF (cinfer mock {serial})"), ORG).map_err(mock_err)?,

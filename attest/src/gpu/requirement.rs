@@ -69,6 +69,26 @@ fn yes() -> bool {
     true
 }
 
+/// `claim greaterOrEquals number(value)` when a minimum is given; `(what, example)` name it in the error.
+fn minimum(
+    value: Option<&str>,
+    (what, example): (&'static str, &'static str),
+    number: fn(&str) -> Option<i64>,
+    claim: &str,
+) -> Result<Option<ClaimCondition>, RequirementError> {
+    value
+        .map(|v| {
+            number(v)
+                .map(|n| ClaimCondition::at_least(claim, n))
+                .ok_or_else(|| RequirementError::Version {
+                    what,
+                    value: v.to_string(),
+                    example,
+                })
+        })
+        .transpose()
+}
+
 impl Default for GpuRequirement {
     fn default() -> Self {
         Self::gpus(0)
@@ -109,22 +129,18 @@ impl GpuRequirement {
         if self.measurements_matched {
             out.push(ClaimCondition::equals(MEASUREMENTS_MATCHED, "true"));
         }
-        if let Some(v) = &self.min_driver {
-            let n = driver_version_number(v).ok_or_else(|| RequirementError::Version {
-                what: "min_driver",
-                value: v.clone(),
-                example: "550.90.07",
-            })?;
-            out.push(ClaimCondition::at_least(DRIVER_MIN, n));
-        }
-        if let Some(v) = &self.min_vbios {
-            let n = vbios_version_number(v).ok_or_else(|| RequirementError::Version {
-                what: "min_vbios",
-                value: v.clone(),
-                example: "96.00.9F.00.01",
-            })?;
-            out.push(ClaimCondition::at_least(VBIOS_MIN, n));
-        }
+        out.extend(minimum(
+            self.min_driver.as_deref(),
+            ("min_driver", "550.90.07"),
+            driver_version_number,
+            DRIVER_MIN,
+        )?);
+        out.extend(minimum(
+            self.min_vbios.as_deref(),
+            ("min_vbios", "96.00.9F.00.01"),
+            vbios_version_number,
+            VBIOS_MIN,
+        )?);
         Ok(out)
     }
 
