@@ -157,7 +157,7 @@ pub fn extract<B: BlobSource>(
 
 /// Removes `path` and everything under it, if it exists (write bits are restored first: an extracted tree is
 /// read-only).
-pub fn remove_tree(path: &Path) -> Result<(), ExtractError> {
+pub(crate) fn remove_tree(path: &Path) -> Result<(), ExtractError> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io("inspecting", path)(e)),

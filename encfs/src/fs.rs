@@ -40,7 +40,7 @@ pub const ROOT_INO: u64 = 1;
 pub const MAX_READ: u32 = 1 << 20;
 
 /// Largest sealed index accepted at all ([`EncFsConfig::max_index_len`] may lower it).
-pub const MAX_INDEX_LEN: u64 = 1 << 30;
+pub(crate) const MAX_INDEX_LEN: u64 = 1 << 30;
 
 /// The largest sealed index a mount with a memory budget of `budget` bytes reads before authenticating it: a
 /// quarter of the budget (the sealed index, its plaintext and the parsed entries are each about its size), at
@@ -50,7 +50,7 @@ pub const MAX_INDEX_LEN: u64 = 1 << 30;
 /// image (a storage provider without the key) can raise it, keep the key check valid, and would otherwise make
 /// every mount attempt read and allocate that much before the seal refuses it. An index costs about 80 bytes per
 /// entry plus its name, so 64 MiB (the default 256 MiB budget) holds hundreds of thousands of files.
-pub fn index_limit_for_budget(budget: u64) -> u64 {
+pub(crate) fn index_limit_for_budget(budget: u64) -> u64 {
     (budget / 4).clamp(1 << 20, MAX_INDEX_LEN)
 }
 
@@ -143,7 +143,7 @@ pub enum FsError {
 
 impl FsError {
     /// The errno a POSIX caller should see.
-    pub fn errno(&self) -> i32 {
+    pub(crate) fn errno(&self) -> i32 {
         match self {
             Self::ChunkAuth { .. } | Self::Source(_) => libc::EIO,
             Self::NotDir => libc::ENOTDIR,
@@ -158,7 +158,7 @@ impl FsError {
 /// chunks). Buffered readers (stdio, Python's `open`) read one such block at a time, and the kernel makes the
 /// first read of a file a READ of up to four times its size: so opening a file and reading a byte asks for one
 /// chunk, not two (a chunk-sized block made it 128 KiB: twice the bytes on the wire before the first byte).
-pub fn preferred_io_size(chunk_size: u32) -> u32 {
+pub(crate) fn preferred_io_size(chunk_size: u32) -> u32 {
     (chunk_size / 4).max(4096)
 }
 
@@ -444,7 +444,7 @@ impl<B: BlobSource> EncFs<B> {
     }
 
     /// Size of regular file `ino`, or `None` if it is not one.
-    pub fn file_size(&self, ino: u64) -> Option<u64> {
+    pub(crate) fn file_size(&self, ino: u64) -> Option<u64> {
         let i = self.entry_of(ino).ok()?;
         self.image.layout.file(i).map(|fl| fl.size)
     }
@@ -477,14 +477,14 @@ impl<B: BlobSource> EncFs<B> {
 
     /// As [`Self::read`], into `out` (resized to the bytes read), so a caller can reuse one buffer per thread
     /// without zeroing it each time. On error `out` is empty and none of this read's plaintext is left in it.
-    pub async fn read_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
+    pub(crate) async fn read_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
         self.read_into_split(ino, offset, size, out, true).await
     }
 
     /// As [`Self::read_into`], but opens all chunks on the calling thread. For reads made ahead of their READ
     /// ([`readahead`]): those already run beside the reader, and handing half of the chunks to another thread
     /// would only add wake-ups.
-    pub async fn read_ahead_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
+    pub(crate) async fn read_ahead_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
         self.read_into_split(ino, offset, size, out, false).await
     }
 

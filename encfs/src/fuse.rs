@@ -115,7 +115,7 @@ fn threads_within_fd_limit(wanted: usize) -> usize {
 
 /// Decrypt-ahead pays off only when the kernel keeps a single READ in flight, i.e. with readahead windows up to
 /// this size (KiB).
-pub const DECRYPT_AHEAD_MAX_WINDOW_KB: u32 = 1024;
+pub(crate) const DECRYPT_AHEAD_MAX_WINDOW_KB: u32 = 1024;
 
 /// Mount settings; plain data, [`Default`] gives the tuned values.
 #[derive(Clone, Debug)]
@@ -647,7 +647,7 @@ impl MountSession {
 
     /// Sets the kernel readahead of this mount (`/sys/class/bdi/<maj:min>/read_ahead_kb`). Needs root and a
     /// writable `/sys`.
-    pub fn set_read_ahead_kb(&self, kb: u32) -> io::Result<()> {
+    pub(crate) fn set_read_ahead_kb(&self, kb: u32) -> io::Result<()> {
         let dev = std::fs::metadata(&self.mountpoint)?.dev();
         let (major, minor) = dev_major_minor(dev);
         let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
@@ -662,7 +662,7 @@ impl MountSession {
     /// Ends a session that was unmounted from outside (`umount`, `fusermount3 -u`) without touching the
     /// mountpoint again: fuser would otherwise try to unmount the path once more on drop, which could hit a new
     /// mount made there since.
-    pub fn finish_after_external_unmount(self) {
+    pub(crate) fn finish_after_external_unmount(self) {
         std::mem::forget(self.session);
     }
 

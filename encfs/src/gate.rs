@@ -78,7 +78,7 @@ pub enum GateError {
 
 /// What the content pass did.
 #[derive(Clone, Copy, Debug)]
-pub struct ContentReport {
+pub(crate) struct ContentReport {
     /// Files hashed.
     pub files: usize,
     /// Plaintext bytes hashed.
@@ -88,13 +88,13 @@ pub struct ContentReport {
 }
 
 /// Step 1: the embedded signature verifies with `key` and lists exactly the image's files and digests.
-pub fn check_manifest<B: BlobSource>(fs: &EncFs<B>, key: &VerifyingKey) -> Result<SignedManifest, GateError> {
+pub(crate) fn check_manifest<B: BlobSource>(fs: &EncFs<B>, key: &VerifyingKey) -> Result<SignedManifest, GateError> {
     Ok(signature::check_index(fs.index(), key)?)
 }
 
 /// Step 2: hashes every regular file through `fs`'s decrypting read path and compares with the index digests.
 /// `threads` files are verified at once (0 = one per core); `rt` runs the source's async reads.
-pub fn verify_content<B: BlobSource>(
+pub(crate) fn verify_content<B: BlobSource>(
     fs: &EncFs<B>,
     rt: &tokio::runtime::Handle,
     threads: usize,

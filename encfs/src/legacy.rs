@@ -33,7 +33,7 @@ pub use ext4::{Ext4File, Ext4Volume, TreeEntry, TreeKind};
 pub use luks2::{Luks2Header, probe};
 
 /// The warning logged (once) when a legacy image is opened.
-pub const NO_INTEGRITY_WARNING: &str = "legacy LUKS2 image (aes-xts-plain64): XTS gives no integrity; whoever \
+pub(crate) const NO_INTEGRITY_WARNING: &str = "legacy LUKS2 image (aes-xts-plain64): XTS gives no integrity; whoever \
      controls storage can change or replay sectors undetected. Convert it with `cinfer-mkimage convert`.";
 
 /// Logs [`NO_INTEGRITY_WARNING`] at `warn` level, the first time only (per process).

@@ -40,7 +40,7 @@ impl Metrics {
     }
 
     /// The counters in the Prometheus text exposition format (version 0.0.4), prefixed `cinfer_encfs_`.
-    pub fn render_prometheus(&self) -> String {
+    pub(crate) fn render_prometheus(&self) -> String {
         let rows: [(&str, &str, &AtomicU64); 12] = [
             (
                 "source_requests_total",

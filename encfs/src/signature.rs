@@ -39,7 +39,7 @@ use crate::format::{Extension, Index};
 
 /// Index extension type of an embedded model signature: the exact bundle JSON bytes. Non-critical: a reader that
 /// does not check signatures may ignore it.
-pub const EXTENSION_MODEL_SIGNATURE: u16 = 1;
+pub(crate) const EXTENSION_MODEL_SIGNATURE: u16 = 1;
 
 /// Paths `model_signing` ignores (and records as ignored) by default, relative to the model root.
 pub const DEFAULT_IGNORE_PATHS: [&str; 4] = [".git", ".gitattributes", ".github", ".gitignore"];
@@ -167,7 +167,7 @@ pub fn signature_extension(bundle_json: Vec<u8>) -> Extension {
 }
 
 /// The bundle embedded in an index, if any (the first extension of type [`EXTENSION_MODEL_SIGNATURE`]).
-pub fn embedded_signature(index: &Index) -> Option<&[u8]> {
+pub(crate) fn embedded_signature(index: &Index) -> Option<&[u8]> {
     index
         .extensions
         .iter()

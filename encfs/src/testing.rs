@@ -194,7 +194,7 @@ impl TreeBuilder {
     }
 
     /// As [`Self::write_image`], with a chosen image id.
-    pub fn write_image_with_id(
+    pub(crate) fn write_image_with_id(
         &self,
         out: &mut impl Write,
         key: &ModelKey,

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 /// Granularity of presence and checksums: 64 KiB (one plaintext chunk's worth).
-pub const BLOCK: u64 = 64 << 10;
+pub(crate) const BLOCK: u64 = 64 << 10;
 
 const MAGIC: &[u8; 8] = b"CIFDC1\0\0";
 const SUM_LEN: usize = 16;

@@ -50,17 +50,17 @@ use crate::source::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
 
 /// A stream prefetches once it has read this much contiguously (so touching 1 MiB, plus the kernel's own
 /// readahead, fetches about 1 MiB).
-pub const SEQUENTIAL_AFTER: u64 = 2 << 20;
+pub(crate) const SEQUENTIAL_AFTER: u64 = 2 << 20;
 
 /// Default memory bound: 256 MiB of ciphertext parts.
-pub const DEFAULT_CAPACITY: u64 = 256 << 20;
+pub(crate) const DEFAULT_CAPACITY: u64 = 256 << 20;
 
 /// Default memory budget of a daemon reading a remote image, MiB ([`CacheConfig::for_budget`]): the default of
 /// `mount --cache-size` and of the sidecar's `cinfer_cache_mb`.
 pub const DEFAULT_BUDGET_MIB: u64 = 256;
 
 /// Of a memory budget ([`CacheConfig::for_budget`]), what is set aside for everything but cached parts.
-pub const RESERVED: u64 = 48 << 20;
+pub(crate) const RESERVED: u64 = 48 << 20;
 
 /// Default cut of a cold random read: up to 4 requests of at least 32 KiB. A 128 KiB READ (the kernel's first
 /// of a file) becomes four 32 KiB requests, each within the 64 KiB a new Linux connection may receive in its
@@ -212,7 +212,7 @@ pub struct CachingSource<B: BlobSource> {
 /// hold together (counted in [`RESERVED`], not in the part capacity). After a failed readahead the kernel asks
 /// again page by page: each 4 KiB READ needs the whole sealed chunk around it, which was fetched again for every
 /// page (16 times the bytes for 64 KiB chunks) until the last fetch was kept.
-pub const RECENT_READS: usize = 8;
+pub(crate) const RECENT_READS: usize = 8;
 const RECENT_MAX_BYTES: usize = 4 << 20;
 
 impl<B: BlobSource> std::fmt::Debug for CachingSource<B> {

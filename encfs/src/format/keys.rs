@@ -58,7 +58,7 @@ impl ModelKey {
 
     /// Builds a key in place: `fill` writes the 32 bytes straight into the key's own memory (a key file read,
     /// for example), so no other copy is made.
-    pub fn new_with<E>(fill: impl FnOnce(&mut [u8; KEY_LEN]) -> Result<(), E>) -> Result<Self, E> {
+    pub(crate) fn new_with<E>(fill: impl FnOnce(&mut [u8; KEY_LEN]) -> Result<(), E>) -> Result<Self, E> {
         let mut key = Self::zeroed();
         fill(&mut key.0)?;
         Ok(key)

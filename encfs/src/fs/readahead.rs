@@ -46,7 +46,7 @@ impl ReadAheadConfig {
     };
 
     /// The tuned settings for a local image: 16 handles.
-    pub const LOCAL: Self = Self {
+    pub(crate) const LOCAL: Self = Self {
         max_streams: 16,
         min_read: 128 << 10,
     };
@@ -85,7 +85,7 @@ struct Streams {
 }
 
 /// Per-handle sequential detection and decrypt-ahead over an [`EncFs`].
-pub struct ReadAhead<B: BlobSource> {
+pub(crate) struct ReadAhead<B: BlobSource> {
     fs: Arc<EncFs<B>>,
     rt: tokio::runtime::Handle,
     config: ReadAheadConfig,
@@ -102,7 +102,7 @@ impl<B: BlobSource> std::fmt::Debug for ReadAhead<B> {
 
 impl<B: BlobSource> ReadAhead<B> {
     /// Read-ahead over `fs`; prefetches run on `rt`.
-    pub fn new(fs: Arc<EncFs<B>>, rt: tokio::runtime::Handle, config: ReadAheadConfig) -> Self {
+    pub(crate) fn new(fs: Arc<EncFs<B>>, rt: tokio::runtime::Handle, config: ReadAheadConfig) -> Self {
         Self {
             fs,
             rt,
@@ -111,15 +111,10 @@ impl<B: BlobSource> ReadAhead<B> {
         }
     }
 
-    /// The filesystem.
-    pub fn fs(&self) -> &Arc<EncFs<B>> {
-        &self.fs
-    }
-
     /// Reads `size` bytes of `ino` at `offset` for handle `fh` (as [`EncFs::read_into`]) and passes the result to
     /// `reply`: from a buffer prefetched for exactly this read if there is one, else read now into `scratch`.
     /// Blocks the calling thread (a FUSE request thread) until the data is there.
-    pub fn read<R>(
+    pub(crate) fn read<R>(
         &self,
         fh: u64,
         ino: u64,
@@ -145,7 +140,7 @@ impl<B: BlobSource> ReadAhead<B> {
     }
 
     /// Forgets handle `fh` (on release); a prefetch still running finishes and is dropped.
-    pub fn release(&self, fh: u64) {
+    pub(crate) fn release(&self, fh: u64) {
         self.lock().by_fh.remove(&fh);
     }
 

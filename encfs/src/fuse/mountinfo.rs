@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// The source name of every cinfer-encfs mount starts with this (`cinfer-encfs:<image>`, see
 /// [`super::MountConfig::fs_name`]).
-pub const SOURCE_PREFIX: &str = "cinfer-encfs";
+pub(crate) const SOURCE_PREFIX: &str = "cinfer-encfs";
 
 /// One line of `mountinfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,16 +11,16 @@ use super::LegacyError;
 use super::kdf::HashAlg;
 
 /// Largest stripe count accepted (cryptsetup always writes 4000).
-pub const MAX_STRIPES: u32 = 4000;
+pub(crate) const MAX_STRIPES: u32 = 4000;
 
 /// Bytes of keyslot material for a key of `key_size` bytes split into `stripes`, rounded up to whole 512-byte
 /// sectors as cryptsetup stores it.
-pub fn material_len(key_size: usize, stripes: u32) -> usize {
+pub(crate) fn material_len(key_size: usize, stripes: u32) -> usize {
     (key_size * stripes as usize).div_ceil(512) * 512
 }
 
 /// Merges `material` (at least `key_size * stripes` bytes) into the `key_size`-byte key.
-pub fn merge(material: &[u8], key_size: usize, stripes: u32, hash: HashAlg) -> Result<Zeroizing<Vec<u8>>, LegacyError> {
+pub(crate) fn merge(material: &[u8], key_size: usize, stripes: u32, hash: HashAlg) -> Result<Zeroizing<Vec<u8>>, LegacyError> {
     if stripes == 0 || stripes > MAX_STRIPES || key_size == 0 {
         return Err(LegacyError::unsupported("af stripes", stripes.to_string()));
     }

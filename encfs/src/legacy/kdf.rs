@@ -6,10 +6,10 @@ use super::LegacyError;
 
 /// Largest Argon2 memory cost accepted, in KiB (cryptsetup's own maximum: 4 GiB). A forged header cannot make the
 /// daemon allocate more.
-pub const MAX_ARGON2_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+pub(crate) const MAX_ARGON2_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 
 /// Largest Argon2 parallelism accepted (cryptsetup's maximum).
-pub const MAX_ARGON2_CPUS: u32 = 32;
+pub(crate) const MAX_ARGON2_CPUS: u32 = 32;
 
 /// A hash named in a LUKS2 header (`af.hash`, `kdf.hash`, `digest.hash`, `checksum_alg`).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -83,7 +83,7 @@ impl HashAlg {
 /// Which Argon2 variant a keyslot uses.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 #[non_exhaustive]
-pub enum Argon2Variant {
+pub(crate) enum Argon2Variant {
     /// `argon2i`.
     Argon2i,
     /// `argon2id` (cryptsetup's default for LUKS2).
@@ -93,7 +93,7 @@ pub enum Argon2Variant {
 /// A keyslot KDF with its parameters, as validated from the header.
 #[derive(Clone, Debug, Eq, PartialEq)]
 #[non_exhaustive]
-pub enum Kdf {
+pub(crate) enum Kdf {
     /// PBKDF2-HMAC.
     Pbkdf2 {
         /// The HMAC hash.
@@ -120,7 +120,7 @@ pub enum Kdf {
 
 impl Kdf {
     /// Derives `out.len()` bytes from `passphrase`.
-    pub fn derive(&self, passphrase: &[u8], out: &mut [u8]) -> Result<(), LegacyError> {
+    pub(crate) fn derive(&self, passphrase: &[u8], out: &mut [u8]) -> Result<(), LegacyError> {
         match self {
             Self::Pbkdf2 { hash, iterations, salt } => {
                 hash.pbkdf2(passphrase, salt, *iterations, out);

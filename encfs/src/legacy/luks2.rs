@@ -26,17 +26,17 @@ use super::xts::{AesXts, IvMode};
 /// Magic of a primary LUKS header (LUKS1 and LUKS2).
 pub const LUKS_MAGIC: [u8; 6] = *b"LUKS\xba\xbe";
 /// Magic of a secondary LUKS2 header.
-pub const LUKS2_SECONDARY_MAGIC: [u8; 6] = *b"SKUL\xba\xbe";
+pub(crate) const LUKS2_SECONDARY_MAGIC: [u8; 6] = *b"SKUL\xba\xbe";
 /// Length of the binary part of a LUKS2 header.
 pub const BINARY_HEADER_LEN: usize = 4096;
 /// Largest LUKS2 header (binary + JSON) cryptsetup writes: 4 MiB.
-pub const MAX_HEADER_SIZE: u64 = 4 << 20;
+pub(crate) const MAX_HEADER_SIZE: u64 = 4 << 20;
 /// The offsets where cryptsetup looks for the secondary header when the primary is unusable.
-pub const SECONDARY_OFFSETS: [u64; 9] = [
+pub(crate) const SECONDARY_OFFSETS: [u64; 9] = [
     0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x10_0000, 0x20_0000, 0x40_0000,
 ];
 /// The only cipher implemented, for data segments and keyslot areas.
-pub const SUPPORTED_CIPHER: &str = "aes-xts-plain64";
+pub(crate) const SUPPORTED_CIPHER: &str = "aes-xts-plain64";
 
 /// The LUKS version of an image, from its first bytes: `Some(1)`, `Some(2)`, … if it starts with the LUKS magic.
 pub fn probe(prefix: &[u8]) -> Option<u16> {
@@ -235,11 +235,11 @@ fn de_opt_u64_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>,
 }
 
 /// The volume key, zeroized on drop, never printed.
-pub struct VolumeKey(Zeroizing<Vec<u8>>);
+pub(crate) struct VolumeKey(Zeroizing<Vec<u8>>);
 
 impl VolumeKey {
     /// The key bytes.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
@@ -511,7 +511,7 @@ impl Luks2Header {
     /// Opens a keyslot of the data segment with `passphrase` (the whole key file, as `cryptsetup --key-file`
     /// takes it) and returns the volume key and the keyslot id. Keyslots are tried by priority (prefer, then
     /// normal; "ignore" slots never); a keyslot opens when the merged key matches the segment's digest.
-    pub fn unlock(&self, image: &dyn ReadAt, passphrase: &[u8]) -> Result<(VolumeKey, u32), LegacyError> {
+    pub(crate) fn unlock(&self, image: &dyn ReadAt, passphrase: &[u8]) -> Result<(VolumeKey, u32), LegacyError> {
         let seg = self.data_segment()?;
         let m = &self.metadata;
         let seg_id = seg.id.to_string();

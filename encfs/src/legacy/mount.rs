@@ -61,12 +61,12 @@ impl<B: BlobSource> BlobReadAt<B> {
     }
 
     /// The source back (to open the blob another way when it is not a legacy image).
-    pub fn into_source(self) -> B {
+    pub(crate) fn into_source(self) -> B {
         self.source
     }
 
     /// Whether the blob starts with the LUKS magic (any version: LUKS1 is then refused by name on open).
-    pub fn is_luks(&self) -> io::Result<bool> {
+    pub(crate) fn is_luks(&self) -> io::Result<bool> {
         if self.len < 8 {
             return Ok(false);
         }
@@ -117,7 +117,7 @@ pub enum LegacyMountError {
 /// the root or to check a signer refuses it ([`check_demands`]) instead of serving it unchecked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Unverifiable {
+pub(crate) enum Unverifiable {
     /// A root pin is configured.
     #[error(
         "the image is a legacy LUKS2 image: it has no root digest to pin (drop the root pin, or convert it with \
@@ -131,7 +131,7 @@ pub enum Unverifiable {
 
 /// Checks what the mount demands of a legacy image: refused if a root pin (`root_pinned`) or a model signer
 /// (`signer_set`) is configured; the daemon and the sidecar share this so both refuse the same way.
-pub fn check_demands(root_pinned: bool, signer_set: bool) -> Result<(), Unverifiable> {
+pub(crate) fn check_demands(root_pinned: bool, signer_set: bool) -> Result<(), Unverifiable> {
     if root_pinned {
         Err(Unverifiable::RootPin)
     } else if signer_set {

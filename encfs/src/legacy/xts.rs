@@ -17,7 +17,7 @@ use aes::{Aes128, Aes256, Block};
 use super::LegacyError;
 
 /// Blocks handed to AES at once (512 bytes: a whole 512-byte sector, an eighth of a 4096-byte one).
-pub const BATCH_BLOCKS: usize = 32;
+pub(crate) const BATCH_BLOCKS: usize = 32;
 
 /// How dm-crypt numbers sectors for the `plain64` IV.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
@@ -32,7 +32,7 @@ pub enum IvMode {
 
 /// The IV of the sector at `byte_offset` (relative to the start of the encrypted area), as dm-crypt computes it:
 /// `iv_offset` (the table's IV offset, in 512-byte units) is added before a large-sector shift.
-pub fn plain64_iv(byte_offset: u64, sector_size: u32, mode: IvMode, iv_offset: u64) -> u64 {
+pub(crate) fn plain64_iv(byte_offset: u64, sector_size: u32, mode: IvMode, iv_offset: u64) -> u64 {
     let units = (byte_offset >> 9).wrapping_add(iv_offset);
     match mode {
         IvMode::Sectors512 => units,
@@ -86,7 +86,7 @@ impl AesXts {
 
     /// Decrypts one sector in place with IV `iv`. `sector.len()` must be a non-zero multiple of 16 (every
     /// dm-crypt sector size is), else the trailing partial block is left as it is.
-    pub fn decrypt_sector(&self, sector: &mut [u8], iv: u64) {
+    pub(crate) fn decrypt_sector(&self, sector: &mut [u8], iv: u64) {
         match &*self.ciphers {
             Ciphers::Aes128 { data, tweak } => xts_sector(data, tweak, sector, iv, Direction::Decrypt),
             Ciphers::Aes256 { data, tweak } => xts_sector(data, tweak, sector, iv, Direction::Decrypt),

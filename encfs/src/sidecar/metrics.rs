@@ -30,7 +30,7 @@ impl Metrics {
     }
 
     /// One key release attempt took `elapsed` with `outcome` (`ok`, `denied`, `transient_error`, `error`).
-    pub fn key_release(&self, elapsed: Duration, outcome: &'static str) {
+    pub(crate) fn key_release(&self, elapsed: Duration, outcome: &'static str) {
         let s = elapsed.as_secs_f64();
         self.with(|m| {
             for (i, b) in BUCKETS.iter().enumerate() {

@@ -100,7 +100,7 @@ impl Status {
     }
 
     /// True when every filesystem is ready.
-    pub fn all_ready(&self) -> bool {
+    pub(crate) fn all_ready(&self) -> bool {
         self.with(|e| e.iter().all(|(_, s)| matches!(s, FsState::Ready(_))))
     }
 

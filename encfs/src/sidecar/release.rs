@@ -81,7 +81,7 @@ pub struct StepError {
 
 impl StepError {
     /// A final (not retried) failure.
-    pub fn fatal(step: Step, message: impl Into<String>) -> Self {
+    pub(crate) fn fatal(step: Step, message: impl Into<String>) -> Self {
         Self {
             step,
             transient: false,
@@ -111,7 +111,7 @@ impl StepError {
 }
 
 /// Everything one release needs.
-pub struct ReleaseContext<'a> {
+pub(crate) struct ReleaseContext<'a> {
     /// Evidence source.
     pub attester: &'a dyn Attester,
     /// Attestation service.
@@ -126,7 +126,7 @@ pub struct ReleaseContext<'a> {
 
 /// One attempt: fresh ephemeral RSA key → evidence → token → release → unwrap → 32-byte key. Nothing touches
 /// disk; the key is zeroized when dropped.
-pub async fn release_once(ctx: &ReleaseContext<'_>) -> Result<ModelKey, StepError> {
+pub(crate) async fn release_once(ctx: &ReleaseContext<'_>) -> Result<ModelKey, StepError> {
     let rk = RuntimeKey::generate().map_err(|e| StepError::fatal(Step::Evidence, format!("ephemeral key: {e}")))?;
     let runtime_data = rk.runtime_data();
     let evidence = ctx
@@ -170,7 +170,7 @@ impl Default for Backoff {
 }
 
 /// [`release_once`] with retries of transient failures; records latency and outcome in `metrics`.
-pub async fn release_with_retry(
+pub(crate) async fn release_with_retry(
     ctx: &ReleaseContext<'_>,
     backoff: Backoff,
     metrics: &Metrics,

@@ -24,10 +24,10 @@ use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
 use crate::metrics::Metrics;
 
 /// The storage REST version sent with every request.
-pub const X_MS_VERSION: &str = "2021-08-06";
+pub(crate) const X_MS_VERSION: &str = "2021-08-06";
 
 /// The resource of Blob Storage tokens.
-pub const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
+pub(crate) const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
 
 /// How requests are authorized.
 #[derive(Clone, Debug, Default)]
@@ -43,7 +43,7 @@ pub enum AzureAuth {
 
 /// True if `url` looks like Azure Blob Storage: a `*.blob.core.windows.net` host, or an Azurite path whose
 /// first segment is the well-known `devstoreaccount1` account.
-pub fn is_azure_url(url: &str) -> bool {
+pub(crate) fn is_azure_url(url: &str) -> bool {
     let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
         return false;
     };

@@ -163,7 +163,7 @@ impl std::fmt::Display for Chain<'_> {
 type Result<T> = std::result::Result<T, BlobError<HttpSourceError>>;
 
 /// Something that adds credentials to each request (an Azure managed-identity token, for example).
-pub trait Authorizer: Send + Sync + std::fmt::Debug {
+pub(crate) trait Authorizer: Send + Sync + std::fmt::Debug {
     /// Returns the `Authorization` header value to send, or `None` for none.
     fn authorization(
         &self,
@@ -223,13 +223,13 @@ impl HttpSource {
     }
 
     /// Adds a header sent with every request (e.g. `x-ms-version`).
-    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+    pub(crate) fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.insert(name, value);
         self
     }
 
     /// Adds credentials to every request.
-    pub fn with_authorizer(mut self, auth: Arc<dyn Authorizer>) -> Self {
+    pub(crate) fn with_authorizer(mut self, auth: Arc<dyn Authorizer>) -> Self {
         self.auth = Some(auth);
         self
     }
