@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE as B64URL_PAD;
 use serde_json::{Value, json};
 
 use crate::credential::{Credential, TokenProvider};
@@ -17,8 +16,10 @@ use crate::error::{ClientError, KeyWrapError};
 use crate::evidence::{Attester, Evidence};
 use crate::keywrap::{KeyDerivation, ReleasedKey, RuntimeKey};
 use crate::policy::ReleasePolicy;
+use crate::protocol::{
+    AttestRequest, AttestResponse, B64URL_ANY, ErrorBody, ImportRequest, PolicyBlob, ReleaseRequest, ReleaseResponse,
+};
 use crate::secret::{ModelKey, SecretBytes};
-use crate::service::B64URL_ANY;
 use crate::tls::TlsTrust;
 use crate::token::{Jwks, verify_jws_rs256};
 use crate::verify::maa_report_data;
@@ -57,9 +58,8 @@ async fn check(resp: reqwest::Response, context: &str) -> Result<reqwest::Respon
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
     // MAA/AKV error bodies are {"error":{"code","message"}}: show the message (it names the failed check).
-    let mut body = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+    let mut body = serde_json::from_str::<ErrorBody>(&text)
+        .map(|b| b.error.message)
         .unwrap_or(text);
     body.truncate(2000);
     Err(ClientError::Status {
@@ -100,25 +100,15 @@ impl AttestationClient {
 
     /// The MAA request body for evidence and runtime data (padded base64url everywhere, as the seed sends).
     pub fn request_body(evidence: &Evidence, runtime_data: &[u8]) -> Value {
-        let mut report = json!({
-            "SnpReport": B64URL_PAD.encode(&evidence.report),
-            "VcekCertChain": B64URL_PAD.encode(evidence.cert_chain_pem.as_bytes()),
-        });
-        if let Some(uvm) = &evidence.uvm_endorsements {
-            let endorsements = json!({"Uvm": [B64URL_PAD.encode(uvm)]});
-            report["Endorsements"] = Value::String(B64URL_PAD.encode(endorsements.to_string()));
-        }
-        let mut body = json!({
-            "report": B64URL_PAD.encode(report.to_string()),
-            "runtimeData": {"data": B64URL_PAD.encode(runtime_data), "dataType": "JSON"},
-            "initTimeData": {"data": "", "dataType": ""},
-            "nonce": u64::from_le_bytes(crate::secret::random_bytes::<8>()),
-        });
-        // Composite evidence (cinfer's extension; MAA has none): NVIDIA's per-GPU evidence objects.
-        if !evidence.gpus.is_empty() {
-            body["gpuEvidence"] = json!(evidence.gpus);
-        }
-        body
+        let request = AttestRequest::new(
+            &evidence.report,
+            &evidence.cert_chain_pem,
+            evidence.uvm_endorsements.as_deref(),
+            &evidence.gpus,
+            runtime_data,
+            u64::from_le_bytes(crate::secret::random_bytes::<8>()),
+        );
+        serde_json::to_value(request).unwrap_or_default()
     }
 
     /// `POST /attest/SevSnpVm`: evidence (whose report_data must be `SHA-256(runtime_data) ‖ 0³²`) → JWT.
@@ -135,7 +125,7 @@ impl AttestationClient {
                 context: ctx.into(),
                 source,
             })?;
-        let v: Value = check(resp, ctx)
+        let answer: AttestResponse = check(resp, ctx)
             .await?
             .json()
             .await
@@ -143,10 +133,8 @@ impl AttestationClient {
                 context: ctx.into(),
                 source,
             })?;
-        v.get("token")
-            .and_then(Value::as_str)
+        Some(answer.token)
             .filter(|t| !t.is_empty())
-            .map(str::to_string)
             .ok_or_else(|| ClientError::Response {
                 context: ctx.into(),
                 detail: "no token".into(),
@@ -376,13 +364,15 @@ impl KeyReleaseClient {
             context: ctx.into(),
             detail: e.to_string(),
         })?;
-        let body = json!({
-            "key": jwk,
-            "hsm": true,
-            "attributes": {"exportable": true},
-            "release_policy": {"contentType": "application/json; charset=utf-8",
-                               "data": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(policy_json)},
-        });
+        let body = ImportRequest {
+            key: jwk,
+            hsm: Some(true),
+            attributes: Some(json!({"exportable": true})),
+            release_policy: Some(PolicyBlob {
+                content_type: "application/json; charset=utf-8".to_owned(),
+                data: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(policy_json),
+            }),
+        };
         let url = format!("{}/keys/{name}?api-version={AKV_API_VERSION}", self.base);
         let rb = self.authed(self.http.put(&url).json(&body)).await?;
         let resp = rb.send().await.map_err(|source| ClientError::Http {
@@ -421,13 +411,17 @@ impl KeyReleaseClient {
             key.path()
         );
         let rb = self
-            .authed(self.http.post(&url).json(&json!({"target": token})))
+            .authed(self.http.post(&url).json(&ReleaseRequest {
+                target: token.to_owned(),
+                enc: None,
+                nonce: None,
+            }))
             .await?;
         let resp = rb.send().await.map_err(|source| ClientError::Http {
             context: ctx.into(),
             source,
         })?;
-        let v: Value = check(resp, ctx)
+        let answer: ReleaseResponse = check(resp, ctx)
             .await?
             .json()
             .await
@@ -435,14 +429,7 @@ impl KeyReleaseClient {
                 context: ctx.into(),
                 source,
             })?;
-        let jws = v
-            .get("value")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ClientError::Response {
-                context: ctx.into(),
-                detail: "no value".into(),
-            })?;
-        let payload = self.verify_response(jws)?;
+        let payload = self.verify_response(&answer.value)?;
         unwrap_release_payload(&payload, runtime_key)
     }
 

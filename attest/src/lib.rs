@@ -102,6 +102,7 @@ pub mod keywrap;
 pub mod pins;
 mod pki;
 pub mod policy;
+pub mod protocol;
 pub mod report;
 pub mod secret;
 pub mod service;

@@ -67,8 +67,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -85,18 +84,14 @@ use crate::keystore::{KeyStore, KeyVersion, key_bundle, valid_key_name};
 use crate::keywrap::{CKM_RSA_AES_KEY_WRAP, rsa_aes_wrap, rsa_public_from_jwk};
 use crate::pins::require_release_pins;
 use crate::policy::{AttestationPolicy, ReleasePolicy};
+use crate::protocol::{
+    AttestRequest, AttestResponse, B64URL_ANY, EndorsementsEnvelope, ErrorBody, ErrorDetail, ImportRequest,
+    ReleaseRequest, ReleaseResponse, SnpReportEnvelope,
+};
 use crate::secret::{SecretBytes, random_bytes};
 use crate::tls::{ServerTls, TlsListener};
 use crate::token::{Claims, Jwks, SigningIdentity, TokenCheck, normalize_issuer, verify_token};
 use crate::verify::{CertChain, TrustStore, VerifyOptions, maa_report_data};
-
-/// Base64url decoding that accepts padded and unpadded input (Go's `URLEncoding` pads).
-pub(crate) const B64URL_ANY: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::URL_SAFE,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(false)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// An attestation authority whose tokens the key broker accepts besides its own.
 #[derive(Clone, Debug)]
@@ -258,7 +253,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code.to_string(),
+                    message: self.message,
+                },
+            }),
         )
             .into_response()
     }
@@ -420,49 +420,6 @@ impl AppState {
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DataField {
-    #[serde(default)]
-    data: String,
-    #[serde(default)]
-    data_type: String,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AttestRequest {
-    report: String,
-    #[serde(default)]
-    runtime_data: Option<DataField>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    init_time_data: Option<DataField>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    nonce: Option<Value>,
-    /// Composite evidence: the guest's GPUs.
-    #[serde(default)]
-    gpu_evidence: Vec<GpuEvidence>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct SnpReportEnvelope {
-    snp_report: String,
-    vcek_cert_chain: String,
-    #[serde(default)]
-    endorsements: Option<String>,
-}
-
-/// `Endorsements`, after its base64url layer: `{"Uvm": [b64url(COSE_Sign1)]}`.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct EndorsementsEnvelope {
-    #[serde(default)]
-    uvm: Vec<String>,
-}
-
 /// The UVM endorsement of a request, if any (at most one is accepted, as the seed sends one).
 fn uvm_endorsement(envelope: &SnpReportEnvelope) -> ApiResult<Option<Vec<u8>>> {
     let Some(e) = envelope.endorsements.as_deref().filter(|e| !e.trim().is_empty()) else {
@@ -490,7 +447,7 @@ async fn attest(
     State(state): State<Arc<AppState>>,
     Path(tee): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AttestResponse>> {
     if !tee.eq_ignore_ascii_case("sevsnpvm") {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -506,7 +463,7 @@ async fn attest(
         Ok(_) => tracing::info!("attestation succeeded"),
         Err(e) => tracing::info!(error = %e.message, "attestation refused"),
     }
-    result.map(|t| Json(json!({"token": t})))
+    result.map(|token| Json(AttestResponse { token }))
 }
 
 fn attest_blocking(state: &AppState, body: &[u8]) -> ApiResult<String> {
@@ -690,17 +647,6 @@ async fn put_policy(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     Ok(Json(json!({"x-ms-policy-hash": hash})))
 }
 
-#[derive(serde::Deserialize)]
-struct ImportRequest {
-    key: Value,
-    #[serde(default)]
-    #[allow(dead_code)]
-    hsm: Option<bool>,
-    #[serde(default)]
-    attributes: Option<Value>,
-    release_policy: Option<Value>,
-}
-
 fn jwk_bytes(jwk: &Value, name: &str) -> ApiResult<Vec<u8>> {
     let s = jwk
         .get(name)
@@ -726,12 +672,8 @@ async fn import_key(
     let rp = req
         .release_policy
         .ok_or_else(|| ApiError::bad("release_policy is required"))?;
-    let data = rp
-        .get("data")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad("release_policy.data missing"))?;
     let policy_json = B64URL_ANY
-        .decode(data)
+        .decode(rp.data.trim())
         .map_err(|e| ApiError::bad(format!("release_policy.data: {e}")))?;
     let release_policy = ReleasePolicy::from_json(&policy_json).map_err(ApiError::bad)?;
     match require_release_pins(&release_policy) {
@@ -832,16 +774,6 @@ async fn get_key(State(state): State<Arc<AppState>>, Path(params): Path<Vec<Stri
     Ok(Json(key_bundle(&state.issuer, &name, &v)))
 }
 
-#[derive(serde::Deserialize)]
-struct ReleaseRequest {
-    target: String,
-    #[serde(default)]
-    enc: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    nonce: Option<String>,
-}
-
 fn release_status(e: &ReleaseError) -> (StatusCode, &'static str) {
     match e {
         ReleaseError::NotFound { .. } => (StatusCode::NOT_FOUND, "KeyNotFound"),
@@ -857,7 +789,7 @@ async fn release_key(
     State(state): State<Arc<AppState>>,
     Path(params): Path<Vec<String>>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ReleaseResponse>> {
     let (name, version) = (params.first().cloned().unwrap_or_default(), params.get(1).cloned());
     let req: ReleaseRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
     let st = state.clone();
@@ -865,7 +797,7 @@ async fn release_key(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?;
     match result {
-        Ok(v) => Ok(Json(json!({"value": v}))),
+        Ok(value) => Ok(Json(ReleaseResponse { value })),
         Err(e) => {
             tracing::info!(error = %e, "key release refused");
             let (status, code) = release_status(&e);
