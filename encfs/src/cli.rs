@@ -325,3 +325,43 @@ impl MountArgs {
 fn absolute_dir(s: &str) -> Result<PathBuf, String> {
     std::path::absolute(s).map_err(|e| format!("{s}: {e}"))
 }
+
+#[cfg(test)]
+mod sidecar_tests {
+    use clap::CommandFactory as _;
+
+    /// Only `EncfsSideCarArgs` (the seed's contract; rendered deployments give it its literal value, so it is
+    /// measured) reaches the sidecar through the environment. The attester, its mock inputs, the readiness
+    /// directory and the status address come from the (measured) command line only.
+    #[test]
+    fn only_the_sidecar_arguments_come_from_the_environment() {
+        let cli = super::Cli::command();
+        for name in ["sidecar", "extract"] {
+            let sidecar = cli
+                .find_subcommand(name)
+                .unwrap_or_else(|| unreachable!("{name} subcommand"));
+            let envs: Vec<String> = sidecar
+                .get_arguments()
+                .filter_map(|a| {
+                    a.get_env()
+                        .map(|e| format!("--{}: {}", a.get_id(), e.to_string_lossy()))
+                })
+                .collect();
+            assert_eq!(envs, [format!("--sidecar_args: {}", sidecar_args::ENV_VAR)], "{name}");
+        }
+    }
+
+    /// `extract` mounts nothing: the FUSE settings are `sidecar`'s only.
+    #[test]
+    fn extract_takes_no_fuse_settings() {
+        use clap::Parser as _;
+        let ok = super::Cli::try_parse_from(["cinfer-encfs", "extract", "--args-file", "a"]);
+        assert!(ok.is_ok(), "{ok:?}");
+        for flag in ["--allow-other", "--threads=4"] {
+            let r = super::Cli::try_parse_from(["cinfer-encfs", "extract", "--args-file", "a", flag]);
+            assert!(r.is_err(), "extract accepted {flag}");
+            let r = super::Cli::try_parse_from(["cinfer-encfs", "sidecar", "--args-file", "a", flag]);
+            assert!(r.is_ok(), "sidecar refused {flag}: {r:?}");
+        }
+    }
+}
