@@ -484,7 +484,13 @@ impl<B: BlobSource> EncFs<B> {
     /// As [`Self::read_into`], but opens all chunks on the calling thread. For reads made ahead of their READ
     /// ([`readahead`]): those already run beside the reader, and handing half of the chunks to another thread
     /// would only add wake-ups.
-    pub(crate) async fn read_ahead_into(&self, ino: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<(), FsError> {
+    pub(crate) async fn read_ahead_into(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FsError> {
         self.read_into_split(ino, offset, size, out, false).await
     }
 

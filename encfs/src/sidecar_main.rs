@@ -172,7 +172,10 @@ impl SidecarArgs {
                 };
                 let gpus = attest::gpu::mock::MockGpuAttester::load(gpu_dir)
                     .with_context(|| format!("loading mock GPUs {}", gpu_dir.display()))?;
-                warn!(count = gpus.config().count, "!!! MOCK GPUs: GPU evidence is NOT from NVIDIA hardware !!!");
+                warn!(
+                    count = gpus.config().count,
+                    "!!! MOCK GPUs: GPU evidence is NOT from NVIDIA hardware !!!"
+                );
                 Ok(Arc::new(attest::evidence::CompositeAttester::new(cpu, Arc::new(gpus))))
             }
         }

@@ -20,7 +20,12 @@ pub(crate) fn material_len(key_size: usize, stripes: u32) -> usize {
 }
 
 /// Merges `material` (at least `key_size * stripes` bytes) into the `key_size`-byte key.
-pub(crate) fn merge(material: &[u8], key_size: usize, stripes: u32, hash: HashAlg) -> Result<Zeroizing<Vec<u8>>, LegacyError> {
+pub(crate) fn merge(
+    material: &[u8],
+    key_size: usize,
+    stripes: u32,
+    hash: HashAlg,
+) -> Result<Zeroizing<Vec<u8>>, LegacyError> {
     if stripes == 0 || stripes > MAX_STRIPES || key_size == 0 {
         return Err(LegacyError::unsupported("af stripes", stripes.to_string()));
     }
