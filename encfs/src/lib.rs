@@ -18,6 +18,8 @@ pub mod signature;
 #[cfg(feature = "fuse")]
 pub mod cache;
 #[cfg(feature = "fuse")]
+mod errchain;
+#[cfg(feature = "fuse")]
 pub mod extract;
 #[cfg(feature = "fuse")]
 pub mod fs;

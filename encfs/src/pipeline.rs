@@ -216,12 +216,5 @@ pub fn mount<B: BlobSource>(
 
 /// An error and its sources, on one line.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    crate::errchain::ErrorChain(e).to_string()
 }

@@ -10,6 +10,7 @@ use tracing::{debug, error, warn};
 
 use super::readahead::{ReadAhead, ReadAheadConfig};
 use super::{Attr, DirEntry, EncFs, FsError, StatFs};
+use crate::errchain::ErrorChain;
 use crate::source::BlobSource;
 use crate::tree::{Errno, ReadOnlyTree, ReadReply};
 
@@ -67,21 +68,6 @@ impl<B: BlobSource> ImageTree<B> {
             _ => warn!(op, ino, "{err}"),
         }
         Errno(err.errno())
-    }
-}
-
-/// Displays an error with its sources, `: `-separated.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
     }
 }
 

@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 
 use self::response::{Verdict, etag as etag_of, retry_after, total_len};
 use super::{BlobError, BlobKey, BlobMeta, BlobSource, ETag};
+use crate::errchain::ErrorChain;
 use crate::metrics::Metrics;
 
 mod health;
@@ -142,21 +143,6 @@ impl HttpSourceError {
         Self::Transport {
             source: e.without_url(),
         }
-    }
-}
-
-/// An error with its sources, `: `-separated (for log lines).
-struct Chain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
     }
 }
 
@@ -377,7 +363,7 @@ impl HttpSource {
             let backoff = self.backoff(n, after);
             if n >= self.policy.max_attempts || response::passes(Instant::now(), backoff, deadline) {
                 Metrics::add(&self.metrics.failures, 1);
-                warn!(url = %key, attempts = n, elapsed = ?start.elapsed(), "giving up on a read: {}", Chain(&err));
+                warn!(url = %key, attempts = n, elapsed = ?start.elapsed(), "giving up on a read: {}", ErrorChain(&err));
                 return Err(BlobError::Backend(HttpSourceError::GaveUp {
                     attempts: n,
                     elapsed: start.elapsed(),
@@ -385,7 +371,7 @@ impl HttpSource {
                 }));
             }
             Metrics::add(&self.metrics.retries, 1);
-            debug!(url = %key, attempt = n, ?backoff, "retrying: {}", Chain(&err));
+            debug!(url = %key, attempt = n, ?backoff, "retrying: {}", ErrorChain(&err));
             tokio::time::sleep(backoff).await;
         }
     }
