@@ -87,6 +87,11 @@ pub struct DeployConfig {
     /// Kubernetes-only settings.
     #[serde(default)]
     pub kubernetes: KubernetesOptions,
+    /// Confidential GPUs the key and the clients require (composite evidence: SEV-SNP + NVIDIA GPU reports), as
+    /// conditions of the release policy and the client policies. Needs an attestation service that verifies GPU
+    /// evidence (`cinfer-attest serve --gpu-collateral`); MAA issues no GPU claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<attest::gpu::requirement::GpuRequirement>,
     /// The init step (`cinfer-init`).
     #[serde(default)]
     pub init: InitOptions,
@@ -686,6 +691,22 @@ impl DeployConfig {
         }
         if self.kubernetes.model_mb == Some(0) {
             return bad("kubernetes.model_mb must be at least 1".to_owned());
+        }
+        if let Some(gpu) = &self.gpu {
+            if gpu.min_count == 0 {
+                return bad("gpu.min_count must be at least 1 (leave out [gpu] for no GPU)".to_owned());
+            }
+            if let Err(e) = gpu.conditions() {
+                return bad(e.to_string());
+            }
+            if self.attestation.authority.ends_with(".attest.azure.net") {
+                return bad(format!(
+                    "[gpu] needs an attestation service that verifies GPU evidence (cinfer-attest serve with \
+                     --gpu-collateral): {} is Microsoft Azure Attestation, which issues no GPU claims, so the key \
+                     could never be released",
+                    self.attestation.authority
+                ));
+            }
         }
         if !matches!(
             self.kubernetes.service_type.as_str(),

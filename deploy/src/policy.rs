@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+use attest::gpu::requirement::{GpuRequirement, RequirementError};
+
 use crate::config::Attestation;
 
 /// A security policy could not be read.
@@ -193,6 +195,40 @@ pub fn client_policy_hostdata(host_data: HostData) -> Value {
         "x-ms-sevsnpvm-hostdata": host_data.to_string(),
         "x-ms-sevsnpvm-is-debuggable": false,
     })
+}
+
+/// Adds the release-policy conditions of `gpu` (composite evidence: GPU count, CC mode, DevTools, measurements,
+/// driver and VBIOS minimums; `attest::gpu::requirement`) to every `anyOf` clause of a release policy. Returns
+/// them as text (`claim {operator: value}`), for display.
+pub fn add_gpu_conditions(policy: &mut Value, gpu: &GpuRequirement) -> Result<Vec<String>, RequirementError> {
+    let conditions = gpu.conditions()?;
+    for clause in policy
+        .get_mut("anyOf")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(all_of) = clause.get_mut("allOf").and_then(Value::as_array_mut) {
+            all_of.extend(conditions.iter().map(|c| json!(c)));
+        }
+    }
+    Ok(conditions
+        .iter()
+        .map(|c| {
+            let mut v = json!(c);
+            let claim = v.as_object_mut().and_then(|o| o.remove("claim")).unwrap_or_default();
+            format!("{} {}", claim.as_str().unwrap_or_default(), v)
+        })
+        .collect())
+}
+
+/// Adds the client-policy members of `gpu` to a client attestation policy.
+pub fn add_gpu_claims(policy: &mut Value, gpu: &GpuRequirement) -> Result<(), RequirementError> {
+    let claims = gpu.client_policy_claims()?;
+    if let Some(o) = policy.as_object_mut() {
+        o.extend(claims);
+    }
+    Ok(())
 }
 
 /// The client attestation policy, policy-signer form: the client trusts whatever group passed an attestation

@@ -125,20 +125,24 @@ fn add_common(
     let host_data = policy.host_data();
     bundle.host_data = Some(host_data);
     bundle.add("hostdata.txt", format!("{host_data}\n"));
-    bundle.add(
-        "release-policy.json",
-        to_json_pretty(&release_policy(&config.attestation, host_data)),
-    );
+    let mut release = release_policy(&config.attestation, host_data);
+    let mut client_hostdata = client_policy_hostdata(host_data);
+    if let Some(gpu) = &config.gpu {
+        // DeployConfig::validate checked that the requirement's versions parse.
+        let _ = crate::policy::add_gpu_conditions(&mut release, gpu);
+        let _ = crate::policy::add_gpu_claims(&mut client_hostdata, gpu);
+    }
+    bundle.add("release-policy.json", to_json_pretty(&release));
     bundle.add("attestation-policy.txt", maa_policy(&config.attestation, host_data));
-    bundle.add(
-        "client-policy-hostdata.json",
-        to_json_pretty(&client_policy_hostdata(host_data)),
-    );
+    bundle.add("client-policy-hostdata.json", to_json_pretty(&client_hostdata));
     match signer {
-        Some(signer) => bundle.add(
-            "client-policy-signer.json",
-            to_json_pretty(&client_policy_signer(signer)),
-        ),
+        Some(signer) => {
+            let mut policy = client_policy_signer(signer);
+            if let Some(gpu) = &config.gpu {
+                let _ = crate::policy::add_gpu_claims(&mut policy, gpu);
+            }
+            bundle.add("client-policy-signer.json", to_json_pretty(&policy));
+        }
         None => bundle.notes.push(
             "no policy_signer in the config: client-policy-signer.json is not written (the hostdata form is)"
                 .to_owned(),

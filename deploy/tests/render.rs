@@ -577,3 +577,70 @@ fn default_floors_are_cinfer_attest_serves() {
         );
     }
 }
+
+/// `[gpu]` renders the composite-evidence conditions into the release policy (every clause) and both client
+/// policies; an authority that issues no GPU claims (MAA) is refused, as is a version that does not parse.
+#[test]
+fn gpu_requirements_reach_the_release_and_client_policies() {
+    let mut config = config();
+    config.attestation.authority = "attest.cinfer.example".into();
+    let gpu: attest::gpu::requirement::GpuRequirement =
+        toml::from_str("min_count = 2\nmin_driver = \"550.90.07\"").unwrap();
+    config.gpu = Some(gpu);
+    config.validate().unwrap();
+    let bundle = render_aci(&config, Some(&real_policy()), Some(&signer()));
+    let release = json(&bundle, "release-policy.json");
+    let clauses = release["anyOf"].as_array().unwrap();
+    assert!(!clauses.is_empty());
+    for clause in clauses {
+        let all_of = clause["allOf"].as_array().unwrap();
+        let find = |claim: &str| all_of.iter().find(|c| c["claim"] == claim).cloned();
+        assert_eq!(find("x-cinfer-gpu-count").unwrap()["greaterOrEquals"], 2, "{clause}");
+        assert_eq!(find("x-cinfer-gpu-cc-mode").unwrap()["equals"], "on", "{clause}");
+        assert_eq!(find("x-cinfer-gpu-devtools").unwrap()["equals"], "false", "{clause}");
+        assert_eq!(
+            find("x-cinfer-gpu-measurements-matched").unwrap()["equals"],
+            "true",
+            "{clause}"
+        );
+        assert_eq!(
+            find("x-cinfer-gpu-driver-min").unwrap()["greaterOrEquals"],
+            550_090_007,
+            "{clause}"
+        );
+        // The SEV-SNP pins stay.
+        assert!(find("x-ms-sevsnpvm-hostdata").is_some(), "{clause}");
+    }
+    for file in ["client-policy-hostdata.json", "client-policy-signer.json"] {
+        let client = json(&bundle, file);
+        assert_eq!(
+            client["x-cinfer-gpu-count"],
+            serde_json::json!({"greaterOrEquals": 2}),
+            "{file}"
+        );
+        assert_eq!(
+            client["x-cinfer-gpu-cc-mode"],
+            serde_json::json!({"equals": "on"}),
+            "{file}"
+        );
+    }
+    // Without [gpu], nothing of it (the golden files hold that exactly).
+    assert!(
+        !render_aci(&self::config(), Some(&real_policy()), None)
+            .file("release-policy.json")
+            .unwrap()
+            .contains("x-cinfer-gpu")
+    );
+
+    let mut maa = config.clone();
+    maa.attestation.authority = "sharedeus2.eus2.attest.azure.net".into();
+    let e = maa.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("Microsoft Azure Attestation") && e.contains("no GPU claims"),
+        "{e}"
+    );
+    let mut bad = config;
+    bad.gpu.as_mut().unwrap().min_driver = Some("five".into());
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("five"), "{e}");
+}

@@ -809,15 +809,12 @@ fn gpu_client_policy(rendered: &Path, gpus: u32, work: &Path) -> Result<PathBuf>
         what: rendered.display().to_string(),
         got: e.to_string(),
     })?;
-    let conditions = attest::gpu::requirement::GpuRequirement::gpus(gpus)
-        .client_policy_claims()
-        .map_err(|e| LocalError::Unexpected {
+    crate::policy::add_gpu_claims(&mut policy, &attest::gpu::requirement::GpuRequirement::gpus(gpus)).map_err(|e| {
+        LocalError::Unexpected {
             what: "the GPU requirement".into(),
             got: e.to_string(),
-        })?;
-    if let Some(o) = policy.as_object_mut() {
-        o.extend(conditions);
-    }
+        }
+    })?;
     let out = work.join("client-policy-gpu.json");
     std::fs::write(&out, serde_json::to_string_pretty(&policy).unwrap_or_default())
         .map_err(LocalError::io(format!("writing {}", out.display())))?;

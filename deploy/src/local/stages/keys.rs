@@ -90,32 +90,16 @@ pub(crate) fn start_authority(ctx: &Ctx, port: u16, gpus: u32) -> Result<Authori
 /// Adds the conditions of [`GpuRequirement::gpus`]`(gpus)` to every `anyOf` clause of a release policy; returns
 /// them as text (`claim operator value`).
 pub(crate) fn require_gpus(policy: &mut Value, gpus: u32) -> Result<Vec<String>> {
-    let conditions = GpuRequirement::gpus(gpus)
-        .conditions()
-        .map_err(|e| LocalError::Unexpected {
-            what: "the GPU requirement".into(),
-            got: e.to_string(),
-        })?;
-    let clauses = policy
-        .get_mut("anyOf")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| LocalError::Unexpected {
+    if policy.get("anyOf").and_then(Value::as_array).is_none() {
+        return Err(LocalError::Unexpected {
             what: "release-policy.json".into(),
             got: "no anyOf".into(),
-        })?;
-    for clause in clauses {
-        if let Some(all_of) = clause.get_mut("allOf").and_then(Value::as_array_mut) {
-            all_of.extend(conditions.iter().map(|c| serde_json::json!(c)));
-        }
+        });
     }
-    Ok(conditions
-        .iter()
-        .map(|c| {
-            let mut v = serde_json::json!(c);
-            let claim = v.as_object_mut().and_then(|o| o.remove("claim")).unwrap_or_default();
-            format!("{} {}", claim.as_str().unwrap_or_default(), v)
-        })
-        .collect())
+    crate::policy::add_gpu_conditions(policy, &GpuRequirement::gpus(gpus)).map_err(|e| LocalError::Unexpected {
+        what: "the GPU requirement".into(),
+        got: e.to_string(),
+    })
 }
 
 /// What `--gpu` shows: the composite token's GPU claims, and the same guest refused the key without GPUs.
