@@ -326,9 +326,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt as _;
 
     use super::*;
-    use crate::format::ModelKey;
-    use crate::fs::EncFsConfig;
-    use crate::source::{BlobKey, MemSource};
+    use crate::source::MemSource;
     use crate::testing::{Content, TreeBuilder};
 
     const CS: u32 = 4096;
@@ -343,22 +341,12 @@ mod tests {
             .worker_threads(2)
             .build()
             .unwrap();
-        let key = ModelKey::generate();
-        let mut image = Vec::new();
-        tree.write_image(&mut image, &key, CS).unwrap();
-        if let Some(at) = tamper {
-            image[at] ^= 1;
-        }
-        let src = MemSource::new();
-        src.put(BlobKey::new("img"), image);
-        let fs = rt
-            .block_on(EncFs::open(
-                src,
-                BlobKey::new("img"),
-                &key,
-                None,
-                EncFsConfig::default(),
-            ))
+        let fs = tree
+            .open_in_memory(&rt, CS, |image| {
+                if let Some(at) = tamper {
+                    image[at] ^= 1;
+                }
+            })
             .unwrap();
         (rt, fs)
     }

@@ -188,6 +188,32 @@ impl TreeBuilder {
         &self.entries
     }
 
+    /// The tree as an image sealed with a fresh key, `tamper` applied to the image's bytes, opened on `rt` from
+    /// memory (blob `img`): what unit tests of the filesystem's upper layers start from.
+    #[cfg(feature = "fuse")]
+    pub fn open_in_memory(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        chunk_size: u32,
+        tamper: impl FnOnce(&mut Vec<u8>),
+    ) -> io::Result<crate::fs::EncFs<crate::source::MemSource>> {
+        let key = ModelKey::generate();
+        let mut image = Vec::new();
+        self.write_image(&mut image, &key, chunk_size)?;
+        tamper(&mut image);
+        let src = crate::source::MemSource::new();
+        let blob = crate::source::BlobKey::new("img");
+        src.put(blob.clone(), image);
+        rt.block_on(crate::fs::EncFs::open(
+            src,
+            blob,
+            &key,
+            None,
+            crate::fs::EncFsConfig::default(),
+        ))
+        .map_err(io::Error::other)
+    }
+
     /// Writes the image: header, every file's sealed chunks in entry order, sealed index.
     pub fn write_image(&self, out: &mut impl Write, key: &ModelKey, chunk_size: u32) -> io::Result<BuiltImage> {
         self.write_image_with_id(out, key, chunk_size, rand::random::<[u8; IMAGE_ID_LEN]>())

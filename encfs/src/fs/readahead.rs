@@ -212,9 +212,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::format::ModelKey;
-    use crate::fs::{EncFsConfig, ROOT_INO};
-    use crate::source::{BlobKey, MemSource};
+    use crate::fs::ROOT_INO;
+    use crate::source::MemSource;
     use crate::testing::{Content, TreeBuilder};
 
     const CS: u32 = 4096;
@@ -237,22 +236,12 @@ mod tests {
         let plain = data(len);
         let mut tree = TreeBuilder::new();
         tree.file("f", Content::Bytes(plain.clone()));
-        let key = ModelKey::generate();
-        let mut image = Vec::new();
-        tree.write_image(&mut image, &key, CS).unwrap();
-        if let Some(chunk) = tamper {
-            image[4096 + chunk as usize * (CS as usize + 16) + 10] ^= 1;
-        }
-        let src = MemSource::new();
-        src.put(BlobKey::new("img"), image);
-        let fs = rt
-            .block_on(EncFs::open(
-                src,
-                BlobKey::new("img"),
-                &key,
-                None,
-                EncFsConfig::default(),
-            ))
+        let fs = tree
+            .open_in_memory(&rt, CS, |image| {
+                if let Some(chunk) = tamper {
+                    image[4096 + chunk as usize * (CS as usize + 16) + 10] ^= 1;
+                }
+            })
             .unwrap();
         let ino = fs.lookup(ROOT_INO, b"f").unwrap().ino;
         let ra = ReadAhead::new(Arc::new(fs), rt.handle().clone(), config);
