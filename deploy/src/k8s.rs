@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::aci::{VOLUME, init_command, volume_path};
 use crate::config::{DeployConfig, Resource};
 use crate::policy::SecurityPolicy;
-use crate::sidecar::args_for;
+use crate::sidecar::{args_for, encfs_extract_command};
 
 /// The pod annotation that carries the Kata agent policy (its SHA-256 is the hostdata).
 pub const POLICY_ANNOTATION: &str = "io.katacontainers.config.agent.policy";
@@ -100,14 +100,10 @@ fn reference_info_mount() -> Value {
 
 /// The init container that releases the key, verifies the image and extracts it into the model volume.
 fn extract_container(config: &DeployConfig, volume: &str) -> Value {
-    let mut command = config.expand(&config.commands.encfs_extract);
-    if config.model.allow_unpinned {
-        command.push("--allow-unpinned".to_owned());
-    }
     json!({
         "name": "encfs-extract",
         "image": config.images.encfs,
-        "command": command,
+        "command": encfs_extract_command(config),
         "env": [{ "name": sidecar_args::ENV_VAR, "value": k8s_args_for(config).to_base64() }],
         "volumeMounts": [{ "name": VOLUME, "mountPath": volume }, reference_info_mount()],
         "resources": resources(&plus(&config.resources.encfs, model_gib(config))),

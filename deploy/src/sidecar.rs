@@ -11,7 +11,16 @@ use crate::config::DeployConfig;
 
 /// The sidecar's command: the configured one, plus `--allow-unpinned` when the config allows an unpinned image.
 pub fn encfs_command(config: &DeployConfig) -> Vec<String> {
-    let mut command = config.expand(&config.commands.encfs);
+    with_pin_setting(config, &config.commands.encfs)
+}
+
+/// The extracting init container's command (Kubernetes), with the same additions.
+pub fn encfs_extract_command(config: &DeployConfig) -> Vec<String> {
+    with_pin_setting(config, &config.commands.encfs_extract)
+}
+
+fn with_pin_setting(config: &DeployConfig, command: &[String]) -> Vec<String> {
+    let mut command = config.expand(command);
     if config.model.allow_unpinned {
         command.push("--allow-unpinned".to_owned());
     }

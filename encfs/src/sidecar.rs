@@ -102,7 +102,7 @@ const UNPINNED: &str = "neither cinfer_expect_root nor cinfer_signer_key pins th
 /// public) through [`crate::source::open`]. The one place that chooses a backend.
 fn open_source(url: &str, opts: &SourceOptions) -> Result<(AnySource, BlobKey), StepError> {
     crate::source::open(url, opts)
-        .map_err(|e| StepError::fatal(Step::Source, format!("{}: {}", BlobKey::new(url), error_chain(&e))))
+        .map_err(|e| StepError::fatal(Step::Source, format!("{}: {}", BlobKey::new(url), pipeline::chain(&e))))
 }
 
 /// The hidden mount directory and the visible mount point of `spec`.
@@ -358,33 +358,28 @@ async fn open_and_mount<B: BlobSource>(
     let pipeline_err = |e: PipelineError| StepError::fatal(step_of(e.stage), e.message);
     let verified = tokio::task::block_in_place(|| pipeline::open_verified(source, blob, model_key, &image, &rt))
         .map_err(pipeline_err)?;
-    let root = match &verified {
-        Verified::Image(fs) => hex::encode(fs.root()),
-        Verified::Legacy(..) => String::new(),
-    };
-    let mount_cfg = match (delivery, verified) {
+    match (delivery, verified) {
         (Delivery::Mount(cfg), verified) => {
-            let cfg = prepare_hidden(spec, &hidden, cfg)?;
             let serving = Serving {
-                config: cfg,
+                config: prepare_hidden(spec, &hidden, cfg)?,
                 local,
                 read_ahead_kb: crate::fuse::DEFAULT_READ_AHEAD_KB,
             };
             let (session, root) =
                 tokio::task::block_in_place(|| pipeline::mount(verified, &image, &hidden, &serving, &rt))
                     .map_err(pipeline_err)?;
-            return Ok((finish_mount(spec, session, (hidden, mp))?, root));
+            Ok((finish_mount(spec, session, (hidden, mp))?, root))
         }
-        (Delivery::Extract, Verified::Image(fs)) => fs,
-        (Delivery::Extract, Verified::Legacy(..)) => {
-            return Err(StepError::fatal(
-                Step::Extract,
-                "a legacy LUKS2 image cannot be extracted (it has no authenticated index to check the files \
-                 against): convert it with `cinfer-mkimage convert`",
-            ));
+        (Delivery::Extract, Verified::Image(fs)) => {
+            let root = hex::encode(fs.root());
+            Ok((extract_tree(&fs, spec, (hidden, mp), &rt)?, root))
         }
-    };
-    Ok((extract_tree(&mount_cfg, spec, (hidden, mp), &rt)?, root))
+        (Delivery::Extract, Verified::Legacy(..)) => Err(StepError::fatal(
+            Step::Extract,
+            "a legacy LUKS2 image cannot be extracted (it has no authenticated index to check the files against): \
+             convert it with `cinfer-mkimage convert`",
+        )),
+    }
 }
 
 /// Writes the verified image's files to the hidden directory and exposes it at the mount point.
@@ -444,10 +439,6 @@ fn finish_mount(
         return Err(StepError::fatal(Step::Mount, msg));
     }
     Ok(mounted)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    pipeline::chain(e)
 }
 
 /// Runs the sidecar on `rt` until `shutdown` completes (SIGTERM) or a mount disappears: brings every

@@ -3,7 +3,7 @@
 //! carrying the container's host_data), opens the image from its URL with the rendered root pin and signer key,
 //! and exposes the FUSE mount at the mount point.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Ctx;
@@ -25,9 +25,7 @@ pub(crate) struct Sidecar {
 
 /// Starts the sidecar and waits until it has mounted or reported a failure in `ready_dir`.
 pub(crate) fn start(ctx: &Ctx, cmd: &LocalCommand, mount: PathBuf, ready: PathBuf) -> Result<Sidecar> {
-    if let Some(parent) = mount.parent() {
-        std::fs::create_dir_all(parent).map_err(LocalError::io(format!("creating {}", parent.display())))?;
-    }
+    make_parent(&mount)?;
     let mut proc = Proc::spawn("encfs-sidecar", cmd.command(), &ctx.logs)?.with_grace(Duration::from_secs(20));
     let failed = ready.join("filesystem-0.failed");
     let mut exited = None;
@@ -47,31 +45,19 @@ pub(crate) fn start(ctx: &Ctx, cmd: &LocalCommand, mount: PathBuf, ready: PathBu
         },
     )?;
     let mounted = ready.join("ready").exists();
-    let failure = (!mounted).then(|| {
-        std::fs::read_to_string(&failed)
-            .map(|s| s.trim().to_owned())
-            .ok()
-            .or(exited)
-            .unwrap_or_else(|| "unknown".into())
-    });
-    if !mounted {
-        // The model server still starts, on an empty repository: it must report the model not ready.
-        std::fs::create_dir_all(&mount).map_err(LocalError::io(format!("creating {}", mount.display())))?;
-    }
-    Ok(Sidecar {
-        proc: Some(proc),
+    outcome(
+        Some(proc),
         mount,
+        &ready,
         mounted,
-        failure,
-    })
+        exited.unwrap_or_else(|| "unknown".into()),
+    )
 }
 
 /// The Kubernetes layout's init container `encfs-extract` (`cinfer-encfs extract`): runs it to its end, as the
 /// pod does before its containers start; the extracted tree is at `mount` when it succeeded.
 pub(crate) fn extract(ctx: &Ctx, cmd: &LocalCommand, mount: PathBuf, ready: PathBuf) -> Result<Sidecar> {
-    if let Some(parent) = mount.parent() {
-        std::fs::create_dir_all(parent).map_err(LocalError::io(format!("creating {}", parent.display())))?;
-    }
+    make_parent(&mount)?;
     let mut proc = Proc::spawn("encfs-extract", cmd.command(), &ctx.logs)?.with_grace(Duration::from_secs(20));
     let mut exited = None;
     wait_for(
@@ -88,19 +74,30 @@ pub(crate) fn extract(ctx: &Ctx, cmd: &LocalCommand, mount: PathBuf, ready: Path
     )?;
     let status = proc.stop()?;
     let mounted = status.success() && ready.join("ready").exists();
+    let otherwise = exited.unwrap_or_else(|| format!("encfs-extract exited with {status}"));
+    outcome(None, mount, &ready, mounted, otherwise)
+}
+
+fn make_parent(mount: &Path) -> Result<()> {
+    if let Some(parent) = mount.parent() {
+        std::fs::create_dir_all(parent).map_err(LocalError::io(format!("creating {}", parent.display())))?;
+    }
+    Ok(())
+}
+
+/// The stage's result: when nothing was mounted, why (the failure file, else `otherwise`), and an empty mount
+/// point, so the model server still starts, on an empty repository, and must report the model not ready.
+fn outcome(proc: Option<Proc>, mount: PathBuf, ready: &Path, mounted: bool, otherwise: String) -> Result<Sidecar> {
     let failure = (!mounted).then(|| {
         std::fs::read_to_string(ready.join("filesystem-0.failed"))
             .map(|s| s.trim().to_owned())
-            .ok()
-            .or(exited)
-            .unwrap_or_else(|| format!("encfs-extract exited with {status}"))
+            .unwrap_or(otherwise)
     });
     if !mounted {
-        // The model server still starts, on an empty repository: it must report the model not ready.
         std::fs::create_dir_all(&mount).map_err(LocalError::io(format!("creating {}", mount.display())))?;
     }
     Ok(Sidecar {
-        proc: None,
+        proc,
         mount,
         mounted,
         failure,
