@@ -192,14 +192,9 @@ fn derive_from_rsa_key(key: &PrivateKey, derivation: &KeyDerivation) -> Result<M
     } else {
         derivation.label.as_str()
     };
-    let d = zeroize::Zeroizing::new(key.d().to_be_bytes_trimmed_vartime().to_vec());
+    let d = zeroize::Zeroizing::new(key.d().to_be_bytes_trimmed_vartime());
     let hk = Hkdf::<Sha256>::new(Some(&salt), &d);
-    let mut out = [0u8; 32];
-    hk.expand(label.as_bytes(), &mut out)
-        .map_err(|e| KeyWrapError::Key(e.to_string()))?;
-    let key = ModelKey::new(out);
-    zeroize::Zeroize::zeroize(&mut out);
-    Ok(key)
+    ModelKey::new_with(|out| hk.expand(label.as_bytes(), out)).map_err(|e| KeyWrapError::Key(e.to_string()))
 }
 
 /// A key as released by AKV or the local broker, by `kty`.

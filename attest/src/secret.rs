@@ -37,18 +37,37 @@ impl std::fmt::Debug for SecretBytes {
 }
 
 /// The 32-byte symmetric model key that encfs uses. Zeroized on drop; `Debug` is redacted.
+///
+/// The bytes live in one heap allocation that never moves: moving a `ModelKey` (into a `Result`, through an
+/// async function's state, which the runtime may keep on the heap) moves a pointer, so no stale copy of the key
+/// is left behind in freed memory. Build it in place with [`Self::from_slice`] or [`Self::new_with`].
 #[derive(Clone, PartialEq, Eq)]
-pub struct ModelKey(Zeroizing<[u8; 32]>);
+pub struct ModelKey(Box<Zeroizing<[u8; 32]>>);
 
 impl ModelKey {
-    /// Wrap 32 bytes.
+    /// Wrap 32 bytes (a copy: the caller wipes `bytes`).
     pub fn new(bytes: [u8; 32]) -> Self {
-        Self(Zeroizing::new(bytes))
+        let mut key = Self::zeroed();
+        key.0.copy_from_slice(&bytes);
+        key
     }
-    /// From a slice that must be exactly 32 bytes.
+    /// From a slice that must be exactly 32 bytes, copied straight into the key's own memory.
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        let arr: [u8; 32] = bytes.try_into().ok()?;
-        Some(Self::new(arr))
+        if bytes.len() != 32 {
+            return None;
+        }
+        let mut key = Self::zeroed();
+        key.0.copy_from_slice(bytes);
+        Some(key)
+    }
+    /// Build a key in place: `fill` writes the 32 bytes into the key's own memory.
+    pub fn new_with<E>(fill: impl FnOnce(&mut [u8; 32]) -> Result<(), E>) -> Result<Self, E> {
+        let mut key = Self::zeroed();
+        fill(&mut key.0)?;
+        Ok(key)
+    }
+    fn zeroed() -> Self {
+        Self(Box::new(Zeroizing::new([0u8; 32])))
     }
     /// Borrow the key. Callers must not log it.
     pub fn expose(&self) -> &[u8; 32] {

@@ -1412,6 +1412,7 @@ fn a_ready_sidecar_holds_no_copy_of_the_model_key() {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
     let mut copies = 0;
+    let mut found_in = Vec::new();
     for line in maps.lines() {
         let mut it = line.split_whitespace();
         let (Some(range), Some(perms)) = (it.next(), it.next()) else {
@@ -1424,11 +1425,18 @@ fn a_ready_sidecar_holds_no_copy_of_the_model_key() {
         let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
         let mut buf = vec![0u8; (b - a) as usize];
         if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() {
-            copies += buf.windows(32).filter(|w| *w == key.expose()).count();
+            let n = buf.windows(32).filter(|w| *w == key.expose()).count();
+            if n > 0 {
+                found_in.push(line.to_owned());
+            }
+            copies += n;
         }
     }
     eprintln!("raw model key copies in the ready sidecar: {copies}");
-    assert_eq!(copies, 0, "the ready sidecar still holds the raw model key");
+    assert_eq!(
+        copies, 0,
+        "the ready sidecar still holds the raw model key, in: {found_in:#?}"
+    );
     sc.sigterm();
     let (ok, log) = sc.wait_exit();
     assert!(ok, "{log}");
