@@ -21,8 +21,11 @@
 # they barely move when other jobs share the machine, wall-clock figures do.
 # Also prints how the page cache holds the warm encfs and ext4 files (benches/folio-sizes.py): FUSE's page cache
 # uses single 4 KiB pages on the kernels seen so far, ext4's large folios, which is most of the warm gap.
-# Prints each figure and the ratios against the targets: cold >= 2.5x gocryptfs, warm >= 0.8x page cache,
-# build >= 1 GB/s.
+# Every FUSE figure (encfs, null FS, copy FS) is taken on both transports, in the same run: classic
+# (`/dev/fuse` read/write, fuser, request threads) and io_uring (`--transport uring`: per-CPU ring queues; the
+# script turns the `fuse.enable_uring` module parameter on for the run and restores it).
+# Prints each figure and the ratios against the targets: cold >= 2.5x gocryptfs, encfs over io_uring >= 1.0x the
+# copy FS on the classic transport, warm >= 0.8x page cache, build >= 1 GB/s.
 #
 # Usage: benches/encfs-read.sh [SIZE_MIB (1024)] [REPS (3)]
 # Env:   READ_AHEAD_KB (2048)  readahead for the encfs and null-FS mounts (the daemon's default --read-ahead-kb)
@@ -63,18 +66,24 @@ if [ -z "${CINFER_ENCFS:-}" ] || [ -z "${CINFER_MKIMAGE:-}" ] || [ -z "${CINFER_
   CINFER_NULLFS=${CINFER_NULLFS:-$TD/release/examples/nullfs}
 fi
 
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+[ -e "$URING_PARAM" ] || die "this kernel has no FUSE over io_uring ($URING_PARAM missing; Linux 6.14+ with CONFIG_FUSE_IO_URING)"
+URING_WAS=$(cat "$URING_PARAM")
+echo Y > "$URING_PARAM"
+
 W=$(mktemp -d /dev/shm/encfs-bench.XXXXXX)
 PLAIN_DIR=$(mktemp -d /var/tmp/encfs-bench-plain.XXXXXX)
 cleanup() {
   set +e
-  for m in "$W/emnt" "$W/gplain" "$W/nmnt" "$W/cmnt"; do
+  for m in "$W/emnt" "$W/umnt" "$W/gplain" "$W/nmnt" "$W/cmnt" "$W/nmnt_u" "$W/cmnt_u"; do
     mountpoint -q "$m" && { umount "$m" 2>/dev/null || umount -l "$m"; }
   done
   rm -rf "$W" "$PLAIN_DIR"
+  echo "$URING_WAS" > "$URING_PARAM"
 }
 trap cleanup EXIT
 
-mkdir -p "$W/src" "$W/emnt" "$W/gcipher" "$W/gplain" "$W/nmnt" "$W/cmnt"
+mkdir -p "$W/src" "$W/emnt" "$W/umnt" "$W/gcipher" "$W/gplain" "$W/nmnt" "$W/cmnt" "$W/nmnt_u" "$W/cmnt_u"
 echo "encfs-read: generating $SIZE_MIB MiB of random data" >&2
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/src/model.bin"
 cp "$W/src/model.bin" "$PLAIN_DIR/model.bin"
@@ -101,24 +110,40 @@ gocryptfs -q -init -scryptn 10 -passfile "$W/gpass" "$W/gcipher" >/dev/null
 gocryptfs -q -nosyslog -passfile "$W/gpass" "$W/gcipher" "$W/gplain"
 cp "$W/src/model.bin" "$W/gplain/model.bin"
 
-# The null filesystem (FUSE ceiling), with the same readahead as the encfs mount.
-"$CINFER_NULLFS" "$W/nmnt" "$BYTES" "$ENCFS_THREADS" 2> "$W/nullfs.log" &
-for _ in $(seq 50); do mountpoint -q "$W/nmnt" && break; sleep 0.1; done
-mountpoint -q "$W/nmnt" || die "nullfs did not mount: $(cat "$W/nullfs.log")"
-echo "$READ_AHEAD_KB" > "/sys/class/bdi/$(mountpoint -d "$W/nmnt")/read_ahead_kb"
-# The copy filesystem, over the plaintext on /dev/shm (the image's neighbour), same readahead.
-"$CINFER_NULLFS" "$W/cmnt" "$BYTES" "$COPY_THREADS" "$W/src/model.bin" 2> "$W/copyfs.log" &
-for _ in $(seq 50); do mountpoint -q "$W/cmnt" && break; sleep 0.1; done
-mountpoint -q "$W/cmnt" || die "copy FS did not mount: $(cat "$W/copyfs.log")"
-echo "$READ_AHEAD_KB" > "/sys/class/bdi/$(mountpoint -d "$W/cmnt")/read_ahead_kb"
+# The null filesystem (FUSE ceiling) and the copy filesystem (over the plaintext on /dev/shm, the image's
+# neighbour), each on both transports, with the same readahead as the encfs mounts.
+start_nullfs() { # MOUNTPOINT TRANSPORT THREADS [BACKING]
+  local mnt=$1 transport=$2 threads=$3
+  shift 3
+  NULLFS_TRANSPORT=$transport "$CINFER_NULLFS" "$mnt" "$BYTES" "$threads" "$@" 2> "$mnt.log" &
+  for _ in $(seq 50); do mountpoint -q "$mnt" && break; sleep 0.1; done
+  mountpoint -q "$mnt" || die "nullfs ($transport) did not mount: $(cat "$mnt.log")"
+  echo "$READ_AHEAD_KB" > "/sys/class/bdi/$(mountpoint -d "$mnt")/read_ahead_kb"
+}
+start_nullfs "$W/nmnt" classic "$ENCFS_THREADS"
+start_nullfs "$W/nmnt_u" uring "$ENCFS_THREADS"
+start_nullfs "$W/cmnt" classic "$COPY_THREADS" "$W/src/model.bin"
+start_nullfs "$W/cmnt_u" uring "$COPY_THREADS" "$W/src/model.bin"
+grep -q "transport=uring" "$W/nmnt_u.log" || die "the null FS did not get io_uring: $(cat "$W/nmnt_u.log")"
+pid_of() { pgrep -f -- "$CINFER_NULLFS $1 " | head -1; }
+npid=$(pid_of "$W/nmnt"); npid_u=$(pid_of "$W/nmnt_u"); cpid=$(pid_of "$W/cmnt"); cpid_u=$(pid_of "$W/cmnt_u")
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 null=() ; copy=() ; build_gbs=() ; cold_e=() ; warm_e=() ; warm1_e=() ; cold_g=() ; page=() ; shm=() ; cpu_e=() ; cpu_g=() ; cpu_b=()
+null_u=() ; copy_u=() ; cold_u=() ; warm_u=() ; cpu_u=() ; cpu_n=() ; cpu_nu=() ; cpu_c=() ; cpu_cu=()
+# Cold read of $1 (page cache dropped first) by the daemon $2; appends GB/s to array $3 and CPU-s/GiB to $4.
+cold() {
+  local -n gbs=$3 cpu=$4
+  local c0 c1
+  drop; c0=$(cpu_s "$2"); gbs+=("$(read_gbs "$1")"); c1=$(cpu_s "$2")
+  cpu+=("$(per_gib "$c0" "$c1")")
+}
 gpid=$(pgrep -f "gocryptfs.*$W/gplain" | head -1)
 root=""
 for rep in $(seq 1 "$REPS"); do
   # Build (also produces the image the encfs reads use).
   mountpoint -q "$W/emnt" && "$CINFER_ENCFS" unmount "$W/emnt"
+  mountpoint -q "$W/umnt" && "$CINFER_ENCFS" unmount "$W/umnt"
   t0=$(date +%s%N)
   # `time` (bash keyword) reports the child's user and system CPU seconds.
   TIMEFORMAT='%U %S'
@@ -127,25 +152,34 @@ for rep in $(seq 1 "$REPS"); do
   build_gbs+=("$(awk -v b="$BYTES" -v ns="$((t1 - t0))" 'BEGIN { printf "%.3f", b / ns }')")
   cpu_b+=("$(awk -v mib="$SIZE_MIB" '{ printf "%.2f", ($1 + $2) * 1024 / mib }' "$W/build.cpu")")
   root=$(printf '%s\n' "$out" | tail -1 | sed 's/^root: //')
-  "$CINFER_ENCFS" mount "$W/model.img" "$W/emnt" --key-file "$W/key" --expect-root "$root" \
-    --read-ahead-kb "$READ_AHEAD_KB" --threads "$ENCFS_THREADS" --io "$ENCFS_IO"
-
+  for t in classic uring; do
+    m=$([ "$t" = classic ] && echo "$W/emnt" || echo "$W/umnt")
+    "$CINFER_ENCFS" mount "$W/model.img" "$m" --key-file "$W/key" --expect-root "$root" \
+      --read-ahead-kb "$READ_AHEAD_KB" --threads "$ENCFS_THREADS" --io "$ENCFS_IO" --transport "$t" \
+      --log-file "$W/encfs-$t.log"
+  done
+  grep -q "transport=uring" "$W/encfs-uring.log" || die "encfs did not get io_uring: $(cat "$W/encfs-uring.log")"
   epid=$(pgrep -f -- "$W/emnt .*--daemon-child" | head -1)
-  drop; c0=$(cpu_s "$epid"); cold_e+=("$(read_gbs "$W/emnt/model.bin")"); c1=$(cpu_s "$epid")
-  cpu_e+=("$(per_gib "$c0" "$c1")")
+  upid=$(pgrep -f -- "$W/umnt .*--daemon-child" | head -1)
+  cold "$W/emnt/model.bin" "$epid" cold_e cpu_e
   warm1_e+=("$(read_gbs "$W/emnt/model.bin")")
   warm_e+=("$(read_gbs "$W/emnt/model.bin")")
-  drop; null+=("$(read_gbs "$W/nmnt/zero.bin")")
-  drop; copy+=("$(read_gbs "$W/cmnt/zero.bin")")
-  drop; c0=$(cpu_s "$gpid"); cold_g+=("$(read_gbs "$W/gplain/model.bin")"); c1=$(cpu_s "$gpid")
-  cpu_g+=("$(per_gib "$c0" "$c1")")
+  cold "$W/umnt/model.bin" "$upid" cold_u cpu_u
+  read_gbs "$W/umnt/model.bin" >/dev/null
+  warm_u+=("$(read_gbs "$W/umnt/model.bin")")
+  cold "$W/nmnt/zero.bin" "$npid" null cpu_n
+  cold "$W/nmnt_u/zero.bin" "$npid_u" null_u cpu_nu
+  cold "$W/cmnt/zero.bin" "$cpid" copy cpu_c
+  cold "$W/cmnt_u/zero.bin" "$cpid_u" copy_u cpu_cu
+  cold "$W/gplain/model.bin" "$gpid" cold_g cpu_g
   read_gbs "$PLAIN_DIR/model.bin" >/dev/null
   page+=("$(read_gbs "$PLAIN_DIR/model.bin")")
   shm+=("$(read_gbs "$W/src/model.bin")")
-  echo "rep $rep: build ${build_gbs[-1]} GB/s | encfs cold ${cold_e[-1]} warm ${warm1_e[-1]}/${warm_e[-1]} | gocryptfs cold ${cold_g[-1]} | null FS ${null[-1]} copy FS ${copy[-1]} | page cache ${page[-1]} tmpfs ${shm[-1]} GB/s" >&2
+  echo "rep $rep: build ${build_gbs[-1]} GB/s | encfs cold classic ${cold_e[-1]} uring ${cold_u[-1]} warm ${warm1_e[-1]}/${warm_e[-1]} | gocryptfs cold ${cold_g[-1]} | null FS ${null[-1]}/${null_u[-1]} copy FS ${copy[-1]}/${copy_u[-1]} | page cache ${page[-1]} tmpfs ${shm[-1]} GB/s" >&2
 done
 
 if ! cmp -s "$W/emnt/model.bin" "$W/src/model.bin"; then die "encfs content differs from the source"; fi
+if ! cmp -s "$W/umnt/model.bin" "$W/src/model.bin"; then die "encfs (io_uring) content differs from the source"; fi
 
 # How the page cache holds each warm file (large folios or single 4 KiB pages): the warm ratio depends on it.
 folios_e=$(python3 "$REPO/benches/folio-sizes.py" "$W/emnt/model.bin" 2>&1 | sed 's/^[^:]*: //')
@@ -156,22 +190,33 @@ mb=$(median "${build_gbs[@]}"); ce=$(median "${cold_e[@]}"); we=$(median "${warm
 cb_cpu=$(median "${cpu_b[@]}")
 cg=$(median "${cold_g[@]}"); nf=$(median "${null[@]}"); cf=$(median "${copy[@]}"); pc=$(median "${page[@]}"); sh=$(median "${shm[@]}")
 ce_cpu=$(median "${cpu_e[@]}"); cg_cpu=$(median "${cpu_g[@]}")
+cu=$(median "${cold_u[@]}"); wu=$(median "${warm_u[@]}"); nu=$(median "${null_u[@]}"); cu_f=$(median "${copy_u[@]}")
+cu_cpu=$(median "${cpu_u[@]}"); n_cpu=$(median "${cpu_n[@]}"); nu_cpu=$(median "${cpu_nu[@]}")
+c_cpu=$(median "${cpu_c[@]}"); cu_f_cpu=$(median "${cpu_cu[@]}")
 dev=$(mountpoint -d "$W/emnt")
 ra=$(cat "/sys/class/bdi/$dev/read_ahead_kb" 2>/dev/null || echo "?")
 echo
 echo "cinfer-encfs read benchmark: $SIZE_MIB MiB, $REPS reps (medians), kernel $(uname -r), $(nproc) cpus"
 echo "  encfs mount: read_ahead_kb=$ra, threads=$ENCFS_THREADS, io=$ENCFS_IO; load before: $LOAD0, after: $LOAD1; max_pages_limit=$(cat /proc/sys/fs/fuse/max_pages_limit 2>/dev/null || echo '?')"
 echo "  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); aes=$(grep -qw aes /proc/cpuinfo && echo y || echo n) vaes=$(grep -qw vaes /proc/cpuinfo && echo y || echo n)"
-printf '  %-34s %8s GB/s\n' "cinfer-mkimage build" "$mb" "encfs cold read" "$ce" "gocryptfs cold read" "$cg" \
-  "null FS cold read (FUSE ceiling)" "$nf" "copy FS cold read (no crypto)" "$cf" "encfs first re-read" "$we1" "encfs warm re-read" "$we" "plain page-cache read (ext4)" "$pc" "plain tmpfs read" "$sh"
-printf '  %-34s %8s CPU-s/GiB (daemon only; robust to other load)\n' "encfs cold read" "$ce_cpu" \
-  "gocryptfs cold read" "$cg_cpu"
+printf '  %-34s %8s GB/s\n' "cinfer-mkimage build" "$mb" "gocryptfs cold read" "$cg" \
+  "encfs first re-read (classic)" "$we1" "encfs warm re-read (classic)" "$we" "encfs warm re-read (io_uring)" "$wu" \
+  "plain page-cache read (ext4)" "$pc" "plain tmpfs read" "$sh"
+printf '  %-34s %8s %8s GB/s    %8s %8s CPU-s/GiB (daemon only; robust to other load)\n' "cold reads" classic io_uring classic io_uring
+printf '  %-34s %8s %8s         %8s %8s\n' "encfs" "$ce" "$cu" "$ce_cpu" "$cu_cpu" \
+  "null FS (FUSE ceiling)" "$nf" "$nu" "$n_cpu" "$nu_cpu" "copy FS (no crypto)" "$cf" "$cu_f" "$c_cpu" "$cu_f_cpu"
+printf '  %-34s %8s CPU-s/GiB\n' "gocryptfs cold read" "$cg_cpu"
 printf '  %-34s %8s CPU-s/GiB (all threads)\n' "cinfer-mkimage build" "$cb_cpu"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t) ? "PASS" : "MISS" }'; }
-rc=$(ratio "$ce" "$cg"); rw=$(ratio "$we" "$pc")
+rc=$(ratio "$ce" "$cg"); rw=$(ratio "$we" "$pc"); ru=$(ratio "$cu" "$cg"); rcopy=$(ratio "$cu" "$cf")
 echo
-printf '  %-34s %6sx  (target >= 2.5x)  %s\n' "cold: encfs / gocryptfs" "$rc" "$(verdict "$rc" 2.5)"
+printf '  %-34s %6sx  (target >= 2.5x)  %s\n' "cold: encfs io_uring / gocryptfs" "$ru" "$(verdict "$ru" 2.5)"
+printf '  %-34s %6sx  (target >= 1.0x)  %s\n' "cold: encfs io_uring / copy classic" "$rcopy" "$(verdict "$rcopy" 1.0)"
+printf '  %-34s %6sx\n' "cold: encfs io_uring / classic" "$(ratio "$cu" "$ce")" \
+  "cold: null FS io_uring / classic" "$(ratio "$nu" "$nf")" "cold: copy FS io_uring / classic" "$(ratio "$cu_f" "$cf")" \
+  "cold: encfs io_uring / copy io_uring" "$(ratio "$cu" "$cu_f")"
+printf '  %-34s %6sx  (target >= 2.5x)  %s\n' "cold: encfs classic / gocryptfs" "$rc" "$(verdict "$rc" 2.5)"
 printf '  %-34s %6sx  (the most any FUSE daemon reaches here)\n' "cold: null FS / gocryptfs" "$(ratio "$nf" "$cg")"
 printf '  %-34s %6sx  (the most a daemon reaches that reads its image)\n' "cold: copy FS / gocryptfs" \
   "$(ratio "$cf" "$cg")"

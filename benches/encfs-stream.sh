@@ -150,23 +150,39 @@ directory_name_encryption = false
 EOF
   rclone copy "$work/plain/model" enclocal:
   echo "## unshaped: cold dd bs=1M of ${SIZE_MIB} MiB, nginx on loopback; encfs flags: --cache-size 256 $EXTRA"
-  enc=(); rc=(); cpu=()
+  # encfs on the classic transport, then over io_uring (interleaved; skipped where the kernel has none).
+  uring_param=/sys/module/fuse/parameters/enable_uring
+  uring_was=$(cat "$uring_param" 2>/dev/null || true)
+  [[ -n "$uring_was" ]] && echo Y > "$uring_param"
+  enc=(); rc=(); cpu=(); encu=(); cpuu=()
   for i in $(seq "$REPS"); do
-    # shellcheck disable=SC2086
-    "$ENCFS" mount "$URL" "$work/mnt-enc" --key-file "$work/model.key" --cache-size 256 $EXTRA
-    pid=$(daemon_pid "$work/mnt-enc")
-    c0=$(cpu_s "$pid")
-    s=$(cold_read "$work/mnt-enc/model/weights.bin")
-    enc+=("$(mbs "$s")"); cpu+=("$(calc "round(($(cpu_s "$pid")-$c0)/($SIZE_MIB/1024),2)")")
-    unmount_enc
+    for t in classic uring; do
+      [[ $t == uring && -z "$uring_was" ]] && continue
+      # shellcheck disable=SC2086
+      "$ENCFS" mount "$URL" "$work/mnt-enc" --key-file "$work/model.key" --cache-size 256 --transport "$t" $EXTRA
+      pid=$(daemon_pid "$work/mnt-enc")
+      c0=$(cpu_s "$pid")
+      s=$(cold_read "$work/mnt-enc/model/weights.bin")
+      if [[ $t == classic ]]; then
+        enc+=("$(mbs "$s")"); cpu+=("$(calc "round(($(cpu_s "$pid")-$c0)/($SIZE_MIB/1024),2)")")
+      else
+        encu+=("$(mbs "$s")"); cpuu+=("$(calc "round(($(cpu_s "$pid")-$c0)/($SIZE_MIB/1024),2)")")
+      fi
+      unmount_enc
+    done
     rclone mount encweb: "$work/mnt-rc" --read-only --daemon --vfs-cache-mode off
     for _ in $(seq 100); do [[ -e "$work/mnt-rc/weights.bin" ]] && break; sleep 0.1; done
     rc+=("$(mbs "$(cold_read "$work/mnt-rc/weights.bin")")")
     fusermount3 -u "$work/mnt-rc"
-    echo "rep $i: cinfer-encfs ${enc[-1]} MB/s (${cpu[-1]} daemon CPU-s/GiB), rclone crypt ${rc[-1]} MB/s; load $(cut -d' ' -f1 /proc/loadavg)"
+    echo "rep $i: cinfer-encfs ${enc[-1]} MB/s (${cpu[-1]} daemon CPU-s/GiB), io_uring ${encu[-1]:-n/a} MB/s (${cpuu[-1]:-n/a}), rclone crypt ${rc[-1]} MB/s; load $(cut -d' ' -f1 /proc/loadavg)"
   done
+  [[ -n "$uring_was" ]] && echo "$uring_was" > "$uring_param"
   me=$(median "${enc[@]}"); mr=$(median "${rc[@]}")
   echo "median: cinfer-encfs $me MB/s ($(minmax "${enc[@]}")), $(median "${cpu[@]}") CPU-s/GiB; rclone crypt $mr MB/s ($(minmax "${rc[@]}")); ratio $(calc "round($me/$mr,2)")x"
+  if (( ${#encu[@]} )); then
+    mu=$(median "${encu[@]}")
+    echo "median: cinfer-encfs over io_uring $mu MB/s ($(minmax "${encu[@]}")), $(median "${cpuu[@]}") CPU-s/GiB; io_uring / classic $(calc "round($mu/$me,2)")x"
+  fi
 fi
 
 if [[ " ${sections[*]} " == *" memory "* ]]; then

@@ -32,11 +32,27 @@ cargo clippy "${OPT[@]}" --workspace --all-targets --features init/netns_tests -
 echo "== cargo clippy (shipped feature sets: encfs without aws-lc, mkimage without fuse)" >&2
 cargo clippy "${OPT[@]}" -p encfs --no-default-features --features fuse --all-targets -- -D warnings
 cargo clippy "${OPT[@]}" -p mkimage --all-targets -- -D warnings
-echo "== cargo nextest" >&2
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run "${OPT[@]}" --workspace --no-fail-fast --features init/netns_tests
+# FUSE over io_uring (Linux 6.14+): the module parameter lets the kernel offer it; the mounts' default transport
+# (`auto`) then takes it. Every FUSE test runs twice: over io_uring in the whole-workspace pass, then on the classic
+# transport (`CINFER_ENCFS_TRANSPORT=classic`, which the daemon and the tests' expectations both read).
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+if [ -w "$URING_PARAM" ]; then
+  echo Y > "$URING_PARAM"
 else
-  cargo test "${OPT[@]}" --workspace --no-fail-fast --features init/netns_tests
+  echo "test.sh: $URING_PARAM not writable: the FUSE tests run on the classic transport only" >&2
 fi
-echo "== fuzz (encfs: image header, index, whole-image open, LUKS2 header; attest: SNP report, THIM JSON, policies: 10 s each)" >&2
+run_tests() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run "${OPT[@]}" --no-fail-fast "$@"
+  else
+    cargo test "${OPT[@]}" --no-fail-fast "$@"
+  fi
+}
+echo "== cargo nextest (FUSE transport: $(grep -qx Y "$URING_PARAM" 2>/dev/null && echo io_uring || echo classic))" >&2
+run_tests --workspace --features init/netns_tests
+if grep -qx Y "$URING_PARAM" 2>/dev/null; then
+  echo "== cargo nextest: the FUSE tests again, on the classic transport" >&2
+  CINFER_ENCFS_TRANSPORT=classic run_tests -p encfs -p cinfer-tests
+fi
+echo "== fuzz (encfs: image header, index, whole-image open, LUKS2 header, FUSE requests; attest: SNP report, THIM JSON, policies: 10 s each)" >&2
 FUZZ_DIRS="encfs/fuzz attest/fuzz" FUZZ_SECONDS=10 bash scripts/fuzz.sh

@@ -84,6 +84,18 @@ pub(crate) struct MountArgs {
     /// Asynchronous requests the kernel may keep in flight.
     #[arg(long, default_value_t = 64, help_heading = "Tuning")]
     pub(crate) max_background: u16,
+    /// How FUSE requests travel: `uring` (FUSE over io_uring, Linux 6.14+ with the `fuse.enable_uring` module
+    /// parameter on, root: one queue per CPU, no system call per request), `classic` (`/dev/fuse` read/write,
+    /// --threads request threads) or `auto` (io_uring when available, else classic). The log line "mounted"
+    /// names the one used.
+    #[arg(
+        long,
+        default_value = "auto",
+        env = "CINFER_ENCFS_TRANSPORT",
+        value_name = "auto|uring|classic",
+        help_heading = "Tuning"
+    )]
+    pub(crate) transport: encfs::fuse::Transport,
     /// How the image file is read: `pread` (safe if the file is truncated under the mount) or `mmap`
     /// (zero-copy; the daemon dies with SIGBUS if the file is truncated while mounted).
     #[arg(long, value_enum, default_value_t = Io::Pread, help_heading = "Tuning")]
@@ -315,6 +327,7 @@ impl MountArgs {
                 .max(1),
             max_background: self.max_background.max(1),
             allow_other: self.allow_other,
+            transport: self.transport,
             fs_name: format!("cinfer-encfs:{}", self.image_shown()).replace([',', ' ', '\t', '\n'], "_"),
             ..MountConfig::default()
         }
@@ -332,7 +345,8 @@ mod sidecar_tests {
 
     /// Only `EncfsSideCarArgs` (the seed's contract; rendered deployments give it its literal value, so it is
     /// measured) reaches the sidecar through the environment. The attester, its mock inputs, the readiness
-    /// directory and the status address come from the (measured) command line only.
+    /// directory and the status address come from the (measured) command line only; so does every other
+    /// setting except the FUSE transport of `sidecar`, which changes how requests travel, not what is checked.
     #[test]
     fn only_the_sidecar_arguments_come_from_the_environment() {
         let cli = super::Cli::command();
@@ -347,7 +361,12 @@ mod sidecar_tests {
                         .map(|e| format!("--{}: {}", a.get_id(), e.to_string_lossy()))
                 })
                 .collect();
-            assert_eq!(envs, [format!("--sidecar_args: {}", sidecar_args::ENV_VAR)], "{name}");
+            let mut want = vec![format!("--sidecar_args: {}", sidecar_args::ENV_VAR)];
+            if name == "sidecar" {
+                // How requests travel changes no check (the same tree answers on both transports).
+                want.push("--transport: CINFER_ENCFS_TRANSPORT".into());
+            }
+            assert_eq!(envs, want, "{name}");
         }
     }
 
@@ -357,7 +376,7 @@ mod sidecar_tests {
         use clap::Parser as _;
         let ok = super::Cli::try_parse_from(["cinfer-encfs", "extract", "--args-file", "a"]);
         assert!(ok.is_ok(), "{ok:?}");
-        for flag in ["--allow-other", "--threads=4"] {
+        for flag in ["--allow-other", "--threads=4", "--transport=classic"] {
             let r = super::Cli::try_parse_from(["cinfer-encfs", "extract", "--args-file", "a", flag]);
             assert!(r.is_err(), "extract accepted {flag}");
             let r = super::Cli::try_parse_from(["cinfer-encfs", "sidecar", "--args-file", "a", flag]);

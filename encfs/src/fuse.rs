@@ -28,7 +28,11 @@ use fuser::{
 };
 use tracing::{error, info, instrument, warn};
 
+pub mod abi;
 pub mod mountinfo;
+mod own;
+pub mod proto;
+mod serve;
 
 use crate::fs::readahead::ReadAheadConfig;
 use crate::fs::{EncFs, ImageTree, MAX_READ};
@@ -75,6 +79,21 @@ const FD_RESERVE: u64 = 64;
 /// left a mount nobody serves). Raises the soft `RLIMIT_NOFILE` to the hard one first if that is needed.
 fn threads_within_fd_limit(wanted: usize) -> usize {
     let wanted = wanted.clamp(1, MAX_THREADS);
+    let (threads, nofile) = fd_room(wanted);
+    if threads < wanted {
+        warn!(
+            wanted,
+            threads,
+            nofile,
+            "the open-file limit leaves room for fewer FUSE request threads; raise `ulimit -n` for more"
+        );
+    }
+    threads
+}
+
+/// How many of `wanted` more file descriptors this process may open, keeping [`FD_RESERVE`] spare (at least 1),
+/// after raising the soft limit toward the hard one if needed; and the limit.
+fn fd_room(wanted: usize) -> (usize, u64) {
     let open = std::fs::read_dir("/proc/self/fd").map_or(FD_RESERVE, |d| d.count() as u64);
     let need = open + FD_RESERVE + wanted as u64;
     let mut lim = libc::rlimit {
@@ -84,7 +103,7 @@ fn threads_within_fd_limit(wanted: usize) -> usize {
     #[allow(unsafe_code)]
     // SAFETY: `lim` is a valid rlimit to write to.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return wanted;
+        return (wanted, u64::MAX);
     }
     if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < need {
         let raised = libc::rlimit {
@@ -98,24 +117,49 @@ fn threads_within_fd_limit(wanted: usize) -> usize {
         }
     }
     if lim.rlim_cur == libc::RLIM_INFINITY {
-        return wanted;
+        return (wanted, u64::MAX);
     }
     let room = lim.rlim_cur.saturating_sub(open + FD_RESERVE);
-    let threads = (wanted as u64).min(room).max(1) as usize;
-    if threads < wanted {
-        warn!(
-            wanted,
-            threads,
-            nofile = lim.rlim_cur,
-            "the open-file limit leaves room for fewer FUSE request threads; raise `ulimit -n` for more"
-        );
-    }
-    threads
+    ((wanted as u64).min(room).max(1) as usize, lim.rlim_cur)
 }
 
 /// Decrypt-ahead pays off only when the kernel keeps a single READ in flight, i.e. with readahead windows up to
 /// this size (KiB).
 pub(crate) const DECRYPT_AHEAD_MAX_WINDOW_KB: u32 = 1024;
+
+/// How requests travel between the kernel and this daemon.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// io_uring when the kernel offers it (and this process is root), else classic.
+    #[default]
+    Auto,
+    /// FUSE over io_uring (Linux 6.14+, `fuse.enable_uring`): per-CPU queues, no system call per request.
+    Uring,
+    /// `/dev/fuse` read/write, one request per system call pair (`fuser`).
+    Classic,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "uring" => Ok(Self::Uring),
+            "classic" => Ok(Self::Classic),
+            other => Err(format!("unknown transport {other:?} (auto, uring or classic)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Uring => "uring",
+            Self::Classic => "classic",
+        })
+    }
+}
 
 /// Mount settings; plain data, [`Default`] gives the tuned values.
 #[derive(Clone, Debug)]
@@ -134,6 +178,8 @@ pub struct MountConfig {
     /// Decrypt-ahead for sequential readers (`fs::readahead::ReadAhead`); off by default, the daemon turns it on for local
     /// images ([`ReadAheadConfig::LOCAL`]).
     pub read_ahead: ReadAheadConfig,
+    /// Which transport carries requests ([`Transport::Auto`] by default).
+    pub transport: Transport,
 }
 
 impl Default for MountConfig {
@@ -145,6 +191,7 @@ impl Default for MountConfig {
             allow_other: false,
             fs_name: "cinfer-encfs".into(),
             read_ahead: ReadAheadConfig::default(),
+            transport: Transport::default(),
         }
     }
 }
@@ -383,18 +430,31 @@ struct PanicGuard<F>(F);
 impl<F> PanicGuard<F> {
     fn run(op: &'static str, f: impl FnOnce()) {
         if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)");
-            PANICS.fetch_add(1, Ordering::Relaxed);
-            error!(
-                op,
-                "request handler panicked, answered EIO (the request thread serves on): {msg}"
-            );
+            note_panic(op, panic.as_ref());
         }
     }
+}
+
+/// Counts and logs a request handler's panic (its request is answered `EIO`).
+fn note_panic(op: &'static str, panic: &(dyn std::any::Any + Send)) {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    PANICS.fetch_add(1, Ordering::Relaxed);
+    error!(
+        op,
+        "request handler panicked, answered EIO (the request thread serves on): {msg}"
+    );
+}
+
+/// Mounts made by this process, by transport: io_uring, classic.
+static MOUNTS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// How many mounts this process has made over io_uring and over the classic transport.
+pub fn mounts_by_transport() -> (u64, u64) {
+    (MOUNTS[0].load(Ordering::Relaxed), MOUNTS[1].load(Ordering::Relaxed))
 }
 
 /// Request handlers that panicked in this process ([`PanicGuard`]).
@@ -509,10 +569,19 @@ impl<F: fuser::Filesystem> fuser::Filesystem for PanicGuard<F> {
 /// A live mount: dropping it unmounts.
 #[derive(Debug)]
 pub struct MountSession {
-    session: fuser::BackgroundSession,
+    session: Session,
     mountpoint: PathBuf,
     /// The mount's ID and device in the mount table, if it could be found there right after mounting.
     mount_id: Option<(u64, (u32, u32))>,
+}
+
+/// The session behind a mount, by transport.
+#[derive(Debug)]
+enum Session {
+    /// `fuser` on `/dev/fuse`.
+    Fuser(fuser::BackgroundSession),
+    /// This crate's own session (io_uring).
+    Own(own::OwnSession),
 }
 
 /// Mounts `fs` read-only at `mountpoint` and serves it from background threads. Returns once the kernel has
@@ -529,6 +598,68 @@ pub fn mount<B: BlobSource>(
 /// Mounts any [`ReadOnlyTree`] with the same adapter, options, threads and session handling as [`mount`] (used
 /// for legacy LUKS2 images, `crate::legacy::mount::LegacyFs`).
 pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig) -> io::Result<MountSession> {
+    // As the mount table will list it (read before mounting: resolving the mount point afterwards would ask the
+    // new filesystem).
+    let canonical = mountpoint.canonicalize()?;
+    let available = own::uring_available().and_then(|()| {
+        let need = own::fds_needed();
+        match fd_room(need) {
+            (room, _) if room >= need => Ok(()),
+            (_, nofile) => Err(format!(
+                "the open-file limit ({nofile}) leaves no room for its {need} descriptors (two per CPU queue)"
+            )),
+        }
+    });
+    let use_own = match (cfg.transport, available) {
+        (Transport::Classic, _) => false,
+        (_, Ok(())) => true,
+        (Transport::Uring, Err(why)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the io_uring transport is not available: {why}"),
+            ));
+        }
+        (Transport::Auto, Err(why)) => {
+            info!("FUSE over io_uring not available, using the classic transport: {why}");
+            false
+        }
+    };
+    let (session, threads) = if use_own {
+        let s = own::mount(tree, mountpoint, cfg, cfg.transport)?;
+        (Session::Own(s), own::QUEUE_DEPTH)
+    } else {
+        spawn_fuser(tree, mountpoint, cfg)?
+    };
+    let mount_id = mountinfo::top_at(&canonical)
+        .ok()
+        .flatten()
+        .filter(mountinfo::MountEntry::is_cinfer)
+        .map(|e| (e.id, e.dev));
+    let session = MountSession {
+        session,
+        mountpoint: mountpoint.to_path_buf(),
+        mount_id,
+    };
+    session.check_serving()?;
+    if cfg.transport == Transport::Uring && !session.uses_uring() {
+        let _ = session.unmount();
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the io_uring transport was asked for, but the kernel did not offer it at INIT",
+        ));
+    }
+    let transport = session.transport();
+    MOUNTS[usize::from(transport != Transport::Uring)].fetch_add(1, Ordering::Relaxed);
+    if transport == Transport::Uring {
+        info!(mountpoint = %mountpoint.display(), transport = %transport, queue_depth = threads, "mounted");
+    } else {
+        info!(mountpoint = %mountpoint.display(), transport = %transport, threads, "mounted");
+    }
+    Ok(session)
+}
+
+/// Mounts through `fuser` (classic transport).
+fn spawn_fuser<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig) -> io::Result<(Session, usize)> {
     let filesystem = FuseAdapter::new(tree, cfg.max_background);
     let mut config = Config::default();
     config.mount_options = vec![
@@ -548,23 +679,8 @@ pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig
     let threads = threads_within_fd_limit(cfg.threads);
     config.n_threads = Some(threads);
     config.clone_fd = cfg.clone_fd;
-    // As the mount table will list it (read before mounting: resolving the mount point afterwards would ask the
-    // new filesystem).
-    let canonical = mountpoint.canonicalize()?;
     let session = fuser::spawn_mount(PanicGuard(filesystem), mountpoint, &config)?;
-    let mount_id = mountinfo::top_at(&canonical)
-        .ok()
-        .flatten()
-        .filter(mountinfo::MountEntry::is_cinfer)
-        .map(|e| (e.id, e.dev));
-    let session = MountSession {
-        session,
-        mountpoint: mountpoint.to_path_buf(),
-        mount_id,
-    };
-    session.check_serving()?;
-    info!(mountpoint = %mountpoint.display(), threads, "mounted");
-    Ok(session)
+    Ok((Session::Fuser(session), threads))
 }
 
 /// The `fusermount3` program, found on the image's `PATH`. Never taken from `FUSERMOUNT_PATH`: a host able to add
@@ -642,7 +758,24 @@ impl MountSession {
 
     /// True once the session has ended (for example after an external `umount`).
     pub fn is_finished(&self) -> bool {
-        self.session.guard.is_finished()
+        match &self.session {
+            Session::Fuser(s) => s.guard.is_finished(),
+            Session::Own(s) => s.is_finished(),
+        }
+    }
+
+    /// Whether requests travel over io_uring.
+    fn uses_uring(&self) -> bool {
+        matches!(&self.session, Session::Own(s) if s.uses_uring())
+    }
+
+    /// The transport that carries this mount's requests ([`Transport::Uring`] or [`Transport::Classic`]).
+    pub fn transport(&self) -> Transport {
+        if self.uses_uring() {
+            Transport::Uring
+        } else {
+            Transport::Classic
+        }
     }
 
     /// Sets the kernel readahead of this mount (`/sys/class/bdi/<maj:min>/read_ahead_kb`). Needs root and a
@@ -656,14 +789,20 @@ impl MountSession {
 
     /// Unmounts and waits for the request threads to finish.
     pub fn unmount(self) -> io::Result<()> {
-        self.session.umount_and_join()
+        match self.session {
+            Session::Fuser(s) => s.umount_and_join(),
+            Session::Own(s) => s.unmount(),
+        }
     }
 
     /// Ends a session that was unmounted from outside (`umount`, `fusermount3 -u`) without touching the
     /// mountpoint again: fuser would otherwise try to unmount the path once more on drop, which could hit a new
     /// mount made there since.
     pub(crate) fn finish_after_external_unmount(self) {
-        std::mem::forget(self.session);
+        match self.session {
+            Session::Fuser(s) => std::mem::forget(s),
+            Session::Own(s) => s.forget(),
+        }
     }
 
     /// Ends a session that has finished ([`Self::is_finished`]) without this process unmounting it. Either it

@@ -105,6 +105,24 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE cinfer_encfs_{name} counter");
             let _ = writeln!(out, "cinfer_encfs_{name} {}", v.load(Ordering::Relaxed));
         }
+        let (uring, classic) = crate::fuse::mounts_by_transport();
+        let _ = writeln!(
+            out,
+            "# HELP cinfer_encfs_fuse_mounts_total FUSE mounts made by this process, by the transport that carries them."
+        );
+        let _ = writeln!(out, "# TYPE cinfer_encfs_fuse_mounts_total counter");
+        let _ = writeln!(out, "cinfer_encfs_fuse_mounts_total{{transport=\"uring\"}} {uring}");
+        let _ = writeln!(out, "cinfer_encfs_fuse_mounts_total{{transport=\"classic\"}} {classic}");
+        let _ = writeln!(
+            out,
+            "# HELP cinfer_encfs_fuse_handler_panics_total FUSE request handlers that panicked (each answered EIO)."
+        );
+        let _ = writeln!(out, "# TYPE cinfer_encfs_fuse_handler_panics_total counter");
+        let _ = writeln!(
+            out,
+            "cinfer_encfs_fuse_handler_panics_total {}",
+            crate::fuse::handler_panics()
+        );
         out
     }
 }

@@ -622,29 +622,45 @@ fn threads_are_validated_and_clamped_to_the_open_file_limit_never_wedging_the_mo
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // 64 threads need 64 cloned /dev/fuse fds; the limit is 40, hard.
+    // 64 threads need 64 cloned /dev/fuse fds; the limit is 40, hard. That also leaves no room for the io_uring
+    // transport's rings (the 64 descriptors kept spare come first), so `auto` takes the classic one and
+    // `uring` is refused, naming the limit.
     let log = fx.dir.path().join("daemon.log");
-    let mut cmd = common::encfs_bin();
-    cmd.arg("mount")
-        .arg(&fx.image)
-        .arg(&fx.mnt)
-        .arg("--key-file")
-        .arg(&fx.key_file)
-        .arg("--log-file")
-        .arg(&log)
-        .args(["--threads", "64"]);
-    #[allow(unsafe_code)]
-    // SAFETY: setrlimit is async-signal-safe; the closure touches no other state.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 40,
-                rlim_max: 40,
-            };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            Ok(())
-        });
+    let limited = |transport: &str| {
+        let mut cmd = common::encfs_bin();
+        cmd.arg("mount")
+            .arg(&fx.image)
+            .arg(&fx.mnt)
+            .arg("--key-file")
+            .arg(&fx.key_file)
+            .arg("--log-file")
+            .arg(&log)
+            .args(["--threads", "64", "--transport", transport]);
+        #[allow(unsafe_code)]
+        // SAFETY: setrlimit is async-signal-safe; the closure touches no other state.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 40,
+                    rlim_max: 40,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+        cmd
+    };
+    let refused = limited("uring").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("io_uring transport is not available") && !common::is_mounted(&fx.mnt),
+        "{stderr}"
+    );
+    if common::expected_transport() == "uring" {
+        assert!(stderr.contains("open-file limit (40)"), "{stderr}");
     }
+    let mut cmd = limited("auto");
     let guard = common::MountGuard { mnt: fx.mnt.clone() };
     let Some(out) = output_within(&mut cmd, Duration::from_secs(20)) else {
         // The daemon is wedged on a mount nobody serves: abort it so the test can clean up, then fail.
@@ -660,6 +676,7 @@ fn threads_are_validated_and_clamped_to_the_open_file_limit_never_wedging_the_mo
         .unwrap();
     assert!(got == data);
     assert!(fx.log().contains("fewer FUSE request threads"), "{}", fx.log());
+    assert!(fx.log().contains("transport=classic"), "{}", fx.log());
     guard.unmount();
 }
 

@@ -541,6 +541,11 @@ fn http_source_mount_prefetches_within_the_cache_size_and_serves_metrics() {
     assert!(value("source_bytes_fetched_total") >= 16 << 20);
     assert!(value("cache_hits_total") > 0);
     assert!(value("prefetch_bytes_total") > 0);
+    // The transport this run expects carries the mount, and the metrics say so.
+    let transport = common::expected_transport();
+    let other = if transport == "uring" { "classic" } else { "uring" };
+    assert_eq!(value(&format!("fuse_mounts_total{{transport=\"{transport}\"}}")), 1);
+    assert_eq!(value(&format!("fuse_mounts_total{{transport=\"{other}\"}}")), 0);
     drop(f);
     guard.unmount();
 }

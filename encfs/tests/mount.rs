@@ -90,22 +90,41 @@ fn mmap_reads_match() {
     }
 }
 
-/// The FUSE request threads of the daemon `pid` (fuser names them `fuser-0`, `fuser-1`, ...; its session thread
-/// is `fuser-bg`), once there are `want` of them or 10 s have passed (fuser starts them after the mount).
-fn request_threads(pid: i32, want: usize) -> usize {
+/// The threads of the daemon `pid` named `prefix` + a number (fuser names its request threads `fuser-0`,
+/// `fuser-1`, ..., its session thread `fuser-bg`; the io_uring queues are `encfs-uring-0`, ...), once there are
+/// `want` of them or 10 s have passed (both start them after the mount).
+fn numbered_threads(pid: i32, prefix: &str, want: usize) -> usize {
     let count = || {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .filter(|t| {
                 let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap_or_default();
                 comm.trim()
-                    .strip_prefix("fuser-")
+                    .strip_prefix(prefix)
                     .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             })
             .count()
     };
     wait_for(Duration::from_secs(10), || count() == want);
     count()
+}
+
+/// Checks that the daemon `pid` serves with what its transport promises: on the classic transport `threads`
+/// request threads, over io_uring one queue per possible CPU (and no fuser thread at all). The daemon's log
+/// names the transport it picked, which must be the one this run expects.
+fn assert_serving_threads(pid: i32, log: &str, threads: usize) {
+    let transport = common::expected_transport();
+    assert!(
+        log.contains(&format!("transport={transport}")),
+        "expected {transport}: {log}"
+    );
+    if transport == "uring" {
+        let cpus = common::possible_cpus();
+        assert_eq!(numbered_threads(pid, "encfs-uring-", cpus), cpus, "io_uring queues");
+        assert_eq!(numbered_threads(pid, "fuser-", 0), 0, "fuser threads over io_uring");
+    } else {
+        assert_eq!(numbered_threads(pid, "fuser-", threads), threads, "request threads");
+    }
 }
 
 #[test]
@@ -132,7 +151,7 @@ fn parallel_readers_get_correct_bytes_and_the_daemon_runs_the_requested_request_
         }
     });
     let pid = daemon_pid(&fx.mnt).expect("daemon process");
-    assert_eq!(request_threads(pid, 5), 5, "request threads with --threads 5");
+    assert_serving_threads(pid, &fx.log(), 5);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = mounts.lines().find(|l| l.contains(fx.mnt.to_str().unwrap())).unwrap();
     assert!(line.contains(" ro,") || line.contains(" ro "), "not read-only: {line}");
@@ -146,11 +165,7 @@ fn parallel_readers_get_correct_bytes_and_the_daemon_runs_the_requested_request_
     let _m = fx.mount();
     let cores = std::thread::available_parallelism().unwrap().get();
     let pid = daemon_pid(&fx.mnt).expect("daemon process");
-    assert_eq!(
-        request_threads(pid, cores.clamp(2, 16)),
-        cores.clamp(2, 16),
-        "default request threads on {cores} cores"
-    );
+    assert_serving_threads(pid, &fx.log(), cores.clamp(2, 16));
 }
 
 #[test]
@@ -634,9 +649,21 @@ fn a_killed_daemon_leaves_a_mountpoint_that_unmount_cleans_up() {
     assert!(wait_for(Duration::from_secs(10), || pid_gone(pid)));
     assert!(is_mounted(&fx.mnt));
     let err = std::fs::read_dir(&fx.mnt).unwrap_err();
+    // Over io_uring, a request that reaches a queue while the dead daemon's ring is still being torn down (the
+    // kernel does that after the process is gone) ends with ECANCELED; later ones with ENOTCONN.
+    let uring = common::expected_transport() == "uring";
     assert!(
-        matches!(err.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        matches!(err.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+            || (uring && err.raw_os_error() == Some(libc::ECANCELED)),
         "stale mount should fail with ENOTCONN or ECONNABORTED: {err}"
+    );
+    let again = std::fs::read_dir(&fx.mnt).unwrap_err();
+    assert!(
+        matches!(
+            again.raw_os_error(),
+            Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
+        ),
+        "{again}"
     );
     m.unmount();
     // The mountpoint is usable again.

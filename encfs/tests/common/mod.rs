@@ -147,6 +147,31 @@ impl Fixture {
     }
 }
 
+/// The FUSE transport the daemon picks in this run (`--transport auto`, the default): `classic` when
+/// `CINFER_ENCFS_TRANSPORT=classic` (the test script's second pass) or when the kernel does not offer io_uring
+/// (`fuse.enable_uring` off, or a kernel before 6.14), else `uring`.
+pub fn expected_transport() -> &'static str {
+    let asked = std::env::var("CINFER_ENCFS_TRANSPORT").unwrap_or_default();
+    let offered = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y" || v.trim() == "1");
+    if asked == "classic" || !offered {
+        "classic"
+    } else {
+        "uring"
+    }
+}
+
+/// The CPUs the kernel keeps FUSE io_uring queues for (`/sys/devices/system/cpu/possible`).
+pub fn possible_cpus() -> usize {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    s.trim()
+        .split(',')
+        .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap()
+        + 1
+}
+
 /// True if `mnt` is a mountpoint (per /proc/self/mountinfo).
 pub fn is_mounted(mnt: &Path) -> bool {
     let canon = mnt.canonicalize().unwrap_or_else(|_| mnt.to_path_buf());

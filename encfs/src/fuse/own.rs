@@ -1,0 +1,709 @@
+//! The project's own FUSE session, which carries requests over io_uring (Linux 6.14+, `CONFIG_FUSE_IO_URING`,
+//! module parameter `fuse.enable_uring`): `fuser` 0.18 has no io_uring transport and its session cannot host a
+//! second one (it answers INIT itself and refuses `FUSE_OVER_IO_URING`), so this module mounts, answers INIT and
+//! serves the rings itself, through the same [`serve::dispatch`] as any transport.
+//!
+//! Shape (after the kernel's `Documentation/filesystems/fuse-io-uring.rst` and libfuse 3.18): one thread reads
+//! `/dev/fuse`, which carries INIT, FORGET and INTERRUPT always, and every request until the rings are ready;
+//! once INIT has agreed on io_uring, one queue thread per possible CPU (the kernel queues a request on the queue
+//! of the CPU that issued it, and needs every queue registered before it uses any) owns a ring with
+//! [`QUEUE_DEPTH`] entries. An entry is a header buffer and a payload buffer of `max_pages` pages: the kernel
+//! writes a request into it and completes the entry's command; the queue thread answers in the same buffers and
+//! sends COMMIT_AND_FETCH, which hands the reply over and waits for the next request, no system call per request
+//! beyond the ring's. A read answered later on another thread (decrypt-ahead) fills its entry there and wakes the
+//! queue thread through an eventfd read held in its ring.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use tracing::{debug, info, warn};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use super::abi::{self, init};
+use super::proto;
+use super::serve::{self, Responder};
+use super::{MountConfig, Transport};
+use crate::fs::MAX_READ;
+use crate::tree::ReadOnlyTree;
+
+/// Ring entries per queue (libfuse's default).
+pub(crate) const QUEUE_DEPTH: usize = 8;
+/// Pages of one request's data (1 MiB, `FUSE_MAX_MAX_PAGES`): the payload buffer of every ring entry.
+const MAX_PAGES: u16 = 256;
+/// Buffer for one `/dev/fuse` request: a read-only filesystem gets no write data, only names and xattr values.
+const DEV_BUFFER: usize = 128 << 10;
+/// The ring's user data for the eventfd read.
+const WAKE: u64 = u64::MAX;
+
+/// The module parameter that lets the kernel offer FUSE over io_uring.
+pub(crate) const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Whether the kernel will offer FUSE over io_uring: `Err` says why not.
+pub(crate) fn uring_available() -> Result<(), String> {
+    match std::fs::read_to_string(ENABLE_URING) {
+        Ok(v) if v.trim() == "Y" || v.trim() == "1" => {}
+        Ok(_) => return Err(format!("{ENABLE_URING} is off (root: echo Y > {ENABLE_URING})")),
+        Err(e) => {
+            return Err(format!(
+                "{ENABLE_URING}: {e} (kernel without CONFIG_FUSE_IO_URING, before 6.14)"
+            ));
+        }
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the io_uring transport mounts with mount(2), which needs root".into());
+    }
+    Ok(())
+}
+
+/// The CPUs the kernel counts queues for (`num_possible_cpus`): one more than the highest in
+/// `/sys/devices/system/cpu/possible` ("0-15", "0,2-3").
+fn possible_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .split(',')
+                .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
+                .max()
+        })
+        .map(|m| m + 1)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// File descriptors a mount over io_uring opens: `/dev/fuse`, and a ring and an eventfd per queue.
+pub(crate) fn fds_needed() -> usize {
+    1 + 2 * possible_cpus()
+}
+
+/// A mount served by this module.
+#[derive(Debug)]
+pub(crate) struct OwnSession {
+    dev: Arc<OwnedFd>,
+    mountpoint: std::path::PathBuf,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    dev_done: Arc<AtomicBool>,
+    uring: Arc<AtomicBool>,
+    keep_mount: bool,
+}
+
+struct Shared<T> {
+    tree: T,
+    dev: Arc<OwnedFd>,
+    cfg: MountConfig,
+    want_uring: bool,
+    uring: Arc<AtomicBool>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// Mounts `tree` read-only at `mountpoint` and serves it; `transport` is [`Transport::Uring`] or
+/// [`Transport::Auto`] (io_uring when INIT offers it, else `/dev/fuse`).
+pub(crate) fn mount<T: ReadOnlyTree>(
+    tree: T,
+    mountpoint: &Path,
+    cfg: &MountConfig,
+    transport: Transport,
+) -> io::Result<OwnSession> {
+    let path = CString::new("/dev/fuse").map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path; the returned fd is owned below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::new(
+            io::Error::last_os_error().kind(),
+            format!("/dev/fuse: {}", io::Error::last_os_error()),
+        ));
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let dev = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data =
+        format!("fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions,max_read={MAX_READ}");
+    if cfg.allow_other {
+        data.push_str(",allow_other");
+    }
+    let source = CString::new(cfg.fs_name.as_bytes()).map_err(io::Error::other)?;
+    let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let fstype = CString::new("fuse.cinfer-encfs").map_err(io::Error::other)?;
+    let data = CString::new(data).map_err(io::Error::other)?;
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("mount {}: {e}", mountpoint.display())));
+    }
+    let uring = Arc::new(AtomicBool::new(false));
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    let dev_done = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        tree,
+        dev: dev.clone(),
+        cfg: cfg.clone(),
+        want_uring: transport != Transport::Classic,
+        uring: uring.clone(),
+        threads: threads.clone(),
+    });
+    let done = dev_done.clone();
+    let handle = std::thread::Builder::new()
+        .name("encfs-fuse-dev".into())
+        .spawn(move || {
+            dev_loop(&shared);
+            done.store(true, Ordering::Release);
+        })?;
+    threads.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+    Ok(OwnSession {
+        dev,
+        mountpoint: mountpoint.to_path_buf(),
+        threads,
+        dev_done,
+        uring,
+        keep_mount: false,
+    })
+}
+
+impl OwnSession {
+    /// True once the connection has ended (`/dev/fuse` answers `ENODEV`).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.dev_done.load(Ordering::Acquire)
+    }
+
+    /// Whether requests travel over io_uring (known once INIT was answered).
+    pub(crate) fn uses_uring(&self) -> bool {
+        self.uring.load(Ordering::Acquire)
+    }
+
+    /// Unmounts and waits for the serving threads.
+    pub(crate) fn unmount(mut self) -> io::Result<()> {
+        let c = CString::new(self.mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+        self.keep_mount = true;
+        self.join();
+        Ok(())
+    }
+
+    /// Ends the session without touching the mount point again (it was unmounted from outside).
+    pub(crate) fn forget(mut self) {
+        self.keep_mount = true;
+        // Closing our fd ends nothing while threads hold theirs; they end with the connection.
+        drop(std::mem::take(
+            &mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
+    }
+
+    fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// The `/dev/fuse` descriptor (for aborting through `/sys/fs/fuse/connections`, tests).
+    #[allow(dead_code)]
+    pub(crate) fn dev_fd(&self) -> RawFd {
+        self.dev.as_raw_fd()
+    }
+}
+
+impl Drop for OwnSession {
+    /// Detaches the mount lazily; the serving threads end with the connection (not joined here: a detached mount
+    /// stays connected while files on it are open).
+    fn drop(&mut self) {
+        if self.keep_mount {
+            return;
+        }
+        if let Ok(c) = CString::new(self.mountpoint.as_os_str().as_bytes()) {
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Writes one reply to `/dev/fuse`. `ENOENT` (the request was interrupted) is not an error.
+fn write_reply(dev: &OwnedFd, unique: u64, error: i32, args: &[&[u8]]) {
+    let len: usize = args.iter().map(|a| a.len()).sum();
+    let h = proto::out_header(unique, error, if error == 0 { len } else { 0 });
+    let mut iov = Vec::with_capacity(1 + args.len());
+    iov.push(libc::iovec {
+        iov_base: h.as_bytes().as_ptr() as *mut _,
+        iov_len: h.as_bytes().len(),
+    });
+    if error == 0 {
+        for a in args {
+            iov.push(libc::iovec {
+                iov_base: a.as_ptr() as *mut _,
+                iov_len: a.len(),
+            });
+        }
+    }
+    // SAFETY: every iovec points into a live slice for the duration of the call.
+    let rc = unsafe { libc::writev(dev.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            debug!(unique, "FUSE reply not taken: {e}");
+        }
+    }
+}
+
+/// A reply over `/dev/fuse`.
+struct DevResponder {
+    dev: Arc<OwnedFd>,
+    unique: u64,
+    done: bool,
+}
+
+impl Responder for DevResponder {
+    fn send(mut self, error: i32, args: &[&[u8]]) {
+        self.done = true;
+        write_reply(&self.dev, self.unique, error, args);
+    }
+
+    fn silent(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for DevResponder {
+    fn drop(&mut self) {
+        if !self.done {
+            write_reply(&self.dev, self.unique, -libc::EIO, &[]);
+        }
+    }
+}
+
+/// Reads `/dev/fuse` until the connection ends: INIT, then whatever the kernel sends this way.
+fn dev_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>) {
+    let mut buf = vec![0u8; DEV_BUFFER];
+    loop {
+        // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
+        let n = unsafe { libc::read(shared.dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
+                Some(libc::ENODEV) => return,
+                _ => {
+                    warn!("reading /dev/fuse failed, the session ends: {e}");
+                    return;
+                }
+            }
+        }
+        let msg = &buf[..n as usize];
+        let (header, req) = match proto::parse_message(msg) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("malformed FUSE request: {e}");
+                if let Ok((h, _)) = abi::InHeader::read_from_prefix(msg) {
+                    write_reply(&shared.dev, h.unique, -libc::EIO, &[]);
+                }
+                continue;
+            }
+        };
+        let r = DevResponder {
+            dev: shared.dev.clone(),
+            unique: header.unique,
+            done: false,
+        };
+        match req {
+            proto::Request::Init(init_in) => answer_init(shared, &init_in, r),
+            req => serve::dispatch_guarded(&shared.tree, header.nodeid, req, r),
+        }
+    }
+}
+
+/// Answers INIT (protocol 7.x, the capabilities a read-only tree wants) and, when io_uring was agreed, starts
+/// the queue threads.
+fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, r: DevResponder) {
+    if init_in.major != abi::KERNEL_VERSION {
+        warn!(major = init_in.major, "unsupported FUSE protocol");
+        r.send(-libc::EPROTO, &[]);
+        return;
+    }
+    let offered = u64::from(init_in.flags) | (u64::from(init_in.flags2) << 32);
+    let mut wanted = init::ASYNC_READ
+        | init::BIG_WRITES
+        | init::PARALLEL_DIROPS
+        | init::MAX_PAGES
+        | init::CACHE_SYMLINKS
+        | init::INIT_EXT;
+    let uring = shared.want_uring && offered & init::OVER_IO_URING != 0;
+    if uring {
+        wanted |= init::OVER_IO_URING;
+    }
+    let flags = offered & wanted;
+    let max_background = shared.cfg.max_background;
+    let out = abi::InitOut {
+        major: abi::KERNEL_VERSION,
+        minor: init_in.minor.min(abi::KERNEL_MINOR_VERSION),
+        max_readahead: init_in.max_readahead.min(MAX_READ),
+        flags: flags as u32,
+        max_background,
+        congestion_threshold: (u32::from(max_background) * 3 / 4) as u16,
+        max_write: 4096,
+        time_gran: 1,
+        max_pages: MAX_PAGES,
+        flags2: (flags >> 32) as u32,
+        ..Default::default()
+    };
+    r.send(0, &[out.as_bytes()]);
+    if !uring {
+        if shared.want_uring {
+            info!("the kernel did not offer FUSE over io_uring: serving through /dev/fuse");
+        }
+        return;
+    }
+    shared.uring.store(true, Ordering::Release);
+    let payload = usize::from(MAX_PAGES) * 4096;
+    let queues = possible_cpus();
+    let mut threads = shared.threads.lock().unwrap_or_else(|p| p.into_inner());
+    for qid in 0..queues {
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("encfs-uring-{qid}"))
+            .spawn(move || {
+                if let Err(e) = queue_loop(&s, qid, payload) {
+                    warn!(queue = qid, "FUSE io_uring queue ended: {e}");
+                }
+            });
+        match spawned {
+            Ok(h) => threads.push(h),
+            Err(e) => warn!(queue = qid, "cannot start a FUSE io_uring queue thread: {e}"),
+        }
+    }
+    debug!(queues, depth = QUEUE_DEPTH, "FUSE io_uring queues started");
+}
+
+/// One ring entry's buffers, at fixed addresses the kernel reads and writes while the entry is registered.
+struct Entry {
+    header: *mut abi::UringReqHeader,
+    payload: *mut u8,
+    payload_len: usize,
+    iov: Box<[libc::iovec; 2]>,
+}
+
+// SAFETY: the buffers are plain heap memory; who may touch them is decided by the entry's state (kernel between
+// submit and completion, then exactly one responder), never by the thread.
+unsafe impl Send for Entry {}
+
+impl Entry {
+    fn new(payload_len: usize) -> Self {
+        let header = Box::into_raw(Box::new(abi::UringReqHeader::new_zeroed()));
+        let payload = Box::into_raw(vec![0u8; payload_len].into_boxed_slice()).cast::<u8>();
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: header.cast(),
+                iov_len: size_of::<abi::UringReqHeader>(),
+            },
+            libc::iovec {
+                iov_base: payload.cast(),
+                iov_len: payload_len,
+            },
+        ]);
+        Self {
+            header,
+            payload,
+            payload_len,
+            iov,
+        }
+    }
+
+    /// The header and payload, while this thread owns the entry (between its completion and its next commit).
+    fn bufs(&mut self) -> (&mut abi::UringReqHeader, &mut [u8]) {
+        // SAFETY: both allocations live as long as `self`; the kernel does not touch them while the entry is
+        // owned, and `&mut self` makes this the only reference.
+        unsafe {
+            (
+                &mut *self.header,
+                std::slice::from_raw_parts_mut(self.payload, self.payload_len),
+            )
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` by `Box::into_raw`, freed once here.
+        unsafe {
+            drop(Box::from_raw(self.header));
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.payload,
+                self.payload_len,
+            )));
+        }
+    }
+}
+
+/// What a queue's entries share with responders on other threads.
+struct Queue {
+    entries: Vec<Mutex<Entry>>,
+    /// Entries answered, waiting for their COMMIT_AND_FETCH.
+    answered: Mutex<Vec<usize>>,
+    wake: OwnedFd,
+    thread: std::sync::OnceLock<std::thread::ThreadId>,
+}
+
+/// A reply into a ring entry.
+struct RingResponder {
+    queue: Arc<Queue>,
+    idx: usize,
+    unique: u64,
+    done: bool,
+}
+
+impl RingResponder {
+    fn answer(&mut self, error: i32, args: &[&[u8]]) {
+        self.done = true;
+        {
+            let mut e = self.queue.entries[self.idx].lock().unwrap_or_else(|p| p.into_inner());
+            let (header, payload) = e.bufs();
+            let mut len = 0usize;
+            let mut error = error;
+            if error == 0 {
+                for a in args {
+                    let Some(dst) = payload.get_mut(len..len + a.len()) else {
+                        warn!(unique = self.unique, "FUSE reply larger than the ring buffer");
+                        error = -libc::EIO;
+                        len = 0;
+                        break;
+                    };
+                    dst.copy_from_slice(a);
+                    len += a.len();
+                }
+            }
+            let out = proto::out_header(self.unique, error, len);
+            header.in_out[..size_of::<abi::OutHeader>()].copy_from_slice(out.as_bytes());
+            header.ring_ent_in_out.payload_sz = len as u32;
+        }
+        self.queue
+            .answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.idx);
+        if self.queue.thread.get() != Some(&std::thread::current().id()) {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+            unsafe { libc::write(self.queue.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
+    }
+}
+
+impl Responder for RingResponder {
+    fn send(mut self, error: i32, args: &[&[u8]]) {
+        self.answer(error, args);
+    }
+
+    fn silent(mut self) {
+        // Nothing that takes no reply travels over the ring; the entry still has to go back.
+        self.answer(0, &[]);
+    }
+}
+
+impl Drop for RingResponder {
+    fn drop(&mut self) {
+        if !self.done {
+            self.answer(-libc::EIO, &[]);
+        }
+    }
+}
+
+/// The `IORING_OP_URING_CMD` entry for `entry` (register or commit-and-fetch).
+fn command(dev: RawFd, cmd_op: u32, qid: u16, commit_id: u64, entry: &Entry, idx: usize) -> squeue::Entry128 {
+    let req = abi::UringCmdReq {
+        flags: 0,
+        commit_id,
+        qid,
+        padding: [0; 6],
+    };
+    let mut cmd = [0u8; 80];
+    cmd[..size_of::<abi::UringCmdReq>()].copy_from_slice(req.as_bytes());
+    let sqe = opcode::UringCmd80::new(types::Fd(dev), cmd_op)
+        .cmd(cmd)
+        .addr(Some(entry.iov.as_ptr() as u64))
+        .build()
+        .user_data(idx as u64);
+    with_iov_count(sqe, 2)
+}
+
+/// Sets the submission entry's `len` (the number of iovecs FUSE reads from `addr`), which `io-uring` 0.7's
+/// `UringCmd80` builder does not expose.
+fn with_iov_count(sqe: squeue::Entry128, n: u32) -> squeue::Entry128 {
+    const LEN_OFFSET: usize = 24; // `struct io_uring_sqe`: opcode, flags, ioprio, fd, off, addr, then len.
+    const _: () = assert!(size_of::<squeue::Entry128>() == 128);
+    // SAFETY: `Entry128` is `repr(C)`: the kernel's 128-byte `io_uring_sqe` (plain integers and byte arrays, any
+    // bit pattern valid); the bytes are changed only at the `len` field.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    raw[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&n.to_ne_bytes());
+    // SAFETY: as above.
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+}
+
+/// Pins the calling thread to `cpu` (the kernel routes a CPU's requests to its queue); failure is harmless.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it; the syscall reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Serves queue `qid` until the connection ends.
+fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usize) -> io::Result<()> {
+    pin_to(qid);
+    let dev = shared.dev.as_raw_fd();
+    let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
+        .setup_single_issuer()
+        .build((QUEUE_DEPTH as u32 + 1).next_power_of_two())?;
+    // SAFETY: eventfd has no memory preconditions; the fd is owned below.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let queue = Arc::new(Queue {
+        entries: (0..QUEUE_DEPTH).map(|_| Mutex::new(Entry::new(payload))).collect(),
+        answered: Mutex::new(Vec::new()),
+        // SAFETY: just created, owned by nothing else.
+        wake: unsafe { OwnedFd::from_raw_fd(efd) },
+        thread: std::sync::OnceLock::new(),
+    });
+    let _ = queue.thread.set(std::thread::current().id());
+    let qid16 = qid as u16;
+    let mut wake_buf = Box::new(0u64);
+    let wake_read = |buf: &mut u64| {
+        opcode::Read::new(types::Fd(queue.wake.as_raw_fd()), (buf as *mut u64).cast(), 8)
+            .build()
+            .user_data(WAKE)
+            .into()
+    };
+    {
+        let mut sq = ring.submission();
+        for (idx, e) in queue.entries.iter().enumerate() {
+            let e = e.lock().unwrap_or_else(|p| p.into_inner());
+            let sqe = command(dev, abi::URING_CMD_REGISTER, qid16, 0, &e, idx);
+            // SAFETY: the entry's buffers and iovecs live in `queue`, which outlives the ring's use of them
+            // (the loop below runs until every entry has completed for good).
+            unsafe { sq.push(&sqe) }.map_err(|_| io::Error::other("ring full"))?;
+        }
+        // SAFETY: `wake_buf` lives until the loop ends.
+        unsafe { sq.push(&wake_read(&mut wake_buf)) }.map_err(|_| io::Error::other("ring full"))?;
+    }
+    let mut live = QUEUE_DEPTH;
+    let mut scratch = Vec::with_capacity(4096);
+    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(QUEUE_DEPTH + 1);
+    let served = AtomicU64::new(0);
+    while live > 0 {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        let mut rearm_wake = false;
+        completions.clear();
+        completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(ud, res) in &completions {
+            if ud == WAKE {
+                rearm_wake = true;
+                continue;
+            }
+            let idx = ud as usize;
+            if res < 0 {
+                live -= 1;
+                if ![libc::ENOTCONN, libc::ECONNABORTED, libc::ENODEV, libc::ECANCELED].contains(&-res) {
+                    warn!(
+                        queue = qid,
+                        "FUSE io_uring entry ended: {}",
+                        io::Error::from_raw_os_error(-res)
+                    );
+                }
+                continue;
+            }
+            served.fetch_add(1, Ordering::Relaxed);
+            handle_entry(shared, &queue, idx, &mut scratch);
+        }
+        let answered = std::mem::take(&mut *queue.answered.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut sq = ring.submission();
+        for idx in answered {
+            let e = queue.entries[idx].lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: the kernel wrote the request header of this entry; reading it back is plain memory.
+            let commit_id = unsafe { (*e.header).ring_ent_in_out.commit_id };
+            let sqe = command(dev, abi::URING_CMD_COMMIT_AND_FETCH, qid16, commit_id, &e, idx);
+            // SAFETY: as for the registrations.
+            if unsafe { sq.push(&sqe) }.is_err() {
+                drop(sq);
+                ring.submit()?;
+                sq = ring.submission();
+                // SAFETY: as above.
+                unsafe { sq.push(&sqe) }.map_err(|_| io::Error::other("ring full"))?;
+            }
+        }
+        if rearm_wake {
+            // SAFETY: as above.
+            if unsafe { sq.push(&wake_read(&mut wake_buf)) }.is_err() {
+                drop(sq);
+                ring.submit()?;
+                sq = ring.submission();
+                // SAFETY: as above.
+                unsafe { sq.push(&wake_read(&mut wake_buf)) }.map_err(|_| io::Error::other("ring full"))?;
+            }
+        }
+    }
+    debug!(
+        queue = qid,
+        served = served.load(Ordering::Relaxed),
+        "FUSE io_uring queue done"
+    );
+    Ok(())
+}
+
+/// Parses the request in entry `idx` and dispatches it; the reply (now or later) queues the entry's commit. The
+/// request is copied out of the entry first (headers and names: a few hundred bytes; a READ has no payload), so
+/// no borrow of the entry is held while the tree answers into it.
+fn handle_entry<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, queue: &Arc<Queue>, idx: usize, scratch: &mut Vec<u8>) {
+    let (in_out, op_in, payload_sz) = {
+        let mut e = queue.entries[idx].lock().unwrap_or_else(|p| p.into_inner());
+        let (header, payload) = e.bufs();
+        let payload_sz = header.ring_ent_in_out.payload_sz as usize;
+        scratch.clear();
+        scratch.extend_from_slice(&payload[..payload_sz.min(payload.len())]);
+        (header.in_out, header.op_in, payload_sz)
+    };
+    let unique = abi::InHeader::read_from_prefix(&in_out[..])
+        .map(|(h, _)| h.unique)
+        .unwrap_or(0);
+    let r = RingResponder {
+        queue: queue.clone(),
+        idx,
+        unique,
+        done: false,
+    };
+    match proto::parse_uring(&in_out, &op_in, scratch, payload_sz) {
+        Ok((h, req)) => serve::dispatch_guarded(&shared.tree, h.nodeid, req, r),
+        Err(err) => {
+            warn!("malformed FUSE request on the ring: {err}");
+            drop(r);
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Serves parsed FUSE requests from a [`ReadOnlyTree`], whatever transport carried them: each request becomes one
+//! tree call, each result one reply handed to the transport's [`Responder`]. The same answers as the `fuser`
+//! adapter (`super::FuseAdapter`) gives on the classic transport.
+
+use std::time::{Duration, SystemTime};
+
+use zerocopy::IntoBytes;
+
+use super::abi;
+use super::proto::{self, Request};
+use crate::fs::MAX_READ;
+use crate::tree::{self, Attr, FileKind, ReadOnlyTree, ReadReply};
+
+/// Entry and attribute lifetime (the image never changes under a mount).
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Where one request's reply goes, exactly once. A responder dropped without replying answers `EIO`, so a request
+/// whose handler panicked is still answered and the transport's buffer comes back.
+pub(crate) trait Responder: Send + 'static {
+    /// Sends the reply: `error` 0 with `args`, or a negative errno with none.
+    fn send(self, error: i32, args: &[&[u8]]);
+    /// Ends a request that takes no reply (`FORGET`, `INTERRUPT`).
+    fn silent(self);
+}
+
+fn ok<R: Responder>(r: R, args: &[&[u8]]) {
+    r.send(0, args);
+}
+
+fn fail<R: Responder>(r: R, e: tree::Errno) {
+    r.send(-e.0, &[]);
+}
+
+struct ReadAnswer<R>(R);
+
+impl<R: Responder> ReadReply for ReadAnswer<R> {
+    fn data(self, data: &[u8]) {
+        self.0.send(0, &[data]);
+    }
+
+    fn error(self, errno: tree::Errno) {
+        fail(self.0, errno);
+    }
+}
+
+/// The kernel's `fuse_attr` for `a`.
+fn attr(a: &Attr) -> abi::Attr {
+    let typ = match a.kind {
+        FileKind::Dir => libc::S_IFDIR,
+        FileKind::File => libc::S_IFREG,
+        FileKind::Symlink => libc::S_IFLNK,
+    };
+    let t = a.mtime.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    abi::Attr {
+        ino: a.ino,
+        size: a.size,
+        blocks: a.blocks,
+        atime: t.as_secs(),
+        mtime: t.as_secs(),
+        ctime: t.as_secs(),
+        atimensec: t.subsec_nanos(),
+        mtimensec: t.subsec_nanos(),
+        ctimensec: t.subsec_nanos(),
+        mode: typ | u32::from(a.perm),
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn dirent_type(kind: FileKind) -> u32 {
+    u32::from(match kind {
+        FileKind::Dir => libc::DT_DIR,
+        FileKind::File => libc::DT_REG,
+        FileKind::Symlink => libc::DT_LNK,
+    })
+}
+
+/// Answers `req` (about node `nodeid`) from `tree` through `r`. `INIT` and `DESTROY` are the transport's; here
+/// they get an empty reply.
+fn dispatch<T: ReadOnlyTree, R: Responder>(tree: &T, nodeid: u64, req: Request<'_>, r: R) {
+    match req {
+        Request::Lookup { name } => match tree.lookup(nodeid, name) {
+            Ok(a) => {
+                let e = abi::EntryOut {
+                    nodeid: a.ino,
+                    generation: 0,
+                    entry_valid: TTL.as_secs(),
+                    attr_valid: TTL.as_secs(),
+                    entry_valid_nsec: 0,
+                    attr_valid_nsec: 0,
+                    attr: attr(&a),
+                };
+                ok(r, &[e.as_bytes()]);
+            }
+            Err(e) => fail(r, e),
+        },
+        Request::Getattr => match tree.getattr(nodeid) {
+            Ok(a) => {
+                let out = abi::AttrOut {
+                    attr_valid: TTL.as_secs(),
+                    attr_valid_nsec: 0,
+                    dummy: 0,
+                    attr: attr(&a),
+                };
+                ok(r, &[out.as_bytes()]);
+            }
+            Err(e) => fail(r, e),
+        },
+        Request::Readlink => match tree.readlink(nodeid) {
+            Ok(t) => ok(r, &[t]),
+            Err(e) => fail(r, e),
+        },
+        Request::Open { flags } => {
+            if flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
+                fail(r, tree::Errno(libc::EROFS));
+                return;
+            }
+            // The image never changes under a mount: the page cache may outlive an open.
+            match tree.open_file(nodeid) {
+                Ok(fh) => {
+                    let out = abi::OpenOut {
+                        fh,
+                        open_flags: abi::FOPEN_KEEP_CACHE,
+                        backing_id: 0,
+                    };
+                    ok(r, &[out.as_bytes()]);
+                }
+                Err(e) => fail(r, e),
+            }
+        }
+        Request::Read { fh, offset, size } => tree.read(nodeid, fh, offset, size.min(MAX_READ), ReadAnswer(r)),
+        Request::Release { fh } => {
+            tree.release(fh);
+            ok(r, &[]);
+        }
+        Request::Flush | Request::Releasedir | Request::Init(_) | Request::Destroy => ok(r, &[]),
+        Request::Opendir => match tree.open_dir(nodeid) {
+            Ok(()) => {
+                let out = abi::OpenOut {
+                    fh: 0,
+                    open_flags: abi::FOPEN_KEEP_CACHE | abi::FOPEN_CACHE_DIR,
+                    backing_id: 0,
+                };
+                ok(r, &[out.as_bytes()]);
+            }
+            Err(e) => fail(r, e),
+        },
+        Request::Readdir { offset, size } => {
+            let limit = size as usize;
+            let mut buf = Vec::with_capacity(limit.min(64 << 10));
+            let listed = tree.readdir(nodeid, offset, &mut |e| {
+                !proto::push_dirent(&mut buf, limit, e.ino, e.next_offset, dirent_type(e.kind), e.name)
+            });
+            match listed {
+                Ok(()) => ok(r, &[&buf]),
+                Err(e) => fail(r, e),
+            }
+        }
+        Request::Statfs => {
+            let s = tree.statfs();
+            let bsize = 4096u32;
+            let out = abi::StatfsOut {
+                blocks: s.bytes.div_ceil(u64::from(bsize)),
+                files: s.files,
+                bsize,
+                namelen: crate::format::MAX_NAME_LEN as u32,
+                frsize: bsize,
+                ..Default::default()
+            };
+            ok(r, &[out.as_bytes()]);
+        }
+        Request::Getxattr { .. } => fail(r, tree::Errno(libc::ENODATA)),
+        Request::Listxattr { size } => {
+            if size == 0 {
+                ok(r, &[abi::GetxattrOut::default().as_bytes()]);
+            } else {
+                ok(r, &[]);
+            }
+        }
+        // No ioctls: ENOTTY, as a regular file on a disk filesystem answers (Python's `open` asks TCGETS).
+        Request::Ioctl => fail(r, tree::Errno(libc::ENOTTY)),
+        // Permission bits are enforced by the kernel (`default_permissions`); this only checks existence.
+        Request::Access => match tree.getattr(nodeid) {
+            Ok(_) => ok(r, &[]),
+            Err(e) => fail(r, e),
+        },
+        Request::Forget | Request::Interrupt => r.silent(),
+        Request::Unsupported(_) => fail(r, tree::Errno(libc::ENOSYS)),
+    }
+}
+
+/// [`dispatch`] under `catch_unwind`: a panic while serving one request is counted and logged, and the request is
+/// answered `EIO` (the responder, dropped while unwinding, sends it); the serving thread goes on.
+pub(crate) fn dispatch_guarded<T: ReadOnlyTree, R: Responder>(tree: &T, nodeid: u64, req: Request<'_>, r: R) {
+    let op = request_name(&req);
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(tree, nodeid, req, r))) {
+        super::note_panic(op, panic.as_ref());
+    }
+}
+
+fn request_name(req: &Request<'_>) -> &'static str {
+    match req {
+        Request::Init(_) => "init",
+        Request::Lookup { .. } => "lookup",
+        Request::Forget => "forget",
+        Request::Getattr => "getattr",
+        Request::Readlink => "readlink",
+        Request::Open { .. } => "open",
+        Request::Read { .. } => "read",
+        Request::Release { .. } => "release",
+        Request::Flush => "flush",
+        Request::Opendir => "opendir",
+        Request::Readdir { .. } => "readdir",
+        Request::Releasedir => "releasedir",
+        Request::Statfs => "statfs",
+        Request::Getxattr { .. } => "getxattr",
+        Request::Listxattr { .. } => "listxattr",
+        Request::Ioctl => "ioctl",
+        Request::Access => "access",
+        Request::Interrupt => "interrupt",
+        Request::Destroy => "destroy",
+        Request::Unsupported(_) => "unsupported",
+    }
+}
