@@ -494,12 +494,28 @@ impl<B: BlobSource> EncFs<B> {
         self.read_into_split(ino, offset, size, out, false).await
     }
 
-    async fn read_into_split(
+    /// As [`Self::read_into`], into `out` (at least `size` bytes: a transport's own reply buffer, so the plaintext
+    /// is written where the reply goes, without a copy). Returns the number of bytes read; on an error `out` holds
+    /// no plaintext.
+    pub(crate) async fn read_into_slice(
         &self,
         ino: u64,
         offset: u64,
         size: u32,
-        out: &mut Vec<u8>,
+        out: &mut [u8],
+    ) -> Result<usize, FsError> {
+        let size = size.min(u32::try_from(out.len()).unwrap_or(u32::MAX));
+        let mut out = SliceOut { buf: out, len: 0 };
+        self.read_into_split(ino, offset, size, &mut out, true).await?;
+        Ok(out.len)
+    }
+
+    async fn read_into_split<O: OutBuf>(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        out: &mut O,
         split: bool,
     ) -> Result<(), FsError> {
         let mut dropped = false;
@@ -514,23 +530,23 @@ impl<B: BlobSource> EncFs<B> {
 
     /// One attempt of [`Self::read_into`]; sets `dropped` if a range failed authentication and the source
     /// dropped a cached copy of it ([`BlobSource::on_auth_failure`]).
-    async fn read_into_once(
+    async fn read_into_once<O: OutBuf>(
         &self,
         ino: u64,
         offset: u64,
         size: u32,
-        out: &mut Vec<u8>,
+        out: &mut O,
         split: bool,
         dropped: &mut bool,
     ) -> Result<(), FsError> {
-        let i = self.entry_of(ino).inspect_err(|_| out.clear())?;
+        let i = self.entry_of(ino).inspect_err(|_| out.discard())?;
         let Some(fl) = self.image.layout.file(i).copied() else {
-            out.clear();
+            out.discard();
             return Err(FsError::NotFile);
         };
         let end = offset.saturating_add(u64::from(size)).min(fl.size);
         if offset >= end {
-            out.clear();
+            out.discard();
             return Ok(());
         }
         let cs = self.image.header.chunk_size;
@@ -543,11 +559,11 @@ impl<B: BlobSource> EncFs<B> {
             .read_range(&self.key, sealed_range.clone(), self.etag.as_ref())
             .await
             .map_err(|e| {
-                out.clear();
+                out.discard();
                 FsError::Source(Box::new(e))
             })?;
         if sealed.len() as u64 != sealed_range.end - sealed_range.start {
-            out.clear();
+            out.discard();
             return Err(FsError::Source(
                 format!(
                     "source returned {} bytes for a {}-byte range",
@@ -557,13 +573,12 @@ impl<B: BlobSource> EncFs<B> {
                 .into(),
             ));
         }
-        // INVARIANT: end - offset <= size, a u32. Only growth is zero-filled; the rest is overwritten below.
-        out.resize((end - offset) as usize, 0);
-        let r = self.decrypt_into(&fl, chunks, offset, sealed_range.start, &sealed, out, split);
+        // INVARIANT: end - offset <= size, a u32.
+        let dest = out.sized((end - offset) as usize);
+        let r = self.decrypt_into(&fl, chunks, offset, sealed_range.start, &sealed, dest, split);
         if r.is_err() {
             // Chunks that did open left plaintext in `out`; a failed read returns none of it.
-            out.fill(0);
-            out.clear();
+            out.discard();
             if matches!(r, Err(FsError::ChunkAuth { .. })) {
                 *dropped = self.source.on_auth_failure(&self.key, sealed_range);
             }
@@ -634,6 +649,45 @@ impl<B: BlobSource> EncFs<B> {
 }
 
 /// Counts a read as being decrypted while alive.
+/// Where a read's plaintext goes: a growable buffer of the daemon's, or a transport's reply buffer.
+trait OutBuf {
+    /// The first `len` bytes to fill (a `Vec` grows; a slice holds at least `len`).
+    fn sized(&mut self, len: usize) -> &mut [u8];
+    /// Drops whatever was written: a failed read leaves no plaintext behind.
+    fn discard(&mut self);
+}
+
+impl OutBuf for Vec<u8> {
+    fn sized(&mut self, len: usize) -> &mut [u8] {
+        // Only growth is zero-filled; the rest is overwritten by the caller.
+        self.resize(len, 0);
+        self
+    }
+
+    fn discard(&mut self) {
+        self.fill(0);
+        self.clear();
+    }
+}
+
+/// A reply buffer and how much of it holds the read.
+struct SliceOut<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl OutBuf for SliceOut<'_> {
+    fn sized(&mut self, len: usize) -> &mut [u8] {
+        self.len = len.min(self.buf.len());
+        &mut self.buf[..self.len]
+    }
+
+    fn discard(&mut self) {
+        self.buf[..self.len].fill(0);
+        self.len = 0;
+    }
+}
+
 struct Busy<'a> {
     count: &'a std::sync::atomic::AtomicUsize,
     /// Reads that were being decrypted when this one started.

@@ -601,12 +601,13 @@ pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig
     // As the mount table will list it (read before mounting: resolving the mount point afterwards would ask the
     // new filesystem).
     let canonical = mountpoint.canonicalize()?;
+    let shape = own::Shape::for_threads(cfg.threads.clamp(1, MAX_THREADS));
     let available = own::uring_available().and_then(|()| {
-        let need = own::fds_needed();
+        let need = shape.fds();
         match fd_room(need) {
             (room, _) if room >= need => Ok(()),
             (_, nofile) => Err(format!(
-                "the open-file limit ({nofile}) leaves no room for its {need} descriptors (two per CPU queue)"
+                "the open-file limit ({nofile}) leaves no room for its {need} descriptors (two per ring)"
             )),
         }
     });
@@ -625,8 +626,8 @@ pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig
         }
     };
     let (session, threads) = if use_own {
-        let s = own::mount(tree, mountpoint, cfg, cfg.transport)?;
-        (Session::Own(s), own::QUEUE_DEPTH)
+        let s = own::mount(tree, mountpoint, cfg, cfg.transport, shape)?;
+        (Session::Own(s), shape.queues * shape.threads_per_queue)
     } else {
         spawn_fuser(tree, mountpoint, cfg)?
     };
@@ -651,7 +652,14 @@ pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig
     let transport = session.transport();
     MOUNTS[usize::from(transport != Transport::Uring)].fetch_add(1, Ordering::Relaxed);
     if transport == Transport::Uring {
-        info!(mountpoint = %mountpoint.display(), transport = %transport, queue_depth = threads, "mounted");
+        info!(
+            mountpoint = %mountpoint.display(),
+            transport = %transport,
+            queues = shape.queues,
+            threads,
+            queue_depth = shape.depth,
+            "mounted"
+        );
     } else {
         info!(mountpoint = %mountpoint.display(), transport = %transport, threads, "mounted");
     }

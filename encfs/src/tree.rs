@@ -76,6 +76,19 @@ pub trait ReadReply: Send + 'static {
     fn data(self, data: &[u8]);
     /// The read failed.
     fn error(self, errno: Errno);
+    /// The transport's own reply buffer (at least the size asked), when it has one (io_uring: the ring entry's
+    /// payload): a tree may write the bytes there and answer with [`Self::filled`], saving a copy.
+    fn buffer(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+    /// Answers with the first `len` bytes written into [`Self::buffer`].
+    fn filled(self, len: usize)
+    where
+        Self: Sized,
+    {
+        let _ = len;
+        self.error(Errno(libc::EIO));
+    }
 }
 
 /// A read-only tree of directories, files and symlinks, addressed by inode number (the root is 1).

@@ -110,7 +110,7 @@ fn numbered_threads(pid: i32, prefix: &str, want: usize) -> usize {
 }
 
 /// Checks that the daemon `pid` serves with what its transport promises: on the classic transport `threads`
-/// request threads, over io_uring one queue per possible CPU (and no fuser thread at all). The daemon's log
+/// request threads, over io_uring `threads` or more spread over one queue per possible CPU (and no fuser thread). The daemon's log
 /// names the transport it picked, which must be the one this run expects.
 fn assert_serving_threads(pid: i32, log: &str, threads: usize) {
     let transport = common::expected_transport();
@@ -119,8 +119,15 @@ fn assert_serving_threads(pid: i32, log: &str, threads: usize) {
         "expected {transport}: {log}"
     );
     if transport == "uring" {
+        // As many serving threads in all as classic request threads asked for, or more: spread evenly over one
+        // queue per CPU.
         let cpus = common::possible_cpus();
-        assert_eq!(numbered_threads(pid, "encfs-uring-", cpus), cpus, "io_uring queues");
+        let want = cpus * threads.div_ceil(cpus);
+        assert_eq!(
+            numbered_threads(pid, "encfs-uring-", want),
+            want,
+            "io_uring queue threads"
+        );
         assert_eq!(numbered_threads(pid, "fuser-", 0), 0, "fuser threads over io_uring");
     } else {
         assert_eq!(numbered_threads(pid, "fuser-", threads), threads, "request threads");

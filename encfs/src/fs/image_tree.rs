@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, error, warn};
 
-use super::readahead::{ReadAhead, ReadAheadConfig};
+use super::readahead::{Direct, ReadAhead, ReadAheadConfig};
 use super::{Attr, DirEntry, EncFs, FsError, StatFs};
 use crate::errchain::ErrorChain;
 use crate::source::BlobSource;
@@ -121,7 +121,19 @@ impl<B: BlobSource> ReadOnlyTree for ImageTree<B> {
         self.fs.statfs()
     }
 
-    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, reply: impl ReadReply) {
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, mut reply: impl ReadReply) {
+        if let Some(dst) = reply.buffer() {
+            // Decrypt straight into the transport's reply buffer.
+            match self.reads.read_direct(fh, ino, offset, size, dst) {
+                Ok(Direct::Filled(n)) => reply.filled(n),
+                Ok(Direct::Prefetched(buf)) => {
+                    reply.data(&buf);
+                    self.reads.recycle(fh, buf);
+                }
+                Err(e) => reply.error(self.fail("read", ino, &e)),
+            }
+            return;
+        }
         READ_BUF.with_borrow_mut(|buf| {
             self.reads.read(fh, ino, offset, size, buf, |r| match r {
                 Ok(data) => reply.data(data),

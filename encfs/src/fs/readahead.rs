@@ -27,6 +27,14 @@ use crate::source::BlobSource;
 /// (two READs of the largest size, which is what the kernel keeps in flight).
 const OUT_OF_ORDER: u64 = 2 * MAX_READ as u64;
 
+/// How [`ReadAhead::read_direct`] served a read.
+pub(crate) enum Direct {
+    /// This many bytes were written into the reply buffer.
+    Filled(usize),
+    /// A buffer prefetched for this read holds its bytes.
+    Prefetched(Vec<u8>),
+}
+
 /// Read-ahead settings; plain data. [`Default`] is [`Self::OFF`]; the daemon uses [`Self::LOCAL`] for local
 /// image files.
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +147,28 @@ impl<B: BlobSource> ReadAhead<B> {
         }
     }
 
+    /// As [`Self::read`], into the transport's reply buffer `dst`: a buffer prefetched for exactly this read is
+    /// handed back instead ([`Direct::Prefetched`]: reply with it, then give it back with [`Self::recycle`]).
+    /// Blocks the calling thread until the data is there.
+    pub(crate) fn read_direct(
+        &self,
+        fh: u64,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        dst: &mut [u8],
+    ) -> Result<Direct, FsError> {
+        if let Some(rx) = self.plan(fh, ino, offset, size)
+            && let Ok(Ok(mut buf)) = self.rt.block_on(rx)
+        {
+            buf.truncate(size as usize);
+            return Ok(Direct::Prefetched(buf));
+        }
+        self.rt
+            .block_on(self.fs.read_into_slice(ino, offset, size, dst))
+            .map(Direct::Filled)
+    }
+
     /// Forgets handle `fh` (on release); a prefetch still running finishes and is dropped.
     pub(crate) fn release(&self, fh: u64) {
         self.lock().by_fh.remove(&fh);
@@ -198,7 +228,7 @@ impl<B: BlobSource> ReadAhead<B> {
     }
 
     /// Keeps `buf` as `fh`'s buffer for its next prefetch.
-    fn recycle(&self, fh: u64, buf: Vec<u8>) {
+    pub(crate) fn recycle(&self, fh: u64, buf: Vec<u8>) {
         if let Some(s) = self.lock().by_fh.get_mut(&fh)
             && s.spare.capacity() < buf.capacity()
         {

@@ -5,13 +5,21 @@
 //!
 //! Shape (after the kernel's `Documentation/filesystems/fuse-io-uring.rst` and libfuse 3.18): one thread reads
 //! `/dev/fuse`, which carries INIT, FORGET and INTERRUPT always, and every request until the rings are ready;
-//! once INIT has agreed on io_uring, one queue thread per possible CPU (the kernel queues a request on the queue
-//! of the CPU that issued it, and needs every queue registered before it uses any) owns a ring with
-//! [`QUEUE_DEPTH`] entries. An entry is a header buffer and a payload buffer of `max_pages` pages: the kernel
+//! once INIT has agreed on io_uring, each queue (one per possible CPU: the kernel queues a request on the queue of
+//! the CPU that issued it, and needs every queue registered before it uses any) is served by one or more threads,
+//! each owning a ring ([`Shape`]: at least `--threads` threads in all, [`QUEUE_DEPTH`] entries per queue). A thread
+//! serves one request at a time, as a classic request thread does, so a request that blocks (decrypting, or
+//! waiting on the network) leaves its thread's entries taken and the kernel hands the next one to another thread's
+//! ring. An entry is a header buffer and a payload buffer of `max_pages` pages: the kernel
 //! writes a request into it and completes the entry's command; the queue thread answers in the same buffers and
 //! sends COMMIT_AND_FETCH, which hands the reply over and waits for the next request, no system call per request
-//! beyond the ring's. A read answered later on another thread (decrypt-ahead) fills its entry there and wakes the
-//! queue thread through an eventfd read held in its ring.
+//! beyond the ring's. A READ is decrypted straight into the entry's payload ([`crate::tree::ReadReply::buffer`]),
+//! so the plaintext is copied once, by the kernel, as on the classic transport. A read answered later on another
+//! thread fills its entry there and wakes the queue thread through an eventfd read held in its ring.
+//!
+//! Unstable knobs, for measurements: `CINFER_UNSTABLE_URING_DEPTH` (entries per ring),
+//! `CINFER_UNSTABLE_URING_THREADS_PER_QUEUE` (threads, each with its own ring, registered on the same queue),
+//! `CINFER_UNSTABLE_URING_PIN=1` (pin each queue thread to its CPU, as libfuse does).
 
 #![allow(unsafe_code)]
 
@@ -80,15 +88,44 @@ fn possible_cpus() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
-/// File descriptors a mount over io_uring opens: `/dev/fuse`, and a ring and an eventfd per queue.
-pub(crate) fn fds_needed() -> usize {
-    1 + 2 * possible_cpus()
+/// How a mount's rings are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// Queues: one per possible CPU.
+    pub(crate) queues: usize,
+    /// Serving threads per queue, each with its own ring (a thread serves one request at a time, as a classic
+    /// request thread does; a blocked one leaves its entries taken, so the kernel hands the next request to
+    /// another's).
+    pub(crate) threads_per_queue: usize,
+    /// Entries per ring.
+    pub(crate) depth: usize,
+}
+
+impl Shape {
+    /// At least `threads` serving threads in all (the classic transport's request threads: what may block at
+    /// once, e.g. on the network), spread over the queues; 8 entries per queue in all, at least 2 per ring.
+    /// `CINFER_UNSTABLE_URING_THREADS_PER_QUEUE` and `CINFER_UNSTABLE_URING_DEPTH` override.
+    pub(crate) fn for_threads(threads: usize) -> Self {
+        let queues = possible_cpus();
+        let threads_per_queue =
+            env_usize("CINFER_UNSTABLE_URING_THREADS_PER_QUEUE", threads.div_ceil(queues)).clamp(1, 16);
+        let depth = env_usize("CINFER_UNSTABLE_URING_DEPTH", (QUEUE_DEPTH / threads_per_queue).max(2)).clamp(1, 64);
+        Self {
+            queues,
+            threads_per_queue,
+            depth,
+        }
+    }
+
+    /// File descriptors the mount opens: `/dev/fuse`, and a ring and an eventfd per serving thread.
+    pub(crate) fn fds(&self) -> usize {
+        1 + 2 * self.queues * self.threads_per_queue
+    }
 }
 
 /// A mount served by this module.
 #[derive(Debug)]
 pub(crate) struct OwnSession {
-    dev: Arc<OwnedFd>,
     mountpoint: std::path::PathBuf,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     dev_done: Arc<AtomicBool>,
@@ -103,6 +140,12 @@ struct Shared<T> {
     want_uring: bool,
     uring: Arc<AtomicBool>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    shape: Shape,
+}
+
+/// An unstable tuning knob from the environment (`CINFER_UNSTABLE_URING_*`, for measurements), else `default`.
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Mounts `tree` read-only at `mountpoint` and serves it; `transport` is [`Transport::Uring`] or
@@ -112,6 +155,7 @@ pub(crate) fn mount<T: ReadOnlyTree>(
     mountpoint: &Path,
     cfg: &MountConfig,
     transport: Transport,
+    shape: Shape,
 ) -> io::Result<OwnSession> {
     let path = CString::new("/dev/fuse").map_err(io::Error::other)?;
     // SAFETY: a valid NUL-terminated path; the returned fd is owned below.
@@ -154,22 +198,31 @@ pub(crate) fn mount<T: ReadOnlyTree>(
     let dev_done = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
         tree,
-        dev: dev.clone(),
+        dev,
         cfg: cfg.clone(),
         want_uring: transport != Transport::Classic,
         uring: uring.clone(),
         threads: threads.clone(),
+        shape,
     });
     let done = dev_done.clone();
-    let handle = std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("encfs-fuse-dev".into())
         .spawn(move || {
             dev_loop(&shared);
             done.store(true, Ordering::Release);
-        })?;
+        });
+    let handle = match spawned {
+        Ok(h) => h,
+        Err(e) => {
+            // Nobody would serve the new mount: take it away again.
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            return Err(e);
+        }
+    };
     threads.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
     Ok(OwnSession {
-        dev,
         mountpoint: mountpoint.to_path_buf(),
         threads,
         dev_done,
@@ -218,12 +271,6 @@ impl OwnSession {
         for t in threads {
             let _ = t.join();
         }
-    }
-
-    /// The `/dev/fuse` descriptor (for aborting through `/sys/fs/fuse/connections`, tests).
-    #[allow(dead_code)]
-    pub(crate) fn dev_fd(&self) -> RawFd {
-        self.dev.as_raw_fd()
     }
 }
 
@@ -377,14 +424,15 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
     }
     shared.uring.store(true, Ordering::Release);
     let payload = usize::from(MAX_PAGES) * 4096;
-    let queues = possible_cpus();
     let mut threads = shared.threads.lock().unwrap_or_else(|p| p.into_inner());
-    for qid in 0..queues {
+    let shape = shared.shape;
+    for n in 0..shape.queues * shape.threads_per_queue {
+        let qid = n / shape.threads_per_queue;
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("encfs-uring-{qid}"))
+            .name(format!("encfs-uring-{n}"))
             .spawn(move || {
-                if let Err(e) = queue_loop(&s, qid, payload) {
+                if let Err(e) = queue_loop(&s, qid, payload, shape.depth) {
                     warn!(queue = qid, "FUSE io_uring queue ended: {e}");
                 }
             });
@@ -393,7 +441,7 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
             Err(e) => warn!(queue = qid, "cannot start a FUSE io_uring queue thread: {e}"),
         }
     }
-    debug!(queues, depth = QUEUE_DEPTH, "FUSE io_uring queues started");
+    debug!(?shape, "FUSE io_uring queues started");
 }
 
 /// One ring entry's buffers, at fixed addresses the kernel reads and writes while the entry is registered.
@@ -471,7 +519,14 @@ struct RingResponder {
     idx: usize,
     unique: u64,
     done: bool,
+    /// The entry's payload buffer (for [`Responder::buffer`]).
+    payload: *mut u8,
+    payload_len: usize,
 }
+
+// SAFETY: the payload pointer is the entry's, which this request owns until its reply is committed; the
+// responder is used by one thread at a time.
+unsafe impl Send for RingResponder {}
 
 impl RingResponder {
     fn answer(&mut self, error: i32, args: &[&[u8]]) {
@@ -493,10 +548,31 @@ impl RingResponder {
                     len += a.len();
                 }
             }
-            let out = proto::out_header(self.unique, error, len);
-            header.in_out[..size_of::<abi::OutHeader>()].copy_from_slice(out.as_bytes());
-            header.ring_ent_in_out.payload_sz = len as u32;
+            Self::set_header(header, self.unique, error, len);
         }
+        self.commit_later();
+    }
+
+    /// Answers with the first `len` bytes already in the payload.
+    fn answer_in_place(&mut self, len: usize) {
+        self.done = true;
+        {
+            let mut e = self.queue.entries[self.idx].lock().unwrap_or_else(|p| p.into_inner());
+            let (header, payload) = e.bufs();
+            let len = len.min(payload.len());
+            Self::set_header(header, self.unique, 0, len);
+        }
+        self.commit_later();
+    }
+
+    fn set_header(header: &mut abi::UringReqHeader, unique: u64, error: i32, len: usize) {
+        let out = proto::out_header(unique, error, len);
+        header.in_out[..size_of::<abi::OutHeader>()].copy_from_slice(out.as_bytes());
+        header.ring_ent_in_out.payload_sz = len as u32;
+    }
+
+    /// Queues the entry's COMMIT_AND_FETCH on its queue thread (woken through the eventfd from elsewhere).
+    fn commit_later(&mut self) {
         self.queue
             .answered
             .lock()
@@ -513,6 +589,16 @@ impl RingResponder {
 impl Responder for RingResponder {
     fn send(mut self, error: i32, args: &[&[u8]]) {
         self.answer(error, args);
+    }
+
+    fn buffer(&mut self) -> Option<&mut [u8]> {
+        // SAFETY: the entry's payload allocation lives as long as its queue (held by `self.queue`), the kernel
+        // does not touch it until this reply is committed, and `&mut self` makes this the only reference.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.payload, self.payload_len) })
+    }
+
+    fn send_filled(mut self, len: usize) {
+        self.answer_in_place(len);
     }
 
     fn silent(mut self) {
@@ -571,19 +657,24 @@ fn pin_to(cpu: usize) {
 }
 
 /// Serves queue `qid` until the connection ends.
-fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usize) -> io::Result<()> {
-    pin_to(qid);
+fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usize, depth: usize) -> io::Result<()> {
+    // Not pinned by default (libfuse pins): a lone sequential reader's requests all land on the queue of its
+    // CPU, and a queue thread pinned there shares that core with the reader (measured on 2 cores: 1.5 GB/s
+    // pinned, 2.1 GB/s not; see issue 23's note).
+    if env_usize("CINFER_UNSTABLE_URING_PIN", 0) == 1 {
+        pin_to(qid);
+    }
     let dev = shared.dev.as_raw_fd();
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
         .setup_single_issuer()
-        .build((QUEUE_DEPTH as u32 + 1).next_power_of_two())?;
+        .build((depth as u32 + 1).next_power_of_two())?;
     // SAFETY: eventfd has no memory preconditions; the fd is owned below.
     let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if efd < 0 {
         return Err(io::Error::last_os_error());
     }
     let queue = Arc::new(Queue {
-        entries: (0..QUEUE_DEPTH).map(|_| Mutex::new(Entry::new(payload))).collect(),
+        entries: (0..depth).map(|_| Mutex::new(Entry::new(payload))).collect(),
         answered: Mutex::new(Vec::new()),
         // SAFETY: just created, owned by nothing else.
         wake: unsafe { OwnedFd::from_raw_fd(efd) },
@@ -610,9 +701,9 @@ fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usi
         // SAFETY: `wake_buf` lives until the loop ends.
         unsafe { sq.push(&wake_read(&mut wake_buf)) }.map_err(|_| io::Error::other("ring full"))?;
     }
-    let mut live = QUEUE_DEPTH;
+    let mut live = depth;
     let mut scratch = Vec::with_capacity(4096);
-    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(QUEUE_DEPTH + 1);
+    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(depth + 1);
     let served = AtomicU64::new(0);
     while live > 0 {
         match ring.submit_and_wait(1) {
@@ -693,11 +784,17 @@ fn handle_entry<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, queue: &Arc<Queue>, id
     let unique = abi::InHeader::read_from_prefix(&in_out[..])
         .map(|(h, _)| h.unique)
         .unwrap_or(0);
+    let (payload, payload_len) = {
+        let e = queue.entries[idx].lock().unwrap_or_else(|p| p.into_inner());
+        (e.payload, e.payload_len)
+    };
     let r = RingResponder {
         queue: queue.clone(),
         idx,
         unique,
         done: false,
+        payload,
+        payload_len,
     };
     match proto::parse_uring(&in_out, &op_in, scratch, payload_sz) {
         Ok((h, req)) => serve::dispatch_guarded(&shared.tree, h.nodeid, req, r),

@@ -21,6 +21,18 @@ pub(crate) trait Responder: Send + 'static {
     fn send(self, error: i32, args: &[&[u8]]);
     /// Ends a request that takes no reply (`FORGET`, `INTERRUPT`).
     fn silent(self);
+    /// The transport's reply buffer for data, if it has one (see [`ReadReply::buffer`]).
+    fn buffer(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+    /// Sends the first `len` bytes of [`Self::buffer`] as the reply.
+    fn send_filled(self, len: usize)
+    where
+        Self: Sized,
+    {
+        let _ = len;
+        self.send(-libc::EIO, &[]);
+    }
 }
 
 fn ok<R: Responder>(r: R, args: &[&[u8]]) {
@@ -40,6 +52,14 @@ impl<R: Responder> ReadReply for ReadAnswer<R> {
 
     fn error(self, errno: tree::Errno) {
         fail(self.0, errno);
+    }
+
+    fn buffer(&mut self) -> Option<&mut [u8]> {
+        self.0.buffer()
+    }
+
+    fn filled(self, len: usize) {
+        self.0.send_filled(len);
     }
 }
 
