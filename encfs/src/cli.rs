@@ -84,18 +84,8 @@ pub(crate) struct MountArgs {
     /// Asynchronous requests the kernel may keep in flight.
     #[arg(long, default_value_t = 64, help_heading = "Tuning")]
     pub(crate) max_background: u16,
-    /// How FUSE requests travel: `uring` (FUSE over io_uring, Linux 6.14+ with the `fuse.enable_uring` module
-    /// parameter on, root: one queue per CPU, no system call per request), `classic` (`/dev/fuse` read/write,
-    /// --threads request threads) or `auto` (io_uring when available, else classic). The log line "mounted"
-    /// names the one used.
-    #[arg(
-        long,
-        default_value = "auto",
-        env = "CINFER_ENCFS_TRANSPORT",
-        value_name = "auto|uring|classic",
-        help_heading = "Tuning"
-    )]
-    pub(crate) transport: encfs::fuse::Transport,
+    #[command(flatten)]
+    pub(crate) transport: TransportArg,
     /// How the image file is read: `pread` (safe if the file is truncated under the mount) or `mmap`
     /// (zero-copy; the daemon dies with SIGBUS if the file is truncated while mounted).
     #[arg(long, value_enum, default_value_t = Io::Pread, help_heading = "Tuning")]
@@ -327,11 +317,28 @@ impl MountArgs {
                 .max(1),
             max_background: self.max_background.max(1),
             allow_other: self.allow_other,
-            transport: self.transport,
+            transport: self.transport.transport,
             fs_name: format!("cinfer-encfs:{}", self.image_shown()).replace([',', ' ', '\t', '\n'], "_"),
             ..MountConfig::default()
         }
     }
+}
+
+/// The FUSE transport option of `mount` and `sidecar`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TransportArg {
+    /// How FUSE requests travel: `uring` (FUSE over io_uring, Linux 6.14+ with the `fuse.enable_uring` module
+    /// parameter on, root: one queue per CPU, no system call per request), `classic` (`/dev/fuse` read/write,
+    /// --threads request threads) or `auto` (io_uring when available, else classic). The log line "mounted"
+    /// names the one used.
+    #[arg(
+        long,
+        default_value = "auto",
+        env = "CINFER_ENCFS_TRANSPORT",
+        value_name = "auto|uring|classic",
+        help_heading = "Tuning"
+    )]
+    pub(crate) transport: encfs::fuse::Transport,
 }
 
 /// Parses a directory argument into an absolute path (the background daemon leaves its working directory).

@@ -88,16 +88,8 @@ pub(crate) struct FuseArgs {
     #[arg(long, default_value_t = encfs::fuse::REMOTE_THREADS as u16,
           value_parser = clap::value_parser!(u16).range(1..=encfs::fuse::MAX_THREADS as i64), help_heading = "Tuning")]
     pub(crate) threads: u16,
-    /// How FUSE requests travel: `uring`, `classic` or `auto` (io_uring when the kernel offers it), as for
-    /// `mount --transport`.
-    #[arg(
-        long,
-        default_value = "auto",
-        env = "CINFER_ENCFS_TRANSPORT",
-        value_name = "auto|uring|classic",
-        help_heading = "Tuning"
-    )]
-    pub(crate) transport: encfs::fuse::Transport,
+    #[command(flatten)]
+    pub(crate) transport: crate::cli::TransportArg,
 }
 
 /// Evidence source.
@@ -232,7 +224,7 @@ pub(crate) fn run_sidecar(args: &SidecarArgs, fuse: Option<&FuseArgs>) -> anyhow
             Some(fuse) => Delivery::Mount(encfs::fuse::MountConfig {
                 threads: usize::from(fuse.threads),
                 allow_other: fuse.allow_other,
-                transport: fuse.transport,
+                transport: fuse.transport.transport,
                 ..encfs::fuse::MountConfig::default()
             }),
             None => Delivery::Extract,
