@@ -78,14 +78,17 @@ pub(crate) fn uring_available() -> Result<(), String> {
 fn possible_cpus() -> usize {
     std::fs::read_to_string("/sys/devices/system/cpu/possible")
         .ok()
-        .and_then(|s| {
-            s.trim()
-                .split(',')
-                .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
-                .max()
-        })
-        .map(|m| m + 1)
+        .and_then(|s| cpu_count(&s))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// The number of CPUs a kernel CPU list covers, counted as the kernel numbers queues: highest + 1.
+fn cpu_count(list: &str) -> Option<usize> {
+    list.trim()
+        .split(',')
+        .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .map(|m| m + 1)
 }
 
 /// How a mount's rings are laid out.
@@ -106,14 +109,25 @@ impl Shape {
     /// once, e.g. on the network), spread over the queues; 8 entries per queue in all, at least 2 per ring.
     /// `CINFER_UNSTABLE_URING_THREADS_PER_QUEUE` and `CINFER_UNSTABLE_URING_DEPTH` override.
     pub(crate) fn for_threads(threads: usize) -> Self {
-        let queues = possible_cpus();
+        let shape = Self::of(possible_cpus(), threads);
         let threads_per_queue =
-            env_usize("CINFER_UNSTABLE_URING_THREADS_PER_QUEUE", threads.div_ceil(queues)).clamp(1, 16);
-        let depth = env_usize("CINFER_UNSTABLE_URING_DEPTH", (QUEUE_DEPTH / threads_per_queue).max(2)).clamp(1, 64);
+            env_usize("CINFER_UNSTABLE_URING_THREADS_PER_QUEUE", shape.threads_per_queue).clamp(1, 16);
+        let depth = env_usize("CINFER_UNSTABLE_URING_DEPTH", shape.depth).clamp(1, 64);
+        Self {
+            threads_per_queue,
+            depth,
+            ..shape
+        }
+    }
+
+    /// The layout for `queues` queues and `threads` serving threads wanted.
+    fn of(queues: usize, threads: usize) -> Self {
+        let queues = queues.max(1);
+        let threads_per_queue = threads.div_ceil(queues).clamp(1, 16);
         Self {
             queues,
             threads_per_queue,
-            depth,
+            depth: (QUEUE_DEPTH / threads_per_queue).max(2),
         }
     }
 
@@ -802,5 +816,59 @@ fn handle_entry<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, queue: &Arc<Queue>, id
             warn!("malformed FUSE request on the ring: {err}");
             drop(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_count_to_the_highest_cpu() {
+        assert_eq!(cpu_count("0-15\n"), Some(16));
+        assert_eq!(cpu_count("0"), Some(1));
+        assert_eq!(cpu_count("0,2-3"), Some(4));
+        assert_eq!(cpu_count(""), None);
+    }
+
+    /// At least the classic transport's request threads in all, 8 entries per queue in all, at least 2 per ring.
+    #[test]
+    fn shapes_serve_at_least_the_asked_threads_within_eight_entries_a_queue() {
+        let s = Shape::of(2, 2);
+        assert_eq!((s.queues, s.threads_per_queue, s.depth), (2, 1, 8));
+        let s = Shape::of(2, 8);
+        assert_eq!((s.threads_per_queue, s.depth), (4, 2));
+        let s = Shape::of(16, 8);
+        assert_eq!((s.threads_per_queue, s.depth), (1, 8));
+        let s = Shape::of(2, 5);
+        assert_eq!((s.threads_per_queue, s.depth), (3, 2));
+        assert!(s.queues * s.threads_per_queue >= 5);
+        assert_eq!(s.fds(), 1 + 2 * 6);
+        assert_eq!(Shape::of(0, 0).queues, 1);
+    }
+
+    /// The submission entry keeps everything the builder set and gets `len` = 2 at the kernel's offset.
+    #[test]
+    fn the_iov_count_lands_in_the_sqe_len_field_only() {
+        let entry = Entry::new(4096);
+        let built = command(7, abi::URING_CMD_COMMIT_AND_FETCH, 3, 99, &entry, 5);
+        // SAFETY: the kernel's 128-byte SQE, plain bytes.
+        let a: [u8; 128] = unsafe { std::mem::transmute(built) };
+        assert_eq!(u32::from_ne_bytes(a[24..28].try_into().unwrap()), 2, "len");
+        assert_eq!(u32::from(a[0]), u32::from(opcode::UringCmd80::CODE), "opcode");
+        assert_eq!(i32::from_ne_bytes(a[4..8].try_into().unwrap()), 7, "fd");
+        assert_eq!(
+            u32::from_ne_bytes(a[8..12].try_into().unwrap()),
+            abi::URING_CMD_COMMIT_AND_FETCH,
+            "cmd_op"
+        );
+        assert_eq!(
+            u64::from_ne_bytes(a[16..24].try_into().unwrap()),
+            entry.iov.as_ptr() as u64,
+            "addr"
+        );
+        assert_eq!(u64::from_ne_bytes(a[32..40].try_into().unwrap()), 5, "user_data");
+        let req = abi::UringCmdReq::read_from_prefix(&a[48..]).unwrap().0;
+        assert_eq!((req.commit_id, req.qid), (99, 3));
     }
 }

@@ -246,3 +246,191 @@ fn request_name(req: &Request<'_>) -> &'static str {
         Request::Unsupported(_) => "unsupported",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use zerocopy::FromBytes;
+
+    use super::*;
+    use crate::tree::{DirEntry, Errno, StatFs};
+
+    /// One directory (1) holding one file (2) of 10 bytes; reading offset 666 panics.
+    struct Tiny;
+
+    impl ReadOnlyTree for Tiny {
+        fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+            let kind = if ino == 1 { FileKind::Dir } else { FileKind::File };
+            Ok(Attr {
+                ino,
+                kind,
+                size: 10,
+                blocks: 1,
+                perm: 0o444,
+                nlink: 1,
+                uid: 0,
+                gid: 0,
+                mtime: SystemTime::UNIX_EPOCH + Duration::new(5, 7),
+                blksize: 4096,
+            })
+        }
+        fn lookup(&self, _parent: u64, name: &[u8]) -> Result<Attr, Errno> {
+            match name {
+                b"f" => self.getattr(2),
+                _ => Err(Errno(libc::ENOENT)),
+            }
+        }
+        fn readlink(&self, _ino: u64) -> Result<&[u8], Errno> {
+            Err(Errno(libc::EINVAL))
+        }
+        fn open_file(&self, _ino: u64) -> Result<u64, Errno> {
+            Ok(42)
+        }
+        fn open_dir(&self, _ino: u64) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn readdir(&self, _ino: u64, offset: u64, add: &mut dyn FnMut(DirEntry<'_>) -> bool) -> Result<(), Errno> {
+            let names: [&[u8]; 3] = [b".", b"..", b"a-rather-long-file-name"];
+            for (i, name) in names.iter().enumerate().skip(offset as usize) {
+                let e = DirEntry {
+                    ino: 1 + i as u64,
+                    next_offset: i as u64 + 1,
+                    kind: FileKind::File,
+                    name,
+                };
+                if add(e) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        fn statfs(&self) -> StatFs {
+            StatFs { bytes: 10, files: 1 }
+        }
+        fn read(&self, _ino: u64, _fh: u64, offset: u64, size: u32, mut reply: impl ReadReply) {
+            assert_ne!(offset, 666, "a handler bug");
+            let data = b"0123456789";
+            let n = (size as usize).min(10 - offset.min(10) as usize);
+            if let Some(dst) = reply.buffer() {
+                dst[..n].copy_from_slice(&data[offset as usize..offset as usize + n]);
+                reply.filled(n);
+            } else {
+                reply.data(&data[offset as usize..offset as usize + n]);
+            }
+        }
+    }
+
+    /// What a responder was given: (error, bytes); `None` for a silent end.
+    type Got = Arc<Mutex<Vec<Option<(i32, Vec<u8>)>>>>;
+
+    struct Capture {
+        got: Got,
+        done: bool,
+        /// Offer a reply buffer (as the io_uring transport does).
+        buffer: Option<Vec<u8>>,
+    }
+
+    impl Responder for Capture {
+        fn send(mut self, error: i32, args: &[&[u8]]) {
+            self.done = true;
+            self.got.lock().unwrap().push(Some((error, args.concat())));
+        }
+        fn silent(mut self) {
+            self.done = true;
+            self.got.lock().unwrap().push(None);
+        }
+        fn buffer(&mut self) -> Option<&mut [u8]> {
+            self.buffer.as_deref_mut()
+        }
+        fn send_filled(mut self, len: usize) {
+            self.done = true;
+            let data = self.buffer.as_ref().unwrap()[..len].to_vec();
+            self.got.lock().unwrap().push(Some((0, data)));
+        }
+    }
+
+    impl Drop for Capture {
+        fn drop(&mut self) {
+            if !self.done {
+                self.got.lock().unwrap().push(Some((-libc::EIO, Vec::new())));
+            }
+        }
+    }
+
+    fn ask(req: Request<'_>, buffer: Option<Vec<u8>>) -> Option<(i32, Vec<u8>)> {
+        let got = Got::default();
+        let r = Capture {
+            got: got.clone(),
+            done: false,
+            buffer,
+        };
+        dispatch_guarded(&Tiny, 2, req, r);
+        let mut got = got.lock().unwrap();
+        assert_eq!(got.len(), 1, "exactly one answer");
+        got.pop().unwrap()
+    }
+
+    #[test]
+    fn each_request_gets_the_answer_the_kernel_expects() {
+        let (e, out) = ask(Request::Lookup { name: b"f" }, None).unwrap();
+        let entry = abi::EntryOut::read_from_bytes(&out).unwrap();
+        assert_eq!(
+            (e, entry.nodeid, entry.attr.size, entry.attr.mtime, entry.attr.mtimensec),
+            (0, 2, 10, 5, 7)
+        );
+        assert_eq!(entry.attr.mode, libc::S_IFREG | 0o444);
+        assert_eq!(ask(Request::Lookup { name: b"g" }, None).unwrap().0, -libc::ENOENT);
+        // Writes are refused; reads keep the page cache.
+        assert_eq!(
+            ask(
+                Request::Open {
+                    flags: libc::O_RDWR as u32
+                },
+                None
+            )
+            .unwrap()
+            .0,
+            -libc::EROFS
+        );
+        let (e, out) = ask(Request::Open { flags: 0 }, None).unwrap();
+        let open = abi::OpenOut::read_from_bytes(&out).unwrap();
+        assert_eq!((e, open.fh, open.open_flags), (0, 42, abi::FOPEN_KEEP_CACHE));
+        assert_eq!(ask(Request::Unsupported(16), None).unwrap().0, -libc::ENOSYS);
+        assert_eq!(ask(Request::Getxattr { size: 64 }, None).unwrap().0, -libc::ENODATA);
+        assert_eq!(ask(Request::Listxattr { size: 0 }, None).unwrap().1.len(), 8);
+        assert_eq!(ask(Request::Ioctl, None).unwrap().0, -libc::ENOTTY);
+        assert_eq!(ask(Request::Forget, None), None);
+        let (_, out) = ask(Request::Statfs, None).unwrap();
+        assert_eq!(
+            abi::StatfsOut::read_from_bytes(&out).unwrap().namelen,
+            crate::format::MAX_NAME_LEN as u32
+        );
+    }
+
+    #[test]
+    fn readdir_stops_at_the_size_asked_and_resumes_from_the_offset() {
+        let (_, out) = ask(Request::Readdir { offset: 0, size: 64 }, None).unwrap();
+        assert_eq!(out.len(), 64, "`.` and `..` fit, the long name does not");
+        let (_, out) = ask(Request::Readdir { offset: 2, size: 4096 }, None).unwrap();
+        let (d, rest) = abi::Dirent::read_from_prefix(&out).unwrap();
+        assert_eq!((d.off, d.namelen, d.typ), (3, 23, u32::from(libc::DT_REG)));
+        assert_eq!(&rest[..23], b"a-rather-long-file-name");
+        assert_eq!(out.len(), 48);
+    }
+
+    #[test]
+    fn reads_use_the_reply_buffer_when_there_is_one_and_a_panic_answers_eio() {
+        let read = |offset| Request::Read {
+            fh: 42,
+            offset,
+            size: 4,
+        };
+        assert_eq!(ask(read(3), None).unwrap(), (0, b"3456".to_vec()));
+        assert_eq!(ask(read(3), Some(vec![0; 16])).unwrap(), (0, b"3456".to_vec()));
+        assert_eq!(ask(read(8), None).unwrap(), (0, b"89".to_vec()));
+        let before = super::super::handler_panics();
+        assert_eq!(ask(read(666), None).unwrap().0, -libc::EIO);
+        assert_eq!(super::super::handler_panics(), before + 1);
+    }
+}
