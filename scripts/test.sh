@@ -37,6 +37,9 @@ cargo clippy "${OPT[@]}" -p mkimage --all-targets -- -D warnings
 # transport (`CINFER_ENCFS_TRANSPORT=classic`, which the daemon and the tests' expectations both read).
 URING_PARAM=/sys/module/fuse/parameters/enable_uring
 if [ -w "$URING_PARAM" ]; then
+  # The machine's setting comes back however the tests end.
+  URING_WAS=$(cat "$URING_PARAM")
+  trap 'echo "$URING_WAS" > "$URING_PARAM"' EXIT
   echo Y > "$URING_PARAM"
 else
   echo "test.sh: $URING_PARAM not writable: the FUSE tests run on the classic transport only" >&2
