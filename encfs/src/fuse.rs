@@ -626,7 +626,7 @@ pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig
         }
     };
     let (session, threads) = if use_own {
-        let s = own::mount(tree, mountpoint, cfg, cfg.transport, shape)?;
+        let s = own::mount(tree, mountpoint, cfg, shape)?;
         (Session::Own(s), shape.queues * shape.threads_per_queue)
     } else {
         spawn_fuser(tree, mountpoint, cfg)?

@@ -28,7 +28,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -162,13 +162,12 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Mounts `tree` read-only at `mountpoint` and serves it; `transport` is [`Transport::Uring`] or
-/// [`Transport::Auto`] (io_uring when INIT offers it, else `/dev/fuse`).
+/// Mounts `tree` read-only at `mountpoint` and serves it: over io_uring when INIT offers it and `cfg.transport`
+/// is not [`Transport::Classic`], else through `/dev/fuse`.
 pub(crate) fn mount<T: ReadOnlyTree>(
     tree: T,
     mountpoint: &Path,
     cfg: &MountConfig,
-    transport: Transport,
     shape: Shape,
 ) -> io::Result<OwnSession> {
     let path = CString::new("/dev/fuse").map_err(io::Error::other)?;
@@ -214,7 +213,7 @@ pub(crate) fn mount<T: ReadOnlyTree>(
         tree,
         dev,
         cfg: cfg.clone(),
-        want_uring: transport != Transport::Classic,
+        want_uring: cfg.transport != Transport::Classic,
         uring: uring.clone(),
         threads: threads.clone(),
         shape,
@@ -524,7 +523,8 @@ struct Queue {
     /// Entries answered, waiting for their COMMIT_AND_FETCH.
     answered: Mutex<Vec<usize>>,
     wake: OwnedFd,
-    thread: std::sync::OnceLock<std::thread::ThreadId>,
+    /// The queue thread (a reply made on it needs no wake-up).
+    thread: std::thread::ThreadId,
 }
 
 /// A reply into a ring entry.
@@ -592,7 +592,7 @@ impl RingResponder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(self.idx);
-        if self.queue.thread.get() != Some(&std::thread::current().id()) {
+        if self.queue.thread != std::thread::current().id() {
             let one = 1u64;
             // SAFETY: writes 8 bytes from a live u64 to our eventfd.
             unsafe { libc::write(self.queue.wake.as_raw_fd(), (&raw const one).cast(), 8) };
@@ -692,9 +692,8 @@ fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usi
         answered: Mutex::new(Vec::new()),
         // SAFETY: just created, owned by nothing else.
         wake: unsafe { OwnedFd::from_raw_fd(efd) },
-        thread: std::sync::OnceLock::new(),
+        thread: std::thread::current().id(),
     });
-    let _ = queue.thread.set(std::thread::current().id());
     let qid16 = qid as u16;
     let mut wake_buf = Box::new(0u64);
     let wake_read = |buf: &mut u64| {
@@ -718,7 +717,7 @@ fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usi
     let mut live = depth;
     let mut scratch = Vec::with_capacity(4096);
     let mut completions: Vec<(u64, i32)> = Vec::with_capacity(depth + 1);
-    let served = AtomicU64::new(0);
+    let mut served = 0u64;
     while live > 0 {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -745,41 +744,37 @@ fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usi
                 }
                 continue;
             }
-            served.fetch_add(1, Ordering::Relaxed);
+            served += 1;
             handle_entry(shared, &queue, idx, &mut scratch);
         }
         let answered = std::mem::take(&mut *queue.answered.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut sq = ring.submission();
         for idx in answered {
-            let e = queue.entries[idx].lock().unwrap_or_else(|p| p.into_inner());
-            // SAFETY: the kernel wrote the request header of this entry; reading it back is plain memory.
-            let commit_id = unsafe { (*e.header).ring_ent_in_out.commit_id };
+            let mut e = queue.entries[idx].lock().unwrap_or_else(|p| p.into_inner());
+            let commit_id = e.bufs().0.ring_ent_in_out.commit_id;
             let sqe = command(dev, abi::URING_CMD_COMMIT_AND_FETCH, qid16, commit_id, &e, idx);
             // SAFETY: as for the registrations.
-            if unsafe { sq.push(&sqe) }.is_err() {
-                drop(sq);
-                ring.submit()?;
-                sq = ring.submission();
-                // SAFETY: as above.
-                unsafe { sq.push(&sqe) }.map_err(|_| io::Error::other("ring full"))?;
-            }
+            unsafe { push_or_flush(&mut ring, &sqe) }?;
         }
         if rearm_wake {
-            // SAFETY: as above.
-            if unsafe { sq.push(&wake_read(&mut wake_buf)) }.is_err() {
-                drop(sq);
-                ring.submit()?;
-                sq = ring.submission();
-                // SAFETY: as above.
-                unsafe { sq.push(&wake_read(&mut wake_buf)) }.map_err(|_| io::Error::other("ring full"))?;
-            }
+            // SAFETY: `wake_buf` lives until the loop ends.
+            unsafe { push_or_flush(&mut ring, &wake_read(&mut wake_buf)) }?;
         }
     }
-    debug!(
-        queue = qid,
-        served = served.load(Ordering::Relaxed),
-        "FUSE io_uring queue done"
-    );
+    debug!(queue = qid, served, "FUSE io_uring queue done");
+    Ok(())
+}
+
+/// Queues `sqe`, first submitting what is queued when the submission queue is full.
+///
+/// # Safety
+/// Whatever `sqe` points at must stay valid until its completion is reaped.
+unsafe fn push_or_flush(ring: &mut IoUring<squeue::Entry128, cqueue::Entry>, sqe: &squeue::Entry128) -> io::Result<()> {
+    // SAFETY: the caller keeps the entry's buffers alive.
+    if unsafe { ring.submission().push(sqe) }.is_err() {
+        ring.submit()?;
+        // SAFETY: as above.
+        unsafe { ring.submission().push(sqe) }.map_err(|_| io::Error::other("ring full"))?;
+    }
     Ok(())
 }
 
@@ -787,21 +782,18 @@ fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usi
 /// request is copied out of the entry first (headers and names: a few hundred bytes; a READ has no payload), so
 /// no borrow of the entry is held while the tree answers into it.
 fn handle_entry<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, queue: &Arc<Queue>, idx: usize, scratch: &mut Vec<u8>) {
-    let (in_out, op_in, payload_sz) = {
+    let (in_out, op_in, payload_sz, payload, payload_len) = {
         let mut e = queue.entries[idx].lock().unwrap_or_else(|p| p.into_inner());
+        let (ptr, len) = (e.payload, e.payload_len);
         let (header, payload) = e.bufs();
         let payload_sz = header.ring_ent_in_out.payload_sz as usize;
         scratch.clear();
         scratch.extend_from_slice(&payload[..payload_sz.min(payload.len())]);
-        (header.in_out, header.op_in, payload_sz)
+        (header.in_out, header.op_in, payload_sz, ptr, len)
     };
     let unique = abi::InHeader::read_from_prefix(&in_out[..])
         .map(|(h, _)| h.unique)
         .unwrap_or(0);
-    let (payload, payload_len) = {
-        let e = queue.entries[idx].lock().unwrap_or_else(|p| p.into_inner());
-        (e.payload, e.payload_len)
-    };
     let r = RingResponder {
         queue: queue.clone(),
         idx,

@@ -108,13 +108,6 @@ pub enum Request<'a> {
     Unsupported(u32),
 }
 
-impl Request<'_> {
-    /// Whether the kernel expects no reply to this request.
-    pub fn is_silent(&self) -> bool {
-        matches!(self, Self::Forget | Self::Interrupt)
-    }
-}
-
 /// Size of the fixed struct that starts an operation's arguments (0 for those that start with a name or have
 /// none): on io_uring this struct travels in the entry's `op_in`, the rest in its payload.
 pub fn fixed_size(opcode: u32) -> usize {
