@@ -61,7 +61,9 @@ echo "# $(date -u +%FT%TZ) kernel $(uname -r); $(nproc) cores; $(grep -m1 'model
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg); sections: ${sections[*]}; REPS=$REPS"
 echo "# data: ${SIZE_MIB} MiB of urandom"
 head -c "${SIZE_MIB}M" /dev/urandom > "$work/plain/model/weights.bin"
-"$MKIMAGE" build "$work/plain" -o "$work/serve/model.img" --key-file "$work/model.key" | tail -1
+# Every mount pins the root it was built with (--expect-root), as a deployment does.
+ROOT=$("$MKIMAGE" build "$work/plain" -o "$work/serve/model.img" --key-file "$work/model.key" | tail -1 | sed 's/^root: //')
+echo "root: $ROOT"
 
 # nginx: static files with Range, ETag and If-Match support, autoindex for rclone's http remote.
 nginx_conf() { # listen-address -> config path
@@ -159,7 +161,7 @@ EOF
     for t in classic uring; do
       [[ $t == uring && -z "$uring_was" ]] && continue
       # shellcheck disable=SC2086
-      "$ENCFS" mount "$URL" "$work/mnt-enc" --key-file "$work/model.key" --cache-size 256 --transport "$t" $EXTRA
+      "$ENCFS" mount "$URL" "$work/mnt-enc" --key-file "$work/model.key" --expect-root "$ROOT" --cache-size 256 --transport "$t" $EXTRA
       pid=$(daemon_pid "$work/mnt-enc")
       c0=$(cpu_s "$pid")
       s=$(cold_read "$work/mnt-enc/model/weights.bin")
@@ -191,7 +193,7 @@ if [[ " ${sections[*]} " == *" memory "* ]]; then
   for i in $(seq "$REPS"); do
     for mode in 256 8192; do
       # shellcheck disable=SC2086
-      "$ENCFS" mount "$URL" "$work/mnt-enc" --key-file "$work/model.key" --cache-size "$mode" $EXTRA
+      "$ENCFS" mount "$URL" "$work/mnt-enc" --key-file "$work/model.key" --expect-root "$ROOT" --cache-size "$mode" $EXTRA
       pid=$(daemon_pid "$work/mnt-enc")
       r=$(mbs "$(cold_read "$work/mnt-enc/model/weights.bin")")
       h=$(hwm_mib "$pid")
@@ -265,11 +267,11 @@ t=time.perf_counter(); f=open(sys.argv[1],'rb'); f.read(1); print(round((time.pe
     gbit=(); wire=(); body=(); tt=()
     for i in $(seq "$REPS"); do
       # shellcheck disable=SC2086
-      "$ENCFS" mount "$SURL" "$work/mnt-enc" --key-file "$work/model.key" --metrics-addr "127.0.0.1:$MPORT" $EXTRA
+      "$ENCFS" mount "$SURL" "$work/mnt-enc" --key-file "$work/model.key" --expect-root "$ROOT" --metrics-addr "127.0.0.1:$MPORT" $EXTRA
       tt+=("$(ttfb_ms "$work/mnt-enc/model/weights.bin")")
       unmount_enc
       # shellcheck disable=SC2086
-      "$ENCFS" mount "$SURL" "$work/mnt-enc" --key-file "$work/model.key" --metrics-addr "127.0.0.1:$MPORT" $EXTRA
+      "$ENCFS" mount "$SURL" "$work/mnt-enc" --key-file "$work/model.key" --expect-root "$ROOT" --metrics-addr "127.0.0.1:$MPORT" $EXTRA
       f0=$(metric source_bytes_fetched_total)
       r0=$(cat "/sys/class/net/$VH/statistics/rx_bytes")
       s=$(cold_read "$work/mnt-enc/model/weights.bin")
@@ -310,7 +312,7 @@ EOF
   curl -fs -X PUT "$base?restype=container&$sas" -H 'x-ms-version: 2019-12-12' -H 'Content-Length: 0'
   mkdir -p "$work/azplain/model"
   head -c "${AZ_MIB}M" /dev/urandom > "$work/azplain/model/weights.bin"
-  "$MKIMAGE" build "$work/azplain" -o "$work/az.img" --key-file "$work/model.key" >/dev/null
+  AZ_ROOT=$("$MKIMAGE" build "$work/azplain" -o "$work/az.img" --key-file "$work/model.key" | tail -1 | sed 's/^root: //')
   curl -fs -X PUT -T "$work/az.img" "$base/model.img?$sas" -H 'x-ms-version: 2019-12-12' -H 'x-ms-blob-type: BlockBlob'
   len=$(stat -c %s "$work/az.img")
   rm -f "$work/azplain/model/weights.bin"
@@ -350,7 +352,7 @@ PYEOF
   e=(); r=()
   for i in $(seq "$REPS"); do
     # shellcheck disable=SC2086
-    "$ENCFS" mount "$base/model.img?$sas" "$work/mnt-enc" --key-file "$work/model.key" $EXTRA
+    "$ENCFS" mount "$base/model.img?$sas" "$work/mnt-enc" --key-file "$work/model.key" --expect-root "$AZ_ROOT" $EXTRA
     s=$(cold_read "$work/mnt-enc/model/weights.bin")
     unmount_enc
     e+=("$(calc "round($AZ_MIB*1048576/1e6/$s)")")

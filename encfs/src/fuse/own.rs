@@ -6,18 +6,24 @@
 //! Shape (after the kernel's `Documentation/filesystems/fuse-io-uring.rst` and libfuse 3.18): one thread reads
 //! `/dev/fuse`, which carries INIT, FORGET and INTERRUPT always, and every request until the rings are ready;
 //! once INIT has agreed on io_uring, each queue (one per possible CPU: the kernel queues a request on the queue of
-//! the CPU that issued it, and needs every queue registered before it uses any) is served by one or more threads,
-//! each owning a ring ([`Shape`]: at least `--threads` threads in all, [`QUEUE_DEPTH`] entries per queue). A thread
-//! serves one request at a time, as a classic request thread does, so a request that blocks (decrypting, or
-//! waiting on the network) leaves its thread's entries taken and the kernel hands the next one to another thread's
-//! ring. An entry is a header buffer and a payload buffer of `max_pages` pages: the kernel
+//! the CPU that issued it, and needs every queue registered before it uses any) is served by two or more threads,
+//! each owning a ring with one entry ([`Shape`]: at least `--threads` threads in all). A thread serves one request
+//! at a time, as a classic request thread does. One entry per ring matters: the kernel hands a request to the
+//! first free entry of its queue, so a thread holding several entries would take a second request while busy with
+//! the first, and it would wait there while another thread of the queue idles (measured: a lone reader's two
+//! READs in flight were all served by one thread, one core busy and the other half idle). With one entry each, a
+//! busy thread has no free entry and the next request goes to an idle thread. A lone reader's requests all come
+//! from its CPU, hence two threads per queue at least: the two READs the kernel keeps in flight for a 2 MiB
+//! readahead window are decrypted at once.
+//! An entry is a header buffer and a payload buffer of `max_pages` pages: the kernel
 //! writes a request into it and completes the entry's command; the queue thread answers in the same buffers and
 //! sends COMMIT_AND_FETCH, which hands the reply over and waits for the next request, no system call per request
 //! beyond the ring's. A READ is decrypted straight into the entry's payload ([`crate::tree::ReadReply::buffer`]),
 //! so the plaintext is copied once, by the kernel, as on the classic transport. A read answered later on another
 //! thread fills its entry there and wakes the queue thread through an eventfd read held in its ring.
 //!
-//! Unstable knobs, for measurements: `CINFER_UNSTABLE_URING_DEPTH` (entries per ring),
+//! Unstable knobs, for measurements (a warning is logged when one is set): `CINFER_UNSTABLE_URING_DEPTH`
+//! (entries per ring),
 //! `CINFER_UNSTABLE_URING_THREADS_PER_QUEUE` (threads, each with its own ring, registered on the same queue),
 //! `CINFER_UNSTABLE_URING_PIN=1` (pin each queue thread to its CPU, as libfuse does).
 
@@ -43,8 +49,8 @@ use super::{MountConfig, Transport};
 use crate::fs::MAX_READ;
 use crate::tree::ReadOnlyTree;
 
-/// Ring entries per queue (libfuse's default).
-pub(crate) const QUEUE_DEPTH: usize = 8;
+/// Serving threads per queue at least: a lone reader's requests all land on one queue (see the module docs).
+const MIN_THREADS_PER_QUEUE: usize = 2;
 /// Pages of one request's data (1 MiB, `FUSE_MAX_MAX_PAGES`): the payload buffer of every ring entry.
 const MAX_PAGES: u16 = 256;
 /// Buffer for one `/dev/fuse` request: a read-only filesystem gets no write data, only names and xattr values.
@@ -97,25 +103,28 @@ pub(crate) struct Shape {
     /// Queues: one per possible CPU.
     pub(crate) queues: usize,
     /// Serving threads per queue, each with its own ring (a thread serves one request at a time, as a classic
-    /// request thread does; a blocked one leaves its entries taken, so the kernel hands the next request to
-    /// another's).
+    /// request thread does).
     pub(crate) threads_per_queue: usize,
     /// Entries per ring.
     pub(crate) depth: usize,
+    /// Pin each queue's threads to the queue's CPU (libfuse does; off by default, see [`queue_loop`]).
+    pub(crate) pin: bool,
 }
 
 impl Shape {
     /// At least `threads` serving threads in all (the classic transport's request threads: what may block at
-    /// once, e.g. on the network), spread over the queues; 8 entries per queue in all, at least 2 per ring.
+    /// once, e.g. on the network) and [`MIN_THREADS_PER_QUEUE`] per queue, each ring with one entry.
     /// `CINFER_UNSTABLE_URING_THREADS_PER_QUEUE` and `CINFER_UNSTABLE_URING_DEPTH` override.
     pub(crate) fn for_threads(threads: usize) -> Self {
         let shape = Self::of(possible_cpus(), threads);
         let threads_per_queue =
             env_usize("CINFER_UNSTABLE_URING_THREADS_PER_QUEUE", shape.threads_per_queue).clamp(1, 16);
         let depth = env_usize("CINFER_UNSTABLE_URING_DEPTH", shape.depth).clamp(1, 64);
+        let pin = env_usize("CINFER_UNSTABLE_URING_PIN", 0) == 1;
         Self {
             threads_per_queue,
             depth,
+            pin,
             ..shape
         }
     }
@@ -123,11 +132,11 @@ impl Shape {
     /// The layout for `queues` queues and `threads` serving threads wanted.
     fn of(queues: usize, threads: usize) -> Self {
         let queues = queues.max(1);
-        let threads_per_queue = threads.div_ceil(queues).clamp(1, 16);
         Self {
             queues,
-            threads_per_queue,
-            depth: (QUEUE_DEPTH / threads_per_queue).max(2),
+            threads_per_queue: threads.div_ceil(queues).clamp(MIN_THREADS_PER_QUEUE, 16),
+            depth: 1,
+            pin: false,
         }
     }
 
@@ -159,7 +168,19 @@ struct Shared<T> {
 
 /// An unstable tuning knob from the environment (`CINFER_UNSTABLE_URING_*`, for measurements), else `default`.
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    let Ok(v) = std::env::var(name) else {
+        return default;
+    };
+    match v.parse() {
+        Ok(n) => {
+            warn!(value = n, "{name} is set");
+            n
+        }
+        Err(e) => {
+            warn!(value = %v, "{name} ignored: {e}");
+            default
+        }
+    }
 }
 
 /// Mounts `tree` read-only at `mountpoint` and serves it: over io_uring when INIT offers it and `cfg.transport`
@@ -445,7 +466,7 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
         let spawned = std::thread::Builder::new()
             .name(format!("encfs-uring-{n}"))
             .spawn(move || {
-                if let Err(e) = queue_loop(&s, qid, payload, shape.depth) {
+                if let Err(e) = queue_loop(&s, qid, payload, shape) {
                     warn!(queue = qid, "FUSE io_uring queue ended: {e}");
                 }
             });
@@ -671,11 +692,12 @@ fn pin_to(cpu: usize) {
 }
 
 /// Serves queue `qid` until the connection ends.
-fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usize, depth: usize) -> io::Result<()> {
+fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usize, shape: Shape) -> io::Result<()> {
+    let depth = shape.depth;
     // Not pinned by default (libfuse pins): a lone sequential reader's requests all land on the queue of its
     // CPU, and a queue thread pinned there shares that core with the reader (measured on 2 cores: 1.5 GB/s
     // pinned, 2.1 GB/s not; see issue 23's note).
-    if env_usize("CINFER_UNSTABLE_URING_PIN", 0) == 1 {
+    if shape.pin {
         pin_to(qid);
     }
     let dev = shared.dev.as_raw_fd();
@@ -746,15 +768,13 @@ fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usi
             }
             served += 1;
             handle_entry(shared, &queue, idx, &mut scratch);
+            // Hand each reply over as soon as it is made: the next request of this batch may take a while
+            // (decrypting a MiB), and the reader waits on this one.
+            if queue_commits(&mut ring, &queue, dev, qid16)? {
+                ring.submit()?;
+            }
         }
-        let answered = std::mem::take(&mut *queue.answered.lock().unwrap_or_else(|p| p.into_inner()));
-        for idx in answered {
-            let mut e = queue.entries[idx].lock().unwrap_or_else(|p| p.into_inner());
-            let commit_id = e.bufs().0.ring_ent_in_out.commit_id;
-            let sqe = command(dev, abi::URING_CMD_COMMIT_AND_FETCH, qid16, commit_id, &e, idx);
-            // SAFETY: as for the registrations.
-            unsafe { push_or_flush(&mut ring, &sqe) }?;
-        }
+        queue_commits(&mut ring, &queue, dev, qid16)?;
         if rearm_wake {
             // SAFETY: `wake_buf` lives until the loop ends.
             unsafe { push_or_flush(&mut ring, &wake_read(&mut wake_buf)) }?;
@@ -762,6 +782,24 @@ fn queue_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, qid: usize, payload: usi
     }
     debug!(queue = qid, served, "FUSE io_uring queue done");
     Ok(())
+}
+
+/// Queues a COMMIT_AND_FETCH for every entry of `queue` answered since the last call; whether there was any.
+fn queue_commits(
+    ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
+    queue: &Queue,
+    dev: RawFd,
+    qid: u16,
+) -> io::Result<bool> {
+    let answered = std::mem::take(&mut *queue.answered.lock().unwrap_or_else(|p| p.into_inner()));
+    for &idx in &answered {
+        let mut e = queue.entries[idx].lock().unwrap_or_else(|p| p.into_inner());
+        let commit_id = e.bufs().0.ring_ent_in_out.commit_id;
+        let sqe = command(dev, abi::URING_CMD_COMMIT_AND_FETCH, qid, commit_id, &e, idx);
+        // SAFETY: the entry's buffers and iovecs live in `queue`, which outlives the ring's use of them.
+        unsafe { push_or_flush(ring, &sqe) }?;
+    }
+    Ok(!answered.is_empty())
 }
 
 /// Queues `sqe`, first submitting what is queued when the submission queue is full.
@@ -823,20 +861,21 @@ mod tests {
         assert_eq!(cpu_count(""), None);
     }
 
-    /// At least the classic transport's request threads in all, 8 entries per queue in all, at least 2 per ring.
+    /// At least the classic transport's request threads in all and two per queue, one entry per ring.
     #[test]
-    fn shapes_serve_at_least_the_asked_threads_within_eight_entries_a_queue() {
+    fn shapes_serve_at_least_the_asked_threads_two_a_queue_one_entry_each() {
         let s = Shape::of(2, 2);
-        assert_eq!((s.queues, s.threads_per_queue, s.depth), (2, 1, 8));
+        assert_eq!((s.queues, s.threads_per_queue, s.depth, s.pin), (2, 2, 1, false));
         let s = Shape::of(2, 8);
-        assert_eq!((s.threads_per_queue, s.depth), (4, 2));
+        assert_eq!((s.threads_per_queue, s.depth), (4, 1));
         let s = Shape::of(16, 8);
-        assert_eq!((s.threads_per_queue, s.depth), (1, 8));
+        assert_eq!((s.threads_per_queue, s.depth), (2, 1));
         let s = Shape::of(2, 5);
-        assert_eq!((s.threads_per_queue, s.depth), (3, 2));
+        assert_eq!((s.threads_per_queue, s.depth), (3, 1));
         assert!(s.queues * s.threads_per_queue >= 5);
         assert_eq!(s.fds(), 1 + 2 * 6);
         assert_eq!(Shape::of(0, 0).queues, 1);
+        assert_eq!(Shape::of(1, 64).threads_per_queue, 16, "at most 16 threads a queue");
     }
 
     /// The submission entry keeps everything the builder set and gets `len` = 2 at the kernel's offset.
