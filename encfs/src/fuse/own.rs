@@ -840,7 +840,7 @@ fn queue_loop<T: ReadOnlyTree>(
         let mut rearm_wake = false;
         completions.clear();
         completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
-        for &(ud, res) in &completions {
+        for (i, &(ud, res)) in completions.iter().enumerate() {
             if ud == WAKE {
                 rearm_wake = true;
                 continue;
@@ -859,9 +859,11 @@ fn queue_loop<T: ReadOnlyTree>(
             }
             served += 1;
             handle_entry(shared, &queue, idx, &mut scratch);
-            // Hand each reply over as soon as it is made: the next request of this batch may take a while
-            // (decrypting a MiB), and the reader waits on this one.
-            if queue_commits(&mut ring, &queue, dev, qid16)? {
+            // Hand a reply over as soon as it is made when another request of this batch is still to be served
+            // (it may take a while, decrypting a MiB, and the reader waits on this one); else the commit goes with
+            // the next wait, in the same system call.
+            let more = completions[i + 1..].iter().any(|&(u, r)| u != WAKE && r >= 0);
+            if more && queue_commits(&mut ring, &queue, dev, qid16)? {
                 ring.submit()?;
             }
         }
