@@ -626,8 +626,9 @@ pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig
         }
     };
     let (session, threads) = if use_own {
-        let s = own::mount(tree, mountpoint, cfg, shape)?;
-        (Session::Own(s), shape.queues * shape.threads_per_queue)
+        let threads = shape.threads();
+        let s = own::mount(tree, mountpoint, cfg, shape.clone())?;
+        (Session::Own(s), threads)
     } else {
         spawn_fuser(tree, mountpoint, cfg)?
     };

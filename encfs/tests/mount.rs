@@ -110,8 +110,8 @@ fn numbered_threads(pid: i32, prefix: &str, want: usize) -> usize {
 }
 
 /// Checks that the daemon `pid` serves with what its transport promises: on the classic transport `threads`
-/// request threads, over io_uring `threads` or more spread over one queue per possible CPU, two a queue at least (and no fuser
-/// thread). The daemon's log
+/// request threads, over io_uring `threads` or more spread over the online CPUs' queues, two a queue at least (and no
+/// fuser thread). The daemon's log
 /// names the transport it picked, which must be the one this run expects.
 fn assert_serving_threads(pid: i32, log: &str, threads: usize) {
     let transport = common::expected_transport();
@@ -120,10 +120,11 @@ fn assert_serving_threads(pid: i32, log: &str, threads: usize) {
         "expected {transport}: {log}"
     );
     if transport == "uring" {
-        // As many serving threads in all as classic request threads asked for, or more: spread evenly over one
-        // queue per CPU, at least two per queue (a lone reader's requests all land on its CPU's queue).
-        let cpus = common::possible_cpus();
-        let want = cpus * threads.div_ceil(cpus).max(2);
+        // As many serving threads in all as classic request threads asked for, or more: spread evenly over the
+        // queues of the online CPUs, at least two per queue (a lone reader's requests all land on its CPU's
+        // queue), and one for the queue of each possible CPU that is not online.
+        let (possible, online) = (common::possible_cpus(), common::online_cpus());
+        let want = online * threads.div_ceil(online).max(2) + (possible - online);
         assert_eq!(
             numbered_threads(pid, "encfs-uring-", want),
             want,

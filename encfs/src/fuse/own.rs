@@ -84,39 +84,73 @@ pub(crate) fn uring_available() -> Result<(), String> {
 fn possible_cpus() -> usize {
     std::fs::read_to_string("/sys/devices/system/cpu/possible")
         .ok()
-        .and_then(|s| cpu_count(&s))
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .and_then(|s| cpu_list(&s))
+        .and_then(|l| l.into_iter().max())
+        .map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            |m| m + 1,
+        )
 }
 
-/// The number of CPUs a kernel CPU list covers, counted as the kernel numbers queues: highest + 1.
-fn cpu_count(list: &str) -> Option<usize> {
-    list.trim()
-        .split(',')
-        .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
-        .max()
-        .map(|m| m + 1)
+/// Which of the first `n` CPUs are online (`/sys/devices/system/cpu/online`); all of them if that is unreadable.
+fn online_cpus(n: usize) -> Vec<bool> {
+    let Some(list) = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| cpu_list(&s))
+    else {
+        return vec![true; n];
+    };
+    let mut online = vec![false; n];
+    for cpu in list.into_iter().filter(|&c| c < n) {
+        online[cpu] = true;
+    }
+    online
+}
+
+/// The CPUs of a kernel CPU list ("0-15", "0,2-3"); `None` if it is malformed or empty.
+fn cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+            None => {
+                let a = part.parse::<usize>().ok()?;
+                (a, a)
+            }
+        };
+        // The kernel has at most a few thousand CPUs; a larger range is not a CPU list.
+        if b < a || b > 1 << 16 {
+            return None;
+        }
+        cpus.extend(a..=b);
+    }
+    (!cpus.is_empty()).then_some(cpus)
 }
 
 /// How a mount's rings are laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Shape {
     /// Queues: one per possible CPU.
     pub(crate) queues: usize,
-    /// Serving threads per queue, each with its own ring (a thread serves one request at a time, as a classic
-    /// request thread does).
+    /// Serving threads of the queue of an online CPU, each with its own ring (a thread serves one request at a
+    /// time, as a classic request thread does). A possible CPU that is not online (a hotplug slot) issues no
+    /// request, so its queue, which the kernel needs registered all the same, gets one thread.
     pub(crate) threads_per_queue: usize,
     /// Entries per ring.
     pub(crate) depth: usize,
     /// Pin each queue's threads to the queue's CPU (libfuse does; off by default, see [`queue_loop`]).
     pub(crate) pin: bool,
+    /// Whether each queue's CPU is online.
+    online: Vec<bool>,
 }
 
 impl Shape {
-    /// At least `threads` serving threads in all (the classic transport's request threads: what may block at
-    /// once, e.g. on the network) and [`MIN_THREADS_PER_QUEUE`] per queue, each ring with one entry.
-    /// `CINFER_UNSTABLE_URING_THREADS_PER_QUEUE` and `CINFER_UNSTABLE_URING_DEPTH` override.
+    /// At least `threads` serving threads in all over the online CPUs' queues (the classic transport's request
+    /// threads: what may block at once, e.g. on the network) and [`MIN_THREADS_PER_QUEUE`] per such queue, each
+    /// ring with one entry. `CINFER_UNSTABLE_URING_THREADS_PER_QUEUE` and `CINFER_UNSTABLE_URING_DEPTH` override.
     pub(crate) fn for_threads(threads: usize) -> Self {
-        let shape = Self::of(possible_cpus(), threads);
+        let queues = possible_cpus();
+        let shape = Self::of(online_cpus(queues), threads);
         let threads_per_queue =
             env_usize("CINFER_UNSTABLE_URING_THREADS_PER_QUEUE", shape.threads_per_queue).clamp(1, 16);
         let depth = env_usize("CINFER_UNSTABLE_URING_DEPTH", shape.depth).clamp(1, 64);
@@ -129,20 +163,39 @@ impl Shape {
         }
     }
 
-    /// The layout for `queues` queues and `threads` serving threads wanted.
-    fn of(queues: usize, threads: usize) -> Self {
-        let queues = queues.max(1);
+    /// The layout for one queue per entry of `online` (whether its CPU is online) and `threads` serving threads
+    /// wanted.
+    fn of(mut online: Vec<bool>, threads: usize) -> Self {
+        if online.is_empty() {
+            online.push(true);
+        }
+        let serving = online.iter().filter(|&&o| o).count().max(1);
         Self {
-            queues,
-            threads_per_queue: threads.div_ceil(queues).clamp(MIN_THREADS_PER_QUEUE, 16),
+            queues: online.len(),
+            threads_per_queue: threads.div_ceil(serving).clamp(MIN_THREADS_PER_QUEUE, 16),
             depth: 1,
             pin: false,
+            online,
         }
+    }
+
+    /// Serving threads of queue `qid`.
+    fn threads_of(&self, qid: usize) -> usize {
+        if self.online.get(qid).copied().unwrap_or(true) {
+            self.threads_per_queue
+        } else {
+            1
+        }
+    }
+
+    /// Serving threads in all.
+    pub(crate) fn threads(&self) -> usize {
+        (0..self.queues).map(|q| self.threads_of(q)).sum()
     }
 
     /// File descriptors the mount opens: `/dev/fuse`, and a ring and an eventfd per serving thread.
     pub(crate) fn fds(&self) -> usize {
-        1 + 2 * self.queues * self.threads_per_queue
+        1 + 2 * self.threads()
     }
 }
 
@@ -456,9 +509,8 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
         }
         return;
     }
-    let shape = shared.shape;
-    let rings = shape.queues * shape.threads_per_queue;
-    let arena = match PayloadArena::new(rings * shape.depth, usize::from(MAX_PAGES) * 4096) {
+    let shape = &shared.shape;
+    let arena = match PayloadArena::new(shape.threads() * shape.depth, usize::from(MAX_PAGES) * 4096) {
         Ok(a) => Arc::new(a),
         Err(e) => {
             // No queue registers, so the kernel keeps every request on /dev/fuse.
@@ -468,21 +520,25 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
     };
     shared.uring.store(true, Ordering::Release);
     let mut threads = shared.threads.lock().unwrap_or_else(|p| p.into_inner());
-    for n in 0..rings {
-        let qid = n / shape.threads_per_queue;
-        let s = shared.clone();
-        let arena = arena.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("encfs-uring-{n}"))
-            .spawn(move || {
-                let slots = n * shape.depth..(n + 1) * shape.depth;
-                if let Err(e) = queue_loop(&s, qid, &arena, slots, shape) {
-                    warn!(queue = qid, "FUSE io_uring queue ended: {e}");
-                }
-            });
-        match spawned {
-            Ok(h) => threads.push(h),
-            Err(e) => warn!(queue = qid, "cannot start a FUSE io_uring queue thread: {e}"),
+    let (depth, pin) = (shape.depth, shape.pin);
+    let mut n = 0;
+    for qid in 0..shape.queues {
+        for _ in 0..shape.threads_of(qid) {
+            let s = shared.clone();
+            let arena = arena.clone();
+            let slots = n * depth..(n + 1) * depth;
+            let spawned = std::thread::Builder::new()
+                .name(format!("encfs-uring-{n}"))
+                .spawn(move || {
+                    if let Err(e) = queue_loop(&s, qid, &arena, slots, pin) {
+                        warn!(queue = qid, "FUSE io_uring queue ended: {e}");
+                    }
+                });
+            match spawned {
+                Ok(h) => threads.push(h),
+                Err(e) => warn!(queue = qid, "cannot start a FUSE io_uring queue thread: {e}"),
+            }
+            n += 1;
         }
     }
     debug!(?shape, "FUSE io_uring queues started");
@@ -780,13 +836,13 @@ fn queue_loop<T: ReadOnlyTree>(
     qid: usize,
     arena: &Arc<PayloadArena>,
     slots: std::ops::Range<usize>,
-    shape: Shape,
+    pin: bool,
 ) -> io::Result<()> {
     let depth = slots.len();
     // Not pinned by default (libfuse pins): a lone sequential reader's requests all land on the queue of its
     // CPU, and a queue thread pinned there shares that core with the reader (measured on 2 cores: 1.5 GB/s
     // pinned, 2.1 GB/s not; see issue 23's note).
-    if shape.pin {
+    if pin {
         pin_to(qid);
     }
     let dev = shared.dev.as_raw_fd();
@@ -947,28 +1003,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_lists_count_to_the_highest_cpu() {
-        assert_eq!(cpu_count("0-15\n"), Some(16));
-        assert_eq!(cpu_count("0"), Some(1));
-        assert_eq!(cpu_count("0,2-3"), Some(4));
-        assert_eq!(cpu_count(""), None);
+    fn cpu_lists_parse_ranges_and_single_cpus() {
+        assert_eq!(cpu_list("0-3\n"), Some(vec![0, 1, 2, 3]));
+        assert_eq!(cpu_list("0"), Some(vec![0]));
+        assert_eq!(cpu_list("0,2-3"), Some(vec![0, 2, 3]));
+        for bad in ["", "x", "3-1", "0-", "0-99999999"] {
+            assert_eq!(cpu_list(bad), None, "{bad:?}");
+        }
+    }
+
+    fn all_online(n: usize) -> Vec<bool> {
+        vec![true; n]
     }
 
     /// At least the classic transport's request threads in all and two per queue, one entry per ring.
     #[test]
     fn shapes_serve_at_least_the_asked_threads_two_a_queue_one_entry_each() {
-        let s = Shape::of(2, 2);
+        let s = Shape::of(all_online(2), 2);
         assert_eq!((s.queues, s.threads_per_queue, s.depth, s.pin), (2, 2, 1, false));
-        let s = Shape::of(2, 8);
+        assert_eq!(s.threads(), 4);
+        let s = Shape::of(all_online(2), 8);
         assert_eq!((s.threads_per_queue, s.depth), (4, 1));
-        let s = Shape::of(16, 8);
+        let s = Shape::of(all_online(16), 8);
         assert_eq!((s.threads_per_queue, s.depth), (2, 1));
-        let s = Shape::of(2, 5);
+        let s = Shape::of(all_online(2), 5);
         assert_eq!((s.threads_per_queue, s.depth), (3, 1));
-        assert!(s.queues * s.threads_per_queue >= 5);
+        assert!(s.threads() >= 5);
         assert_eq!(s.fds(), 1 + 2 * 6);
-        assert_eq!(Shape::of(0, 0).queues, 1);
-        assert_eq!(Shape::of(1, 64).threads_per_queue, 16, "at most 16 threads a queue");
+        assert_eq!(Shape::of(Vec::new(), 0).queues, 1);
+        assert_eq!(
+            Shape::of(all_online(1), 64).threads_per_queue,
+            16,
+            "at most 16 threads a queue"
+        );
+    }
+
+    /// A possible CPU that is not online gets a queue (the kernel wants every one registered) with one thread;
+    /// the threads asked for are spread over the online CPUs' queues.
+    #[test]
+    fn queues_of_offline_cpus_get_one_thread() {
+        let mut online = vec![false; 64];
+        online[..4].fill(true);
+        let s = Shape::of(online, 16);
+        assert_eq!((s.queues, s.threads_per_queue), (64, 4));
+        assert_eq!(
+            (s.threads_of(0), s.threads_of(3), s.threads_of(4), s.threads_of(63)),
+            (4, 4, 1, 1)
+        );
+        assert_eq!(s.threads(), 4 * 4 + 60);
+        assert_eq!(
+            Shape::of(vec![false; 2], 2).threads_per_queue,
+            2,
+            "none online: spread as over one"
+        );
     }
 
     /// The arena's buffers are 2 MiB aligned as a whole, disjoint, zero and writable; a slot past the end is

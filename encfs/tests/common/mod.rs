@@ -172,6 +172,18 @@ pub fn possible_cpus() -> usize {
         + 1
 }
 
+/// How many of the possible CPUs are online (`/sys/devices/system/cpu/online`, a list such as "0-3,8").
+pub fn online_cpus() -> usize {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    s.trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
 /// True if `mnt` is a mountpoint (per /proc/self/mountinfo).
 pub fn is_mounted(mnt: &Path) -> bool {
     let canon = mnt.canonicalize().unwrap_or_else(|_| mnt.to_path_buf());
