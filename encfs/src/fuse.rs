@@ -29,6 +29,7 @@ use fuser::{
 use tracing::{error, info, instrument, warn};
 
 pub mod abi;
+mod fusermount;
 pub mod mountinfo;
 mod own;
 pub mod proto;
@@ -710,17 +711,7 @@ pub fn detach(path: &Path) -> io::Result<()> {
     if err.raw_os_error() != Some(libc::EPERM) {
         return Err(err);
     }
-    let out = std::process::Command::new(FUSERMOUNT)
-        .args(["-u", "-z", "--"])
-        .arg(path)
-        .output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
+    fusermount::unmount(path, true)
 }
 
 impl MountSession {

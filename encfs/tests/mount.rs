@@ -750,6 +750,9 @@ fn a_non_root_user_can_mount_read_and_unmount_through_fusermount3() {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     }
     std::os::unix::fs::chown(&fx.mnt, Some(NOBODY), Some(NOBODY)).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(logs.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let log = logs.path().join("daemon.log");
     let _guard = MountGuard { mnt: fx.mnt.clone() };
     let as_nobody = |cmd: &mut Command| {
         use std::os::unix::process::CommandExt;
@@ -766,7 +769,9 @@ fn a_non_root_user_can_mount_read_and_unmount_through_fusermount3() {
             .arg(&fx.image)
             .arg(&fx.mnt)
             .arg("--key-file")
-            .arg(&fx.key_file),
+            .arg(&fx.key_file)
+            .arg("--log-file")
+            .arg(&log),
     );
     assert!(
         out.status.success(),
@@ -774,6 +779,13 @@ fn a_non_root_user_can_mount_read_and_unmount_through_fusermount3() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(is_mounted(&fx.mnt));
+    // A non-root daemon gets io_uring too (mounted through fusermount3, which hands it the /dev/fuse descriptor).
+    let text = std::fs::read_to_string(&log).unwrap();
+    let transport = common::expected_transport();
+    assert!(
+        text.contains(&format!("transport={transport}")),
+        "expected {transport}: {text}"
+    );
     let out = as_nobody(Command::new("sha256sum").arg(fx.mnt.join("model.bin")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     use sha2::Digest;

@@ -683,7 +683,10 @@ fn a_random_read_is_stored_in_whole_blocks_and_served_from_disk_after_a_restart(
     let (_, key, blob) = faulty_cache(small());
     let range = 100_000..150_000;
     let first = disk_cache(tmp.path(), fresh(&key, &blob));
-    runtime().block_on(async {
+    // The runtime outlives the wait below: the disk write is a blocking task of it, and a runtime dropped before
+    // such a task has started drops the task (seen under load: the write never came).
+    let rt = runtime();
+    rt.block_on(async {
         let etag = first.stat(&key).await.unwrap().etag;
         let got = first.read_range(&key, range.clone(), etag.as_ref()).await.unwrap();
         assert!(got[..] == blob[100_000..150_000]);
@@ -694,6 +697,7 @@ fn a_random_read_is_stored_in_whole_blocks_and_served_from_disk_after_a_restart(
         "rounded out to 64 KiB blocks"
     );
     assert!(eventually(|| count(&first.metrics.disk_written_bytes) == 2 * BLOCK));
+    drop(rt);
     drop(first);
     let second = disk_cache(tmp.path(), fresh(&key, &blob));
     runtime().block_on(async {

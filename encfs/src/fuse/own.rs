@@ -1,7 +1,9 @@
 //! The project's own FUSE session, which carries requests over io_uring (Linux 6.14+, `CONFIG_FUSE_IO_URING`,
 //! module parameter `fuse.enable_uring`): `fuser` 0.18 has no io_uring transport and its session cannot host a
-//! second one (it answers INIT itself and refuses `FUSE_OVER_IO_URING`), so this module mounts, answers INIT and
-//! serves the rings itself, through the same [`serve::dispatch`] as any transport.
+//! second one (it answers INIT itself and refuses `FUSE_OVER_IO_URING`), so this module mounts (mount(2) as root,
+//! [`super::fusermount`] otherwise), answers INIT and serves the rings itself, through the same
+//! [`serve::dispatch`] as any transport. The mount counts as io_uring once every queue thread has registered its
+//! ring ([`Registrations`]): the kernel moves requests to the rings only then.
 //!
 //! Shape (after the kernel's `Documentation/filesystems/fuse-io-uring.rst` and libfuse 3.18): one thread reads
 //! `/dev/fuse`, which carries INIT, FORGET and INTERRUPT always, and every request until the rings are ready;
@@ -73,10 +75,76 @@ pub(crate) fn uring_available() -> Result<(), String> {
         }
     }
     // SAFETY: getuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("the io_uring transport mounts with mount(2), which needs root".into());
+    let root = unsafe { libc::geteuid() } == 0;
+    // 0: anyone may make rings; 1: root and `kernel.io_uring_group` only; 2: nobody (Linux 6.6+).
+    match std::fs::read_to_string(IO_URING_DISABLED).map(|v| v.trim().to_string()) {
+        Ok(v) if v == "2" => return Err(format!("io_uring is disabled ({IO_URING_DISABLED} is 2)")),
+        Ok(v) if v == "1" && !root => {
+            return Err(format!(
+                "io_uring is limited to privileged processes ({IO_URING_DISABLED} is 1)"
+            ));
+        }
+        _ => {}
     }
     Ok(())
+}
+
+/// Who may make io_uring rings (`kernel.io_uring_disabled`).
+const IO_URING_DISABLED: &str = "/proc/sys/kernel/io_uring_disabled";
+
+/// How long INIT waits for the queue threads to register their rings before serving through `/dev/fuse`.
+const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The queue threads' registrations, counted as they are made: the kernel carries requests over io_uring only
+/// once every queue has registered, so the mount is reported as io_uring only then.
+#[derive(Default)]
+struct Registrations {
+    /// Threads that registered, and threads that failed before they could.
+    done: Mutex<(usize, usize)>,
+    cv: std::sync::Condvar,
+}
+
+impl Registrations {
+    fn report(&self, ok: bool) {
+        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            d.0 += 1;
+        } else {
+            d.1 += 1;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Waits until `threads` threads have reported (or `timeout` passed): whether all of them registered.
+    fn all_registered(&self, threads: usize, timeout: std::time::Duration) -> bool {
+        let d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let (d, _) = self
+            .cv
+            .wait_timeout_while(d, timeout, |d| d.0 + d.1 < threads)
+            .unwrap_or_else(|p| p.into_inner());
+        d.0 == threads
+    }
+}
+
+/// Reports a queue thread's registration as failed unless it was reported done.
+struct ReportOnDrop<'a> {
+    regs: &'a Registrations,
+    reported: bool,
+}
+
+impl ReportOnDrop<'_> {
+    fn registered(&mut self) {
+        self.reported = true;
+        self.regs.report(true);
+    }
+}
+
+impl Drop for ReportOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.regs.report(false);
+        }
+    }
 }
 
 /// The CPUs the kernel counts queues for (`num_possible_cpus`): one more than the highest in
@@ -205,8 +273,37 @@ pub(crate) struct OwnSession {
     mountpoint: std::path::PathBuf,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     dev_done: Arc<AtomicBool>,
-    uring: Arc<AtomicBool>,
+    uring: Arc<Decision>,
     keep_mount: bool,
+}
+
+/// Whether a mount's requests travel over io_uring, decided by the `/dev/fuse` thread once INIT was answered and
+/// the queues registered (or failed to), or when the connection ended before.
+#[derive(Debug, Default)]
+struct Decision {
+    uring: Mutex<Option<bool>>,
+    cv: std::sync::Condvar,
+}
+
+impl Decision {
+    /// Records the outcome; only the first one counts.
+    fn decide(&self, uring: bool) {
+        let mut d = self.uring.lock().unwrap_or_else(|p| p.into_inner());
+        if d.is_none() {
+            *d = Some(uring);
+            self.cv.notify_all();
+        }
+    }
+
+    /// The outcome, waiting up to `timeout` for it; not decided by then counts as no.
+    fn wait(&self, timeout: std::time::Duration) -> bool {
+        let d = self.uring.lock().unwrap_or_else(|p| p.into_inner());
+        let (d, _) = self
+            .cv
+            .wait_timeout_while(d, timeout, |d| d.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        d.unwrap_or(false)
+    }
 }
 
 struct Shared<T> {
@@ -214,7 +311,7 @@ struct Shared<T> {
     dev: Arc<OwnedFd>,
     cfg: MountConfig,
     want_uring: bool,
-    uring: Arc<AtomicBool>,
+    uring: Arc<Decision>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     shape: Shape,
 }
@@ -244,43 +341,21 @@ pub(crate) fn mount<T: ReadOnlyTree>(
     cfg: &MountConfig,
     shape: Shape,
 ) -> io::Result<OwnSession> {
-    let path = CString::new("/dev/fuse").map_err(io::Error::other)?;
-    // SAFETY: a valid NUL-terminated path; the returned fd is owned below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::new(
-            io::Error::last_os_error().kind(),
-            format!("/dev/fuse: {}", io::Error::last_os_error()),
-        ));
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    let dev = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
     // SAFETY: no preconditions.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut data =
-        format!("fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions,max_read={MAX_READ}");
-    if cfg.allow_other {
-        data.push_str(",allow_other");
-    }
-    let source = CString::new(cfg.fs_name.as_bytes()).map_err(io::Error::other)?;
-    let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let fstype = CString::new("fuse.cinfer-encfs").map_err(io::Error::other)?;
-    let data = CString::new(data).map_err(io::Error::other)?;
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("mount {}: {e}", mountpoint.display())));
-    }
-    let uring = Arc::new(AtomicBool::new(false));
+    let root = unsafe { libc::geteuid() } == 0;
+    let dev = Arc::new(if root {
+        mount_as_root(mountpoint, cfg)?
+    } else {
+        let mut options = format!(
+            "ro,nosuid,nodev,default_permissions,max_read={MAX_READ},subtype=cinfer-encfs,fsname={}",
+            super::fusermount::escape_option(&cfg.fs_name)
+        );
+        if cfg.allow_other {
+            options.push_str(",allow_other");
+        }
+        super::fusermount::mount(mountpoint, &options)?
+    });
+    let uring = Arc::new(Decision::default());
     let threads = Arc::new(Mutex::new(Vec::new()));
     let dev_done = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
@@ -297,14 +372,15 @@ pub(crate) fn mount<T: ReadOnlyTree>(
         .name("encfs-fuse-dev".into())
         .spawn(move || {
             dev_loop(&shared);
+            // The connection ended, INIT or not.
+            shared.uring.decide(false);
             done.store(true, Ordering::Release);
         });
     let handle = match spawned {
         Ok(h) => h,
         Err(e) => {
             // Nobody would serve the new mount: take it away again.
-            // SAFETY: valid NUL-terminated path.
-            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            let _ = super::detach(mountpoint);
             return Err(e);
         }
     };
@@ -324,9 +400,10 @@ impl OwnSession {
         self.dev_done.load(Ordering::Acquire)
     }
 
-    /// Whether requests travel over io_uring (known once INIT was answered).
+    /// Whether requests travel over io_uring: waits (up to the queues' registration time) for the `/dev/fuse`
+    /// thread to know, once INIT was answered.
     pub(crate) fn uses_uring(&self) -> bool {
-        self.uring.load(Ordering::Acquire)
+        self.uring.wait(REGISTER_TIMEOUT + std::time::Duration::from_secs(1))
     }
 
     /// Unmounts and waits for the serving threads.
@@ -335,8 +412,12 @@ impl OwnSession {
         // SAFETY: valid NUL-terminated path.
         if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(e);
+            match e.raw_os_error() {
+                // No longer mounted.
+                Some(libc::EINVAL) => {}
+                // Not root: mounted through fusermount3, which unmounts it too.
+                Some(libc::EPERM) => super::fusermount::unmount(&self.mountpoint, false)?,
+                _ => return Err(e),
             }
         }
         self.keep_mount = true;
@@ -368,11 +449,47 @@ impl Drop for OwnSession {
         if self.keep_mount {
             return;
         }
-        if let Ok(c) = CString::new(self.mountpoint.as_os_str().as_bytes()) {
-            // SAFETY: valid NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        let _ = super::detach(&self.mountpoint);
     }
+}
+
+/// Opens `/dev/fuse` and mounts it at `mountpoint` with mount(2) (root).
+fn mount_as_root(mountpoint: &Path, cfg: &MountConfig) -> io::Result<OwnedFd> {
+    let path = CString::new("/dev/fuse").map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path; the returned fd is owned below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("/dev/fuse: {e}")));
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let dev = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data =
+        format!("fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions,max_read={MAX_READ}");
+    if cfg.allow_other {
+        data.push_str(",allow_other");
+    }
+    let source = CString::new(cfg.fs_name.as_bytes()).map_err(io::Error::other)?;
+    let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let fstype = CString::new("fuse.cinfer-encfs").map_err(io::Error::other)?;
+    let data = CString::new(data).map_err(io::Error::other)?;
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("mount {}: {e}", mountpoint.display())));
+    }
+    Ok(dev)
 }
 
 /// Writes one reply to `/dev/fuse`. `ENOENT` (the request was interrupted) is not an error.
@@ -507,6 +624,7 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
         if shared.want_uring {
             info!("the kernel did not offer FUSE over io_uring: serving through /dev/fuse");
         }
+        shared.uring.decide(false);
         return;
     }
     let shape = &shared.shape;
@@ -515,33 +633,51 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
         Err(e) => {
             // No queue registers, so the kernel keeps every request on /dev/fuse.
             warn!("cannot map the io_uring payload buffers, serving through /dev/fuse: {e}");
+            shared.uring.decide(false);
             return;
         }
     };
-    shared.uring.store(true, Ordering::Release);
-    let mut threads = shared.threads.lock().unwrap_or_else(|p| p.into_inner());
-    let (depth, pin) = (shape.depth, shape.pin);
-    let mut n = 0;
-    for qid in 0..shape.queues {
-        for _ in 0..shape.threads_of(qid) {
-            let s = shared.clone();
-            let arena = arena.clone();
-            let slots = n * depth..(n + 1) * depth;
-            let spawned = std::thread::Builder::new()
-                .name(format!("encfs-uring-{n}"))
-                .spawn(move || {
-                    if let Err(e) = queue_loop(&s, qid, &arena, slots, pin) {
-                        warn!(queue = qid, "FUSE io_uring queue ended: {e}");
+    let regs = Arc::new(Registrations::default());
+    {
+        let mut threads = shared.threads.lock().unwrap_or_else(|p| p.into_inner());
+        let (depth, pin) = (shape.depth, shape.pin);
+        let mut n = 0;
+        for qid in 0..shape.queues {
+            for _ in 0..shape.threads_of(qid) {
+                let s = shared.clone();
+                let (arena, mine) = (arena.clone(), regs.clone());
+                let slots = n * depth..(n + 1) * depth;
+                let spawned = std::thread::Builder::new()
+                    .name(format!("encfs-uring-{n}"))
+                    .spawn(move || {
+                        let mut report = ReportOnDrop {
+                            regs: &mine,
+                            reported: false,
+                        };
+                        if let Err(e) = queue_loop(&s, qid, &arena, slots, pin, &mut report) {
+                            warn!(queue = qid, "FUSE io_uring queue ended: {e}");
+                        }
+                    });
+                match spawned {
+                    Ok(h) => threads.push(h),
+                    Err(e) => {
+                        warn!(queue = qid, "cannot start a FUSE io_uring queue thread: {e}");
+                        regs.report(false);
                     }
-                });
-            match spawned {
-                Ok(h) => threads.push(h),
-                Err(e) => warn!(queue = qid, "cannot start a FUSE io_uring queue thread: {e}"),
+                }
+                n += 1;
             }
-            n += 1;
         }
     }
-    debug!(?shape, "FUSE io_uring queues started");
+    // Requests keep coming through /dev/fuse until every queue has registered; the mount counts as io_uring from
+    // then on. A queue that failed leaves the kernel on /dev/fuse for good (the registered queues wait unused).
+    let registered = regs.all_registered(shape.threads(), REGISTER_TIMEOUT);
+    if registered {
+        debug!(?shape, "FUSE io_uring queues registered");
+    } else {
+        warn!("not every FUSE io_uring queue registered: serving through /dev/fuse");
+    }
+    shared.uring.decide(registered);
 }
 
 /// The payload buffers of a mount's ring entries: one anonymous mapping, aligned to 2 MiB and marked for
@@ -837,6 +973,7 @@ fn queue_loop<T: ReadOnlyTree>(
     arena: &Arc<PayloadArena>,
     slots: std::ops::Range<usize>,
     pin: bool,
+    report: &mut ReportOnDrop<'_>,
 ) -> io::Result<()> {
     let depth = slots.len();
     // Not pinned by default (libfuse pins): a lone sequential reader's requests all land on the queue of its
@@ -883,19 +1020,31 @@ fn queue_loop<T: ReadOnlyTree>(
         // SAFETY: `wake_buf` lives until the loop ends.
         unsafe { sq.push(&wake_read(&mut wake_buf)) }.map_err(|_| io::Error::other("ring full"))?;
     }
+    // A registration the kernel refuses completes at once, with the error. Anything else that completed already
+    // (a request, once the last queue has registered) is kept for the loop.
+    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(depth + 1);
+    ring.submit()?;
+    completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+    if let Some(&(_, res)) = completions.iter().find(|&&(ud, r)| ud != WAKE && r < 0) {
+        return Err(io::Error::other(format!(
+            "registering the ring: {}",
+            io::Error::from_raw_os_error(-res)
+        )));
+    }
+    report.registered();
     let mut live = depth;
     let mut scratch = Vec::with_capacity(4096);
-    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(depth + 1);
     let mut served = 0u64;
     while live > 0 {
-        match ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(e),
+        if completions.is_empty() {
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
         }
         let mut rearm_wake = false;
-        completions.clear();
-        completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
         for (i, &(ud, res)) in completions.iter().enumerate() {
             if ud == WAKE {
                 rearm_wake = true;
@@ -928,6 +1077,7 @@ fn queue_loop<T: ReadOnlyTree>(
             // SAFETY: `wake_buf` lives until the loop ends.
             unsafe { push_or_flush(&mut ring, &wake_read(&mut wake_buf)) }?;
         }
+        completions.clear();
     }
     debug!(queue = qid, served, "FUSE io_uring queue done");
     Ok(())
