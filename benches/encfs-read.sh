@@ -60,19 +60,8 @@ if ! command -v gocryptfs >/dev/null 2>&1; then
 fi
 command -v fusermount3 >/dev/null 2>&1 || die "fusermount3 missing (apt-get install fuse3)"
 
-if [ -z "${CINFER_ENCFS:-}" ] || [ -z "${CINFER_MKIMAGE:-}" ] || [ -z "${CINFER_NULLFS:-}" ]; then
-  echo "encfs-read: building release binaries" >&2
-  (cd "$REPO" && cargo build --release -q -p encfs -p mkimage && cargo build --release -q -p encfs --example nullfs)
-  TD=${CARGO_TARGET_DIR:-$REPO/target}
-  CINFER_ENCFS=${CINFER_ENCFS:-$TD/release/cinfer-encfs}
-  CINFER_MKIMAGE=${CINFER_MKIMAGE:-$TD/release/cinfer-mkimage}
-  CINFER_NULLFS=${CINFER_NULLFS:-$TD/release/examples/nullfs}
-fi
-
-URING_PARAM=/sys/module/fuse/parameters/enable_uring
-[ -e "$URING_PARAM" ] || die "this kernel has no FUSE over io_uring ($URING_PARAM missing; Linux 6.14+ with CONFIG_FUSE_IO_URING)"
-URING_WAS=$(cat "$URING_PARAM")
-echo Y > "$URING_PARAM"
+# shellcheck source=benches/fuse-bench.sh
+. "$REPO/benches/fuse-bench.sh"
 
 W=$(mktemp -d /dev/shm/encfs-bench.XXXXXX)
 PLAIN_DIR=$(mktemp -d /var/tmp/encfs-bench-plain.XXXXXX)
@@ -82,7 +71,7 @@ cleanup() {
     mountpoint -q "$m" && { umount "$m" 2>/dev/null || umount -l "$m"; }
   done
   rm -rf "$W" "$PLAIN_DIR"
-  echo "$URING_WAS" > "$URING_PARAM"
+  uring_restore
 }
 trap cleanup EXIT
 

@@ -32,26 +32,15 @@ readers=() ; for r in $READERS; do [ "$r" -le $((2 * NPROC)) ] && readers+=("$r"
 threads=() ; for t in $THREADS; do [ "$t" -le 64 ] && threads+=("$t"); done
 [ ${#readers[@]} -gt 0 ] && [ ${#threads[@]} -gt 0 ] || die "nothing to run (THREADS='$THREADS' READERS='$READERS')"
 
-if [ -z "${CINFER_ENCFS:-}" ] || [ -z "${CINFER_MKIMAGE:-}" ] || [ -z "${CINFER_NULLFS:-}" ]; then
-  echo "encfs-scaling: building release binaries" >&2
-  (cd "$REPO" && cargo build --release -q -p encfs -p mkimage && cargo build --release -q -p encfs --example nullfs)
-  TD=${CARGO_TARGET_DIR:-$REPO/target}
-  CINFER_ENCFS=${CINFER_ENCFS:-$TD/release/cinfer-encfs}
-  CINFER_MKIMAGE=${CINFER_MKIMAGE:-$TD/release/cinfer-mkimage}
-  CINFER_NULLFS=${CINFER_NULLFS:-$TD/release/examples/nullfs}
-fi
-
-URING_PARAM=/sys/module/fuse/parameters/enable_uring
-[ -e "$URING_PARAM" ] || die "this kernel has no FUSE over io_uring ($URING_PARAM missing)"
-URING_WAS=$(cat "$URING_PARAM")
-echo Y > "$URING_PARAM"
+# shellcheck source=benches/fuse-bench.sh
+. "$REPO/benches/fuse-bench.sh"
 
 W=$(mktemp -d /dev/shm/encfs-scaling.XXXXXX)
 cleanup() {
   set +e
   for m in "$W/mnt" "$W/cmnt"; do mountpoint -q "$m" && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
   rm -rf "$W"
-  echo "$URING_WAS" > "$URING_PARAM"
+  uring_restore
 }
 trap cleanup EXIT
 
