@@ -368,20 +368,7 @@ fn unmount_path(mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
             _ => return Err(err).with_context(|| format!("unmounting {shown}")),
         }
     }
-    let mut cmd = Command::new(fuse::FUSERMOUNT);
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    let out = cmd
-        .arg("--")
-        .arg(mountpoint)
-        .output()
-        .context("running fusermount3 (install the fuse3 package)")?;
-    if !out.status.success() {
-        bail!("unmounting {shown}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+    fuse::fusermount::unmount(mountpoint, lazy).with_context(|| format!("unmounting {shown}"))
 }
 
 #[allow(unsafe_code)]

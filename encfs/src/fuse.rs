@@ -29,7 +29,7 @@ use fuser::{
 use tracing::{error, info, instrument, warn};
 
 pub mod abi;
-mod fusermount;
+pub mod fusermount;
 pub mod mountinfo;
 mod own;
 pub mod proto;

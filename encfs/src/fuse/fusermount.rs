@@ -73,13 +73,23 @@ pub(crate) fn mount(mountpoint: &Path, options: &str) -> io::Result<OwnedFd> {
 
 /// Unmounts `mountpoint` with `fusermount3 -u` (`-z`: lazily, even while files are open), as a non-root process
 /// must.
-pub(crate) fn unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
+pub fn unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
     let mut cmd = Command::new(FUSERMOUNT);
     cmd.arg("-u");
     if lazy {
         cmd.arg("-z");
     }
-    let out = cmd.arg("--").arg(mountpoint).stdin(Stdio::null()).output()?;
+    let out = cmd
+        .arg("--")
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("running {FUSERMOUNT}: {e} (install the fuse3 package)"),
+            )
+        })?;
     if out.status.success() {
         Ok(())
     } else {

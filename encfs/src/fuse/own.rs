@@ -346,13 +346,11 @@ pub(crate) fn mount<T: ReadOnlyTree>(
     let dev = Arc::new(if root {
         mount_as_root(mountpoint, cfg)?
     } else {
-        let mut options = format!(
-            "ro,nosuid,nodev,default_permissions,max_read={MAX_READ},subtype=cinfer-encfs,fsname={}",
-            super::fusermount::escape_option(&cfg.fs_name)
+        let options = format!(
+            "ro,nosuid,nodev,subtype=cinfer-encfs,fsname={},{}",
+            super::fusermount::escape_option(&cfg.fs_name),
+            fuse_options(cfg)
         );
-        if cfg.allow_other {
-            options.push_str(",allow_other");
-        }
         super::fusermount::mount(mountpoint, &options)?
     });
     let uring = Arc::new(Decision::default());
@@ -453,6 +451,16 @@ impl Drop for OwnSession {
     }
 }
 
+/// The FUSE mount options either way of mounting passes: permission checks by the kernel, the largest read, and
+/// `allow_other` when asked.
+fn fuse_options(cfg: &MountConfig) -> String {
+    let mut options = format!("default_permissions,max_read={MAX_READ}");
+    if cfg.allow_other {
+        options.push_str(",allow_other");
+    }
+    options
+}
+
 /// Opens `/dev/fuse` and mounts it at `mountpoint` with mount(2) (root).
 fn mount_as_root(mountpoint: &Path, cfg: &MountConfig) -> io::Result<OwnedFd> {
     let path = CString::new("/dev/fuse").map_err(io::Error::other)?;
@@ -466,11 +474,10 @@ fn mount_as_root(mountpoint: &Path, cfg: &MountConfig) -> io::Result<OwnedFd> {
     let dev = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut data =
-        format!("fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions,max_read={MAX_READ}");
-    if cfg.allow_other {
-        data.push_str(",allow_other");
-    }
+    let data = format!(
+        "fd={fd},rootmode=40000,user_id={uid},group_id={gid},{}",
+        fuse_options(cfg)
+    );
     let source = CString::new(cfg.fs_name.as_bytes()).map_err(io::Error::other)?;
     let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let fstype = CString::new("fuse.cinfer-encfs").map_err(io::Error::other)?;
