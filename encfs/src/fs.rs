@@ -648,7 +648,6 @@ impl<B: BlobSource> EncFs<B> {
     }
 }
 
-/// Counts a read as being decrypted while alive.
 /// Where a read's plaintext goes: a growable buffer of the daemon's, or a transport's reply buffer.
 trait OutBuf {
     /// The first `len` bytes to fill (a `Vec` grows; a slice holds at least `len`).
@@ -688,6 +687,7 @@ impl OutBuf for SliceOut<'_> {
     }
 }
 
+/// Counts a read as being decrypted while alive.
 struct Busy<'a> {
     count: &'a std::sync::atomic::AtomicUsize,
     /// Reads that were being decrypted when this one started.
