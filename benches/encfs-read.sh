@@ -22,7 +22,7 @@
 # Also prints how the page cache holds the warm encfs and ext4 files (benches/folio-sizes.py): FUSE's page cache
 # uses single 4 KiB pages on the kernels seen so far, ext4's large folios, which is most of the warm gap.
 # Every FUSE figure (encfs, null FS, copy FS) is taken on both transports, in the same run: classic
-# (`/dev/fuse` read/write, fuser, request threads) and io_uring (`--transport uring`: per-CPU ring queues; the
+# (`/dev/fuse` read/write, request threads each on a cloned descriptor) and io_uring (`--transport uring`: per-CPU ring queues; the
 # script turns the `fuse.enable_uring` module parameter on for the run and restores it).
 # The reader's CPU (dd's user + system time: copying to user space, and for a FUSE file the page cache's work of
 # allocating and inserting its pages) is printed too, and with the daemon's it gives each cold read's CPU ceiling,

@@ -1,5 +1,6 @@
-//! The FUSE adapter: translates `fuser` requests into calls of a [`ReadOnlyTree`] and results into replies; one
-//! adapter for images ([`ImageTree`], an [`EncFs`]) and legacy LUKS2 + ext4 images alike.
+//! Mounting any [`ReadOnlyTree`] ([`ImageTree`], an [`EncFs`], and legacy LUKS2 + ext4 images alike) and the
+//! session behind a mount: the project's own FUSE session (`own`), which answers each request through one
+//! dispatcher (`serve`) over either transport, `/dev/fuse` (classic) or io_uring.
 //!
 //! It holds no filesystem logic and no logging policy: a tree answers a failure with an errno it has logged
 //! (a chunk that fails authentication once per chunk index, the kernel retrying a failed readahead page by page
@@ -12,7 +13,6 @@
 //! and entry TTLs for the same reason. The kernel's readahead can only be raised after the mount, through
 //! the bdi in sysfs ([`MountSession::set_read_ahead_kb`]).
 
-use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -21,12 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, MountOption,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request, SessionACL,
-};
-use tracing::{error, info, instrument, warn};
+use tracing::{error, info, warn};
 
 pub mod abi;
 pub mod fusermount;
@@ -36,12 +31,9 @@ pub mod proto;
 mod serve;
 
 use crate::fs::readahead::ReadAheadConfig;
-use crate::fs::{EncFs, ImageTree, MAX_READ};
+use crate::fs::{EncFs, ImageTree};
 use crate::source::BlobSource;
-use crate::tree::{self, Attr, FileKind, ReadOnlyTree, ReadReply};
-
-/// How long the kernel may cache attributes and lookups: the image never changes under a mount.
-const TTL: Duration = Duration::from_secs(24 * 3600);
+use crate::tree::ReadOnlyTree;
 
 /// The kernel readahead a mount gets by default, in KiB (written to sysfs after mounting, when allowed).
 ///
@@ -68,7 +60,7 @@ pub fn local_threads() -> usize {
 }
 
 /// Most FUSE request threads a mount runs (`--threads` is refused above it). Each holds a cloned `/dev/fuse` fd
-/// and a read buffer of up to [`MAX_READ`]; beyond the kernel's `max_background` (64 by default) more threads
+/// and a 128 KiB request buffer; beyond the kernel's `max_background` (64 by default) more threads
 /// only wait.
 pub const MAX_THREADS: usize = 64;
 
@@ -76,8 +68,8 @@ pub const MAX_THREADS: usize = 64;
 const FD_RESERVE: u64 = 64;
 
 /// The request threads a mount can start: `wanted`, at most [`MAX_THREADS`], and no more than the open-file
-/// limit allows (each thread needs its own cloned `/dev/fuse` fd; fuser starts none if one clone fails, which
-/// left a mount nobody serves). Raises the soft `RLIMIT_NOFILE` to the hard one first if that is needed.
+/// limit allows (each thread needs its own cloned `/dev/fuse` fd; threads that cannot have one would share a
+/// descriptor, and its queue). Raises the soft `RLIMIT_NOFILE` to the hard one first if that is needed.
 fn threads_within_fd_limit(wanted: usize) -> usize {
     let wanted = wanted.clamp(1, MAX_THREADS);
     let (threads, nofile) = fd_room(wanted);
@@ -136,7 +128,7 @@ pub enum Transport {
     Auto,
     /// FUSE over io_uring (Linux 6.14+, `fuse.enable_uring`): per-CPU queues, no system call per request.
     Uring,
-    /// `/dev/fuse` read/write, one request per system call pair (`fuser`).
+    /// `/dev/fuse` read/write, one request per system call pair, one request thread per cloned descriptor.
     Classic,
 }
 
@@ -197,245 +189,6 @@ impl Default for MountConfig {
     }
 }
 
-/// The `fuser` filesystem over any [`ReadOnlyTree`]: each request becomes one tree call, each result one reply.
-/// The tree has logged whatever it answers with an errno.
-struct FuseAdapter<T> {
-    tree: T,
-    max_background: u16,
-}
-
-impl<T: std::fmt::Debug> std::fmt::Debug for FuseAdapter<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FuseAdapter")
-            .field("tree", &self.tree)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T: ReadOnlyTree> FuseAdapter<T> {
-    /// Serves `tree`, letting the kernel keep `max_background` asynchronous requests in flight.
-    fn new(tree: T, max_background: u16) -> Self {
-        Self { tree, max_background }
-    }
-}
-
-impl ReadReply for ReplyData {
-    fn data(self, data: &[u8]) {
-        Self::data(self, data);
-    }
-
-    fn error(self, errno: tree::Errno) {
-        Self::error(self, errno_of(errno));
-    }
-}
-
-fn errno_of(e: tree::Errno) -> Errno {
-    Errno::from_i32(e.0)
-}
-
-fn file_type(kind: FileKind) -> FileType {
-    match kind {
-        FileKind::Dir => FileType::Directory,
-        FileKind::File => FileType::RegularFile,
-        FileKind::Symlink => FileType::Symlink,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.mtime,
-        mtime: a.mtime,
-        ctime: a.mtime,
-        crtime: a.mtime,
-        kind: file_type(a.kind),
-        perm: a.perm,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: 0,
-        blksize: a.blksize,
-        flags: 0,
-    }
-}
-
-impl<T: ReadOnlyTree> fuser::Filesystem for FuseAdapter<T> {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        if let Err(max) = config.set_max_background(self.max_background) {
-            warn!(requested = self.max_background, max, "kernel refused max_background");
-        }
-        // The kernel only lets INIT lower readahead; raising it goes through sysfs after the mount.
-        let _ = config.set_max_readahead(MAX_READ);
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
-        Ok(())
-    }
-
-    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.tree.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno_of(e)),
-        }
-    }
-
-    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.tree.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno_of(e)),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.tree.readlink(ino.0) {
-            Ok(t) => reply.data(t),
-            Err(e) => reply.error(errno_of(e)),
-        }
-    }
-
-    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != fuser::OpenAccMode::O_RDONLY {
-            reply.error(Errno::EROFS);
-            return;
-        }
-        // The image never changes under a mount: the page cache may outlive an open.
-        match self.tree.open_file(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno_of(e)),
-        }
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<fuser::LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.tree.release(fh.0);
-        reply.ok();
-    }
-
-    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, size))]
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<fuser::LockOwner>,
-        reply: ReplyData,
-    ) {
-        self.tree.read(ino.0, fh.0, offset, size.min(MAX_READ), reply);
-    }
-
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
-        reply.ok();
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.tree.open_dir(ino.0) {
-            Ok(()) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Err(e) => reply.error(errno_of(e)),
-        }
-    }
-
-    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset))]
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let listed = self.tree.readdir(ino.0, offset, &mut |e| {
-            reply.add(
-                INodeNo(e.ino),
-                e.next_offset,
-                file_type(e.kind),
-                OsStr::from_bytes(e.name),
-            )
-        });
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(e)),
-        }
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let s = self.tree.statfs();
-        let bsize = 4096u32;
-        reply.statfs(
-            s.bytes.div_ceil(u64::from(bsize)),
-            0,
-            0,
-            s.files,
-            0,
-            bsize,
-            crate::format::MAX_NAME_LEN as u32,
-            bsize,
-        );
-    }
-
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::NO_XATTR);
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
-    }
-
-    /// No ioctls: `ENOTTY`, as a regular file on a disk filesystem answers (Python's `open` asks `TCGETS` of
-    /// every file; fuser's default would log a warning for each).
-    fn ioctl(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _flags: fuser::IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: fuser::ReplyIoctl,
-    ) {
-        reply.error(Errno::ENOTTY);
-    }
-
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        // Permission bits are enforced by the kernel (`default_permissions`); this only checks existence.
-        match self.tree.getattr(ino.0) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno_of(e)),
-        }
-    }
-}
-
-/// Runs each request of the wrapped filesystem under `catch_unwind`: a panic while serving one request is logged,
-/// the request is answered `EIO` (its reply, dropped while unwinding, sends it) and the request thread goes on
-/// serving. Without it a panic ends the thread, silently shrinking the pool until no thread is left and the
-/// mount is dead (`ENOTCONN`).
-///
-/// Delegates every method that [`FuseAdapter`] implements (for any other the wrapped filesystem has fuser's
-/// default, as the wrapper does); a method added there must be added here.
-struct PanicGuard<F>(F);
-
-impl<F> PanicGuard<F> {
-    fn run(op: &'static str, f: impl FnOnce()) {
-        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            note_panic(op, panic.as_ref());
-        }
-    }
-}
-
 /// Counts and logs a request handler's panic (its request is answered `EIO`).
 fn note_panic(op: &'static str, panic: &(dyn std::any::Any + Send)) {
     let msg = panic
@@ -458,7 +211,7 @@ pub fn mounts_by_transport() -> (u64, u64) {
     (MOUNTS[0].load(Ordering::Relaxed), MOUNTS[1].load(Ordering::Relaxed))
 }
 
-/// Request handlers that panicked in this process ([`PanicGuard`]).
+/// Request handlers that panicked in this process (`serve::dispatch_guarded`).
 static PANICS: AtomicU64 = AtomicU64::new(0);
 
 /// How many FUSE request handlers have panicked in this process (each answered `EIO`).
@@ -466,123 +219,13 @@ pub fn handler_panics() -> u64 {
     PANICS.load(Ordering::Relaxed)
 }
 
-impl<F: fuser::Filesystem> fuser::Filesystem for PanicGuard<F> {
-    fn init(&mut self, req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        self.0.init(req, config)
-    }
-
-    fn destroy(&mut self) {
-        self.0.destroy();
-    }
-
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        Self::run("lookup", || self.0.lookup(req, parent, name, reply));
-    }
-
-    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        Self::run("getattr", || self.0.getattr(req, ino, fh, reply));
-    }
-
-    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        Self::run("readlink", || self.0.readlink(req, ino, reply));
-    }
-
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        Self::run("open", || self.0.open(req, ino, flags, reply));
-    }
-
-    fn release(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        flags: OpenFlags,
-        lock_owner: Option<fuser::LockOwner>,
-        flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        Self::run("release", || {
-            self.0.release(req, ino, fh, flags, lock_owner, flush, reply)
-        });
-    }
-
-    fn read(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        flags: OpenFlags,
-        lock_owner: Option<fuser::LockOwner>,
-        reply: ReplyData,
-    ) {
-        Self::run("read", || {
-            self.0.read(req, ino, fh, offset, size, flags, lock_owner, reply)
-        });
-    }
-
-    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
-        Self::run("flush", || self.0.flush(req, ino, fh, lock_owner, reply));
-    }
-
-    fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        Self::run("opendir", || self.0.opendir(req, ino, flags, reply));
-    }
-
-    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
-        Self::run("readdir", || self.0.readdir(req, ino, fh, offset, reply));
-    }
-
-    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        Self::run("statfs", || self.0.statfs(req, ino, reply));
-    }
-
-    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        Self::run("getxattr", || self.0.getxattr(req, ino, name, size, reply));
-    }
-
-    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        Self::run("listxattr", || self.0.listxattr(req, ino, size, reply));
-    }
-
-    fn ioctl(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        flags: fuser::IoctlFlags,
-        cmd: u32,
-        in_data: &[u8],
-        out_size: u32,
-        reply: fuser::ReplyIoctl,
-    ) {
-        Self::run("ioctl", || {
-            self.0.ioctl(req, ino, fh, flags, cmd, in_data, out_size, reply)
-        });
-    }
-
-    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        Self::run("access", || self.0.access(req, ino, mask, reply));
-    }
-}
-
 /// A live mount: dropping it unmounts.
 #[derive(Debug)]
 pub struct MountSession {
-    session: Session,
+    session: own::OwnSession,
     mountpoint: PathBuf,
     /// The mount's ID and device in the mount table, if it could be found there right after mounting.
     mount_id: Option<(u64, (u32, u32))>,
-}
-
-/// The session behind a mount, by transport.
-#[derive(Debug)]
-enum Session {
-    /// `fuser` on `/dev/fuse`.
-    Fuser(fuser::BackgroundSession),
-    /// This crate's own session (io_uring).
-    Own(own::OwnSession),
 }
 
 /// Mounts `fs` read-only at `mountpoint` and serves it from background threads. Returns once the kernel has
@@ -602,37 +245,40 @@ pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig
     // As the mount table will list it (read before mounting: resolving the mount point afterwards would ask the
     // new filesystem).
     let canonical = mountpoint.canonicalize()?;
-    let shape = own::Shape::for_threads(cfg.threads.clamp(1, MAX_THREADS));
-    let available = own::uring_available().and_then(|()| {
-        let need = shape.fds();
-        match fd_room(need) {
-            (room, _) if room >= need => Ok(()),
-            (_, nofile) => Err(format!(
-                "the open-file limit ({nofile}) leaves no room for its {need} descriptors (two per ring)"
-            )),
-        }
-    });
-    let use_own = match (cfg.transport, available) {
-        (Transport::Classic, _) => false,
-        (_, Ok(())) => true,
-        (Transport::Uring, Err(why)) => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("the io_uring transport is not available: {why}"),
-            ));
-        }
-        (Transport::Auto, Err(why)) => {
-            info!("FUSE over io_uring not available, using the classic transport: {why}");
-            false
+    let threads = cfg.threads.clamp(1, MAX_THREADS);
+    // The rings' layout, only when io_uring may carry the mount.
+    let shape = match cfg.transport {
+        Transport::Classic => None,
+        Transport::Auto | Transport::Uring => {
+            let shape = own::Shape::for_threads(threads);
+            let available = own::uring_available().and_then(|()| {
+                let need = shape.fds();
+                match fd_room(need) {
+                    (room, _) if room >= need => Ok(()),
+                    (_, nofile) => Err(format!(
+                        "the open-file limit ({nofile}) leaves no room for its {need} descriptors (two per ring)"
+                    )),
+                }
+            });
+            match (cfg.transport, available) {
+                (_, Ok(())) => Some(shape),
+                (Transport::Uring, Err(why)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("the io_uring transport is not available: {why}"),
+                    ));
+                }
+                (_, Err(why)) => {
+                    info!("FUSE over io_uring not available, using the classic transport: {why}");
+                    None
+                }
+            }
         }
     };
-    let (session, threads) = if use_own {
-        let threads = shape.threads();
-        let s = own::mount(tree, mountpoint, cfg, shape.clone())?;
-        (Session::Own(s), threads)
-    } else {
-        spawn_fuser(tree, mountpoint, cfg)?
-    };
+    // Classic request threads, counted only if the mount may be served through /dev/fuse (an io_uring mount
+    // whose INIT or rings fail falls back to it).
+    let classic_threads = threads_within_fd_limit(threads);
+    let session = own::mount(tree, mountpoint, cfg, shape.clone(), classic_threads)?;
     let mount_id = mountinfo::top_at(&canonical)
         .ok()
         .flatten()
@@ -653,49 +299,23 @@ pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig
     }
     let transport = session.transport();
     MOUNTS[usize::from(transport != Transport::Uring)].fetch_add(1, Ordering::Relaxed);
-    if transport == Transport::Uring {
-        info!(
+    match shape {
+        Some(shape) if transport == Transport::Uring => info!(
             mountpoint = %mountpoint.display(),
             transport = %transport,
             queues = shape.queues,
-            threads,
+            threads = shape.threads(),
             queue_depth = shape.depth,
             "mounted"
-        );
-    } else {
-        info!(mountpoint = %mountpoint.display(), transport = %transport, threads, "mounted");
+        ),
+        _ => info!(mountpoint = %mountpoint.display(), transport = %transport, threads = classic_threads, "mounted"),
     }
     Ok(session)
 }
 
-/// Mounts through `fuser` (classic transport).
-fn spawn_fuser<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig) -> io::Result<(Session, usize)> {
-    let filesystem = FuseAdapter::new(tree, cfg.max_background);
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::DefaultPermissions,
-        MountOption::FSName(cfg.fs_name.clone()),
-        MountOption::Subtype("cinfer-encfs".into()),
-        MountOption::CUSTOM(format!("max_read={MAX_READ}")),
-    ];
-    config.acl = if cfg.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    let threads = threads_within_fd_limit(cfg.threads);
-    config.n_threads = Some(threads);
-    config.clone_fd = cfg.clone_fd;
-    let session = fuser::spawn_mount(PanicGuard(filesystem), mountpoint, &config)?;
-    Ok((Session::Fuser(session), threads))
-}
-
 /// The `fusermount3` program, found on the image's `PATH`. Never taken from `FUSERMOUNT_PATH`: a host able to add
 /// environment to the container must not choose which program the (root) daemon runs; `main` also removes that
-/// variable for `fuser`, which reads it.
+/// variable (libfuse and `fuser`, which this daemon no longer uses, read it).
 pub const FUSERMOUNT: &str = "fusermount3";
 
 /// Detaches the mount at `path` lazily (`umount2(MNT_DETACH)`; as non-root, or on `EPERM`, `fusermount3 -u -z`).
@@ -721,7 +341,7 @@ impl MountSession {
     }
 
     /// Waits until the new mount answers an open of its root (its request threads run), or fails if the session ended
-    /// first (fuser starts no request thread when it cannot set them all up): the mount is then detached and
+    /// first (no request thread could start): the mount is then detached and
     /// the session's error returned, so no mount is left that nobody serves.
     fn check_serving(&self) -> io::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -758,15 +378,12 @@ impl MountSession {
 
     /// True once the session has ended (for example after an external `umount`).
     pub fn is_finished(&self) -> bool {
-        match &self.session {
-            Session::Fuser(s) => s.guard.is_finished(),
-            Session::Own(s) => s.is_finished(),
-        }
+        self.session.is_finished()
     }
 
     /// Whether requests travel over io_uring.
     fn uses_uring(&self) -> bool {
-        matches!(&self.session, Session::Own(s) if s.uses_uring())
+        self.session.uses_uring()
     }
 
     /// The transport that carries this mount's requests ([`Transport::Uring`] or [`Transport::Classic`]).
@@ -789,20 +406,14 @@ impl MountSession {
 
     /// Unmounts and waits for the request threads to finish.
     pub fn unmount(self) -> io::Result<()> {
-        match self.session {
-            Session::Fuser(s) => s.umount_and_join(),
-            Session::Own(s) => s.unmount(),
-        }
+        self.session.unmount()
     }
 
     /// Ends a session that was unmounted from outside (`umount`, `fusermount3 -u`) without touching the
-    /// mountpoint again: fuser would otherwise try to unmount the path once more on drop, which could hit a new
+    /// mountpoint again: the session would otherwise detach the path once more on drop, which could hit a new
     /// mount made there since.
     pub(crate) fn finish_after_external_unmount(self) {
-        match self.session {
-            Session::Fuser(s) => std::mem::forget(s),
-            Session::Own(s) => s.forget(),
-        }
+        self.session.forget();
     }
 
     /// Ends a session that has finished ([`Self::is_finished`]) without this process unmounting it. Either it
@@ -813,7 +424,7 @@ impl MountSession {
     /// Mount IDs and device numbers are reused at once, so a new mount on the same path may carry ours: a mount
     /// there is taken for ours only if its ID and device match and opening it fails with `ENOTCONN`
     /// (connection gone) or gets no answer (connection up, no request thread). A mount that answers is someone
-    /// else's and is left alone. The session is never dropped (fuser would unmount the path again on drop, and
+    /// else's and is left alone. The session is never dropped (it would detach the path again on drop, and
     /// could hit that new mount); its fd goes with the process.
     pub fn finish_ended(self) -> Ended {
         let Some((id, dev)) = self.mount_id else {

@@ -6,7 +6,8 @@
 //! * [`source`]: the [`source::BlobSource`] trait (async ranged reads) and its backends;
 //! * [`fs`]: the filesystem logic, generic over the source, with no FUSE types;
 //! * [`tree`]: the read-only tree trait that both images ([`fs::ImageTree`]) and legacy LUKS2 images implement;
-//! * [`fuse`]: the one thin `fuser` adapter over any such tree, and the mount calls.
+//! * [`fuse`]: the project's own FUSE session over any such tree (classic `/dev/fuse` and io_uring), and the
+//!   mount calls.
 //!
 //! The feature `testing` adds the module `testing`, an in-process image builder for tests.
 

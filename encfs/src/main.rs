@@ -14,8 +14,9 @@ use crate::cli::{Cli, Command};
 use crate::daemon::Ready;
 
 fn main() -> ExitCode {
-    // `fuser` runs the program `FUSERMOUNT_PATH` names to mount and unmount: a setting the measured command line
-    // does not carry, so it is dropped before any thread exists (see `encfs::fuse::FUSERMOUNT`).
+    // libfuse-based code runs the program `FUSERMOUNT_PATH` names to mount and unmount: a setting the measured
+    // command line does not carry. This daemon never reads it (see `encfs::fuse::FUSERMOUNT`); it is dropped
+    // before any thread exists all the same, so no library that does can be steered by it.
     #[allow(unsafe_code)]
     // SAFETY: first statement of `main`: no other thread exists yet that could read the environment.
     unsafe {
@@ -78,11 +79,12 @@ fn make_not_dumpable() -> bool {
 /// Serves allocations of 8 MiB and more with their own mapping, always (glibc's `M_MMAP_THRESHOLD`, which
 /// otherwise rises to the size of any large block freed, up to 32 MiB).
 ///
-/// fuser gives each FUSE request thread a 16 MiB receive buffer, zero-filled. Mapped on its own, only the pages the
-/// kernel writes requests into become resident (a few KiB); once the threshold had risen past it (after a 4 MiB part
-/// buffer was freed, say), the buffer came from a malloc arena, whose zero-fill made all 16 MiB resident. A sidecar
-/// with 40 filesystems of 8 threads each held 2.1 GiB that way. Blocks below 8 MiB (reads, part buffers) still
-/// come from the arenas, as fast as before.
+/// fuser, which served the classic transport before the project's own FUSE session did, gave each request thread a
+/// 16 MiB receive buffer, zero-filled: once the threshold had risen past it (after a 4 MiB part buffer was freed,
+/// say), the buffer came from a malloc arena, whose zero-fill made all 16 MiB resident, and a sidecar with 40
+/// filesystems of 8 threads each held 2.1 GiB. The own session's request buffers are 128 KiB, but any large,
+/// sparsely used block is better mapped on its own. Blocks below 8 MiB (reads, part buffers) still come from the
+/// arenas, as fast as before.
 fn bound_large_allocations() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -1,6 +1,6 @@
-//! The read-only tree that the FUSE adapter ([`crate::fuse`]) serves: one interface, implemented by the image
+//! The read-only tree that the FUSE session ([`crate::fuse`]) serves: one interface, implemented by the image
 //! filesystem (`fs::ImageTree`, an [`EncFs`](crate::fs::EncFs) read through its decrypt-ahead) and by the legacy
-//! LUKS2 + ext4 reader (`legacy::mount::LegacyFs`), so one adapter translates `fuser` requests for both.
+//! LUKS2 + ext4 reader (`legacy::mount::LegacyFs`), so one dispatcher answers FUSE requests for both.
 //!
 //! Plain types only, no FUSE ones. A failed operation answers an [`Errno`] that the tree has already logged:
 //! it knows what deserves a line and how often (a chunk that fails authentication is logged once per chunk, a

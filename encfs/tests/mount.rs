@@ -90,9 +90,9 @@ fn mmap_reads_match() {
     }
 }
 
-/// The threads of the daemon `pid` named `prefix` + a number (fuser names its request threads `fuser-0`,
-/// `fuser-1`, ..., its session thread `fuser-bg`; the io_uring queues are `encfs-uring-0`, ...), once there are
-/// `want` of them or 10 s have passed (both start them after the mount).
+/// The threads of the daemon `pid` named `prefix` + a number (the `/dev/fuse` request threads are `encfs-fuse-0`,
+/// `encfs-fuse-1`, ..., the io_uring queues' `encfs-uring-0`, ...), once there are `want` of them or 10 s have
+/// passed (both start them after the mount).
 fn numbered_threads(pid: i32, prefix: &str, want: usize) -> usize {
     let count = || {
         std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -110,8 +110,8 @@ fn numbered_threads(pid: i32, prefix: &str, want: usize) -> usize {
 }
 
 /// Checks that the daemon `pid` serves with what its transport promises: on the classic transport `threads`
-/// request threads, over io_uring `threads` or more spread over the online CPUs' queues, two a queue at least (and no
-/// fuser thread). The daemon's log
+/// request threads, over io_uring `threads` or more spread over the online CPUs' queues, two a queue at least (and one
+/// `/dev/fuse` thread, for INIT, FORGET and INTERRUPT). The daemon's log
 /// names the transport it picked, which must be the one this run expects.
 fn assert_serving_threads(pid: i32, log: &str, threads: usize) {
     let transport = common::expected_transport();
@@ -130,9 +130,17 @@ fn assert_serving_threads(pid: i32, log: &str, threads: usize) {
             want,
             "io_uring queue threads"
         );
-        assert_eq!(numbered_threads(pid, "fuser-", 0), 0, "fuser threads over io_uring");
+        assert_eq!(
+            numbered_threads(pid, "encfs-fuse-", 1),
+            1,
+            "/dev/fuse threads over io_uring"
+        );
     } else {
-        assert_eq!(numbered_threads(pid, "fuser-", threads), threads, "request threads");
+        assert_eq!(
+            numbered_threads(pid, "encfs-fuse-", threads),
+            threads,
+            "request threads"
+        );
     }
 }
 

@@ -1,6 +1,6 @@
 //! Mounting as a non-root process, for the project's own FUSE session ([`super::own`]): `fusermount3` (setuid
 //! root, from the fuse3 package) opens `/dev/fuse`, mounts it and hands the descriptor back over a Unix socket
-//! whose number it finds in `_FUSE_COMMFD` (libfuse's protocol; `fuser` does the same for the classic transport).
+//! whose number it finds in `_FUSE_COMMFD` (libfuse's protocol).
 //! The mount is unmounted with `fusermount3 -u` ([`super::detach`] falls back to it).
 
 use std::io::{self, IoSliceMut, Read};

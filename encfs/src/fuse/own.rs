@@ -1,9 +1,16 @@
-//! The project's own FUSE session, which carries requests over io_uring (Linux 6.14+, `CONFIG_FUSE_IO_URING`,
-//! module parameter `fuse.enable_uring`): `fuser` 0.18 has no io_uring transport and its session cannot host a
-//! second one (it answers INIT itself and refuses `FUSE_OVER_IO_URING`), so this module mounts (mount(2) as root,
-//! [`super::fusermount`] otherwise), answers INIT and serves the rings itself, through the same
-//! [`serve::dispatch`] as any transport. The mount counts as io_uring once every queue thread has registered its
-//! ring ([`Registrations`]): the kernel moves requests to the rings only then.
+//! The project's own FUSE session, for both transports: it mounts (mount(2) as root, [`super::fusermount`]
+//! otherwise), answers INIT and serves requests through [`serve::dispatch`], over `/dev/fuse` (classic) or over
+//! io_uring (Linux 6.14+, `CONFIG_FUSE_IO_URING`, module parameter `fuse.enable_uring`). `fuser` 0.18, which
+//! carried the classic transport before, has no io_uring transport and its session cannot host a second one (it
+//! answers INIT itself and refuses `FUSE_OVER_IO_URING`); one session for both keeps one INIT, one set of mount
+//! options and one dispatcher, whose request parsing ([`super::proto`]) is fuzzed. The mount counts as io_uring
+//! once every queue thread has registered its ring ([`Registrations`]): the kernel moves requests to the rings
+//! only then.
+//!
+//! Classic: after INIT, request threads (`--threads`, as many as the open-file limit allows) each read and answer
+//! requests on their own clone of the `/dev/fuse` descriptor (`FUSE_DEV_IOC_CLONE`: each clone has its own queue of
+//! requests being processed, so the threads do not contend on one; a reply goes back on the descriptor its request
+//! came from). A thread serves one request at a time.
 //!
 //! Shape (after the kernel's `Documentation/filesystems/fuse-io-uring.rst` and libfuse 3.18): one thread reads
 //! `/dev/fuse`, which carries INIT, FORGET and INTERRUPT always, and every request until the rings are ready;
@@ -44,10 +51,10 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tracing::{debug, info, warn};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
+use super::MountConfig;
 use super::abi::{self, init};
 use super::proto;
 use super::serve::{self, Responder};
-use super::{MountConfig, Transport};
 use crate::fs::MAX_READ;
 use crate::tree::ReadOnlyTree;
 
@@ -55,8 +62,12 @@ use crate::tree::ReadOnlyTree;
 const MIN_THREADS_PER_QUEUE: usize = 2;
 /// Pages of one request's data (1 MiB, `FUSE_MAX_MAX_PAGES`): the payload buffer of every ring entry.
 const MAX_PAGES: u16 = 256;
-/// Buffer for one `/dev/fuse` request: a read-only filesystem gets no write data, only names and xattr values.
+/// Buffer for one `/dev/fuse` request: a read-only filesystem gets no write data, only names and xattr values
+/// (the kernel wants room for a header and `max_write`, 4 KiB, at least 8 KiB in all).
 const DEV_BUFFER: usize = 128 << 10;
+/// `FUSE_DEV_IOC_CLONE` (`_IOR(229, 0, uint32_t)`): attaches a newly opened `/dev/fuse` descriptor to the
+/// connection of the descriptor whose number it is given.
+const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
 /// The ring's user data for the eventfd read.
 const WAKE: u64 = u64::MAX;
 
@@ -308,12 +319,15 @@ impl Decision {
 
 struct Shared<T> {
     tree: T,
+    /// The connection's `/dev/fuse` descriptor (INIT's; the classic request threads may hold clones).
     dev: Arc<OwnedFd>,
     cfg: MountConfig,
-    want_uring: bool,
+    /// The rings' layout when io_uring is wanted (`None`: classic only).
+    shape: Option<Shape>,
+    /// Request threads when the mount is served through `/dev/fuse`.
+    classic_threads: usize,
     uring: Arc<Decision>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    shape: Shape,
 }
 
 /// An unstable tuning knob from the environment (`CINFER_UNSTABLE_URING_*`, for measurements), else `default`.
@@ -333,13 +347,14 @@ fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
-/// Mounts `tree` read-only at `mountpoint` and serves it: over io_uring when INIT offers it and `cfg.transport`
-/// is not [`Transport::Classic`], else through `/dev/fuse`.
+/// Mounts `tree` read-only at `mountpoint` and serves it: over io_uring laid out as `shape` when one is given and
+/// INIT offers it, else through `/dev/fuse` with `classic_threads` request threads.
 pub(crate) fn mount<T: ReadOnlyTree>(
     tree: T,
     mountpoint: &Path,
     cfg: &MountConfig,
-    shape: Shape,
+    shape: Option<Shape>,
+    classic_threads: usize,
 ) -> io::Result<OwnSession> {
     // SAFETY: no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -360,20 +375,18 @@ pub(crate) fn mount<T: ReadOnlyTree>(
         tree,
         dev,
         cfg: cfg.clone(),
-        want_uring: cfg.transport != Transport::Classic,
+        shape,
+        classic_threads: classic_threads.max(1),
         uring: uring.clone(),
         threads: threads.clone(),
-        shape,
     });
     let done = dev_done.clone();
-    let spawned = std::thread::Builder::new()
-        .name("encfs-fuse-dev".into())
-        .spawn(move || {
-            dev_loop(&shared);
-            // The connection ended, INIT or not.
-            shared.uring.decide(false);
-            done.store(true, Ordering::Release);
-        });
+    let spawned = std::thread::Builder::new().name("encfs-fuse-0".into()).spawn(move || {
+        dev_loop(&shared, &shared.dev.clone());
+        // The connection ended, INIT or not.
+        shared.uring.decide(false);
+        done.store(true, Ordering::Release);
+    });
     let handle = match spawned {
         Ok(h) => h,
         Err(e) => {
@@ -552,12 +565,13 @@ impl Drop for DevResponder {
     }
 }
 
-/// Reads `/dev/fuse` until the connection ends: INIT, then whatever the kernel sends this way.
-fn dev_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>) {
+/// Reads requests from `dev` (the connection's descriptor or a clone of it) until the connection ends: INIT, then
+/// whatever the kernel sends this way. Each reply goes back on `dev`.
+fn dev_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, dev: &Arc<OwnedFd>) {
     let mut buf = vec![0u8; DEV_BUFFER];
     loop {
         // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
-        let n = unsafe { libc::read(shared.dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::read(dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
@@ -575,13 +589,13 @@ fn dev_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>) {
             Err(e) => {
                 warn!("malformed FUSE request: {e}");
                 if let Ok((h, _)) = abi::InHeader::read_from_prefix(msg) {
-                    write_reply(&shared.dev, h.unique, -libc::EIO, &[]);
+                    write_reply(dev, h.unique, -libc::EIO, &[]);
                 }
                 continue;
             }
         };
         let r = DevResponder {
-            dev: shared.dev.clone(),
+            dev: dev.clone(),
             unique: header.unique,
             done: false,
         };
@@ -607,7 +621,8 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
         | init::MAX_PAGES
         | init::CACHE_SYMLINKS
         | init::INIT_EXT;
-    let uring = shared.want_uring && offered & init::OVER_IO_URING != 0;
+    let want_uring = shared.shape.is_some();
+    let uring = want_uring && offered & init::OVER_IO_URING != 0;
     if uring {
         wanted |= init::OVER_IO_URING;
     }
@@ -627,20 +642,22 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
         ..Default::default()
     };
     r.send(0, &[out.as_bytes()]);
-    if !uring {
-        if shared.want_uring {
-            info!("the kernel did not offer FUSE over io_uring: serving through /dev/fuse");
+    let shape = match &shared.shape {
+        Some(shape) if uring => shape,
+        _ => {
+            if want_uring {
+                info!("the kernel did not offer FUSE over io_uring: serving through /dev/fuse");
+            }
+            serve_classic(shared);
+            return;
         }
-        shared.uring.decide(false);
-        return;
-    }
-    let shape = &shared.shape;
+    };
     let arena = match PayloadArena::new(shape.threads() * shape.depth, usize::from(MAX_PAGES) * 4096) {
         Ok(a) => Arc::new(a),
         Err(e) => {
             // No queue registers, so the kernel keeps every request on /dev/fuse.
             warn!("cannot map the io_uring payload buffers, serving through /dev/fuse: {e}");
-            shared.uring.decide(false);
+            serve_classic(shared);
             return;
         }
     };
@@ -678,13 +695,63 @@ fn answer_init<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, init_in: &abi::InitIn, 
     }
     // Requests keep coming through /dev/fuse until every queue has registered; the mount counts as io_uring from
     // then on. A queue that failed leaves the kernel on /dev/fuse for good (the registered queues wait unused).
-    let registered = regs.all_registered(shape.threads(), REGISTER_TIMEOUT);
-    if registered {
+    if regs.all_registered(shape.threads(), REGISTER_TIMEOUT) {
         debug!(?shape, "FUSE io_uring queues registered");
+        shared.uring.decide(true);
     } else {
         warn!("not every FUSE io_uring queue registered: serving through /dev/fuse");
+        serve_classic(shared);
     }
-    shared.uring.decide(registered);
+}
+
+/// Serves the mount through `/dev/fuse` from now on: the calling thread (`encfs-fuse-0`, which answered INIT) goes
+/// on reading the connection's descriptor, and `classic_threads - 1` more request threads start (`encfs-fuse-1`,
+/// ...), each on its own clone of it (or on the same descriptor where a clone cannot be made).
+fn serve_classic<T: ReadOnlyTree>(shared: &Arc<Shared<T>>) {
+    shared.uring.decide(false);
+    let mut threads = shared.threads.lock().unwrap_or_else(|p| p.into_inner());
+    for n in 1..shared.classic_threads {
+        let dev = if shared.cfg.clone_fd {
+            match clone_dev(&shared.dev) {
+                Ok(fd) => Arc::new(fd),
+                Err(e) => {
+                    debug!("cannot clone the /dev/fuse descriptor, sharing it: {e}");
+                    shared.dev.clone()
+                }
+            }
+        } else {
+            shared.dev.clone()
+        };
+        let s = shared.clone();
+        match std::thread::Builder::new()
+            .name(format!("encfs-fuse-{n}"))
+            .spawn(move || dev_loop(&s, &dev))
+        {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                warn!(started = n, "cannot start more FUSE request threads: {e}");
+                break;
+            }
+        }
+    }
+}
+
+/// A new `/dev/fuse` descriptor attached to the connection of `dev` (`FUSE_DEV_IOC_CLONE`).
+fn clone_dev(dev: &OwnedFd) -> io::Result<OwnedFd> {
+    let path = c"/dev/fuse";
+    // SAFETY: a valid NUL-terminated path; the returned fd is owned below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let clone = unsafe { OwnedFd::from_raw_fd(fd) };
+    let master = dev.as_raw_fd() as u32;
+    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the descriptor number) from the pointer, which is valid for it.
+    if unsafe { libc::ioctl(clone.as_raw_fd(), FUSE_DEV_IOC_CLONE, &raw const master) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(clone)
 }
 
 /// The payload buffers of a mount's ring entries: one anonymous mapping, aligned to 2 MiB and marked for

@@ -1,6 +1,5 @@
 //! Serves parsed FUSE requests from a [`ReadOnlyTree`], whatever transport carried them: each request becomes one
-//! tree call, each result one reply handed to the transport's [`Responder`]. The same answers as the `fuser`
-//! adapter (`super::FuseAdapter`) gives on the classic transport.
+//! tree call, each result one reply handed to the transport's [`Responder`] (`/dev/fuse` or a ring entry).
 
 use std::time::{Duration, SystemTime};
 
