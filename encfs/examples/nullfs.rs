@@ -126,7 +126,8 @@ impl ReadOnlyTree for NullFs {
             reply.data(&ZEROS[..n as usize]);
             return;
         };
-        // Over io_uring, read straight into the ring entry (as encfs decrypts into it).
+        // Read straight into the transport's reply buffer (a ring entry, or a classic request thread's page-aligned
+        // buffer), as encfs decrypts into it.
         if let Some(dst) = reply.buffer() {
             let n = (n as usize).min(dst.len());
             match std::os::unix::fs::FileExt::read_exact_at(file, &mut dst[..n], offset) {
