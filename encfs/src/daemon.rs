@@ -5,9 +5,7 @@
 //! writes one line to the pipe: `ready <root>` once files are visible, or `error <message>`. The parent waits
 //! for that line and exits 0 or 1 accordingly, so `mount` returns only when the mount can be used.
 
-use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -351,34 +349,20 @@ fn unpinned_warning(args: &MountArgs) -> Option<&'static str> {
 
 fn unmount_path(mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
     let shown = mountpoint.display();
-    if is_root() {
-        let c = CString::new(mountpoint.as_os_str().as_bytes()).context("mountpoint contains NUL")?;
-        let flags = if lazy { libc::MNT_DETACH } else { 0 };
-        #[allow(unsafe_code)]
-        // SAFETY: `c` is a valid NUL-terminated path that outlives the call; umount2 does not keep it.
-        let rc = unsafe { libc::umount2(c.as_ptr(), flags) };
-        if rc == 0 {
-            return Ok(());
+    match fuse::unmount_path(mountpoint, lazy) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => bail!("{shown} is not a mountpoint"),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            bail!("{shown} is busy (files open?); use --lazy to detach anyway")
         }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EPERM) => {}
-            Some(libc::EINVAL) => bail!("{shown} is not a mountpoint"),
-            Some(libc::EBUSY) => bail!("{shown} is busy (files open?); use --lazy to detach anyway"),
-            _ => return Err(err).with_context(|| format!("unmounting {shown}")),
-        }
+        Err(e) => Err(e).with_context(|| format!("unmounting {shown}")),
     }
-    fuse::fusermount::unmount(mountpoint, lazy).with_context(|| format!("unmounting {shown}"))
 }
 
 #[allow(unsafe_code)]
 fn ids() -> (u32, u32) {
     // SAFETY: geteuid and getegid cannot fail and have no preconditions.
     unsafe { (libc::geteuid(), libc::getegid()) }
-}
-
-fn is_root() -> bool {
-    ids().0 == 0
 }
 
 /// Leaves the parent's session and process group, so terminal signals and hangups do not reach the daemon.

@@ -318,12 +318,15 @@ pub fn mount_tree<T: ReadOnlyTree>(tree: T, mountpoint: &Path, cfg: &MountConfig
 /// variable (libfuse and `fuser`, which this daemon no longer uses, read it).
 pub const FUSERMOUNT: &str = "fusermount3";
 
-/// Detaches the mount at `path` lazily (`umount2(MNT_DETACH)`; as non-root, or on `EPERM`, `fusermount3 -u -z`).
-pub fn detach(path: &Path) -> io::Result<()> {
+/// Unmounts `path` (`lazy`: detaches it even while files are open): `umount2`, and on `EPERM` (not root, or a mount
+/// made through `fusermount3`) `fusermount3 -u [-z]`. Any other `umount2` error is returned as it is, so callers can
+/// tell `EINVAL` (not a mountpoint) and `EBUSY` (files open) apart.
+pub fn unmount_path(path: &Path, lazy: bool) -> io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
     #[allow(unsafe_code)]
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call; umount2 does not keep it.
-    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    let rc = unsafe { libc::umount2(c.as_ptr(), flags) };
     if rc == 0 {
         return Ok(());
     }
@@ -331,7 +334,12 @@ pub fn detach(path: &Path) -> io::Result<()> {
     if err.raw_os_error() != Some(libc::EPERM) {
         return Err(err);
     }
-    fusermount::unmount(path, true)
+    fusermount::unmount(path, lazy)
+}
+
+/// Detaches the mount at `path` lazily ([`unmount_path`] with `lazy`).
+pub fn detach(path: &Path) -> io::Result<()> {
+    unmount_path(path, true)
 }
 
 impl MountSession {

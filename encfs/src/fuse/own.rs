@@ -419,17 +419,10 @@ impl OwnSession {
 
     /// Unmounts and waits for the serving threads.
     pub(crate) fn unmount(mut self) -> io::Result<()> {
-        let c = CString::new(self.mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
-        // SAFETY: valid NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                // No longer mounted.
-                Some(libc::EINVAL) => {}
-                // Not root: mounted through fusermount3, which unmounts it too.
-                Some(libc::EPERM) => super::fusermount::unmount(&self.mountpoint, false)?,
-                _ => return Err(e),
-            }
+        match super::unmount_path(&self.mountpoint, false) {
+            // EINVAL: no longer mounted.
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => return Err(e),
+            _ => {}
         }
         self.keep_mount = true;
         self.join();
