@@ -60,7 +60,7 @@ pub fn local_threads() -> usize {
 }
 
 /// Most FUSE request threads a mount runs (`--threads` is refused above it). Each holds a cloned `/dev/fuse` fd
-/// and a 128 KiB request buffer; beyond the kernel's `max_background` (64 by default) more threads
+/// and a 128 KiB request buffer (and, once it serves a READ, a 1 MiB reply buffer); beyond the kernel's `max_background` (64 by default) more threads
 /// only wait.
 pub const MAX_THREADS: usize = 64;
 

@@ -625,7 +625,7 @@ impl Drop for DevResponder {
 /// whatever the kernel sends this way. Each reply goes back on `dev`.
 fn dev_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, dev: &Arc<OwnedFd>) {
     let mut buf = vec![0u8; DEV_BUFFER];
-    // Made for the first READ this thread serves (over io_uring, READs do not come this way).
+    // This thread's READ reply buffer, made for the first READ it serves (over io_uring, READs do not come this way).
     let mut home: Option<ReplyBufHome> = None;
     loop {
         // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
@@ -652,10 +652,10 @@ fn dev_loop<T: ReadOnlyTree>(shared: &Arc<Shared<T>>, dev: &Arc<OwnedFd>) {
                 continue;
             }
         };
-        if home.is_none() && matches!(req, proto::Request::Read { .. }) {
-            home = Some(Arc::new(Mutex::new(Some(ReplyBuf::new()))));
-        }
-        let r = DevResponder::new(dev, header.unique, home.as_ref());
+        // Only a READ takes the reply buffer; other requests' replies are a few bytes.
+        let reply_buf = matches!(req, proto::Request::Read { .. })
+            .then(|| &*home.get_or_insert_with(|| Arc::new(Mutex::new(Some(ReplyBuf::new())))));
+        let r = DevResponder::new(dev, header.unique, reply_buf);
         match req {
             proto::Request::Init(init_in) => answer_init(shared, &init_in, r),
             req => serve::dispatch_guarded(&shared.tree, header.nodeid, req, r),
